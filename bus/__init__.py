@@ -1,0 +1,13 @@
+"""The thin adapter over Redis Streams. It knows events and entries, never orders.
+
+contract.py says what the bus promises; redis_streams.py keeps those promises over redis-py;
+envelope.py is the wire format; keys.py names every key; inspect.py reads state for humans.
+"""
+
+from bus.connect import open_bus, redact
+from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing,
+                          Outcome)
+from bus.envelope import Envelope, MalformedEntry
+
+__all__ = ["Bus", "BusError", "BusUnavailable", "Commit", "Delivery", "Envelope", "GroupMissing",
+           "MalformedEntry", "Outcome", "open_bus", "redact"]

@@ -1,0 +1,91 @@
+"""What the bus promises. Everything a worker or a command may ask of it is here; the only
+implementation is bus.redis_streams.RedisStreamsBus (over a real Redis or an embedded fakeredis).
+
+Delivery: at least once per consumer group. An entry stays pending on the consumer that read it
+until `commit` acknowledges it, so a crash before commit means redelivery, never loss.
+
+Commit: each Commit is applied atomically on its own: its version checks, then (only if they all
+hold and its dedup marker is absent) its writes, its published events, its dedup marker and its
+XACK. A batch of commits travels in one round trip and is applied in order; the first one whose
+checks fail stops the batch (it and every later one come back CONFLICT, nothing of them applied),
+so a later commit never builds on state an earlier one failed to write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping, Protocol, Sequence
+
+
+class BusError(Exception):
+    """Base of the errors the bus raises; callers never see redis-py's exceptions."""
+
+
+class BusUnavailable(BusError):
+    """The server cannot be reached (refused, reset, timed out). Retry with backoff."""
+
+
+class GroupMissing(BusError):
+    """A stream or consumer group vanished (NOGROUP), e.g. a Redis that restarted empty."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry as handed to a consumer."""
+    stream: str
+    entry_id: str
+    fields: dict[str, str]
+    # Times delivered according to the pending list (1 for a first read).
+    deliveries: int = 1
+
+
+class Outcome(Enum):
+    APPLIED = 1
+    DUPLICATE = 0      # dedup marker present: acknowledged, nothing else written
+    CONFLICT = -1      # a checked key changed since it was read: nothing written, not acked
+
+
+@dataclass
+class Commit:
+    """Everything one handled entry (or one command) changes, applied all-or-nothing.
+
+    ops are write commands: ("HSET", key, field, value, ...), ("HINCRBY", key, field, n),
+    ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
+    ("PUBLISH", stream, trace_key, field, value, ...) — an XADD that also appends
+    "<stream> <new id>" to trace_key ("" for none). Every HSET/HINCRBY bumps the hash's `_v`
+    field by one, which is what `checks` compare against.
+    """
+    checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
+    ops: list[tuple] = field(default_factory=list)
+    ack: tuple[str, str] | None = None                     # (stream, entry id) to XACK
+    seen: str = ""                                         # dedup marker key
+    seen_ttl_s: int = 0
+
+
+class Bus(Protocol):
+    def ensure_groups(self, group: str, streams: Iterable[str]) -> None:
+        """Create `group` on each stream at id 0 (MKSTREAM). Idempotent."""
+
+    def read_new(self, group: str, consumer: str, streams: Sequence[str], count: int,
+                 block_ms: int) -> list[Delivery]:
+        """Entries never delivered to the group; blocks up to block_ms when there are none."""
+
+    def read_own_pending(self, group: str, consumer: str, after: Mapping[str, str],
+                         count: int) -> list[Delivery]:
+        """Entries delivered to this consumer and not yet acknowledged, with ids above after[stream]."""
+
+    def claim_stale(self, group: str, consumer: str, streams: Sequence[str], min_idle_ms: int,
+                    count: int) -> list[Delivery]:
+        """Take over entries pending longer than min_idle_ms on any consumer of the group."""
+
+    def allocate_ids(self, sequence: str, n: int) -> range:
+        """n fresh integers from a named counter."""
+
+    def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """Current fields of each hash (with `_v`), one round trip."""
+
+    def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
+        """Apply commits in order, atomically each, in one round trip (see module doc)."""
+
+    def close(self) -> None: ...

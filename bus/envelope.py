@@ -1,0 +1,84 @@
+"""The event envelope: flat string fields, readable with redis-cli XRANGE; `data` is a JSON object.
+
+    id            unique event id (32 hex chars); the dedup key for consumers
+    type          event type, also the stream name's suffix
+    order_id      the saga instance the event belongs to
+    causation_id  id of the event whose handling emitted this one ("" for a command)
+    producer      the service that published it
+    at            publication time, ISO 8601 UTC with milliseconds
+    v             schema version of the envelope
+    data          JSON object, the event's payload
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+SCHEMA_VERSION = "1"
+FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that can never be handled; the message is the reason kept in the DLQ."""
+
+
+def iso_ms(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    order_id: str
+    producer: str
+    data: dict = field(default_factory=dict)
+    causation_id: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    at: str = ""
+    v: str = SCHEMA_VERSION
+
+    @classmethod
+    def new(cls, type: str, order_id: str, producer: str, data: dict | None = None,
+            causation_id: str = "", clock: Callable[[], float] = time.time) -> "Envelope":
+        return cls(type=type, order_id=str(order_id), producer=producer, data=dict(data or {}),
+                   causation_id=causation_id, at=iso_ms(clock()))
+
+    def caused(self, type: str, producer: str, data: dict | None = None,
+               clock: Callable[[], float] = time.time) -> "Envelope":
+        """A follow-on event of this one: same order, causation pointing here."""
+        return Envelope.new(type, self.order_id, producer, data, causation_id=self.id, clock=clock)
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "id": self.id, "type": self.type, "order_id": self.order_id,
+            "causation_id": self.causation_id, "producer": self.producer, "at": self.at,
+            "v": self.v, "data": json.dumps(self.data, separators=(",", ":"), sort_keys=True),
+        }
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str], max_bytes: int = 64 * 1024) -> "Envelope":
+        """Validate a stream entry; raise MalformedEntry with the reason if it cannot be handled."""
+        size = sum(len(k) + len(v) for k, v in raw.items())
+        if size > max_bytes:
+            raise MalformedEntry(f"entry is {size} bytes, over the {max_bytes}-byte cap")
+        missing = [f for f in FIELDS if f not in raw]
+        if missing:
+            raise MalformedEntry("missing field(s): " + ", ".join(missing))
+        if raw["v"] != SCHEMA_VERSION:
+            raise MalformedEntry(f"unknown schema version {raw['v']!r} (this worker reads {SCHEMA_VERSION})")
+        for name in ("id", "type", "order_id", "producer"):
+            if not raw[name]:
+                raise MalformedEntry(f"field {name!r} is empty")
+        try:
+            data = json.loads(raw["data"])
+        except ValueError as exc:
+            raise MalformedEntry(f"data is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MalformedEntry(f"data must be a JSON object, got {type(data).__name__}")
+        return cls(type=raw["type"], order_id=raw["order_id"], producer=raw["producer"], data=data,
+                   causation_id=raw["causation_id"], id=raw["id"], at=raw["at"], v=raw["v"])

@@ -1,0 +1,28 @@
+"""Every Redis key name the bus uses, spelled once. Users read these with redis-cli."""
+
+STREAM_PREFIX = "events:"
+DLQ_PREFIX = "dlq:"
+
+
+def stream(event_type: str) -> str:
+    """The stream carrying one event type: events:<EventType>."""
+    return STREAM_PREFIX + event_type
+
+
+def event_type_of(stream_key: str) -> str:
+    return stream_key[len(STREAM_PREFIX):] if stream_key.startswith(STREAM_PREFIX) else ""
+
+
+def dead_letters(group: str) -> str:
+    """A service's dead-letter stream: dlq:<service>."""
+    return DLQ_PREFIX + group
+
+
+def seen(group: str, event_id: str) -> str:
+    """Dedup marker: present while <group> remembers having committed event <event_id>."""
+    return f"seen:{group}:{event_id}"
+
+
+def trace(order_id: str) -> str:
+    """List of "<stream> <entry-id>" for every event published about one order, in commit order."""
+    return f"trace:{order_id}"

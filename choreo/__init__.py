@@ -1,0 +1,1 @@
+"""The `choreo` command: demo, workers, orders, traces, load runs. See choreo.cli."""

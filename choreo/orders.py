@@ -1,0 +1,51 @@
+"""Placing orders and reading them back: the commands' side of the order service."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from bus.contract import Outcome
+from bus.redis_streams import RedisStreamsBus
+from workers import SERVICES, keys
+from workers.order import OrderRejected, TERMINAL, create_order
+from workers.unit_of_work import BatchView, UnitOfWork
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    order_id: str
+    lines: list[dict]
+
+
+def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest],
+                 clock: Callable[[], float] = time.time) -> list[str]:
+    """Create orders and publish their OrderCreated events in one round trip; returns the ids placed.
+    Raises OrderRejected for the first one that cannot be placed (earlier ones stay placed)."""
+    view = BatchView(bus)
+    view.prefetch([keys.order(r.order_id) for r in requests])
+    order = SERVICES["order"]
+    commits = []
+    for r in requests:
+        uow = UnitOfWork(order.name, order.creates, view, clock=clock)
+        create_order(uow, r.order_id, r.lines)
+        view.apply(uow.ops)
+        commits.append(uow.to_commit())
+    outcomes = bus.commit("", commits)
+    placed = [r.order_id for r, o in zip(requests, outcomes) if o is Outcome.APPLIED]
+    if len(placed) < len(requests):
+        raise OrderRejected(f"order {requests[len(placed)].order_id} was created concurrently")
+    return placed
+
+
+def new_order_ids(bus: RedisStreamsBus, n: int) -> list[str]:
+    return [str(i) for i in bus.allocate_ids(keys.ORDER_SEQ, n)]
+
+
+def read_orders(bus: RedisStreamsBus, order_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    return dict(zip(order_ids, bus.read_hashes([keys.order(i) for i in order_ids])))
+
+
+def is_terminal(order: dict[str, str]) -> bool:
+    return order.get("status") in TERMINAL

@@ -1,0 +1,78 @@
+"""Inventory service: reserves stock for an order, or rejects it; releases or sells the reservation."""
+
+from __future__ import annotations
+
+import json
+
+from bus.contract import Bus, Commit
+from config.catalogue import CATALOGUE
+from workers import keys
+from workers.service import On, Service, confirm
+from workers.unit_of_work import UnitOfWork
+
+RESERVED, REJECTED, RELEASED, SOLD = "RESERVED", "REJECTED", "RELEASED", "SOLD"
+
+
+def reserve_stock(event, uow: UnitOfWork) -> None:
+    res_key = keys.reservation(event.order_id)
+    if uow.read(res_key):
+        return                      # this order was already decided (an event republished)
+    lines = event.data["lines"]
+    stocks = {l["product_id"]: uow.read(keys.stock(l["product_id"])) for l in lines}
+    short = [l["product_id"] for l in lines
+             if int(stocks[l["product_id"]].get("available", 0)) < l["quantity"]]
+    if short:
+        reason = "not enough stock for product " + ", ".join(map(str, short))
+        uow.set(res_key, status=REJECTED, reason=reason)
+        uow.emit("InventoryRejected", reason=reason)
+        return
+    for l in lines:
+        uow.add(keys.stock(l["product_id"]), "available", -l["quantity"])
+        uow.add(keys.stock(l["product_id"]), "reserved", l["quantity"])
+    uow.set(res_key, status=RESERVED, lines=json.dumps(lines))
+    uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"])
+
+
+def _settle(to_status: str):
+    """Move a RESERVED reservation to RELEASED (back to available) or SOLD; anything else is a no-op."""
+    def settle(event, uow: UnitOfWork) -> None:
+        res_key = keys.reservation(event.order_id)
+        res = uow.read(res_key)
+        if not res:
+            # Compensation before the reservation: remember it so a late OrderCreated reserves nothing.
+            uow.set(res_key, status=RELEASED, reason=f"{event.type} before reservation")
+            return
+        if res["status"] != RESERVED:
+            return
+        for l in json.loads(res["lines"]):
+            uow.add(keys.stock(l["product_id"]), "reserved", -l["quantity"])
+            uow.add(keys.stock(l["product_id"]), "sold" if to_status == SOLD else "available",
+                    l["quantity"])
+        uow.set(res_key, status=to_status)
+    settle.__name__ = "sell_reservation" if to_status == SOLD else "release_reservation"
+    return settle
+
+
+def seed_stock(bus: Bus) -> None:
+    """Write each catalogue product's starting stock unless its key exists (safe to race)."""
+    commits = [Commit(checks={keys.stock(p.id): "0"},
+                      ops=[("HSET", keys.stock(p.id), "start", p.stock, "available", p.stock,
+                            "reserved", 0, "sold", 0)])
+               for p in CATALOGUE.values()]
+    for c in commits:               # one at a time: a CONFLICT (already seeded) stops a batch
+        bus.commit("", [c])
+
+
+SERVICE = Service(
+    name="inventory",
+    voice="InventoryService",
+    consumes={
+        "OrderCreated": On(reserve_stock, "Checking inventory for order {order_id}"),
+        "InventoryChecked": On(confirm, "Inventory checked for order {order_id}"),
+        "PaymentFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}"),
+        "ShippingFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}"),
+        "ShippingArranged": On(_settle(SOLD), "Stock sold for order {order_id}"),
+    },
+    emits=("InventoryChecked", "InventoryRejected"),
+    on_start=seed_stock,
+)

@@ -1,0 +1,37 @@
+"""Every domain key, spelled once. README lists each pattern with the redis-cli command to read it.
+
+Hashes written through a unit of work carry a `_v` field: a version bumped on every write, which
+commits compare to detect that another worker changed the hash since it was read.
+"""
+
+
+def order(order_id: str) -> str:
+    return f"order:{order_id}"                 # hash: status, lines, total_cents, times, reason
+
+
+def order_history(order_id: str) -> str:
+    return f"order:{order_id}:history"         # list: "<time> <status> <event type>"
+
+
+ORDER_SEQ = "orders:seq"                       # counter behind `place-order` without --order-id
+ORDERS_INDEX = "orders:index"                  # sorted set: order id by creation time (ms)
+ORDERS_BY_STATUS = "orders:by_status"          # hash: status -> number of orders in it
+
+
+def stock(product_id) -> str:
+    return f"stock:{product_id}"               # hash: start, available, reserved, sold
+
+
+def reservation(order_id: str) -> str:
+    return f"reservation:{order_id}"           # hash: status, lines
+
+
+def payment(order_id: str) -> str:
+    return f"payment:{order_id}"               # hash: status, amount_cents, reason
+
+
+PAYMENT_TOTALS = "payments:totals"             # hash: charged_cents, refunded_cents
+
+
+def shipment(order_id: str) -> str:
+    return f"shipment:{order_id}"              # hash: status, tracking_id, reason

@@ -1,0 +1,65 @@
+"""Order service: creates orders and ends each in exactly one terminal state."""
+
+from __future__ import annotations
+
+import json
+
+from config.catalogue import CATALOGUE
+from workers import keys
+from workers.service import On, Service, confirm
+from workers.unit_of_work import UnitOfWork
+
+PENDING, COMPLETED, REJECTED, CANCELLED = "PENDING", "COMPLETED", "REJECTED", "CANCELLED"
+TERMINAL = (COMPLETED, REJECTED, CANCELLED)
+
+
+class OrderRejected(ValueError):
+    """The order cannot be placed as asked (unknown product, bad quantity, id taken)."""
+
+
+def create_order(uow: UnitOfWork, order_id: str, lines: list[dict]) -> None:
+    """Command: write the order and publish OrderCreated, atomically (see choreo.commands)."""
+    if uow.read(keys.order(order_id)):
+        raise OrderRejected(f"order {order_id} already exists")
+    for line in lines:
+        if line["product_id"] not in CATALOGUE:
+            raise OrderRejected(f"unknown product {line['product_id']}")
+        if line["quantity"] < 1:
+            raise OrderRejected(f"quantity must be at least 1, got {line['quantity']}")
+    total = sum(CATALOGUE[l["product_id"]].price_cents * l["quantity"] for l in lines)
+    now = uow.now_ms()
+    uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=json.dumps(lines),
+            total_cents=total, created_at_ms=now)
+    uow.add(keys.ORDERS_BY_STATUS, PENDING, 1)
+    uow.index(keys.ORDERS_INDEX, now, order_id)
+    event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total)
+    uow.append(keys.order_history(order_id), f"{event.at} {PENDING} OrderCreated")
+
+
+def _finish(status: str):
+    def finish(event, uow: UnitOfWork) -> None:
+        order = uow.read(keys.order(event.order_id))
+        if order.get("status") != PENDING:
+            return          # already terminal (or unknown): a late or repeated event changes nothing
+        uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),
+                reason=event.data.get("reason", ""))
+        uow.add(keys.ORDERS_BY_STATUS, PENDING, -1)
+        uow.add(keys.ORDERS_BY_STATUS, status, 1)
+        uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
+    finish.__name__ = f"mark_{status.lower()}"
+    return finish
+
+
+SERVICE = Service(
+    name="order",
+    voice="OrderService",
+    consumes={
+        "OrderCreated": On(confirm, "Order {order_id} created"),
+        "InventoryRejected": On(_finish(REJECTED), "Order {order_id} rejected: out of stock"),
+        "PaymentFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: payment failed"),
+        "ShippingFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: shipping failed"),
+        "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed"),
+    },
+    emits=("OrderCreated",),
+    creates={"OrderCreated": "Creating order {order_id}"},
+)

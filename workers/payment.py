@@ -1,0 +1,46 @@
+"""Payment service: charges the order total, refunds it if shipping fails."""
+
+from __future__ import annotations
+
+from config.catalogue import RULES
+from workers import keys
+from workers.service import On, Service, confirm
+from workers.unit_of_work import UnitOfWork
+
+CHARGED, DECLINED, REFUNDED = "CHARGED", "DECLINED", "REFUNDED"
+
+
+def charge(event, uow: UnitOfWork) -> None:
+    pay_key = keys.payment(event.order_id)
+    if uow.read(pay_key):
+        return
+    amount = int(event.data["total_cents"])
+    if amount > RULES.card_limit_cents:
+        reason = f"card declined: {amount} cents is over the {RULES.card_limit_cents}-cent limit"
+        uow.set(pay_key, status=DECLINED, amount_cents=amount, reason=reason)
+        uow.emit("PaymentFailed", reason=reason)
+        return
+    uow.set(pay_key, status=CHARGED, amount_cents=amount)
+    uow.add(keys.PAYMENT_TOTALS, "charged_cents", amount)
+    uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"])
+
+
+def refund(event, uow: UnitOfWork) -> None:
+    pay_key = keys.payment(event.order_id)
+    pay = uow.read(pay_key)
+    if pay.get("status") != CHARGED:
+        return
+    uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
+    uow.add(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
+
+
+SERVICE = Service(
+    name="payment",
+    voice="PaymentService",
+    consumes={
+        "InventoryChecked": On(charge, "Processing payment for order {order_id}"),
+        "PaymentProcessed": On(confirm, "Payment processed for order {order_id}"),
+        "ShippingFailed": On(refund, "Refunding payment for order {order_id}"),
+    },
+    emits=("PaymentProcessed", "PaymentFailed"),
+)

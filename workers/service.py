@@ -1,0 +1,50 @@
+"""How a service is declared: what it consumes (and what it says and does for each), what it emits.
+
+The runtime, the CLI's topology and trace, and the dashboard all read these declarations, so the
+choreography map can never drift from the code that runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope
+from workers.unit_of_work import UnitOfWork
+
+Handler = Callable[[Envelope, UnitOfWork], None]
+
+
+@dataclass(frozen=True)
+class On:
+    """Handling of one event type: the business logic and the line the service logs for it."""
+    handle: Handler
+    says: str                                      # formatted with order_id
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str                                      # also its consumer group's name
+    voice: str                                     # "InventoryService", as in the tutorial
+    consumes: Mapping[str, On]
+    emits: tuple[str, ...]
+    # Events this service publishes on a command (no cause), with the line it says doing so.
+    creates: Mapping[str, str] = field(default_factory=dict)
+    # Run once when a worker starts, before it reads (e.g. seeding starting stock). Idempotent.
+    on_start: Callable | None = field(default=None, compare=False)
+
+    @property
+    def streams(self) -> list[str]:
+        return [bus_keys.stream(t) for t in self.consumes]
+
+    def says(self, event_type: str, order_id: str) -> str:
+        return f"{self.voice}: " + self.consumes[event_type].says.format(order_id=order_id)
+
+    def says_creating(self, event_type: str, order_id: str) -> str:
+        return f"{self.voice}: " + self.creates[event_type].format(order_id=order_id)
+
+
+def confirm(event: Envelope, uow: UnitOfWork) -> None:
+    """A service consuming its own event: nothing to change, the logged line is the confirmation
+    that the event is durable and visible to everyone downstream."""

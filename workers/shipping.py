@@ -1,0 +1,37 @@
+"""Shipping service: books a shipment once the order is paid. Booking is the point of no return."""
+
+from __future__ import annotations
+
+from config.catalogue import RULES
+from workers import keys
+from workers.service import On, Service, confirm
+from workers.unit_of_work import UnitOfWork
+
+BOOKED, FAILED = "BOOKED", "FAILED"
+
+
+def book_shipment(event, uow: UnitOfWork) -> None:
+    ship_key = keys.shipment(event.order_id)
+    if uow.read(ship_key):
+        return
+    items = sum(l["quantity"] for l in event.data["lines"])
+    if items > RULES.parcel_max_items:
+        reason = f"{items} items do not fit one parcel (max {RULES.parcel_max_items})"
+        uow.set(ship_key, status=FAILED, reason=reason)
+        uow.emit("ShippingFailed", reason=reason)
+        return
+    # Derived from the event, so re-handling after a commit conflict books the same shipment.
+    tracking_id = "TRK-" + event.id[:12].upper()
+    uow.set(ship_key, status=BOOKED, tracking_id=tracking_id)
+    uow.emit("ShippingArranged", tracking_id=tracking_id)
+
+
+SERVICE = Service(
+    name="shipping",
+    voice="ShippingService",
+    consumes={
+        "PaymentProcessed": On(book_shipment, "Arranging shipping for order {order_id}"),
+        "ShippingArranged": On(confirm, "Shipping arranged for order {order_id}"),
+    },
+    emits=("ShippingArranged", "ShippingFailed"),
+)

@@ -1,0 +1,100 @@
+"""What a handler gets instead of Redis: reads that remember the version they saw, and writes and
+events that are only collected. The runtime turns a unit of work into one bus Commit."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Collection
+
+from bus import keys as bus_keys
+from bus.contract import Bus, Commit
+from bus.envelope import Envelope
+
+VERSION = "_v"
+
+
+class UndeclaredEvent(Exception):
+    """A handler emitted an event type its service does not declare in `emits`."""
+
+
+class BatchView:
+    """Hash reads for one batch. Reads go to Redis once per key; what an earlier entry of the same
+    batch wrote is visible to later ones, matching the order in which the commit applies them."""
+
+    def __init__(self, bus: Bus):
+        self._bus = bus
+        self._hashes: dict[str, dict[str, str]] = {}
+
+    def get(self, key: str) -> dict[str, str]:
+        if key not in self._hashes:
+            self._hashes[key] = self._bus.read_hashes([key])[0]
+        return self._hashes[key]
+
+    def prefetch(self, keys: Collection[str]) -> None:
+        missing = [k for k in dict.fromkeys(keys) if k not in self._hashes]
+        for key, fields in zip(missing, self._bus.read_hashes(missing)):
+            self._hashes[key] = fields
+
+    def apply(self, ops: list[tuple]) -> None:
+        """Mirror commit.lua's effect on the hashes this view holds."""
+        for op, key, *args in ops:
+            if op not in ("HSET", "HINCRBY") or key not in self._hashes:
+                continue
+            h = self._hashes[key]
+            if op == "HSET":
+                h.update(zip(args[0::2], (str(v) for v in args[1::2])))
+            else:
+                h[args[0]] = str(int(h.get(args[0], 0)) + int(args[1]))
+            h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
+
+
+class UnitOfWork:
+    def __init__(self, producer: str, emits: Collection[str], view: BatchView,
+                 cause: Envelope | None = None, clock: Callable[[], float] = time.time):
+        self.producer = producer
+        self._emits = emits
+        self._view = view
+        self.cause = cause
+        self.clock = clock
+        self.checks: dict[str, str] = {}
+        self.ops: list[tuple] = []
+        self.emitted: list[Envelope] = []
+
+    def read(self, key: str) -> dict[str, str]:
+        """The hash's fields ({} if absent). The commit is refused if it changes before then."""
+        fields = self._view.get(key)
+        self.checks.setdefault(key, fields.get(VERSION, "0"))
+        return {k: v for k, v in fields.items() if k != VERSION}
+
+    def set(self, key: str, **fields) -> None:
+        flat = [x for kv in fields.items() for x in (kv[0], str(kv[1]))]
+        self.ops.append(("HSET", key, *flat))
+
+    def add(self, key: str, field: str, amount: int) -> None:
+        self.ops.append(("HINCRBY", key, field, int(amount)))
+
+    def append(self, key: str, value: str) -> None:
+        self.ops.append(("RPUSH", key, value))
+
+    def index(self, key: str, score: float, member: str) -> None:
+        self.ops.append(("ZADD", key, score, member))
+
+    def emit(self, event_type: str, order_id: str | None = None, **data) -> Envelope:
+        if event_type not in self._emits:
+            raise UndeclaredEvent(f"{self.producer} does not declare that it emits {event_type}")
+        if self.cause is not None:
+            event = self.cause.caused(event_type, self.producer, data, clock=self.clock)
+        else:
+            event = Envelope.new(event_type, str(order_id), self.producer, data, clock=self.clock)
+        self.emitted.append(event)
+        self.ops.append(("PUBLISH", bus_keys.stream(event_type), bus_keys.trace(event.order_id),
+                         *[x for kv in event.fields().items() for x in kv]))
+        return event
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def to_commit(self, ack: tuple[str, str] | None = None, seen: str = "",
+                  seen_ttl_s: int = 0) -> Commit:
+        return Commit(checks=dict(self.checks), ops=list(self.ops), ack=ack, seen=seen,
+                      seen_ttl_s=seen_ttl_s)
