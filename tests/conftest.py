@@ -1,0 +1,114 @@
+"""Fixtures. Tests marked by needing `redis_url` talk to a real redis-server started here; a missing
+redis-server is an error, never a skip."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from bus.redis_streams import RedisStreamsBus
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """URL of the shared throwaway server, flushed for this test."""
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A server of this test's own, for killing and restarting."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def real_bus(redis_url):
+    from bus.connect import open_bus
+    bus = open_bus(redis_url)
+    yield bus
+    bus.close()
+
+
+@pytest.fixture
+def fake_bus():
+    return RedisStreamsBus(fakeredis.FakeRedis(decode_responses=True))
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def any_bus(request):
+    """The bus contract suite runs on both; any difference shows up as a failing case."""
+    if request.param == "fakeredis":
+        yield RedisStreamsBus(fakeredis.FakeRedis(decode_responses=True))
+    else:
+        yield request.getfixturevalue("real_bus")
+
+
+class Processes:
+    """Subprocesses of the real `choreo` command, stopped (SIGTERM, then SIGKILL) at teardown."""
+
+    def __init__(self, url: str, log_dir: Path):
+        self.url = url
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def env(self, **extra) -> dict:
+        env = {**os.environ, "REDIS_URL": self.url, "PYTHONUNBUFFERED": "1",
+               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env.pop("HONCHO_PROCESS_NAME", None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, *args: str, name: str | None = None, **env) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name or args[0]}-{len(self.procs)}.log", "w")
+        proc = subprocess.Popen([str(BIN / "choreo"), *args], env=self.env(**env), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        proc.log_path = log.name
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, service: str, slot: int = 1, **env) -> subprocess.Popen:
+        return self.start("worker", service, name=f"{service}.{slot}", CHOREO_SLOT=slot, **env)
+
+    def run(self, *args: str, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "choreo"), *args], env=self.env(**env), cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 6
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def procs(redis_url, tmp_path):
+    p = Processes(redis_url, tmp_path)
+    yield p
+    p.stop_all()
