@@ -18,6 +18,8 @@ local function apply(op, args)
     local stream, trace = args[1], args[2]
     local id = redis.call('XADD', stream, '*', unpack(args, 3))
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
+  elseif op == 'COUNT' then
+    redis.call('HINCRBY', unpack(args))
   elseif op == 'RPUSH' or op == 'ZADD' or op == 'SET' then
     redis.call(op, unpack(args))
   else

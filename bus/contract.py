@@ -51,7 +51,7 @@ class Commit:
     """Everything one handled entry (or one command) changes, applied all-or-nothing.
 
     ops are write commands: ("HSET", key, field, value, ...), ("HINCRBY", key, field, n),
-    ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
+    ("COUNT", key, field, n) — an HINCRBY on an aggregate that no commit checks, ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
     ("PUBLISH", stream, trace_key, field, value, ...) — an XADD that also appends
     "<stream> <new id>" to trace_key ("" for none). Every HSET/HINCRBY bumps the hash's `_v`
     field by one, which is what `checks` compare against.

@@ -3,7 +3,10 @@ Nothing here writes; every call is safe against a live system."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import redis
 
 from bus import keys
 from bus.contract import Delivery
@@ -53,3 +56,119 @@ def entries(bus: RedisStreamsBus, refs: list[tuple[str, str]]) -> list[Delivery]
 def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
     with translated_errors():
         return bus.client.lrange(key, 0, -1)
+
+
+# -- views for the dashboard -----------------------------------------------------------------------
+# Ages are computed on the server's clock (TIME), the same clock that stamps entry ids, so a
+# dashboard on another host with a skewed clock still shows true ages.
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str               # "unknown" where the server has no INFO (the embedded fakeredis)
+    ping_ms: float
+    time_ms: int               # the server's clock
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    stream: str
+    length: int
+    last_id: str               # last id ever generated ("0-0": none), survives trimming
+    entries_added: int | None  # total ever added (Redis >= 7.0); a trim lowers length, not this
+
+
+@dataclass(frozen=True)
+class PendingInfo:
+    count: int
+    oldest_id: str | None      # lowest pending id: its age is how long the oldest entry waits
+    max_deliveries: int        # highest times-delivered among the sampled oldest entries
+    max_idle_ms: int           # longest time since last delivery among them
+
+
+@dataclass(frozen=True)
+class ConsumerInfo:
+    stream: str
+    group: str
+    name: str
+    pending: int
+    idle_ms: int               # since the consumer last read (every blocking read resets it)
+
+
+def entry_ms(entry_id: str) -> int:
+    """The server time (ms) an entry id was generated at."""
+    return int(entry_id.split("-", 1)[0])
+
+
+def server(bus: RedisStreamsBus, clock=time.perf_counter) -> ServerInfo:
+    with translated_errors():
+        started = clock()
+        bus.client.ping()
+        ping_ms = (clock() - started) * 1000
+        seconds, micros = bus.client.time()
+        try:
+            version = bus.client.info("server").get("redis_version", "unknown")
+        except redis.ResponseError:
+            version = "unknown"
+    return ServerInfo(version, ping_ms, int(seconds) * 1000 + int(micros) // 1000)
+
+
+def stream_info(bus: RedisStreamsBus, stream: str) -> StreamInfo | None:
+    """None when the stream does not exist (yet, or any more)."""
+    with translated_errors():
+        try:
+            info = bus.client.xinfo_stream(stream)
+        except redis.ResponseError:
+            return None
+    return StreamInfo(stream, info["length"], info.get("last-generated-id") or "0-0",
+                      info.get("entries-added"))
+
+
+def pending(bus: RedisStreamsBus, stream: str, group: str, sample: int = 100) -> PendingInfo:
+    """Summary of a group's pending list; delivery counts and idle times from its `sample` oldest
+    entries (the ones most likely to be stuck), so the cost is bounded however long the list."""
+    with translated_errors():
+        summary = bus.client.xpending(stream, group)
+        if not summary["pending"]:
+            return PendingInfo(0, None, 0, 0)
+        oldest = bus.client.xpending_range(stream, group, "-", "+", sample)
+    return PendingInfo(summary["pending"], summary["min"],
+                       max((p["times_delivered"] for p in oldest), default=0),
+                       max((p["time_since_delivered"] for p in oldest), default=0))
+
+
+def consumers(bus: RedisStreamsBus, stream: str, group: str) -> list[ConsumerInfo]:
+    with translated_errors():
+        return [ConsumerInfo(stream, group, c["name"], c["pending"], c["idle"])
+                for c in bus.client.xinfo_consumers(stream, group)]
+
+
+def newest_entries(bus: RedisStreamsBus, stream: str, count: int) -> list[Delivery]:
+    """The last `count` entries of a stream, newest first."""
+    with translated_errors():
+        return [Delivery(stream, entry_id, fields) for entry_id, fields
+                in bus.client.xrevrange(stream, count=count)]
+
+
+def newest_members(bus: RedisStreamsBus, key: str, count: int) -> list[str]:
+    """The `count` highest-scored members of a sorted set, highest first."""
+    with translated_errors():
+        return bus.client.zrevrange(key, 0, count - 1)
+
+
+def pending_entry(bus: RedisStreamsBus, stream: str, group: str, entry_id: str) -> dict | None:
+    """consumer, idle and times delivered of one entry while it is pending in `group`."""
+    with translated_errors():
+        try:
+            found = bus.client.xpending_range(stream, group, entry_id, entry_id, 1)
+        except redis.ResponseError:
+            return None         # no such group (yet): nothing is pending in it
+    return found[0] if found else None
+
+
+def existing(bus: RedisStreamsBus, keys_: list[str]) -> list[bool]:
+    """Whether each key exists, one round trip."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key in keys_:
+            pipe.exists(key)
+        return [bool(n) for n in pipe.execute()]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import signal
 import sys
 import threading
@@ -121,34 +123,65 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_trace(args, settings: Settings) -> int:
-    from choreo.trace import load_events, story, walk
+    from rich.console import Console
+    from choreo.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
     bus = open_bus(settings.url)
     try:
         events = load_events(bus, args.order_id)
-        if not events:
+        dead = order_dead_letters(bus, args.order_id)
+        if not events and not dead:
             _out(f"choreo: no events for order {args.order_id}")
             return 1
-        for depth, t in walk(events):
-            e = t.event
-            _out(f"{'  ' * depth}{e.type:<{20 - 2 * depth}} {t.stream} {t.entry_id}  "
-                 f"producer={e.producer} at={e.at}")
-        _out("")
-        for line in story(events):
-            _out(line)
+        status = bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
+        nodes = build_trace(bus, events, dead)
+        if args.json:
+            _out(trace_json(args.order_id, status, nodes, dead, events))
+        else:
+            # A pipe gets whole lines (grep-able), not lines cut at rich's default 80 columns.
+            wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+            Console(width=None if wide else 400).print(render_tree(args.order_id, status, nodes, dead))
         return 0
     finally:
         bus.close()
 
 
 def cmd_load(args, settings: Settings) -> int:
-    from choreo.load import rich_progress, run_load
+    from rich.console import Console
+    from choreo.load import rich_progress, run_load, summary_table
     bus = open_bus(settings.url)
     try:
         with rich_progress(args.orders) as progress:
             result = run_load(bus, args.orders, args.timeout, args.product, args.quantity,
                               rate=args.rate, progress=progress)
+        # The table goes to stderr, before the figures: scripts read stdout's last line.
+        Console(stderr=True).print(summary_table(result))
         _out(result.figures())
         return 0 if result.finished == args.orders else 1
+    finally:
+        bus.close()
+
+
+def cmd_dashboard(args, settings: Settings) -> int:
+    from rich.console import Console
+    from choreo.dashboard import print_once, run_live, sample_twice
+    if args.once or args.json:
+        bus = open_bus(settings.url)
+        try:
+            snapshot = sample_twice(bus, settings.url, args.refresh)
+            if args.json:
+                _out(snapshot.to_json())
+            else:
+                # A pipe has no width of its own; 80 columns would squeeze the groups table.
+                wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+                print_once(snapshot, Console(width=None if wide else 160))
+            return 0
+        finally:
+            bus.close()
+    bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
+    try:
+        return run_live(bus, settings.url, args.refresh, Console())
+    except KeyboardInterrupt:
+        return 0                                  # Ctrl-C is how one leaves a live view
     finally:
         bus.close()
 
@@ -158,6 +191,101 @@ def cmd_topology(args, settings: Settings) -> int:
         _out(f"{s.name:<10} consumes {', '.join(s.consumes)}")
         _out(f"{'':<10} emits    {', '.join(s.emits)}")
     return 0
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_dlq(args, settings: Settings) -> int:
+    from choreo import dlq
+    if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *SERVICES):
+        _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(SERVICES)})")
+        return 2
+    bus = open_bus(settings.url)
+    try:
+        if args.dlq_verb == "list":
+            return dlq.list_cmd(bus, [args.service] if args.service else list(SERVICES), _out)
+        if args.dlq_verb == "show":
+            return dlq.show_cmd(bus, args.entry, list(SERVICES), _out)
+        if args.dlq_verb == "replay":
+            return dlq.replay_cmd(bus, args.service, SERVICES[args.service].streams,
+                                  None if args.all else args.id, _out, _err)
+        return dlq.purge_cmd(bus, args.service, _out)
+    except dlq.DeadLetterError as exc:
+        _err(f"choreo: {exc}")
+        return 1
+    finally:
+        bus.close()
+
+
+def cmd_audit(args, settings: Settings) -> int:
+    from choreo.audit import run_audit
+    bus = open_bus(settings.url)
+    try:
+        return run_audit(bus, SERVICES.values(), args.strict, _out, _err)
+    finally:
+        bus.close()
+
+
+def cmd_trim(args, settings: Settings) -> int:
+    from bus.trim import Retention, trim_streams
+    bus = open_bus(settings.url)
+    try:
+        retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
+        for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
+            _out(report.line())
+        return 0
+    finally:
+        bus.close()
+
+
+def _entry_id(text: str) -> str:
+    """A stream entry id, `<ms>-<seq>`: checked here so Redis never sees a malformed one."""
+    if not re.fullmatch(r"\d+-\d+", text.rpartition("/")[2]):
+        raise argparse.ArgumentTypeError(f"expected an entry id like 1700000000000-0, got {text!r}")
+    return text
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_dlq_verbs(sub, common) -> None:
+    p = sub.add_parser("dlq", parents=[common], help="list, show, replay or purge dead letters")
+    dsub = p.add_subparsers(dest="dlq_verb", required=True, parser_class=Parser)
+    q = dsub.add_parser("list", parents=[common], help="dead letters of one service or all")
+    q.add_argument("service", nargs="?", choices=list(SERVICES))
+    q = dsub.add_parser("show", parents=[common], help="one dead letter in full")
+    q.add_argument("entry", type=_entry_id, help="<service>/<dlq entry id>, or the bare id")
+    q = dsub.add_parser("replay", parents=[common], help="put dead letters back on their stream")
+    q.add_argument("service", choices=list(SERVICES))
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=_entry_id, help="the dlq entry id to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
+    q.add_argument("service", choices=list(SERVICES))
+    p.set_defaults(run=cmd_dlq)
+
+
+def _add_ops_verbs(sub, common) -> None:
+    p = sub.add_parser("audit", parents=[common], help="check the saga's invariants in Redis")
+    p.add_argument("--strict", action="store_true",
+                   help="after a drained run: anything still in flight is a violation")
+    p.set_defaults(run=cmd_audit)
+    p = sub.add_parser("trim", parents=[common], help="trim streams as far as every group allows")
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.add_argument("--keep-entries", type=_count, default=0,
+                   help="also keep this many newest entries per stream")
+    p.add_argument("--keep-seconds", type=_count, default=0,
+                   help="also keep entries younger than this")
+    p.set_defaults(run=cmd_trim)
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -185,6 +313,7 @@ def build_parser() -> Parser:
         p = sub.add_parser(verb, parents=[common], help=text)
         p.add_argument("order_id")
         p.set_defaults(run=fn)
+    p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")
     p.add_argument("--orders", type=_positive, required=True)
     p.add_argument("--timeout", type=_seconds, default=120.0)
@@ -192,8 +321,16 @@ def build_parser() -> Parser:
     p.add_argument("--product", type=_product, default=101)
     p.add_argument("--quantity", type=_positive, default=1)
     p.set_defaults(run=cmd_load)
+    p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
+    p.add_argument("--refresh", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="seconds between refreshes (and between the two reads of --once/--json)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
+    p.set_defaults(run=cmd_dashboard)
     sub.add_parser("topology", parents=[common], help="which service consumes and emits what") \
         .set_defaults(run=cmd_topology)
+    _add_dlq_verbs(sub, common)
+    _add_ops_verbs(sub, common)
     return parser
 
 

@@ -30,7 +30,7 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict]) -> None:
     now = uow.now_ms()
     uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=json.dumps(lines),
             total_cents=total, created_at_ms=now)
-    uow.add(keys.ORDERS_BY_STATUS, PENDING, 1)
+    uow.count(keys.ORDERS_BY_STATUS, PENDING, 1)
     uow.index(keys.ORDERS_INDEX, now, order_id)
     event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total)
     uow.append(keys.order_history(order_id), f"{event.at} {PENDING} OrderCreated")
@@ -43,8 +43,8 @@ def _finish(status: str):
             return          # already terminal (or unknown): a late or repeated event changes nothing
         uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),
                 reason=event.data.get("reason", ""))
-        uow.add(keys.ORDERS_BY_STATUS, PENDING, -1)
-        uow.add(keys.ORDERS_BY_STATUS, status, 1)
+        uow.count(keys.ORDERS_BY_STATUS, PENDING, -1)
+        uow.count(keys.ORDERS_BY_STATUS, status, 1)
         uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
     finish.__name__ = f"mark_{status.lower()}"
     return finish

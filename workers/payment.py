@@ -21,7 +21,7 @@ def charge(event, uow: UnitOfWork) -> None:
         uow.emit("PaymentFailed", reason=reason)
         return
     uow.set(pay_key, status=CHARGED, amount_cents=amount)
-    uow.add(keys.PAYMENT_TOTALS, "charged_cents", amount)
+    uow.count(keys.PAYMENT_TOTALS, "charged_cents", amount)
     uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"])
 
 
@@ -31,7 +31,7 @@ def refund(event, uow: UnitOfWork) -> None:
     if pay.get("status") != CHARGED:
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
-    uow.add(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
+    uow.count(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
 
 
 SERVICE = Service(

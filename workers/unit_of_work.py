@@ -73,6 +73,10 @@ class UnitOfWork:
     def add(self, key: str, field: str, amount: int) -> None:
         self.ops.append(("HINCRBY", key, field, int(amount)))
 
+    def count(self, key: str, field: str, amount: int) -> None:
+        """Adjust an aggregate counter (no version bump): only for hashes no handler reads."""
+        self.ops.append(("COUNT", key, field, int(amount)))
+
     def append(self, key: str, value: str) -> None:
         self.ops.append(("RPUSH", key, value))
 

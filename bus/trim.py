@@ -1,0 +1,160 @@
+"""Safe trimming: XTRIM MINID never past an entry that some consumer group still needs.
+
+The safe point of a stream is the smallest, over its groups, of what each group still needs:
+its oldest pending entry (XPENDING summary `min`), or else the first id after its
+last-delivered-id. XTRIM MINID removes only ids strictly below the point, so every unread and
+every pending entry of every group survives. Groups are taken from the caller's declarations
+(which service consumes which stream), because a declared group that does not exist yet (its
+service has never started, or a Redis came back empty) would be created at id 0 and want every
+entry: such a group blocks trimming of the stream, it is never skipped. Groups that exist but
+are not declared (an operator's ad-hoc group) are honoured too: they are consumers all the same.
+
+NOTE: computing the point and trimming are two round trips, and there is no race here because a
+group's need only moves forward (XACK shrinks the pending list from anywhere, XREADGROUP moves
+last-delivered-id up, XAUTOCLAIM keeps ids). The only backward moves are XGROUP CREATE/SETID: a
+declared group being created was missing when we looked, so the stream was blocked; an operator
+running SETID by hand during a trim is outside what this guards.
+
+Retention (keep the newest N entries and/or the last S seconds) only ever lowers the point.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, Sequence
+
+from bus.redis_streams import RedisStreamsBus, translated_errors
+
+NOTHING = (0, 0)        # MINID 0-0 removes nothing: every real id is above it
+MAX_SEQ = 2 ** 64 - 1
+
+
+class Consumer(Protocol):
+    """What trimming needs of a service declaration (workers.Service has both)."""
+    name: str
+    streams: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Acknowledged history to keep on top of what groups still need (0 = keep none)."""
+    keep_entries: int = 0
+    keep_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrimReport:
+    stream: str
+    trimmed: int                          # entries removed (dry run: that would be removed)
+    trim_point: str | None                # the MINID used; None when blocked or nothing to trim
+    blocked_by: tuple[str, ...] = ()      # declared groups missing from the stream
+    safe_point: str | None = None         # what the groups alone would allow
+    dry_run: bool = False
+
+    def line(self) -> str:
+        if self.blocked_by:
+            return (f"{self.stream}: blocked by missing group(s) {', '.join(self.blocked_by)} "
+                    f"(service down or never started); not trimmed")
+        if self.trim_point is None:
+            return f"{self.stream}: nothing to trim"
+        verb = "would trim" if self.dry_run else "trimmed"
+        return (f"{self.stream}: {verb} {self.trimmed} entries below {self.trim_point} "
+                f"(groups need from {self.safe_point})")
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(parts: tuple[int, int]) -> str:
+    return f"{parts[0]}-{parts[1]}"
+
+
+def after(entry_id: str) -> tuple[int, int]:
+    """The smallest id above entry_id: the first one a group with this last-delivered-id wants."""
+    ms, seq = parse_id(entry_id)
+    return (ms + 1, 0) if seq == MAX_SEQ else (ms, seq + 1)
+
+
+def declared_groups(services: Iterable[Consumer]) -> dict[str, list[str]]:
+    """stream -> names of the groups declared to consume it."""
+    by_stream: dict[str, list[str]] = {}
+    for s in services:
+        for stream in s.streams:
+            by_stream.setdefault(stream, []).append(s.name)
+    return by_stream
+
+
+def group_needs(bus: RedisStreamsBus, stream: str) -> dict[str, tuple[int, int]] | None:
+    """For each existing group of the stream: the smallest id it has not yet acknowledged.
+    None when the stream does not exist (nothing to trim, nothing to block)."""
+    with translated_errors():
+        if not bus.client.exists(stream):
+            return None
+        needs = {}
+        for g in bus.client.xinfo_groups(stream):
+            pending = bus.client.xpending(stream, g["name"])
+            needs[g["name"]] = (parse_id(pending["min"]) if pending["pending"]
+                                else after(g["last-delivered-id"]))
+        return needs
+
+
+def retention_point(bus: RedisStreamsBus, stream: str, retention: Retention,
+                    now: float) -> tuple[int, int] | None:
+    """The lowest point retention allows, or None when retention asks for nothing."""
+    points = []
+    if retention.keep_entries > 0:
+        with translated_errors():
+            newest = bus.client.xrevrange(stream, "+", "-", count=retention.keep_entries)
+        # Fewer entries than we keep: keep them all.
+        points.append(parse_id(newest[-1][0]) if len(newest) == retention.keep_entries else NOTHING)
+    if retention.keep_seconds > 0:
+        points.append((max(0, int((now - retention.keep_seconds) * 1000)), 0))
+    return min(points) if points else None
+
+
+def count_below(bus: RedisStreamsBus, stream: str, point: tuple[int, int]) -> int:
+    """Entries with an id below point (what XTRIM MINID point would remove)."""
+    if point <= NOTHING:
+        return 0
+    with translated_errors():
+        return len(bus.client.xrange(stream, "-", "(" + format_id(point)))
+
+
+def trim_stream(bus: RedisStreamsBus, stream: str, declared: Sequence[str],
+                retention: Retention = Retention(), dry_run: bool = False,
+                clock: Callable[[], float] = time.time) -> TrimReport:
+    needs = group_needs(bus, stream)
+    if needs is None:
+        return TrimReport(stream, 0, None, dry_run=dry_run)
+    missing = tuple(g for g in declared if g not in needs)
+    if missing:
+        return TrimReport(stream, 0, None, blocked_by=missing, dry_run=dry_run)
+    if not needs:
+        return TrimReport(stream, 0, None, dry_run=dry_run)   # no groups and none declared
+    safe = min(needs.values())
+    kept = retention_point(bus, stream, retention, clock())
+    point = safe if kept is None else min(safe, kept)
+    if point <= NOTHING:
+        return TrimReport(stream, 0, None, safe_point=format_id(safe), dry_run=dry_run)
+    if dry_run:
+        trimmed = count_below(bus, stream, point)
+    else:
+        # Exact MINID (no `~`): an approximate trim may stop short, never go past, but exact
+        # keeps the report's count and the point honest.
+        with translated_errors():
+            trimmed = bus.client.xtrim(stream, minid=format_id(point), approximate=False)
+    return TrimReport(stream, trimmed, format_id(point), safe_point=format_id(safe),
+                      dry_run=dry_run)
+
+
+def trim_streams(bus: RedisStreamsBus, services: Iterable[Consumer],
+                 retention: Retention = Retention(), dry_run: bool = False,
+                 clock: Callable[[], float] = time.time) -> list[TrimReport]:
+    """Trim every stream the services declare, each only as far as all its groups allow.
+    Safe to call from any number of workers at once: each trim is bounded by the same rule."""
+    return [trim_stream(bus, stream, groups, retention, dry_run, clock)
+            for stream, groups in sorted(declared_groups(services).items())]
+

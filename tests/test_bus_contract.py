@@ -1,0 +1,96 @@
+"""One suite, two backends: fakeredis and a real redis-server. Where fakeredis differs from Redis,
+a case here fails instead of a surprise in production."""
+
+from __future__ import annotations
+
+from bus.contract import Commit, Outcome
+from bus.envelope import Envelope
+from bus import keys
+
+S = keys.stream("OrderCreated")
+
+
+def publish(bus, n=1, order_id="1"):
+    commits = []
+    for _ in range(n):
+        e = Envelope.new("OrderCreated", order_id, "order")
+        commits.append(Commit(ops=[("PUBLISH", S, keys.trace(order_id),
+                                    *[x for kv in e.fields().items() for x in kv])]))
+    assert bus.commit("", commits) == [Outcome.APPLIED] * n
+
+
+def test_group_created_at_zero_sees_events_published_before_it(any_bus):
+    publish(any_bus, 3)
+    any_bus.ensure_groups("inventory", [S])
+    any_bus.ensure_groups("inventory", [S])          # idempotent: BUSYGROUP swallowed
+    got = any_bus.read_new("inventory", "c1", [S], count=10, block_ms=10)
+    assert len(got) == 3 and all(d.fields["type"] == "OrderCreated" for d in got)
+
+
+def test_read_new_blocks_briefly_and_returns_nothing_on_an_empty_stream(any_bus):
+    any_bus.ensure_groups("inventory", [S])
+    assert any_bus.read_new("inventory", "c1", [S], count=10, block_ms=50) == []
+
+
+def test_unacked_entries_stay_pending_for_their_consumer(any_bus):
+    publish(any_bus, 2)
+    any_bus.ensure_groups("g", [S])
+    first = any_bus.read_new("g", "c1", [S], 10, 10)
+    mine = any_bus.read_own_pending("g", "c1", {S: "0"}, 10)
+    assert [d.entry_id for d in mine] == [d.entry_id for d in first]
+    assert any_bus.read_own_pending("g", "c2", {S: "0"}, 10) == []
+    after_first = any_bus.read_own_pending("g", "c1", {S: first[0].entry_id}, 10)
+    assert [d.entry_id for d in after_first] == [first[1].entry_id]
+
+
+def test_commit_applies_writes_events_marker_and_ack_together(any_bus):
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    d = any_bus.read_new("g", "c1", [S], 10, 10)[0]
+    commit = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "1"), ("HINCRBY", "h", "n", 5)],
+                    ack=(S, d.entry_id), seen="seen:g:x", seen_ttl_s=60)
+    assert any_bus.commit("g", [commit]) == [Outcome.APPLIED]
+    assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "5", "_v": "2"}]
+    assert any_bus.read_own_pending("g", "c1", {S: "0"}, 10) == []
+    assert any_bus.client.ttl("seen:g:x") > 0
+
+
+def test_second_commit_with_same_marker_only_acks(any_bus):
+    publish(any_bus, 2)
+    any_bus.ensure_groups("g", [S])
+    d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
+    op = [("HINCRBY", "counter", "n", 1)]
+    outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d1.entry_id), seen="seen:g:e", seen_ttl_s=60),
+                                    Commit(ops=op, ack=(S, d2.entry_id), seen="seen:g:e", seen_ttl_s=60)])
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert any_bus.read_hashes(["counter"])[0]["n"] == "1"
+    assert any_bus.read_own_pending("g", "c1", {S: "0"}, 10) == []
+
+
+def test_conflict_applies_nothing_and_stops_the_rest_of_the_batch(any_bus):
+    any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
+    stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")])
+    later = Commit(ops=[("HSET", "other", "b", "1")])
+    assert any_bus.commit("", [stale, later]) == [Outcome.CONFLICT, Outcome.CONFLICT]
+    assert any_bus.read_hashes(["h", "other"]) == [{"a": "1", "_v": "1"}, {}]
+
+
+def test_publish_appends_to_the_order_trace(any_bus):
+    publish(any_bus, 2, order_id="42")
+    refs = any_bus.client.lrange(keys.trace("42"), 0, -1)
+    assert len(refs) == 2 and all(r.startswith(S + " ") for r in refs)
+
+
+def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    any_bus.read_new("g", "dead", [S], 10, 10)
+    assert any_bus.claim_stale("g", "alive", [S], min_idle_ms=60_000, count=10) == []
+    claimed = any_bus.claim_stale("g", "alive", [S], min_idle_ms=0, count=10)
+    assert len(claimed) == 1 and claimed[0].deliveries == 2
+    assert any_bus.read_own_pending("g", "alive", {S: "0"}, 10)[0].entry_id == claimed[0].entry_id
+
+
+def test_allocate_ids_hands_out_fresh_ranges(any_bus):
+    assert list(any_bus.allocate_ids("seq", 3)) == [1, 2, 3]
+    assert list(any_bus.allocate_ids("seq", 2)) == [4, 5]

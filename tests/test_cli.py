@@ -1,0 +1,93 @@
+"""The command line as a user meets it: exit codes, one-line errors, the demo's eight lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from choreo.cli import main
+from tests.redis_server import free_port
+
+EIGHT = """OrderService: Creating order 1
+OrderService: Order 1 created
+InventoryService: Checking inventory for order 1
+InventoryService: Inventory checked for order 1
+PaymentService: Processing payment for order 1
+PaymentService: Payment processed for order 1
+ShippingService: Arranging shipping for order 1
+ShippingService: Shipping arranged for order 1""".splitlines()
+
+
+def test_demo_embedded_prints_the_eight_lines_first_and_in_order(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:8] == EIGHT
+    assert "order 1: COMPLETED" in out[9]
+    assert "998 available, 0 reserved, 2 sold" in out[10]
+
+
+def test_demo_as_a_fresh_process_from_another_directory(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "choreo", "demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:8] == EIGHT
+
+
+def test_demo_against_a_real_server_uses_the_next_free_id(redis_url, capsys):
+    assert main(["demo", "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.splitlines()[:8] == EIGHT
+    assert main(["demo", "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "OrderService: Creating order 2"
+
+
+@pytest.mark.parametrize("argv", [
+    ["place-order", "--product", "999", "--quantity", "1"],
+    ["place-order", "--product", "101", "--quantity", "0"],
+    ["place-order", "--product", "101"],
+    ["load", "--orders", "many"],
+    ["worker", "accounting"],
+    ["no-such-verb"],
+    [],
+])
+def test_bad_arguments_give_one_line_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("CHOREO_BATCH_SIZE", "lots")
+    assert main(["topology"]) == 2
+    assert "CHOREO_BATCH_SIZE" in capsys.readouterr().err
+
+
+def test_unreachable_server_names_url_without_password_and_how_to_start(capsys):
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    assert main(["status", "1", "--redis-url", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "s3cret" not in err and "user:***@127.0.0.1" in err and "redis-server" in err
+
+
+def test_place_order_status_and_trace_on_a_real_server(redis_url, capsys):
+    assert main(["place-order", "--product", "101", "--quantity", "2", "--redis-url", redis_url]) == 0
+    order_id = capsys.readouterr().out.strip()
+    assert order_id == "1"
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--order-id", "1",
+                 "--redis-url", redis_url]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["status", "1", "--redis-url", redis_url]) == 0
+    assert "order 1: PENDING" in capsys.readouterr().out
+    assert main(["trace", "1", "--redis-url", redis_url]) == 0
+    assert "OrderCreated" in capsys.readouterr().out
+
+
+def test_topology_prints_every_service():
+    done = subprocess.run([sys.executable, "-m", "choreo", "topology"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for name in ("order", "inventory", "payment", "shipping"):
+        assert name in done.stdout

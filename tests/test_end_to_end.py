@@ -1,0 +1,48 @@
+"""The whole system as a user runs it: `honcho start` on the real Procfile, then `choreo load`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from bus import keys as bus_keys
+from tests.conftest import BIN, ROOT
+from tests.helpers import wait_for
+from workers import keys
+
+FIGURES = re.compile(r"^orders=(\d+) completed=(\d+) elapsed_s=[\d.]+ orders_per_s=[\d.]+ "
+                     r"p50_ms=[\d.]+ p99_ms=[\d.]+$")
+
+
+def test_honcho_procfile_runs_500_orders_to_completion_and_stops_cleanly(procs, redis_server, tmp_path):
+    r = redis_server.client()
+    log = open(tmp_path / "honcho.log", "w")
+    honcho = subprocess.Popen([str(BIN / "honcho"), "start", "-c", "inventory=3"], cwd=ROOT,
+                              env=procs.env(), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_for(lambda: len(r.xinfo_consumers(bus_keys.stream("OrderCreated"), "inventory")) == 3
+                 if r.exists(bus_keys.stream("OrderCreated")) else False, timeout=30,
+                 what="three inventory consumers")
+        done = procs.run("load", "--orders", "500", "--timeout", "120")
+        assert done.returncode == 0, done.stderr
+        last = done.stdout.strip().splitlines()[-1]
+        m = FIGURES.match(last)
+        assert m and m.groups() == ("500", "500"), last
+        wait_for(lambda: r.hget(keys.stock(101), "sold") == "500", what="all sales recorded")
+        stock = {k: int(v) for k, v in r.hgetall(keys.stock(101)).items()}
+        assert stock["start"] == stock["available"] + stock["reserved"] + stock["sold"]
+        assert stock["reserved"] == 0
+        assert int(r.hget(keys.PAYMENT_TOTALS, "charged_cents")) == 500 * 1999
+        for group in r.xinfo_groups(bus_keys.stream("OrderCreated")):
+            assert group["pending"] == 0 and group["lag"] == 0
+        names = {c["name"].rsplit("-", 1)[1] for c in r.xinfo_consumers(bus_keys.stream("OrderCreated"), "inventory")}
+        assert names == {"1", "2", "3"}           # stable names from HONCHO_PROCESS_NAME
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(15)
+    output = open(tmp_path / "honcho.log").read()
+    assert output.count("stopped (rc=0)") == 6, output[-2000:]

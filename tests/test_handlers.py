@@ -1,0 +1,161 @@
+"""Unit tests of the services' business logic: handlers called directly, no Redis at all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bus.envelope import Envelope
+from config.catalogue import CATALOGUE, RULES
+from workers import SERVICES, inventory, keys, order, payment, shipping
+from workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
+
+
+class DictBus:
+    """Just enough of the bus for a BatchView: hashes from a dict."""
+
+    def __init__(self, hashes=None):
+        self.hashes = hashes or {}
+
+    def read_hashes(self, keys_):
+        return [dict(self.hashes.get(k, {})) for k in keys_]
+
+
+def handle(service, event, hashes=None):
+    uow = UnitOfWork(service.name, service.emits, BatchView(DictBus(hashes)), cause=event,
+                     clock=lambda: 1_700_000_000.0)
+    service.consumes[event.type].handle(event, uow)
+    return uow
+
+
+def writes(uow, op="HSET"):
+    return [o for o in uow.ops if o[0] == op]
+
+
+def created(order_id="1", product=101, qty=2):
+    total = CATALOGUE[product].price_cents * qty
+    return Envelope.new("OrderCreated", order_id, "order",
+                        {"lines": [{"product_id": product, "quantity": qty}], "total_cents": total})
+
+
+def test_reserve_stock_moves_available_to_reserved_and_emits_checked():
+    uow = handle(SERVICES["inventory"], created(qty=2), {"stock:101": {"available": "10", "_v": "3"}})
+    assert [e.type for e in uow.emitted] == ["InventoryChecked"]
+    assert ("HINCRBY", "stock:101", "available", -2) in uow.ops
+    assert ("HINCRBY", "stock:101", "reserved", 2) in uow.ops
+    assert uow.checks["stock:101"] == "3"           # the commit is guarded by the version read
+    assert uow.emitted[0].causation_id == uow.cause.id
+
+
+def test_reserve_stock_rejects_when_short_and_changes_no_stock():
+    uow = handle(SERVICES["inventory"], created(qty=5), {"stock:101": {"available": "4"}})
+    assert [e.type for e in uow.emitted] == ["InventoryRejected"]
+    assert not writes(uow, "HINCRBY")
+    assert "101" in uow.emitted[0].data["reason"]
+
+
+def test_reserve_stock_twice_for_same_order_does_nothing_the_second_time():
+    uow = handle(SERVICES["inventory"], created(), {"reservation:1": {"status": "RESERVED"}})
+    assert uow.ops == [] and uow.emitted == []
+
+
+def test_release_returns_reserved_stock_and_is_a_no_op_when_repeated():
+    lines = json.dumps([{"product_id": 101, "quantity": 2}])
+    failed = Envelope.new("PaymentFailed", "1", "payment", {"reason": "declined"})
+    uow = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RESERVED", "lines": lines}})
+    assert ("HINCRBY", "stock:101", "available", 2) in uow.ops
+    assert ("HINCRBY", "stock:101", "reserved", -2) in uow.ops
+    again = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RELEASED", "lines": lines}})
+    assert again.ops == []
+
+
+def test_compensation_before_reservation_blocks_a_late_reservation():
+    failed = Envelope.new("ShippingFailed", "1", "shipping", {})
+    uow = handle(SERVICES["inventory"], failed, {})
+    assert writes(uow)[0][:4] == ("HSET", "reservation:1", "status", "RELEASED")
+
+
+def test_shipping_arranged_turns_reservation_into_sale():
+    lines = json.dumps([{"product_id": 101, "quantity": 2}])
+    arranged = Envelope.new("ShippingArranged", "1", "shipping", {"tracking_id": "T"})
+    uow = handle(SERVICES["inventory"], arranged, {"reservation:1": {"status": "RESERVED", "lines": lines}})
+    assert ("HINCRBY", "stock:101", "sold", 2) in uow.ops
+    assert ("HINCRBY", "stock:101", "reserved", -2) in uow.ops
+
+
+def test_payment_charges_total_in_cents_and_counts_it():
+    checked = Envelope.new("InventoryChecked", "1", "inventory",
+                           {"lines": [{"product_id": 101, "quantity": 2}], "total_cents": 3998})
+    uow = handle(SERVICES["payment"], checked)
+    assert [e.type for e in uow.emitted] == ["PaymentProcessed"]
+    assert ("COUNT", keys.PAYMENT_TOTALS, "charged_cents", 3998) in uow.ops
+
+
+def test_payment_over_card_limit_is_declined_as_an_event_not_an_exception():
+    checked = Envelope.new("InventoryChecked", "1", "inventory",
+                           {"lines": [], "total_cents": RULES.card_limit_cents + 1})
+    uow = handle(SERVICES["payment"], checked)
+    assert [e.type for e in uow.emitted] == ["PaymentFailed"]
+    assert not writes(uow, "COUNT")
+
+
+def test_refund_only_a_charged_payment():
+    failed = Envelope.new("ShippingFailed", "1", "shipping", {"reason": "too big"})
+    uow = handle(SERVICES["payment"], failed, {"payment:1": {"status": "CHARGED", "amount_cents": "500"}})
+    assert ("COUNT", keys.PAYMENT_TOTALS, "refunded_cents", 500) in uow.ops
+    assert handle(SERVICES["payment"], failed, {"payment:1": {"status": "REFUNDED"}}).ops == []
+
+
+def test_shipping_books_with_a_tracking_id_derived_from_the_event():
+    paid = Envelope.new("PaymentProcessed", "1", "payment", {"lines": [{"product_id": 101, "quantity": 2}]})
+    a, b = handle(SERVICES["shipping"], paid), handle(SERVICES["shipping"], paid)
+    assert a.emitted[0].type == "ShippingArranged"
+    assert a.emitted[0].data["tracking_id"] == b.emitted[0].data["tracking_id"]
+
+
+def test_shipping_fails_for_an_oversized_parcel():
+    paid = Envelope.new("PaymentProcessed", "1", "payment",
+                        {"lines": [{"product_id": 101, "quantity": RULES.parcel_max_items + 1}]})
+    assert handle(SERVICES["shipping"], paid).emitted[0].type == "ShippingFailed"
+
+
+@pytest.mark.parametrize("event_type,status", [("ShippingArranged", "COMPLETED"),
+                                               ("InventoryRejected", "REJECTED"),
+                                               ("PaymentFailed", "CANCELLED"),
+                                               ("ShippingFailed", "CANCELLED")])
+def test_order_ends_in_one_terminal_state_and_stays_there(event_type, status):
+    event = Envelope.new(event_type, "1", "x", {})
+    uow = handle(SERVICES["order"], event, {"order:1": {"status": "PENDING"}})
+    assert ("COUNT", keys.ORDERS_BY_STATUS, status, 1) in uow.ops
+    late = handle(SERVICES["order"], event, {"order:1": {"status": "COMPLETED" if status != "COMPLETED" else "CANCELLED"}})
+    assert late.ops == []
+
+
+def test_create_order_refuses_an_existing_id_and_unknown_products():
+    svc = SERVICES["order"]
+    uow = UnitOfWork("order", svc.creates, BatchView(DictBus({"order:7": {"status": "PENDING"}})))
+    with pytest.raises(order.OrderRejected):
+        order.create_order(uow, "7", [{"product_id": 101, "quantity": 1}])
+    uow = UnitOfWork("order", svc.creates, BatchView(DictBus()))
+    with pytest.raises(order.OrderRejected):
+        order.create_order(uow, "8", [{"product_id": 999, "quantity": 1}])
+
+
+def test_emitting_an_undeclared_event_is_refused():
+    uow = UnitOfWork("payment", SERVICES["payment"].emits, BatchView(DictBus()), cause=created())
+    with pytest.raises(UndeclaredEvent):
+        uow.emit("ShippingArranged")
+
+
+def test_batch_view_sees_earlier_writes_with_bumped_versions():
+    view = BatchView(DictBus({"stock:101": {"available": "5", "_v": "2"}}))
+    view.get("stock:101")
+    view.apply([("HINCRBY", "stock:101", "available", -3), ("HSET", "stock:101", "x", "y")])
+    assert view.get("stock:101") == {"available": "2", "x": "y", "_v": "4"}
+
+
+def test_every_consumed_stream_has_a_producer_that_declares_it():
+    emitted = {t for s in SERVICES.values() for t in (*s.emits, *s.creates)}
+    consumed = {t for s in SERVICES.values() for t in s.consumes}
+    assert consumed == emitted

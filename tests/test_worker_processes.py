@@ -1,0 +1,124 @@
+"""The worker runtime as real processes against a real redis-server: restarts, SIGKILL between
+handling and commit, racing consumers, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from bus import keys as bus_keys
+from choreo.cli import main
+from tests.helpers import order_statuses, pending_count, wait_for
+from workers import keys
+
+ORDER_CREATED = bus_keys.stream("OrderCreated")
+
+
+def place(url, product=101, quantity=1, n=1):
+    for _ in range(n):
+        assert main(["place-order", "--product", str(product), "--quantity", str(quantity),
+                     "--redis-url", url]) == 0
+
+
+def test_group_at_zero_sees_orders_placed_before_any_worker_started(procs, redis_server, capsys):
+    place(procs.url, n=3)
+    for s in ("order", "inventory", "payment", "shipping"):
+        procs.worker(s)
+    r = redis_server.client()
+    wait_for(lambda: order_statuses(r).get("COMPLETED") == 3, what="3 completed orders")
+
+
+def test_restarted_worker_finishes_its_own_pending_entries_first(procs, redis_server, real_bus):
+    r = redis_server.client()
+    place(procs.url, n=4)
+    # A previous life of inventory slot 1 read the entries, then died before committing.
+    real_bus.ensure_groups("inventory", [ORDER_CREATED])
+    consumer = "inventory-crashed-1"
+    assert len(real_bus.read_new("inventory", consumer, [ORDER_CREATED], 10, 10)) == 4
+    # claiming would take 60 s: only "own pending first" can pick these up now
+    procs.start("worker", "inventory", "--consumer", consumer, name="inventory.re",
+                       CHOREO_CLAIM_IDLE_MS=60_000)
+    wait_for(lambda: pending_count(r, ORDER_CREATED, "inventory") == 0, timeout=10,
+             what="own pending entries handled")
+    assert all(r.hget(keys.reservation(str(i)), "status") == "RESERVED" for i in range(1, 5))
+    assert int(r.hget(keys.stock(101), "reserved")) == 4
+
+
+@pytest.mark.parametrize("victim", ["inventory", "payment"])
+def test_sigkill_between_handling_and_commit_applies_the_entry_exactly_once(procs, redis_server, victim):
+    r = redis_server.client()
+    for s in ("order", "inventory", "payment", "shipping"):
+        if s != victim:
+            procs.worker(s)
+    slow = procs.worker(victim, slot=1, CHOREO_COMMIT_DELAY_MS=5000)
+    wait_for(lambda: r.exists(keys.stock(101)) if victim == "inventory" else r.exists(bus_keys.stream("InventoryChecked")),
+             what="workers started")
+    place(procs.url, quantity=3)
+    stream = ORDER_CREATED if victim == "inventory" else bus_keys.stream("InventoryChecked")
+    wait_for(lambda: pending_count(r, stream, victim) == 1, what=f"{victim} holding the entry")
+    slow.send_signal(signal.SIGKILL)
+    slow.wait(5)
+    # Nothing of the handled-but-uncommitted entry is visible.
+    if victim == "inventory":
+        assert r.hget(keys.stock(101), "reserved") == "0" and not r.exists(keys.reservation("1"))
+    else:
+        assert r.hget(keys.PAYMENT_TOTALS, "charged_cents") is None and not r.exists(keys.payment("1"))
+    assert pending_count(r, stream, victim) == 1
+    # Another consumer of the group claims it once it has been idle for a moment.
+    procs.worker(victim, slot=2, CHOREO_CLAIM_IDLE_MS=300, CHOREO_CLAIM_EVERY_S=0.2)
+    wait_for(lambda: order_statuses(r).get("COMPLETED") == 1, what="order completed")
+    wait_for(lambda: int(r.hget(keys.stock(101), "sold") or 0) == 3, what="sale recorded")
+    stock = r.hgetall(keys.stock(101))
+    assert (int(stock["available"]), int(stock["reserved"]), int(stock["sold"])) == \
+        (int(stock["start"]) - 3, 0, 3)
+    assert int(r.hget(keys.PAYMENT_TOTALS, "charged_cents")) == 3 * 1999
+    assert pending_count(r, stream, victim) == 0
+
+
+def test_three_racing_inventory_workers_never_oversell(procs, redis_server):
+    r = redis_server.client()
+    place(procs.url, product=103, quantity=1, n=40)          # product 103 starts with 5 in stock
+    for slot in (1, 2, 3):
+        procs.worker("inventory", slot=slot, CHOREO_BATCH_SIZE=4)
+    for s in ("order", "payment", "shipping"):
+        procs.worker(s)
+    wait_for(lambda: sum(order_statuses(r).values()) == 40 and "PENDING" not in order_statuses(r),
+             timeout=60, what="40 terminal orders")
+    assert order_statuses(r) == {"COMPLETED": 5, "REJECTED": 35}
+    wait_for(lambda: r.hget(keys.stock(103), "sold") == "5", what="5 sold")
+    assert r.hgetall(keys.stock(103)) | {"_v": "x"} == \
+        {"start": "5", "available": "0", "reserved": "0", "sold": "5", "_v": "x"}
+    consumers = {c["name"] for c in r.xinfo_consumers(ORDER_CREATED, "inventory")}
+    assert len(consumers) == 3
+
+
+def test_sigterm_commits_and_exits_0_well_inside_5_seconds(procs, redis_server):
+    worker = procs.worker("inventory", CHOREO_COMMIT_DELAY_MS=800)
+    r = redis_server.client()
+    wait_for(lambda: r.exists(keys.stock(101)), what="worker started")
+    place(procs.url, n=5)
+    wait_for(lambda: pending_count(r, ORDER_CREATED, "inventory") > 0, what="batch in hand")
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(5) == 0
+    assert time.monotonic() - started < 3
+    # The batch in hand was committed, not abandoned.
+    assert pending_count(r, ORDER_CREATED, "inventory") == 0
+
+
+def test_worker_waits_for_redis_with_capped_backoff_and_one_line_per_attempt(procs, own_redis):
+    url = own_redis.url
+    own_redis.kill()
+    worker = procs.start("worker", "order", name="order.wait", REDIS_URL=url, CHOREO_RECONNECT_MAX_S=0.5)
+    time.sleep(2.5)
+    assert worker.poll() is None                        # still alive, not a crash loop
+    own_redis.start()
+    r = own_redis.client()
+    wait_for(lambda: r.exists(ORDER_CREATED), timeout=5, what="groups created after reconnect")
+    worker.terminate()
+    assert worker.wait(5) == 0
+    log = open(worker.log_path).read().splitlines()
+    attempts = [l for l in log if "Redis unavailable" in l]
+    assert 3 <= len(attempts) <= 8, log
