@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 
 class BusError(Exception):
@@ -81,6 +81,17 @@ class Bus(Protocol):
 
     def allocate_ids(self, sequence: str, n: int) -> range:
         """n fresh integers from a named counter."""
+
+    def retry_due(self, group: str, consumer: str, streams: Sequence[str],
+                  backoff_ms: Callable[[int], int], count: int) -> list[Delivery]:
+        """This consumer's pending entries idle for at least backoff_ms(times delivered): a failed
+        handling is retried with a backoff counted by Redis, so a restart does not reset it."""
+
+    def renew(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> int:
+        """Reset the idle time of entries still pending on this consumer (a lease on work in hand)."""
+
+    def forget_idle_consumers(self, group: str, streams: Sequence[str], min_idle_ms: int) -> list[str]:
+        """Delete consumers idle that long, but only those holding nothing pending."""
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         """Current fields of each hash (with `_v`), one round trip."""

@@ -8,9 +8,11 @@ from typing import Iterable, Sequence
 
 import redis
 
-from bus.contract import BusUnavailable, Commit, Delivery, GroupMissing, Outcome
+from bus.contract import BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
 
-_COMMIT_LUA = resources.files("bus").joinpath("commit.lua").read_text()
+
+def _lua(name: str) -> str:
+    return resources.files("bus").joinpath(name).read_text()
 
 
 @contextlib.contextmanager
@@ -21,9 +23,10 @@ def translated_errors():
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BusUnavailable(str(exc) or type(exc).__name__) from exc
     except redis.ResponseError as exc:
-        if str(exc).startswith("NOGROUP"):
+        # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL).
+        if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
             raise GroupMissing(str(exc)) from exc
-        raise
+        raise BusError(f"Redis refused a command: {exc}") from exc
 
 
 def encode_batch(group: str, commits: Sequence[Commit]) -> list:
@@ -42,7 +45,9 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> list:
 class RedisStreamsBus:
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._commit = client.register_script(_COMMIT_LUA)
+        self._commit = client.register_script(_lua("commit.lua"))
+        self._lease = client.register_script(_lua("lease.lua"))
+        self._forget = client.register_script(_lua("forget_consumer.lua"))
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
 
@@ -82,6 +87,43 @@ class RedisStreamsBus:
                     found.append((stream, entries))
             return self._with_delivery_counts(group, consumer, found)
 
+    def retry_due(self, group, consumer, streams, backoff_ms, count) -> list[Delivery]:
+        """This consumer's pending entries whose backoff (by times delivered) has passed, claimed
+        again to itself, which counts a new delivery."""
+        found = []
+        with translated_errors():
+            for stream in streams:
+                pending = self.client.xpending_range(stream, group, "-", "+", count,
+                                                     consumername=consumer, idle=backoff_ms(1))
+                due = [p["message_id"] for p in pending
+                       if p["time_since_delivered"] >= backoff_ms(p["times_delivered"])]
+                if not due:
+                    continue
+                entries = self.client.xclaim(stream, group, consumer, backoff_ms(1), due)
+                if entries:
+                    found.append((stream, entries))
+            return self._with_delivery_counts(group, consumer, found)
+
+    def renew(self, group, consumer, deliveries: Sequence[Delivery]) -> int:
+        by_stream: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        with translated_errors():
+            return sum(self._lease(args=[stream, group, consumer, *ids])
+                       for stream, ids in by_stream.items())
+
+    def forget_idle_consumers(self, group, streams, min_idle_ms) -> list[str]:
+        removed = []
+        with translated_errors():
+            for stream in streams:
+                if not self.client.exists(stream):
+                    continue
+                for c in self.client.xinfo_consumers(stream, group):
+                    if c["pending"] == 0 and c["idle"] >= min_idle_ms and \
+                            self._forget(args=[stream, group, c["name"]]) == 1:
+                        removed.append(f"{stream}/{c['name']}")
+        return removed
+
     def _with_delivery_counts(self, group, consumer, found) -> list[Delivery]:
         """Attach XPENDING's times-delivered: the count survives restarts, an in-process one would not."""
         deliveries = []
@@ -91,7 +133,7 @@ class RedisStreamsBus:
                                                  count=len(ids), consumername=consumer)
             times = {p["message_id"]: p["times_delivered"] for p in pending}
             deliveries += [Delivery(stream, entry_id, fields or {}, times.get(entry_id, 1))
-                           for entry_id, fields in entries]
+                           for entry_id, fields in entries if entry_id in times]
         return deliveries
 
     def allocate_ids(self, sequence: str, n: int) -> range:

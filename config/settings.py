@@ -28,6 +28,13 @@ class Settings:
     claim_every_s: float = 2.0
     # Deliveries (XPENDING times-delivered) after which a failing entry is dead-lettered.
     max_deliveries: int = 5
+    # A failed entry is retried after retry_base_ms * 2^(deliveries-1), capped at retry_max_ms.
+    retry_base_ms: int = 500
+    retry_max_ms: int = 30_000
+    # Consumers idle this long and holding nothing pending are removed from their group.
+    stale_consumer_ms: int = 3_600_000
+    # How often a worker does housekeeping (stale consumers, trimming).
+    housekeeping_every_s: float = 30.0
     # How long a service remembers that it handled an event id (the dedup marker's TTL).
     seen_ttl_s: int = 7 * 24 * 3600
     # Entries whose fields add up to more than this go to the dead-letter stream unhandled.
@@ -64,6 +71,8 @@ class Settings:
             raise SettingsError(f"batch size must be 1..1000, got {self.batch_size}")
         if not 1 <= self.block_ms <= 1000:
             raise SettingsError(f"block_ms must be 1..1000, got {self.block_ms}")
+        if not 1 <= self.retry_base_ms <= self.retry_max_ms:
+            raise SettingsError("retry_base_ms must be >= 1 and <= retry_max_ms")
         if self.max_deliveries < 1:
             raise SettingsError(f"max_deliveries must be >= 1, got {self.max_deliveries}")
         if self.log_format not in ("plain", "json"):

@@ -36,8 +36,8 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture
 def own_redis(tmp_path):
-    """A server of this test's own, for killing and restarting."""
-    server = RedisServer(tmp_path / "redis").start()
+    """A server of this test's own, for killing and restarting; AOF-persisted so it comes back."""
+    server = RedisServer(tmp_path / "redis", persist=True).start()
     yield server
     server.stop(signal.SIGKILL)
 

@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, persist: bool = False):
         self.workdir = workdir
         self.port = port or free_port()
+        # persist: AOF with fsync on every write, so a SIGKILLed server comes back with everything
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -40,7 +42,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

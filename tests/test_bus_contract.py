@@ -94,3 +94,36 @@ def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):
 def test_allocate_ids_hands_out_fresh_ranges(any_bus):
     assert list(any_bus.allocate_ids("seq", 3)) == [1, 2, 3]
     assert list(any_bus.allocate_ids("seq", 2)) == [4, 5]
+
+
+def test_retry_due_claims_only_entries_whose_backoff_has_passed(any_bus):
+    publish(any_bus, 2)
+    any_bus.ensure_groups("g", [S])
+    first, second = any_bus.read_new("g", "c1", [S], 10, 10)
+    any_bus.client.xclaim(S, "g", "c1", 0, [second.entry_id], idle=10_000)   # idle 10 s
+    due = any_bus.retry_due("g", "c1", [S], lambda n: 5_000 * n, 10)
+    assert [(d.entry_id, d.deliveries) for d in due] == [(second.entry_id, 3)]
+
+
+def test_forget_idle_consumers_keeps_any_consumer_holding_entries(any_bus):
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    any_bus.read_new("g", "holder", [S], 10, 10)
+    any_bus.client.xgroup_createconsumer(S, "g", "empty")
+    assert any_bus.forget_idle_consumers("g", [S], min_idle_ms=0) == [f"{S}/empty"]
+    assert [c["name"] for c in any_bus.client.xinfo_consumers(S, "g")] == ["holder"]
+
+
+def test_renew_resets_idle_only_for_entries_still_ours(real_bus):
+    """Against a real server only: fakeredis counts XCLAIM JUSTID as a delivery, Redis does not."""
+    publish(real_bus, 2)
+    real_bus.ensure_groups("g", [S])
+    mine, stolen = real_bus.read_new("g", "c1", [S], 10, 10)
+    real_bus.client.xclaim(S, "g", "c2", 0, [stolen.entry_id])
+    import time
+    time.sleep(0.05)
+    assert real_bus.renew("g", "c1", [mine, stolen]) == 1
+    pending = {p["message_id"]: p for p in real_bus.client.xpending_range(S, "g", "-", "+", 10)}
+    assert pending[mine.entry_id]["consumer"] == "c1" and pending[mine.entry_id]["times_delivered"] == 1
+    assert pending[mine.entry_id]["time_since_delivered"] < 50
+    assert pending[stolen.entry_id]["consumer"] == "c2"

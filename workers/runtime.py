@@ -2,6 +2,9 @@
 
 Who acks: only bus.commit, in the same atomic step as the entry's effects (or its dead letter).
 What blocks: read_new, at most settings.block_ms (<= 1 s), so a stop flag is seen promptly.
+Three kinds of failure: a business outcome is an event (the handler emits it); a handler that
+raises leaves its entry pending, retried with backoff by times-delivered; a malformed entry, or
+one that failed max_deliveries times, goes to dlq:<service> in the same commit as its XACK.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bus import keys as bus_keys
-from bus.contract import Bus, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
+from bus.contract import Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
+from workers.events import check_data
 from workers.service import Service
 from workers.unit_of_work import BatchView, UnitOfWork
 
@@ -42,17 +46,21 @@ class Handled:
 
 class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
-                 log: Log = print, clock: Callable[[], float] = time.time):
+                 log: Log = print, clock: Callable[[], float] = time.time,
+                 housekeeping: Callable[[], None] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
         self.consumer = consumer
         self.log = log
         self.clock = clock
+        self.housekeeping = housekeeping
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
-        self._next_claim = 0.0
+        self._due = {"retry": 0.0, "claim": 0.0, "housekeeping": clock() + settings.housekeeping_every_s}
         self._last_error: dict[str, str] = {}
+        self._in_hand: tuple[float, list[Delivery]] | None = None
+        self._trimmed_seen = 0
         self.handled = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -63,7 +71,9 @@ class Worker:
         self._cursor = {s: "0" for s in self.streams}
 
     def run(self, stop: threading.Event) -> int:
-        """Until `stop` is set: returns 0 after committing the batch in hand."""
+        """Until `stop` is set; returns 0 after committing the batch in hand."""
+        lease = threading.Thread(target=self.keep_lease, args=(stop,), daemon=True)
+        lease.start()
         failures, started = 0, False
         while not stop.is_set():
             try:
@@ -75,10 +85,11 @@ class Worker:
             except GroupMissing as exc:
                 self.log(f"{self.service.voice}: group missing ({exc}); recreating")
                 started = False
-            except BusUnavailable as exc:
+            except BusError as exc:        # unreachable, or refusing (e.g. a key of the wrong type)
                 failures += 1
                 delay = min(self.settings.reconnect_max_s, 0.5 * 2 ** min(failures - 1, 10))
-                self.log(f"{self.service.voice}: Redis unavailable ({exc}); "
+                what = "unavailable" if isinstance(exc, BusUnavailable) else "error"
+                self.log(f"{self.service.voice}: Redis {what} ({exc}); "
                          f"retry {failures} in {delay:.1f}s")
                 stop.wait(delay)
                 started = False             # re-ensure groups, then finish own pending first
@@ -87,19 +98,28 @@ class Worker:
     def poll(self, block_ms: int) -> int:
         deliveries = self.next_deliveries(block_ms)
         if deliveries:
-            self.commit_batch(deliveries)
+            self._in_hand = (time.monotonic(), deliveries)
+            try:
+                self.commit_batch(deliveries)
+            finally:
+                self._in_hand = None
+        self.tidy()
         return len(deliveries)
 
     # -- reading -------------------------------------------------------------------------------
     def next_deliveries(self, block_ms: int) -> list[Delivery]:
-        """Own pending entries first (after a restart), then stale ones of others, then new ones."""
+        """Own pending entries first (after a (re)start), then failed ones whose backoff has
+        passed, then entries stale on other consumers, then new ones."""
         group, size = self.service.name, self.settings.batch_size
         if self._cursor is not None:
             mine = self.read_own_pending()
             if mine:
                 return mine
-        if self.clock() >= self._next_claim:
-            self._next_claim = self.clock() + self.settings.claim_every_s
+        if self._is_due("retry", min(1.0, self.settings.retry_base_ms / 1000)):
+            due = self.bus.retry_due(group, self.consumer, self.streams, self.backoff_ms, size)
+            if due:
+                return due
+        if self._is_due("claim", self.settings.claim_every_s):
             stale = self.bus.claim_stale(group, self.consumer, self.streams,
                                          self.settings.claim_idle_ms, size)
             if stale:
@@ -107,8 +127,7 @@ class Worker:
         return self.bus.read_new(group, self.consumer, self.streams, size, block_ms)
 
     def read_own_pending(self) -> list[Delivery]:
-        """Page once through this consumer's pending list. A failing entry is not re-read here;
-        claim_stale retries it once it has been idle for claim_idle_ms."""
+        """Page once through this consumer's pending list; what fails here is left to retry_due."""
         found = self.bus.read_own_pending(self.service.name, self.consumer, self._cursor,
                                           self.settings.batch_size)
         if not found:
@@ -116,6 +135,16 @@ class Worker:
         for d in found:
             self._cursor[d.stream] = d.entry_id
         return found
+
+    def backoff_ms(self, deliveries: int) -> int:
+        return min(self.settings.retry_max_ms, self.settings.retry_base_ms * 2 ** min(deliveries - 1, 30))
+
+    def _is_due(self, what: str, every_s: float) -> bool:
+        now = self.clock()
+        if now < self._due[what]:
+            return False
+        self._due[what] = now + every_s
+        return True
 
     # -- handling and committing -----------------------------------------------------------------
     def commit_batch(self, deliveries: list[Delivery]) -> None:
@@ -133,28 +162,33 @@ class Worker:
                     self.report(h, outcome)
 
     def handle(self, d: Delivery, view: BatchView) -> Handled | None:
-        """Run the entry's handler into a Commit; None leaves it pending for a later retry."""
+        """Run the entry's handler into a Commit; None leaves it pending for a retry."""
         started = time.perf_counter()
         try:
             event = parse_delivery(d, self.settings.max_entry_bytes, self.service)
         except MalformedEntry as exc:
             return self.dead_letter(d, f"malformed: {exc}", started)
         if d.deliveries > self.settings.max_deliveries:
-            last = self._last_error.get(d.entry_id, "unknown (failed in an earlier process)")
+            last = self._last_error.get(d.entry_id, "no error recorded (the worker handling it died)")
             return self.dead_letter(d, f"gave up after {d.deliveries - 1} deliveries: {last}", started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock)
         try:
             self.service.consumes[event.type].handle(event, uow)
-        except Exception as exc:    # a transient failure or a bug: leave pending, retried later
-            self._last_error[d.entry_id] = f"{type(exc).__name__}: {exc}"
-            self.log(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
-                     f"(delivery {d.deliveries}): {type(exc).__name__}: {exc}")
-            return None
+        except Exception as exc:    # transient failure or bug: retried until max_deliveries
+            return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
         view.apply(uow.ops)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name, event.id),
                                seen_ttl_s=self.settings.seen_ttl_s)
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started)
+
+    def handler_failed(self, d: Delivery, error: str, started: float) -> Handled | None:
+        if d.deliveries >= self.settings.max_deliveries:
+            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
+        self._last_error[d.entry_id] = error
+        self.log(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
+                 f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): {error}")
+        return None
 
     def dead_letter(self, d: Delivery, reason: str, started: float) -> Handled:
         commit = Commit(ops=[dead_letter_op(self.service.name, d, reason, self.clock())],
@@ -165,23 +199,53 @@ class Worker:
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1
         self._last_error.pop(h.delivery.entry_id, None)
-        ms = (time.perf_counter() - h.started) * 1000
         context = {
             "event_id": h.event.id if h.event else "", "order_id": h.event.order_id if h.event else "",
             "stream": h.delivery.stream, "entry_id": h.delivery.entry_id,
-            "deliveries": h.delivery.deliveries, "ms": round(ms, 2),
+            "deliveries": h.delivery.deliveries,
+            "ms": round((time.perf_counter() - h.started) * 1000, 2),
         }
         if outcome is Outcome.DUPLICATE:
             context["duplicate"] = "ignored"
         self.log(format_line(h.line, context, self.settings.log_format))
 
+    # -- keeping things tidy -------------------------------------------------------------------
+    def keep_lease(self, stop: threading.Event) -> None:
+        """Lease thread: renew entries in hand for longer than a third of claim_idle_ms, so a slow
+        handler is not mistaken for a dead consumer and its work taken over."""
+        every = self.settings.claim_idle_ms / 3000
+        while not stop.wait(every):
+            in_hand = self._in_hand
+            if in_hand and time.monotonic() - in_hand[0] >= every:
+                try:
+                    self.bus.renew(self.service.name, self.consumer, in_hand[1])
+                except BusUnavailable:
+                    pass                # the main loop reports and reconnects
+
+    def tidy(self) -> None:
+        trimmed = getattr(self.bus, "trimmed_while_pending", 0)
+        if trimmed > self._trimmed_seen:
+            self.log(f"{self.service.voice}: {trimmed - self._trimmed_seen} pending entries were "
+                     f"trimmed before they were handled (XAUTOCLAIM reported them deleted)")
+            self._trimmed_seen = trimmed
+        if not self._is_due("housekeeping", self.settings.housekeeping_every_s):
+            return
+        for name in self.bus.forget_idle_consumers(self.service.name, self.streams,
+                                                   self.settings.stale_consumer_ms):
+            self.log(f"{self.service.voice}: removed idle consumer {name} (nothing pending)")
+        if self.housekeeping:
+            self.housekeeping()
+
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service) -> Envelope:
+    if not d.fields:
+        raise MalformedEntry("entry deleted (trimmed) while pending")
     event = Envelope.parse(d.fields, max_bytes)
     if event.type != bus_keys.event_type_of(d.stream):
         raise MalformedEntry(f"type {event.type!r} does not belong on {d.stream}")
     if event.type not in service.consumes:
         raise MalformedEntry(f"{service.name} does not handle {event.type}")
+    check_data(event)
     return event
 
 

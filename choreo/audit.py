@@ -1,0 +1,371 @@
+"""`choreo audit`: check DESIGN.md's invariants against what is in Redis.
+
+Gather (a few pipelined round trips, fast for 10k orders), then pure checks over the snapshot,
+each returning the violations it found as one line each.
+
+Two kinds of check. Those that hold after every single commit, because the state they compare is
+written in one atomic commit (stock = available + reserved + sold; reserved = the RESERVED
+reservations; payments:totals = the payment hashes; a booked shipment is never refunded), are
+always violations. Those that only hold once the saga has settled (every cancelled order
+refunded and released, charged - refunded = the completed orders' totals) are checked only when
+nothing is in flight: no PENDING order, no unread or pending entry. With --strict (for a run
+that has drained) everything is checked and anything still in flight is itself a violation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from bus import keys as bus_keys
+from bus.redis_streams import RedisStreamsBus, translated_errors
+from bus.trim import after, declared_groups, parse_id
+from workers import keys
+from workers.order import PENDING, TERMINAL
+
+CHUNK = 2000
+DOMAIN_KEY = re.compile(r"^(order|reservation|payment|shipment|stock):([^:]+)$")
+
+
+@dataclass(frozen=True)
+class GroupState:
+    stream: str
+    group: str
+    exists: bool
+    unread: int
+    pending: int
+    lost: tuple[str, ...] = ()       # entries deleted before this group acknowledged them
+
+
+@dataclass
+class Snapshot:
+    index: list[str]
+    orders: dict[str, dict] = field(default_factory=dict)
+    reservations: dict[str, dict] = field(default_factory=dict)
+    payments: dict[str, dict] = field(default_factory=dict)
+    shipments: dict[str, dict] = field(default_factory=dict)
+    stocks: dict[str, dict] = field(default_factory=dict)
+    by_status: dict[str, str] = field(default_factory=dict)
+    totals: dict[str, str] = field(default_factory=dict)
+    groups: list[GroupState] = field(default_factory=list)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    quiet: bool = True               # no entry was published while the snapshot was read
+
+    @property
+    def in_flight(self) -> tuple[int, int, int]:
+        """(PENDING orders, unread entries, pending entries)."""
+        return (sum(1 for o in self.orders.values() if o.get("status") == PENDING),
+                sum(g.unread for g in self.groups), sum(g.pending for g in self.groups))
+
+
+# -- gathering -----------------------------------------------------------------------------------
+
+def domain_keys(bus: RedisStreamsBus) -> dict[str, set[str]]:
+    """kind -> ids of every order/reservation/payment/shipment/stock hash, one SCAN pass."""
+    found: dict[str, set[str]] = {k: set() for k in ("order", "reservation", "payment",
+                                                       "shipment", "stock")}
+    with translated_errors():
+        for key in bus.client.scan_iter(count=5000):
+            m = DOMAIN_KEY.match(key)
+            if m:
+                found[m[1]].add(m[2])
+    return found
+
+
+def hashes(bus: RedisStreamsBus, names: list[str]) -> list[dict]:
+    out: list[dict] = []
+    with translated_errors():
+        for i in range(0, len(names), CHUNK):
+            pipe = bus.client.pipeline(transaction=False)
+            for name in names[i:i + CHUNK]:
+                pipe.hgetall(name)
+            out += pipe.execute()
+    return out
+
+
+def gather(bus: RedisStreamsBus, services: Iterable) -> Snapshot:
+    """Streams first, domain state, then the streams' entries-added again: if nothing was
+    drained-and-then-published in between, the domain reads saw no commit at all (a drained
+    bus runs no handler), so the cross-key checks are comparing one consistent moment."""
+    declared = sorted(declared_groups(services).items())
+    before = streams_added(bus, [s for s, _ in declared])
+    snap = Snapshot(index=[])
+    for stream, groups in declared:
+        snap.groups += stream_groups(bus, stream, groups)
+    gather_domain(bus, snap)
+    with translated_errors():
+        snap.by_status = bus.client.hgetall(keys.ORDERS_BY_STATUS)
+        snap.totals = bus.client.hgetall(keys.PAYMENT_TOTALS)
+        snap.dead_letters = {name: bus.client.xlen(bus_keys.dead_letters(name))
+                             for name in sorted({g for _, gs in declared for g in gs})}
+    snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
+    return snap
+
+
+def streams_added(bus: RedisStreamsBus, streams: list[str]) -> list[int]:
+    """entries-added of each stream (0 if absent): it only grows, whatever is trimmed."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        replies = pipe.execute(raise_on_error=False)
+    return [r.get("entries-added", 0) if isinstance(r, dict) else 0 for r in replies]
+
+
+def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
+    """Every order-keyed hash (indexed or not, so strays show up) and every stock hash. The index
+    is read after the SCAN, so an order placed meanwhile is in the index, not a stray."""
+    found = domain_keys(bus)
+    with translated_errors():
+        snap.index = bus.client.zrange(keys.ORDERS_INDEX, 0, -1)
+    ids = sorted(set(snap.index) | found["order"] | found["reservation"] | found["payment"]
+                 | found["shipment"])
+    for key_of, into in ((keys.order, snap.orders), (keys.reservation, snap.reservations),
+                         (keys.payment, snap.payments), (keys.shipment, snap.shipments)):
+        into.update((i, h) for i, h in zip(ids, hashes(bus, [key_of(i) for i in ids])) if h)
+    pids = sorted(found["stock"])
+    snap.stocks = dict(zip(pids, hashes(bus, [keys.stock(p) for p in pids])))
+
+
+def stream_groups(bus: RedisStreamsBus, stream: str, declared: list[str]) -> list[GroupState]:
+    with translated_errors():
+        if not bus.client.exists(stream):
+            return []       # nothing was ever published on it
+        info = bus.client.xinfo_stream(stream)
+        existing = {g["name"]: g for g in bus.client.xinfo_groups(stream)}
+    return [group_state(bus, stream, info, existing.get(name), name) for name in declared]
+
+
+def group_state(bus: RedisStreamsBus, stream: str, info: dict, g: dict | None,
+                name: str) -> GroupState:
+    """A missing group is treated as one at 0-0 that has read nothing: created now, it would
+    want every entry ever added."""
+    last = g["last-delivered-id"] if g else "0-0"
+    lag = g.get("lag") if g else info.get("entries-added")
+    with translated_errors():
+        unread = len(bus.client.xrange(stream, "(" + last, "+")) if last != "0-0" else info["length"]
+        gone_pending = trimmed_pending(bus, stream, name, info, g["pending"]) if g else 0
+    return GroupState(stream, name, g is not None, unread, g["pending"] if g else 0,
+                      lost_entries(info, last, lag, unread, gone_pending))
+
+
+def lost_entries(info: dict, last: str, lag: int | None, unread: int, gone_pending: int) -> tuple:
+    """Ways an entry this group needed can have vanished. lag counts entries added after what
+    the group read (Redis's own counters, blind to deletion), so more lag than entries still
+    there means some were trimmed unread; XDEL instead raises max-deleted-entry-id (Redis 7.0
+    leaves it alone on XTRIM, hence both)."""
+    lost = []
+    if lag is not None and lag > unread:
+        lost.append(f"{lag - unread} entries after its last-delivered-id {last} were deleted "
+                    f"before it read them")
+    elif parse_id(info.get("max-deleted-entry-id", "0-0")) >= after(last):
+        lost.append(f"entries after its last-delivered-id {last} were deleted before it read "
+                    f"them (max-deleted-entry-id {info['max-deleted-entry-id']})")
+    if gone_pending:
+        lost.append(f"{gone_pending} pending entries were deleted before they were acknowledged")
+    return tuple(lost)
+
+
+def trimmed_pending(bus: RedisStreamsBus, stream: str, group: str, info: dict, pending: int) -> int:
+    """Pending entries whose ids are below the stream's first entry (trimmed away)."""
+    if not pending:
+        return 0
+    first = info.get("first-entry")
+    upper = "(" + first[0] if first else "+"
+    return len(bus.client.xpending_range(stream, group, min="-", max=upper, count=pending))
+
+
+# -- checks (pure) -------------------------------------------------------------------------------
+
+def check_orders(snap: Snapshot, strict: bool) -> list[str]:
+    out = []
+    indexed = set(snap.index)
+    for oid in sorted(indexed - set(snap.orders)):
+        out.append(f"order {oid}: in {keys.ORDERS_INDEX} but {keys.order(oid)} is missing")
+    for oid, order in sorted(snap.orders.items()):
+        status = order.get("status")
+        if oid not in indexed:
+            out.append(f"order {oid}: {keys.order(oid)} exists but is not in {keys.ORDERS_INDEX}")
+        if status not in TERMINAL and status != PENDING:
+            out.append(f"order {oid}: status {status!r} is neither terminal nor PENDING")
+        elif strict and status == PENDING:
+            out.append(f"order {oid}: still PENDING after the run drained")
+    for found, key_of in ((snap.reservations, keys.reservation), (snap.payments, keys.payment),
+                          (snap.shipments, keys.shipment)):
+        for oid in sorted(set(found) - set(snap.orders)):
+            out.append(f"order {oid}: {key_of(oid)} exists but {keys.order(oid)} does not")
+    return out
+
+
+def check_counters(snap: Snapshot) -> list[str]:
+    counted = Counter(o.get("status") for o in snap.orders.values())
+    out = []
+    for status in sorted(set(counted) | set(snap.by_status), key=str):
+        stored = int(snap.by_status.get(status, 0))
+        if stored != counted.get(status, 0):
+            out.append(f"{keys.ORDERS_BY_STATUS}: {status}={stored} but {counted.get(status, 0)} "
+                       f"order hashes are {status}")
+    return out
+
+
+def reserved_by_product(snap: Snapshot) -> Counter:
+    reserved: Counter = Counter()
+    for res in snap.reservations.values():
+        if res.get("status") == "RESERVED":
+            for line in json.loads(res.get("lines", "[]")):
+                reserved[str(line["product_id"])] += int(line["quantity"])
+    return reserved
+
+
+def stock_counts(stock: dict) -> dict[str, int] | None:
+    try:
+        return {f: int(stock.get(f, 0)) for f in ("start", "available", "reserved", "sold")}
+    except ValueError:
+        return None
+
+
+def check_stock(snap: Snapshot) -> list[str]:
+    """Each stock hash on its own: every commit moves units between its fields atomically."""
+    out = []
+    for pid, stock in sorted(snap.stocks.items()):
+        name, n = keys.stock(pid), stock_counts(stock)
+        if n is None:
+            out.append(f"{name}: a count is not a whole number: {stock}")
+            continue
+        out += [f"{name}: {f} is negative ({v})" for f, v in n.items() if v < 0]
+        if n["start"] != n["available"] + n["reserved"] + n["sold"]:
+            out.append(f"{name}: start {n['start']} != available {n['available']} + reserved "
+                       f"{n['reserved']} + sold {n['sold']}")
+    return out
+
+
+def check_reserved(snap: Snapshot) -> list[str]:
+    """stock reserved = the RESERVED reservations (same commits, but read at different moments)."""
+    reserved = reserved_by_product(snap)
+    out = []
+    for pid, stock in sorted(snap.stocks.items()):
+        n = stock_counts(stock)
+        if n is not None and n["reserved"] != reserved.get(pid, 0):
+            out.append(f"{keys.stock(pid)}: reserved {n['reserved']} but RESERVED reservations "
+                       f"hold {reserved.get(pid, 0)}")
+    return out
+
+
+def check_totals(snap: Snapshot) -> list[str]:
+    """payments:totals against the payment hashes (same commits, read at different moments)."""
+    charged = sum(int(p.get("amount_cents", 0)) for p in snap.payments.values()
+                  if p.get("status") in ("CHARGED", "REFUNDED"))
+    refunded = sum(int(p.get("amount_cents", 0)) for p in snap.payments.values()
+                   if p.get("status") == "REFUNDED")
+    out = []
+    for name, stored, summed in (("charged_cents", snap.totals.get("charged_cents", 0), charged),
+                                 ("refunded_cents", snap.totals.get("refunded_cents", 0), refunded)):
+        if int(stored) != summed:
+            out.append(f"{keys.PAYMENT_TOTALS}: {name}={stored} but payment hashes add up to {summed}")
+    return out
+
+
+def check_payments(snap: Snapshot) -> list[str]:
+    """Per order, what can never be true, whatever is in flight: a completed order without its
+    charge or shipment, an order both shipped and refunded, a shipped order that did not complete.
+    (Orders are read before payments and shipments, and those states are final.)"""
+    out = []
+    for oid, order in sorted(snap.orders.items()):
+        out += order_payment_violations(oid, order, snap.payments.get(oid, {}),
+                                        snap.shipments.get(oid, {}))
+    return out
+
+
+def order_payment_violations(oid: str, order: dict, pay: dict, ship: dict) -> list[str]:
+    out = []
+    status, booked = order.get("status"), ship.get("status") == "BOOKED"
+    if booked and pay.get("status") == "REFUNDED":
+        out.append(f"order {oid}: both shipped (shipment BOOKED) and refunded")
+    if booked and status in TERMINAL and status != "COMPLETED":
+        out.append(f"order {oid}: shipment BOOKED but the order ended {status}")
+    if status == "COMPLETED":
+        if pay.get("status") != "CHARGED" or pay.get("amount_cents") != order.get("total_cents"):
+            out.append(f"order {oid}: COMPLETED with total {order.get('total_cents')} but payment "
+                       f"is {pay.get('status', 'absent')} {pay.get('amount_cents', '')}".rstrip())
+        if not booked:
+            out.append(f"order {oid}: COMPLETED but shipment is {ship.get('status', 'absent')}")
+    return out
+
+
+def check_settled(snap: Snapshot) -> list[str]:
+    """Only meaningful once nothing is in flight: compensations done, money adds up."""
+    out = []
+    completed = 0
+    for oid, order in sorted(snap.orders.items()):
+        status = order.get("status")
+        pay, res = snap.payments.get(oid, {}), snap.reservations.get(oid, {})
+        if status == "COMPLETED":
+            completed += int(order.get("total_cents", 0))
+            if res.get("status") != "SOLD":
+                out.append(f"order {oid}: COMPLETED but reservation is {res.get('status', 'absent')}")
+        elif status in TERMINAL:
+            if pay.get("status") == "CHARGED":
+                out.append(f"order {oid}: {status} but its payment is still CHARGED (no refund)")
+            if res.get("status") == "RESERVED":
+                out.append(f"order {oid}: {status} but its stock is still RESERVED")
+    net = int(snap.totals.get("charged_cents", 0)) - int(snap.totals.get("refunded_cents", 0))
+    if net != completed:
+        out.append(f"money: charged - refunded = {net} cents but completed orders total "
+                   f"{completed} cents")
+    return out
+
+
+def check_streams(snap: Snapshot, strict: bool) -> list[str]:
+    out = []
+    for g in snap.groups:
+        where = f"{g.stream} group {g.group}"
+        out += [f"{where}: {lost}" for lost in g.lost]
+        if not g.exists and (strict or g.unread):
+            out.append(f"{where}: declared but missing ({g.unread} entries it has never read)")
+        elif strict and (g.unread or g.pending):
+            out.append(f"{where}: {g.unread} unread and {g.pending} pending after the run drained")
+    return out
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    violations: list[str]
+    settled: bool
+    summary: str
+
+
+def audit(snap: Snapshot, strict: bool = False) -> AuditReport:
+    settled = snap.quiet and not any(snap.in_flight)
+    violations = (check_orders(snap, strict) + check_stock(snap) + check_payments(snap)
+                  + check_streams(snap, strict))
+    if settled or strict:
+        violations += (check_counters(snap) + check_reserved(snap) + check_totals(snap)
+                       + check_settled(snap))
+    return AuditReport(violations, settled, summarize(snap, settled))
+
+
+def summarize(snap: Snapshot, settled: bool) -> str:
+    statuses = Counter(o.get("status") for o in snap.orders.values())
+    shown = " ".join(f"{s}={n}" for s, n in sorted(statuses.items(), key=lambda kv: str(kv[0])))
+    pending_orders, unread, pending = snap.in_flight
+    flight = ("settled: nothing in flight" if settled else
+              f"in flight: {pending_orders} orders PENDING, {unread} unread, {pending} pending "
+              f"entries{'' if snap.quiet else ', events published while auditing'} "
+              f"(cross-key and settlement checks wait until drained)")
+    dead = sum(snap.dead_letters.values())
+    return (f"{len(snap.orders)} orders ({shown or 'none'}); {len(snap.stocks)} products "
+            f"conserved; {len(snap.groups)} stream groups; {dead} dead letters; {flight}")
+
+
+def run_audit(bus: RedisStreamsBus, services: Iterable, strict: bool, out, err) -> int:
+    report = audit(gather(bus, services), strict)
+    for line in report.violations:
+        out(f"VIOLATION {line}")
+    if report.violations:
+        err(f"choreo audit: {len(report.violations)} violation(s); {report.summary}")
+        return 1
+    out(f"audit clean: {report.summary}")
+    return 0

@@ -1,0 +1,221 @@
+"""`choreo audit` against a real redis-server: clean after a real run of the four workers, and
+each kind of violation found when the state is corrupted by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from choreo.audit import audit, gather
+from choreo.cli import main
+from tests.conftest import Processes
+from tests.saga_run import place_mix, settle, start_workers
+from workers import SERVICES
+
+
+@pytest.fixture(scope="module")
+def settled_dump(redis_server, tmp_path_factory):
+    """One real run (every way an order can end), drained, workers stopped; its keys DUMPed so
+    each test starts from the same state without running the workers again."""
+    redis_server.client().flushall()
+    procs = Processes(redis_server.url, tmp_path_factory.mktemp("audit-run"))
+    try:
+        start_workers(procs)
+        expected = place_mix(procs)
+        settle(redis_server.client())
+    finally:
+        procs.stop_all()
+    raw = redis.Redis(port=redis_server.port)
+    dump = [(k, raw.pttl(k), raw.dump(k)) for k in raw.scan_iter()]
+    raw.close()
+    return expected, dump
+
+
+@pytest.fixture
+def run(settled_dump, redis_url, real_bus):
+    """(client, {order id: final status}) on a fresh copy of the settled run."""
+    expected, dump = settled_dump
+    raw = redis.Redis.from_url(redis_url)
+    for key, pttl, value in dump:
+        raw.restore(key, max(pttl, 0), value)
+    raw.close()
+    return real_bus.client, expected
+
+
+def order_in(expected: dict, status: str, nth: int = 0) -> str:
+    return [i for i, s in expected.items() if s == status][nth]
+
+
+def refunded_order(c, expected) -> str:
+    return next(i for i, s in expected.items()
+                if s == "CANCELLED" and c.hget(f"payment:{i}", "status") == "REFUNDED")
+
+
+def audit_cli(capsys, url: str, *flags: str) -> tuple[int, list[str], str]:
+    code = main(["audit", "--redis-url", url, *flags])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+def test_a_real_run_audits_clean_even_strictly(run, redis_url, capsys):
+    c, expected = run
+    assert {i: c.hget(f"order:{i}", "status") for i in expected} == expected
+
+    code, lines, _ = audit_cli(capsys, redis_url, "--strict")
+
+    assert code == 0 and len(lines) == 1
+    assert lines[0].startswith("audit clean: 5 orders (CANCELLED=2 COMPLETED=2 REJECTED=1)")
+    assert "settled: nothing in flight" in lines[0]
+
+
+# Each corruption: what is done by hand, and the violation audit must print for it.
+def bad_status(c, e):
+    c.hset(f"order:{order_in(e, 'COMPLETED')}", "status", "SHIPPED?")
+
+
+def counter_off(c, e):
+    c.hincrby("orders:by_status", "COMPLETED", 1)
+
+
+def stock_created(c, e):
+    c.hincrby("stock:101", "available", 1)
+
+
+def stock_negative(c, e):
+    c.hset("stock:102", "sold", -1)
+
+
+def reserved_without_reservation(c, e):
+    c.hincrby("stock:101", "available", -1)
+    c.hincrby("stock:101", "reserved", 1)
+
+
+def totals_off(c, e):
+    c.hincrby("payments:totals", "charged_cents", 100)
+
+
+def shipped_and_refunded(c, e):
+    oid = order_in(e, "COMPLETED")
+    c.hset(f"payment:{oid}", "status", "REFUNDED")
+    c.hincrby("payments:totals", "refunded_cents", int(c.hget(f"payment:{oid}", "amount_cents")))
+
+
+def cancelled_still_charged(c, e):
+    oid = refunded_order(c, e)
+    c.hset(f"payment:{oid}", "status", "CHARGED")
+    c.hincrby("payments:totals", "refunded_cents", -int(c.hget(f"payment:{oid}", "amount_cents")))
+
+
+def completed_unpaid(c, e):
+    oid = order_in(e, "COMPLETED")
+    c.hset(f"payment:{oid}", "amount_cents", 1)
+
+
+def missing_from_index(c, e):
+    c.zrem("orders:index", order_in(e, "REJECTED"))
+
+
+def stray_payment(c, e):
+    c.hset("payment:999", mapping={"status": "CHARGED", "amount_cents": 0})
+
+
+def pending_trimmed_away(c, e):
+    c.xadd("events:OrderCreated", {"junk": "1"})
+    c.xreadgroup("inventory", "inventory-gone-1", {"events:OrderCreated": ">"}, count=1)
+    c.xtrim("events:OrderCreated", maxlen=0, approximate=False)
+
+
+def unread_trimmed_away(c, e):
+    c.xadd("events:PaymentProcessed", {"junk": "1"})
+    c.xtrim("events:PaymentProcessed", maxlen=0, approximate=False)
+
+
+@pytest.mark.parametrize("corrupt, violation", [
+    (bad_status, "is neither terminal nor PENDING"),
+    (counter_off, "orders:by_status: COMPLETED=3 but 2 order hashes are COMPLETED"),
+    (stock_created, "stock:101: start"),
+    (stock_negative, "stock:102: sold is negative (-1)"),
+    (reserved_without_reservation, "stock:101: reserved 1 but RESERVED reservations hold 0"),
+    (totals_off, "payments:totals: charged_cents="),
+    (totals_off, "money: charged - refunded ="),
+    (shipped_and_refunded, "both shipped (shipment BOOKED) and refunded"),
+    (cancelled_still_charged, "CANCELLED but its payment is still CHARGED (no refund)"),
+    (completed_unpaid, "COMPLETED with total"),
+    (missing_from_index, "exists but is not in orders:index"),
+    (stray_payment, "order 999: payment:999 exists but order:999 does not"),
+    (pending_trimmed_away, "group inventory: 1 pending entries were deleted before they were"),
+    (unread_trimmed_away, "group shipping: 1 entries after its last-delivered-id"),
+])
+def test_each_violation_is_found_and_exits_1(run, redis_url, capsys, corrupt, violation):
+    c, expected = run
+    corrupt(c, expected)
+
+    code, lines, err = audit_cli(capsys, redis_url)
+
+    assert code == 1, lines
+    assert any(line.startswith("VIOLATION ") and violation in line for line in lines), lines
+    assert "violation(s)" in err
+
+
+def test_in_flight_entries_are_reported_and_only_strict_calls_them_violations(run, redis_url, capsys):
+    c, _ = run
+    c.xadd("events:InventoryRejected", {"junk": "1"})                 # unread by order
+    c.xadd("events:ShippingFailed", {"junk": "2"})
+    c.xreadgroup("payment", "payment-slow-1", {"events:ShippingFailed": ">"}, count=1)
+
+    code, lines, _ = audit_cli(capsys, redis_url)
+    assert code == 0 and "in flight: 0 orders PENDING, 3 unread, 1 pending" in lines[0]
+
+    code, lines, _ = audit_cli(capsys, redis_url, "--strict")
+    assert code == 1
+    assert "VIOLATION events:InventoryRejected group order: 1 unread and 0 pending after the run " \
+           "drained" in lines
+
+
+def test_a_pending_order_is_in_flight_and_a_strict_violation(run, redis_url, capsys):
+    c, expected = run
+    oid = order_in(expected, "REJECTED")
+    c.hset(f"order:{oid}", "status", "PENDING")
+    c.hincrby("orders:by_status", "REJECTED", -1)
+    c.hincrby("orders:by_status", "PENDING", 1)
+
+    assert audit_cli(capsys, redis_url)[0] == 0
+    code, lines, _ = audit_cli(capsys, redis_url, "--strict")
+    assert code == 1 and f"VIOLATION order {oid}: still PENDING after the run drained" in lines
+
+
+def test_a_declared_group_missing_on_a_stream_with_entries_is_reported(run, redis_url, capsys):
+    c, _ = run
+    c.xgroup_destroy("events:OrderCreated", "inventory")
+
+    code, lines, _ = audit_cli(capsys, redis_url)
+
+    assert code == 1
+    assert any("events:OrderCreated group inventory: declared but missing (5 entries" in line
+               for line in lines), lines
+
+
+def test_ten_thousand_settled_orders_audit_in_seconds(real_bus):
+    c, n = real_bus.client, 10_000
+    pipe = c.pipeline(transaction=False)
+    lines = json.dumps([{"product_id": 101, "quantity": 1}])
+    for i in range(1, n + 1):
+        pipe.hset(f"order:{i}", mapping={"status": "COMPLETED", "total_cents": 1999, "lines": lines})
+        pipe.zadd("orders:index", {str(i): i})
+        pipe.hset(f"reservation:{i}", mapping={"status": "SOLD", "lines": lines})
+        pipe.hset(f"payment:{i}", mapping={"status": "CHARGED", "amount_cents": 1999})
+        pipe.hset(f"shipment:{i}", mapping={"status": "BOOKED"})
+        pipe.set(f"seen:order:{i:032x}", 1)
+    pipe.hset("orders:by_status", "COMPLETED", n)
+    pipe.hset("payments:totals", mapping={"charged_cents": 1999 * n, "refunded_cents": 0})
+    pipe.hset("stock:101", mapping={"start": n, "available": 0, "reserved": 0, "sold": n})
+    pipe.execute()
+
+    started = time.monotonic()
+    report = audit(gather(real_bus, SERVICES.values()), strict=True)
+
+    assert report.violations == [] and report.settled
+    assert time.monotonic() - started < 5

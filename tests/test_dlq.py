@@ -1,0 +1,193 @@
+"""Dead-letter tools against a real redis-server: list, show, replay (at most once, refused when
+malformed), purge. Through choreo.cli.main, as a user types them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bus.envelope import Envelope
+from choreo import dlq
+from choreo.cli import main
+from choreo.orders import OrderRequest, place_orders
+from tests.helpers import wait_for
+from tests.saga_run import place_mix, settle, start_workers
+from workers import SERVICES
+
+
+def letter_for(client, service: str, stream: str, entry_id: str, fields: dict,
+               error: str = "gave up after 5 deliveries: TimeoutError: card gateway") -> str:
+    """A dead letter as the runtime writes it (the fields README documents)."""
+    return client.xadd(f"dlq:{service}", {
+        "stream": stream, "entry_id": entry_id, "group": service, "deliveries": "6",
+        "error": error, "at": "2024-01-01T00:00:00.000Z", "entry": json.dumps(fields)})
+
+
+def cli(capsys, *argv: str, url: str) -> tuple[int, str, str]:
+    code = main([*argv, "--redis-url", url])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def an_event(type_="OrderCreated", order_id="1") -> dict:
+    return Envelope.new(type_, order_id, "order", {"lines": [], "total_cents": 0}).fields()
+
+
+def test_list_and_show_by_service_and_by_bare_id(real_bus, redis_url, capsys):
+    c = real_bus.client
+    fields = an_event()
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", fields)
+
+    code, out, _ = cli(capsys, "dlq", "list", url=redis_url)
+    assert code == 0
+    assert "dlq:inventory: 1 dead letter(s)" in out and "dlq:payment: 0 dead letter(s)" in out
+    assert f"inventory/{dlq_id}  events:OrderCreated 5-0  deliveries=6" in out
+
+    for ref in (f"inventory/{dlq_id}", dlq_id):
+        code, out, _ = cli(capsys, "dlq", "show", ref, url=redis_url)
+        assert code == 0 and f"inventory/{dlq_id}" in out
+        assert "error: gave up after 5 deliveries" in out and f'"id": "{fields["id"]}"' in out
+
+
+def test_show_of_an_unknown_letter_is_one_line_exit_1_and_bad_refs_exit_2(real_bus, redis_url, capsys):
+    assert cli(capsys, "dlq", "show", "inventory/1-0", url=redis_url)[:1] == (1,)
+    code, _, err = cli(capsys, "dlq", "show", "nosuch/1-0", url=redis_url)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert cli(capsys, "dlq", "show", "not-an-id", url=redis_url)[0] == 2
+    assert cli(capsys, "dlq", "replay", "nosuch", "--all", url=redis_url)[0] == 2
+    assert cli(capsys, "dlq", "replay", "inventory", url=redis_url)[0] == 2     # --id or --all
+
+
+def test_replay_puts_the_same_fields_back_and_deletes_the_letter_atomically(real_bus, redis_url, capsys):
+    c = real_bus.client
+    fields = an_event()
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", fields)
+
+    code, out, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+
+    new_id = out.split()[-1]
+    assert code == 0 and out.startswith(f"replayed inventory/{dlq_id} to events:OrderCreated as ")
+    assert c.xrange("events:OrderCreated", new_id, new_id)[0][1] == fields
+    assert c.xlen("dlq:inventory") == 0
+
+
+def test_a_letter_is_replayed_at_most_once(real_bus):
+    c = real_bus.client
+    letter_for(c, "inventory", "events:OrderCreated", "5-0", an_event())
+    [letter] = dlq.dead_letters(real_bus, "inventory")
+    streams = SERVICES["inventory"].streams
+
+    dlq.replay(real_bus, letter, streams)
+    with pytest.raises(dlq.DeadLetterError, match="gone meanwhile"):
+        dlq.replay(real_bus, letter, streams)          # a second operator with a stale listing
+    assert c.xlen("events:OrderCreated") == 1
+
+
+@pytest.mark.parametrize("stream, entry, reason", [
+    ("events:OrderCreated", "not json", "entry is not JSON"),
+    ("events:OrderCreated", json.dumps({"type": "OrderCreated"}), "malformed: missing field(s)"),
+    ("events:OrderCreated", json.dumps({**an_event(), "v": "9"}), "unknown schema version"),
+    ("events:OrderCreated", json.dumps(an_event("PaymentFailed")), "does not belong on"),
+    ("events:PaymentProcessed", json.dumps(an_event("PaymentProcessed")), "does not consume"),
+])
+def test_replay_of_an_entry_that_would_only_fail_again_is_refused(real_bus, redis_url, capsys,
+                                                                  stream, entry, reason):
+    c = real_bus.client
+    dlq_id = c.xadd("dlq:inventory", {"stream": stream, "entry_id": "5-0", "group": "inventory",
+                                      "deliveries": "1", "error": "malformed", "at": "-",
+                                      "entry": entry})
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+
+    assert code == 1 and "refused" in err and reason in err and out == ""
+    assert c.xlen("dlq:inventory") == 1 and not c.exists(stream)
+
+
+def test_replay_all_replays_the_good_and_keeps_the_refused(real_bus, redis_url, capsys):
+    c = real_bus.client
+    good = letter_for(c, "inventory", "events:OrderCreated", "5-0", an_event())
+    bad = letter_for(c, "inventory", "events:OrderCreated", "6-0", {"junk": "1"})
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--all", url=redis_url)
+
+    assert code == 1 and f"replayed inventory/{good}" in out and f"inventory/{bad}: refused" in err
+    assert [e for e, _ in c.xrange("dlq:inventory")] == [bad]
+
+
+def test_purge_deletes_and_counts(real_bus, redis_url, capsys):
+    c = real_bus.client
+    for n in range(3):
+        letter_for(c, "payment", "events:InventoryChecked", f"{n + 1}-0", an_event())
+
+    code, out, _ = cli(capsys, "dlq", "purge", "payment", url=redis_url)
+
+    assert code == 0 and out.strip() == "purged 3 dead letter(s) from dlq:payment"
+    assert not c.exists("dlq:payment")
+
+
+def test_the_runtime_dead_letters_a_malformed_entry_and_replay_refuses_it(procs, real_bus, capsys):
+    c = real_bus.client
+    procs.worker("inventory")
+    entry_id = c.xadd("events:OrderCreated", {"junk": "1"})
+    wait_for(lambda: c.xlen("dlq:inventory") == 1, what="the malformed entry dead-lettered")
+    [(dlq_id, _)] = c.xrange("dlq:inventory")
+
+    code, out, _ = cli(capsys, "dlq", "show", f"inventory/{dlq_id}", url=procs.url)
+    assert code == 0 and f"entry_id: {entry_id}" in out and "missing field(s)" in out
+
+    code, _, err = cli(capsys, "dlq", "replay", "inventory", "--all", url=procs.url)
+    assert code == 1 and "refused, the entry is malformed: missing field(s)" in err
+    assert c.xlen("events:OrderCreated") == 1 and c.xlen("dlq:inventory") == 1
+
+
+def test_replay_of_a_letter_the_service_never_handled_completes_the_order(procs, real_bus, capsys):
+    """Inventory gave up on an OrderCreated (its group moved past it): the order is stuck until
+    the dead letter is replayed; then it completes, and the order service, which had already
+    confirmed that event, changes nothing."""
+    c = real_bus.client
+    place_orders(real_bus, [OrderRequest("77", [{"product_id": 101, "quantity": 1}])])
+    [(entry_id, fields)] = c.xrange("events:OrderCreated")
+    c.xgroup_create("events:OrderCreated", "inventory", id="$")
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", entry_id, fields)
+    start_workers(procs)
+    wait_for(lambda: c.exists("seen:order:" + fields["id"]), what="order confirmed the event")
+    assert c.hget("order:77", "status") == "PENDING"
+
+    code, _, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=procs.url)
+    settle(c)
+
+    assert code == 0 and c.hget("order:77", "status") == "COMPLETED"
+    assert c.llen("order:77:history") == 2          # created, completed: no second "created"
+    assert c.xlen("events:InventoryChecked") == 1
+
+
+def test_replay_of_an_event_every_service_already_handled_has_no_second_effect(procs, real_bus, capsys):
+    c = real_bus.client
+    start_workers(procs)
+    place_mix(procs)
+    settle(c)
+    [(entry_id, fields)] = c.xrange("events:OrderCreated", count=1)
+    before = state(c)
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", entry_id, fields)
+
+    code, out, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=procs.url)
+    wait_for(lambda: c.xlen("events:OrderCreated") == before["lengths"]["events:OrderCreated"] + 1,
+             what="the replayed entry")
+    settle(c)
+
+    assert code == 0 and "replayed" in out
+    after = state(c)
+    assert after["lengths"].pop("events:OrderCreated") == before["lengths"].pop("events:OrderCreated") + 1
+    assert after == before
+
+
+def state(c) -> dict:
+    """Everything a second handling of an event could change."""
+    return {
+        "stock": [c.hgetall(f"stock:{p}") for p in (101, 102, 103)],
+        "totals": c.hgetall("payments:totals"),
+        "by_status": c.hgetall("orders:by_status"),
+        "lengths": {s: c.xlen(s) for s in c.scan_iter(match="events:*")},
+        "reservations": {k: c.hgetall(k) for k in c.scan_iter(match="reservation:*")},
+    }

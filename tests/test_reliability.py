@@ -1,0 +1,138 @@
+"""Nothing lost, nothing doubled: retries, dead letters, duplicates, arbitrary input — the worker
+runtime in-process against a real redis-server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope, FIELDS
+from config.settings import Settings
+from workers import SERVICES, keys
+from workers.runtime import Worker
+from workers.service import On
+from choreo.orders import OrderRequest, place_orders
+
+CHECKED = bus_keys.stream("InventoryChecked")
+
+
+def checked_event(order_id="1", total=3998):
+    return Envelope.new("InventoryChecked", order_id, "inventory",
+                        {"lines": [{"product_id": 101, "quantity": 2}], "total_cents": total})
+
+
+def xadd(bus, event):
+    bus.client.xadd(bus_keys.stream(event.type), event.fields())
+
+
+def flaky_payment(failures: int):
+    """The payment service with a charge handler that raises `failures` times first."""
+    calls = {"n": 0}
+    real = SERVICES["payment"].consumes["InventoryChecked"]
+
+    def charge(event, uow):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise ConnectionError(f"card gateway timeout #{calls['n']}")
+        real.handle(event, uow)
+    consumes = {**SERVICES["payment"].consumes, "InventoryChecked": On(charge, real.says)}
+    return dataclasses.replace(SERVICES["payment"], consumes=consumes), calls
+
+
+def run_until(workers, done, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in workers:
+            w.poll(block_ms=5)
+        if done():
+            return
+    raise AssertionError("timed out")
+
+
+def fast(**kw) -> Settings:
+    return Settings(retry_base_ms=20, retry_max_ms=200, claim_idle_ms=60_000, **kw)
+
+
+def test_handler_failing_twice_then_succeeding_is_applied_once_on_delivery_3(real_bus):
+    service, calls = flaky_payment(failures=2)
+    log: list[str] = []
+    worker = Worker(service, real_bus, fast(), "payment-test-1", log=log.append)
+    worker.start()
+    xadd(real_bus, checked_event())
+    run_until([worker], lambda: real_bus.client.exists(keys.payment("1")))
+    assert calls["n"] == 3
+    assert real_bus.client.hget(keys.PAYMENT_TOTALS, "charged_cents") == "3998"
+    assert real_bus.client.xpending(CHECKED, "payment")["pending"] == 0
+    assert any("Processing payment for order 1" in l and "deliveries=3" in l for l in log)
+    assert sum("handler failed" in l for l in log) == 2
+    assert real_bus.client.xlen(bus_keys.dead_letters("payment")) == 0
+
+
+def test_handler_always_failing_is_dead_lettered_after_max_deliveries_and_nothing_else_changes(real_bus):
+    service, calls = flaky_payment(failures=10**6)
+    worker = Worker(service, real_bus, fast(max_deliveries=3), "payment-test-1", log=lambda _: None)
+    worker.start()
+    xadd(real_bus, checked_event())
+    dlq = bus_keys.dead_letters("payment")
+    run_until([worker], lambda: real_bus.client.exists(dlq))
+    assert calls["n"] == 3
+    (entry_id, dead), = real_bus.client.xrange(dlq)
+    assert dead["deliveries"] == "3" and "card gateway timeout #3" in dead["error"]
+    assert dead["stream"] == CHECKED and json.loads(dead["entry"])["type"] == "InventoryChecked"
+    assert real_bus.client.xpending(CHECKED, "payment")["pending"] == 0     # acked with it
+    assert not real_bus.client.exists(keys.payment("1"), keys.PAYMENT_TOTALS)
+    assert real_bus.client.xlen(bus_keys.stream("PaymentProcessed")) == 0
+
+
+def test_an_event_delivered_twice_has_no_second_effect(real_bus):
+    workers = [Worker(s, real_bus, fast(), f"{s.name}-test-1", log=lambda _: None)
+               for s in SERVICES.values()]
+    for w in workers:
+        w.start()
+    place_orders(real_bus, [OrderRequest("1", [{"product_id": 101, "quantity": 2}])])
+    run_until(workers, lambda: real_bus.client.hget(keys.order("1"), "status") == "COMPLETED")
+    before = {k: real_bus.client.hgetall(k) for k in (keys.stock(101), keys.PAYMENT_TOTALS)}
+    # The same envelopes again, as a producer retrying after a lost reply would publish them.
+    for stream in [bus_keys.stream(t) for t in ("OrderCreated", "InventoryChecked", "PaymentProcessed")]:
+        for _, fields in real_bus.client.xrange(stream):
+            real_bus.client.xadd(stream, fields)
+    run_until(workers, lambda: all(g["lag"] == 0 and g["pending"] == 0
+                                   for s in (bus_keys.stream("OrderCreated"), CHECKED)
+                                   for g in real_bus.client.xinfo_groups(s)))
+    after = {k: real_bus.client.hgetall(k) for k in before}
+    assert after == before
+    assert real_bus.client.xlen(bus_keys.stream("ShippingArranged")) == 1
+
+
+valid = Envelope.new("OrderCreated", "9", "order",
+                     {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999}).fields()
+field_maps = st.one_of(
+    st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=40), max_size=8),
+    st.fixed_dictionaries({k: st.one_of(st.just(v), st.text(max_size=30)) for k, v in valid.items()}),
+    st.builds(lambda drop, data: {**{k: v for k, v in valid.items() if k not in drop}, "data": data},
+              st.sets(st.sampled_from(FIELDS), max_size=2),
+              st.one_of(st.just(valid["data"]), st.text(max_size=50),
+                        st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8)).map(json.dumps))),
+)
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=field_maps)
+def test_any_field_map_ends_handled_or_dead_lettered_with_a_reason(real_bus, fields):
+    real_bus.client.flushall()
+    worker = Worker(SERVICES["inventory"], real_bus, fast(max_deliveries=2), "inventory-prop-1",
+                    log=lambda _: None)
+    worker.start()
+    stream = bus_keys.stream("OrderCreated")
+    entry_id = real_bus.client.xadd(stream, fields or {"empty": ""})
+    run_until([worker], lambda: real_bus.client.xinfo_groups(stream)[0]["pending"] == 0
+              and real_bus.client.xinfo_groups(stream)[0]["lag"] == 0)
+    dead = real_bus.client.xrange(bus_keys.dead_letters("inventory"))
+    handled = sum(real_bus.client.xlen(bus_keys.stream(t)) for t in ("InventoryChecked", "InventoryRejected"))
+    assert bool(dead) != bool(handled), (fields, dead)
+    for _, d in dead:
+        assert d["entry_id"] == entry_id and d["error"]
