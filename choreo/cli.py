@@ -81,11 +81,28 @@ def cmd_worker(args, settings: Settings) -> int:
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
          f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
+    worker = Worker(service, bus, settings, consumer, log=_out,
+                    housekeeping=_periodic_trim(bus, settings, service))
     try:
-        return Worker(service, bus, settings, consumer, log=_out).run(stop)
+        return worker.run(stop)
     finally:
         bus.close()
         _out(f"{service.voice}: {consumer} stopped")
+
+
+def _periodic_trim(bus, settings: Settings, service):
+    """Housekeeping for a worker: trim every declared stream as far as all groups allow; log a
+    stream only when something was trimmed or its blocked state changed (no log flood)."""
+    from bus.trim import Retention, trim_streams
+    retention = Retention(settings.trim_keep_entries, settings.trim_keep_seconds)
+    blocked: dict[str, tuple] = {}
+
+    def trim() -> None:
+        for report in trim_streams(bus, SERVICES.values(), retention):
+            if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
+                _out(f"{service.voice}: trim {report.line()}")
+            blocked[report.stream] = report.blocked_by
+    return trim
 
 
 def cmd_place_order(args, settings: Settings) -> int:

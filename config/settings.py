@@ -35,6 +35,9 @@ class Settings:
     stale_consumer_ms: int = 3_600_000
     # How often a worker does housekeeping (stale consumers, trimming).
     housekeeping_every_s: float = 30.0
+    # Acknowledged history kept when workers trim streams (never trims what a group still needs).
+    trim_keep_entries: int = 10_000
+    trim_keep_seconds: float = 3600.0
     # How long a service remembers that it handled an event id (the dedup marker's TTL).
     seen_ttl_s: int = 7 * 24 * 3600
     # Entries whose fields add up to more than this go to the dead-letter stream unhandled.
