@@ -172,3 +172,12 @@ def existing(bus: RedisStreamsBus, keys_: list[str]) -> list[bool]:
         for key in keys_:
             pipe.exists(key)
         return [bool(n) for n in pipe.execute()]
+
+
+def hash_fields(bus: RedisStreamsBus, keys_: list[str], fields: list[str]) -> list[list[str | None]]:
+    """The named fields of each hash (None where missing), one round trip."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key in keys_:
+            pipe.hmget(key, fields)
+        return pipe.execute()

@@ -48,7 +48,8 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def run_load(bus: RedisStreamsBus, orders: int, timeout_s: float, product: int, quantity: int,
              rate: float | None = None, progress=None) -> LoadResult:
-    """progress(placed, finished, failed) is called as things move (e.g. to draw a bar)."""
+    """progress(placed, completed, failed) is called as things move (e.g. to draw a bar);
+    failed counts orders that ended other than COMPLETED (rejected, cancelled)."""
     result = LoadResult(orders)
     ids = new_order_ids(bus, orders)
     start = time.monotonic()
@@ -86,7 +87,7 @@ def _collect(bus: RedisStreamsBus, outstanding: list[str], result: LoadResult) -
 
 def _report(progress, result: LoadResult) -> None:
     if progress:
-        progress(result.placed, result.finished, result.finished - result.completed)
+        progress(result.placed, result.completed, result.finished - result.completed)
 
 
 def rich_progress(total: int):
@@ -102,12 +103,32 @@ def rich_progress(total: int):
         with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as p:
             placed = p.add_task("placed", total=total)
-            done = p.add_task("finished", total=total)
+            done = p.add_task("completed", total=total)
             failed = p.add_task("failed", total=total)
 
-            def update(n_placed, n_finished, n_failed):
+            def update(n_placed, n_completed, n_failed):
                 p.update(placed, completed=n_placed)
-                p.update(done, completed=n_finished)
+                p.update(done, completed=n_completed)
                 p.update(failed, completed=n_failed)
             yield update
     return bar()
+
+
+def summary_table(result: LoadResult):
+    """The run at a glance, for people; the figures line stays the one for scripts."""
+    from rich import box
+    from rich.table import Table
+    lat = sorted(result.latencies_ms)
+    table = Table(title="choreo load", box=box.SIMPLE, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("orders", result.orders), ("placed", result.placed)]
+    rows += sorted(result.by_status.items())
+    rows += [("not finished", result.orders - result.finished),
+             ("elapsed s", f"{result.elapsed_s:.3f}"),
+             ("completed per s", f"{result.completed / result.elapsed_s if result.elapsed_s else 0:.1f}"),
+             ("p50 ms", f"{percentile(lat, 50):.1f}"), ("p99 ms", f"{percentile(lat, 99):.1f}"),
+             ("max ms", f"{lat[-1]:.1f}" if lat else "-")]
+    for name, value in rows:
+        table.add_row(str(name), str(value))
+    return table

@@ -1,11 +1,18 @@
 """An order's events across all streams, put back in causal order.
 
 Depth-first over causation ids; for each event, first its producer's own confirmation, then each
-reaction to it (the reacting service's line, then what that reaction emitted)."""
+reaction to it (the reacting service's line, then what that reaction emitted). story() gives the
+services' lines (the demo's eight on the happy path); build_trace() and render_tree() give what
+`choreo trace` shows: that walk as a tree, with each consumer's handling (handled, pending with its
+delivery count, dead-lettered) and the order's dead letters."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+
+from rich.text import Text
+from rich.tree import Tree
 
 from bus import inspect, keys as bus_keys
 from bus.envelope import Envelope, MalformedEntry
@@ -53,17 +60,173 @@ def walk(events: list[TracedEvent]) -> list[tuple[int, TracedEvent]]:
 def story(events: list[TracedEvent], services: dict[str, Service] = SERVICES) -> list[str]:
     """The services' lines for this order in causal order: the tutorial's eight on the happy path."""
     by_id = {t.event.id: t.event for t in events}
+    return [line for _, t in walk(events) for line in event_lines(t, by_id, services)]
+
+
+def event_lines(t: TracedEvent, by_id: dict[str, Envelope],
+                services: dict[str, Service] = SERVICES) -> list[str]:
+    """One event's part of the story: the producer's line for doing what emitted it (creating it
+    on a command, or reacting to its cause), then the producer's confirmation of it."""
+    e = t.event
+    producer = services.get(e.producer)
+    if producer is None:
+        return []
     lines = []
-    for _, t in walk(events):
-        e = t.event
-        producer = services.get(e.producer)
-        if producer is None:
-            continue
-        cause = by_id.get(e.causation_id)
-        if cause is None and e.type in producer.creates:
-            lines.append(producer.says_creating(e.type, e.order_id))
-        elif cause is not None and cause.type in producer.consumes:
-            lines.append(producer.says(cause.type, e.order_id))
-        if e.type in producer.consumes:
-            lines.append(producer.says(e.type, e.order_id))
+    cause = by_id.get(e.causation_id)
+    if cause is None and e.type in producer.creates:
+        lines.append(producer.says_creating(e.type, e.order_id))
+    elif cause is not None and cause.type in producer.consumes:
+        lines.append(producer.says(cause.type, e.order_id))
+    if e.type in producer.consumes:
+        lines.append(producer.says(e.type, e.order_id))
     return lines
+
+
+# -- the tree `choreo trace` shows -----------------------------------------------------------------
+# Business failures are named *Failed / *Rejected in the saga table; each one makes its consumers
+# undo what was done (release, refund) or end the order, so the tree marks them as compensations.
+FAILURE_SUFFIXES = ("Failed", "Rejected")
+DLQ_SCAN = 10_000               # newest dead letters per service searched for this order's entries
+
+
+def is_compensation(event_type: str) -> bool:
+    return event_type.endswith(FAILURE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A consuming service's handling of one event, where that handling emitted nothing."""
+    service: str
+    line: str
+    status: str     # handled, dead-lettered, pending (delivery N on CONSUMER), not yet handled
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    service: str
+    dlq_id: str
+    stream: str
+    entry_id: str
+    event_id: str
+    deliveries: str
+    error: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TraceNode:
+    depth: int
+    traced: TracedEvent
+    lines: list[str]            # this event's part of story(): the tutorial's wording
+    reactions: list[Reaction]
+    dead_letters: list[DeadLetter]
+
+    def to_dict(self) -> dict:
+        e = self.traced.event
+        return {"depth": self.depth, "type": e.type, "id": e.id, "causation_id": e.causation_id,
+                "producer": e.producer, "at": e.at, "stream": self.traced.stream,
+                "entry_id": self.traced.entry_id, "data": e.data,
+                "compensation": is_compensation(e.type), "lines": self.lines,
+                "reactions": [asdict(r) for r in self.reactions],
+                "dead_letters": [asdict(d) for d in self.dead_letters]}
+
+
+def order_dead_letters(bus: RedisStreamsBus, order_id: str,
+                       services: dict[str, Service] = SERVICES) -> list[DeadLetter]:
+    """Dead letters whose original entry (field `entry`, JSON) belongs to this order."""
+    found = []
+    for name in services:
+        for d in reversed(inspect.newest_entries(bus, bus_keys.dead_letters(name), DLQ_SCAN)):
+            try:
+                original = json.loads(d.fields.get("entry", "{}"))
+            except ValueError:
+                original = {}
+            if isinstance(original, dict) and original.get("order_id") == order_id:
+                f = d.fields
+                found.append(DeadLetter(name, d.entry_id, f.get("stream", ""), f.get("entry_id", ""),
+                                        original.get("id", ""), f.get("deliveries", ""),
+                                        f.get("error", ""), f.get("at", "")))
+    return found
+
+
+def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_by: set[str],
+              services: dict[str, Service] = SERVICES) -> list[Reaction]:
+    """What each other consumer of this event did with it, when it emitted nothing to show it:
+    its dedup marker says it committed; a dead letter that it gave up; XPENDING that it retries."""
+    e = t.event
+    names = [s.name for s in services.values() if e.type in s.consumes
+             and s.name != e.producer and s.name not in emitted_by]
+    seen = inspect.existing(bus, [bus_keys.seen(n, e.id) for n in names])
+    return [Reaction(name, services[name].says(e.type, e.order_id),
+                     "handled" if handled else _unhandled_status(bus, t, name, dead_by))
+            for name, handled in zip(names, seen)]
+
+
+def _unhandled_status(bus: RedisStreamsBus, t: TracedEvent, group: str, dead_by: set[str]) -> str:
+    if group in dead_by:
+        return "dead-lettered"
+    p = inspect.pending_entry(bus, t.stream, group, t.entry_id)
+    if p is None:
+        return "not yet handled"
+    return f"pending (delivery {p['times_delivered']} on {p['consumer']})"
+
+
+def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[DeadLetter],
+                services: dict[str, Service] = SERVICES) -> list[TraceNode]:
+    by_id = {t.event.id: t.event for t in events}
+    emitters: dict[str, set[str]] = {}
+    for t in events:
+        emitters.setdefault(t.event.causation_id, set()).add(t.event.producer)
+    nodes = []
+    for depth, t in walk(events):
+        mine = [d for d in dead if d.event_id == t.event.id]
+        nodes.append(TraceNode(depth, t, event_lines(t, by_id, services),
+                               reactions(bus, t, emitters.get(t.event.id, set()),
+                                         {d.service for d in mine}, services), mine))
+    return nodes
+
+
+def _label(node: TraceNode) -> Text:
+    e, t = node.traced.event, node.traced
+    label = Text.assemble((e.type, "bold red" if is_compensation(e.type) else "bold"),
+                          (f"  {t.stream} {t.entry_id}  producer={e.producer} at={e.at}", "dim"))
+    if is_compensation(e.type):
+        label.append("  compensation", style="red")
+    return label
+
+
+_REACTION_STYLE = {"handled": "green", "dead-lettered": "bold red"}
+
+
+def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter]) -> Tree:
+    tree = Tree(Text.assemble((f"order {order_id}", "bold"), f"  {status or 'unknown'}"))
+    branches: list[Tree] = [tree]
+    for node in nodes:
+        del branches[node.depth + 1:]           # walk() is depth-first: pop back to the parent
+        branch = branches[-1].add(_label(node))
+        for line in node.lines:
+            branch.add(Text(line))
+        for r in node.reactions:
+            branch.add(Text.assemble(r.line, (f"  [{r.status}]", _REACTION_STYLE.get(r.status, "yellow"))))
+        for d in node.dead_letters:
+            branch.add(_dead_letter_text(d))
+        branches.append(branch)
+    listed = {d.dlq_id for n in nodes for d in n.dead_letters}
+    for d in dead:
+        if d.dlq_id not in listed:              # e.g. a malformed entry that never made the trace
+            tree.add(_dead_letter_text(d))
+    return tree
+
+
+def _dead_letter_text(d: DeadLetter) -> Text:
+    return Text.assemble(("DEAD LETTER", "bold white on red"),
+                         f" {bus_keys.dead_letters(d.service)} {d.dlq_id}: {d.stream} {d.entry_id} "
+                         f"after {d.deliveries} deliveries: {d.error} (at {d.at})")
+
+
+def trace_json(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],
+               events: list[TracedEvent]) -> str:
+    return json.dumps({"order_id": order_id, "status": status,
+                       "events": [n.to_dict() for n in nodes],
+                       "dead_letters": [asdict(d) for d in dead],
+                       "story": story(events)}, indent=2)

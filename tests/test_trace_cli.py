@@ -1,0 +1,128 @@
+"""`choreo trace ORDER_ID`: the order's flow as a tree in causal order, in the tutorial's wording,
+with compensations, retries and dead letters marked; --json for machines."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bus import keys as bus_keys
+from bus.contract import Commit
+from bus.envelope import Envelope
+from choreo.cli import main
+from choreo.orders import OrderRequest, place_orders
+from config.settings import Settings
+from tests.inprocess import drain, start_workers
+from workers import keys
+
+EIGHT = """\
+OrderService: Creating order 1
+OrderService: Order 1 created
+InventoryService: Checking inventory for order 1
+InventoryService: Inventory checked for order 1
+PaymentService: Processing payment for order 1
+PaymentService: Payment processed for order 1
+ShippingService: Arranging shipping for order 1
+ShippingService: Shipping arranged for order 1""".splitlines()
+
+
+def tree_lines(output: str) -> list[str]:
+    """Each node's text without the tree guides in front of it."""
+    return [line.split("── ", 1)[-1] for line in output.splitlines()[1:]]
+
+
+def trace(capsys, url: str, order_id: str, *flags: str) -> str:
+    assert main(["trace", order_id, "--redis-url", url, *flags]) == 0
+    return capsys.readouterr().out
+
+
+def test_demo_then_trace_tells_the_tutorials_story(procs, redis_url):
+    demo = procs.run("demo", "--redis-url", redis_url)
+    assert demo.returncode == 0 and demo.stdout.splitlines()[:8] == EIGHT
+
+    shown = procs.run("trace", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == "order 1  COMPLETED"
+    lines = tree_lines(shown.stdout)
+    assert [line for line in lines if line in EIGHT] == EIGHT           # in the tutorial's order
+    assert [line.split()[0] for line in lines if not line.startswith(tuple(s.split(":")[0] for s in EIGHT))] \
+        == ["OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
+    assert "OrderService: Order 1 completed  [handled]" in lines
+    assert "InventoryService: Stock sold for order 1  [handled]" in lines
+    assert "compensation" not in shown.stdout and "DEAD LETTER" not in shown.stdout
+
+    data = json.loads(procs.run("trace", "1", "--json").stdout)
+    assert data["story"] == EIGHT and data["status"] == "COMPLETED"
+    assert [(e["depth"], e["type"]) for e in data["events"]] == [
+        (0, "OrderCreated"), (1, "InventoryChecked"), (2, "PaymentProcessed"), (3, "ShippingArranged")]
+    assert [line for e in data["events"] for line in e["lines"]] == EIGHT
+    assert {(r["service"], r["status"]) for r in data["events"][3]["reactions"]} == \
+        {("order", "handled"), ("inventory", "handled")}
+
+
+def test_trace_marks_compensations(real_bus, redis_url, capsys):
+    workers = start_workers(real_bus)
+    # 101 Gadgets are over the card limit (PaymentFailed); 51 Widgets are too many for one
+    # parcel (ShippingFailed: the payment is refunded and the stock released).
+    place_orders(real_bus, [OrderRequest("7", [{"product_id": 102, "quantity": 101}]),
+                            OrderRequest("8", [{"product_id": 101, "quantity": 51}])])
+    drain(workers)
+
+    lines = tree_lines(trace(capsys, redis_url, "7"))
+    failed = next(line for line in lines if line.startswith("PaymentFailed"))
+    assert failed.endswith("  compensation")
+    assert "InventoryService: Releasing stock for order 7  [handled]" in lines
+    assert "OrderService: Order 7 cancelled: payment failed  [handled]" in lines
+
+    data = json.loads(trace(capsys, redis_url, "8", "--json"))
+    assert data["status"] == "CANCELLED"
+    shipping_failed = data["events"][-1]
+    assert (shipping_failed["type"], shipping_failed["compensation"]) == ("ShippingFailed", True)
+    assert {(r["service"], r["line"], r["status"]) for r in shipping_failed["reactions"]} == {
+        ("payment", "PaymentService: Refunding payment for order 8", "handled"),
+        ("inventory", "InventoryService: Releasing stock for order 8", "handled"),
+        ("order", "OrderService: Order 8 cancelled: shipping failed", "handled")}
+    assert not any(e["compensation"] for e in data["events"][:-1])
+
+
+def _publish(bus, event: Envelope) -> None:
+    """Publish as a service does: XADD plus the order's trace list, in one commit."""
+    flat = [x for kv in event.fields().items() for x in kv]
+    bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), bus_keys.trace(event.order_id), *flat)])])
+
+
+def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
+    settings = Settings(max_deliveries=2, retry_base_ms=10)
+    (inventory,) = start_workers(real_bus, settings, names=("inventory",))
+    # Corrupt stock makes reserving it raise (a bug, not a business outcome), so it is retried.
+    real_bus.client.hset(keys.stock(101), "available", "lots")
+    _publish(real_bus, Envelope.new("OrderCreated", "9", "order",
+                                    {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999}))
+    inventory.poll(block_ms=0)
+    lines = tree_lines(trace(capsys, redis_url, "9"))
+    assert "InventoryService: Checking inventory for order 9  [pending (delivery 1 on inventory-test-1)]" in lines
+
+    deadline = time.monotonic() + 10            # the retry (delivery 2) fails too: dead-lettered
+    while not real_bus.client.exists(bus_keys.dead_letters("inventory")):
+        assert time.monotonic() < deadline, "never dead-lettered"
+        inventory.poll(block_ms=0)
+        time.sleep(0.01)
+    bad = {**Envelope.new("OrderCreated", "9", "order").fields(), "v": "9"}
+    real_bus.client.xadd(bus_keys.stream("OrderCreated"), bad)    # malformed: never in the trace
+    drain([inventory])
+    output = trace(capsys, redis_url, "9")
+    lines = tree_lines(output)
+    assert "InventoryService: Checking inventory for order 9  [dead-lettered]" in lines
+    letters = [line for line in output.splitlines() if "DEAD LETTER" in line]
+    assert len(letters) == 2
+    assert letters[0].startswith("│   └── DEAD LETTER") and "ValueError: invalid literal for int()" in letters[0]
+    assert letters[1].startswith("└── DEAD LETTER") and "malformed: unknown schema version '9'" in letters[1]
+
+    data = json.loads(trace(capsys, redis_url, "9", "--json"))
+    assert [d["service"] for d in data["dead_letters"]] == ["inventory", "inventory"]
+    assert data["events"][0]["dead_letters"][0]["deliveries"] == "2"
+
+
+def test_trace_of_an_unknown_order(real_bus, redis_url, capsys):
+    assert main(["trace", "404", "--redis-url", redis_url]) == 1
+    assert capsys.readouterr().out == "choreo: no events for order 404\n"
