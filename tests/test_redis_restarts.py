@@ -18,6 +18,15 @@ def start_workers(procs, url):
     return [procs.start("worker", s, name=s, REDIS_URL=url, CHOREO_RECONNECT_MAX_S=1) for s in SERVICES]
 
 
+def all_groups_exist(r) -> bool:
+    from workers import SERVICES as DECLARED
+    for service in DECLARED.values():
+        for stream in service.streams:
+            if not r.exists(stream) or service.name not in {g["name"] for g in r.xinfo_groups(stream)}:
+                return False
+    return True
+
+
 def statuses(r):
     return {k: int(v) for k, v in r.hgetall(keys.ORDERS_BY_STATUS).items() if int(v)}
 
@@ -65,7 +74,7 @@ def test_a_redis_that_comes_back_empty_gets_its_groups_recreated(procs, tmp_path
 def test_groups_flushed_away_under_running_workers_are_recreated_without_a_hot_loop(procs, redis_server):
     workers = [procs.worker(s) for s in SERVICES]
     r = redis_server.client()
-    wait_for(lambda: r.exists(keys.stock(101)), what="workers started")
+    wait_for(lambda: all_groups_exist(r), what="every worker's groups created")
     r.flushall()                               # NOGROUP on the workers' next read
     wait_for(lambda: r.exists(keys.stock(101)), timeout=15, what="groups recreated, stock reseeded")
     bus = open_bus(procs.url)
