@@ -63,15 +63,24 @@ def seed_stock(bus: Bus) -> None:
         bus.commit("", [c])
 
 
+def _reservation_and_stock(event) -> list[str]:
+    return [keys.reservation(event.order_id),
+            *(keys.stock(l["product_id"]) for l in event.data.get("lines", []))]
+
+
+def _reservation(event) -> list[str]:
+    return [keys.reservation(event.order_id)]
+
+
 SERVICE = Service(
     name="inventory",
     voice="InventoryService",
     consumes={
-        "OrderCreated": On(reserve_stock, "Checking inventory for order {order_id}"),
+        "OrderCreated": On(reserve_stock, "Checking inventory for order {order_id}", _reservation_and_stock),
         "InventoryChecked": On(confirm, "Inventory checked for order {order_id}"),
-        "PaymentFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}"),
-        "ShippingFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}"),
-        "ShippingArranged": On(_settle(SOLD), "Stock sold for order {order_id}"),
+        "PaymentFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}", _reservation),
+        "ShippingFailed": On(_settle(RELEASED), "Releasing stock for order {order_id}", _reservation),
+        "ShippingArranged": On(_settle(SOLD), "Stock sold for order {order_id}", _reservation),
     },
     emits=("InventoryChecked", "InventoryRejected"),
     on_start=seed_stock,

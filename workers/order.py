@@ -50,15 +50,19 @@ def _finish(status: str):
     return finish
 
 
+def _order(event) -> list[str]:
+    return [keys.order(event.order_id)]
+
+
 SERVICE = Service(
     name="order",
     voice="OrderService",
     consumes={
         "OrderCreated": On(confirm, "Order {order_id} created"),
-        "InventoryRejected": On(_finish(REJECTED), "Order {order_id} rejected: out of stock"),
-        "PaymentFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: payment failed"),
-        "ShippingFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: shipping failed"),
-        "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed"),
+        "InventoryRejected": On(_finish(REJECTED), "Order {order_id} rejected: out of stock", _order),
+        "PaymentFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: payment failed", _order),
+        "ShippingFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: shipping failed", _order),
+        "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed", _order),
     },
     emits=("OrderCreated",),
     creates={"OrderCreated": "Creating order {order_id}"},

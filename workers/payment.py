@@ -34,13 +34,17 @@ def refund(event, uow: UnitOfWork) -> None:
     uow.count(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
 
 
+def _payment(event) -> list[str]:
+    return [keys.payment(event.order_id)]
+
+
 SERVICE = Service(
     name="payment",
     voice="PaymentService",
     consumes={
-        "InventoryChecked": On(charge, "Processing payment for order {order_id}"),
+        "InventoryChecked": On(charge, "Processing payment for order {order_id}", _payment),
         "PaymentProcessed": On(confirm, "Payment processed for order {order_id}"),
-        "ShippingFailed": On(refund, "Refunding payment for order {order_id}"),
+        "ShippingFailed": On(refund, "Refunding payment for order {order_id}", _payment),
     },
     emits=("PaymentProcessed", "PaymentFailed"),
 )

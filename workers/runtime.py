@@ -149,25 +149,32 @@ class Worker:
     # -- handling and committing -----------------------------------------------------------------
     def commit_batch(self, deliveries: list[Delivery]) -> None:
         """Handle and commit; entries from the first CONFLICT on are handled again on fresh reads."""
-        todo = deliveries
+        todo = [(d, self.parse(d)) for d in deliveries]
         while todo:
             view = BatchView(self.bus)
-            ready = [h for h in (self.handle(d, view) for d in todo) if h is not None]
+            view.prefetch([key for _, event in todo if isinstance(event, Envelope)
+                           for key in self.service.consumes[event.type].reads(event)])
+            ready = [h for h in (self.handle(d, event, view) for d, event in todo) if h is not None]
             if self.settings.commit_delay_ms:
                 time.sleep(self.settings.commit_delay_ms / 1000)
             outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
-            todo = [h.delivery for h, o in zip(ready, outcomes) if o is Outcome.CONFLICT]
+            todo = [(h.delivery, self.parse(h.delivery))
+                    for h, o in zip(ready, outcomes) if o is Outcome.CONFLICT]
             for h, outcome in zip(ready, outcomes):
                 if outcome is not Outcome.CONFLICT:
                     self.report(h, outcome)
 
-    def handle(self, d: Delivery, view: BatchView) -> Handled | None:
+    def parse(self, d: Delivery) -> Envelope | MalformedEntry:
+        try:
+            return parse_delivery(d, self.settings.max_entry_bytes, self.service)
+        except MalformedEntry as exc:
+            return exc
+
+    def handle(self, d: Delivery, event: Envelope | MalformedEntry, view: BatchView) -> Handled | None:
         """Run the entry's handler into a Commit; None leaves it pending for a retry."""
         started = time.perf_counter()
-        try:
-            event = parse_delivery(d, self.settings.max_entry_bytes, self.service)
-        except MalformedEntry as exc:
-            return self.dead_letter(d, f"malformed: {exc}", started)
+        if isinstance(event, MalformedEntry):
+            return self.dead_letter(d, f"malformed: {event}", started)
         if d.deliveries > self.settings.max_deliveries:
             last = self._last_error.get(d.entry_id, "no error recorded (the worker handling it died)")
             return self.dead_letter(d, f"gave up after {d.deliveries - 1} deliveries: {last}", started)

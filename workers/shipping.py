@@ -26,11 +26,15 @@ def book_shipment(event, uow: UnitOfWork) -> None:
     uow.emit("ShippingArranged", tracking_id=tracking_id)
 
 
+def _shipment(event) -> list[str]:
+    return [keys.shipment(event.order_id)]
+
+
 SERVICE = Service(
     name="shipping",
     voice="ShippingService",
     consumes={
-        "PaymentProcessed": On(book_shipment, "Arranging shipping for order {order_id}"),
+        "PaymentProcessed": On(book_shipment, "Arranging shipping for order {order_id}", _shipment),
         "ShippingArranged": On(confirm, "Shipping arranged for order {order_id}"),
     },
     emits=("ShippingArranged", "ShippingFailed"),
