@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from bus.scheduler import ScheduledCall
 
 
 class BusError(Exception):
@@ -92,6 +95,9 @@ class Bus(Protocol):
 
     def forget_idle_consumers(self, group: str, streams: Sequence[str], min_idle_ms: int) -> list[str]:
         """Delete consumers idle that long, but only those holding nothing pending."""
+
+    def schedule(self, calls: Sequence["ScheduledCall"]) -> None:
+        """Arrange for each call to run at its time (bus.scheduler; idempotent per job id)."""
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         """Current fields of each hash (with `_v`), one round trip."""

@@ -50,6 +50,13 @@ class RedisStreamsBus:
         self._forget = client.register_script(_lua("forget_consumer.lua"))
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
+        self._timers = None                 # the rq queue, made on first use
+
+    def schedule(self, calls) -> None:
+        from bus.scheduler import schedule, timer_queue
+        if self._timers is None:
+            self._timers = timer_queue(self.client)
+        schedule(self._timers, calls)
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:

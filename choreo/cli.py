@@ -50,6 +50,13 @@ def _product(text: str) -> int:
     return pid
 
 
+def _order_id(text: str) -> str:
+    # Ids go into key names and rq job ids (which may not contain ':').
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"order ids are 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -105,13 +112,32 @@ def _periodic_trim(bus, settings: Settings, service):
     return trim
 
 
+def _deadline(args, settings: Settings) -> float:
+    return settings.order_deadline_s if args.deadline is None else args.deadline
+
+
+def cmd_timers(args, settings: Settings) -> int:
+    """The rq worker that fires scheduled events (order deadlines) when due."""
+    import os
+    import socket
+    from bus.scheduler import run_timers
+    bus = open_bus(settings.url)
+    _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
+    try:
+        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}")
+        return 0
+    finally:
+        bus.close()
+
+
 def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
     bus = open_bus(settings.url)
     try:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
-                                                     "quantity": args.quantity}])])
+                                                     "quantity": args.quantity}])],
+                     deadline_s=_deadline(args, settings))
         _out(order_id)
         return 0
     finally:
@@ -169,7 +195,7 @@ def cmd_load(args, settings: Settings) -> int:
     try:
         with rich_progress(args.orders) as progress:
             result = run_load(bus, args.orders, args.timeout, args.product, args.quantity,
-                              rate=args.rate, progress=progress)
+                              rate=args.rate, progress=progress, deadline_s=_deadline(args, settings))
         # The table goes to stderr, before the figures: scripts read stdout's last line.
         Console(stderr=True).print(summary_table(result))
         _out(result.figures())
@@ -323,7 +349,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=_product, required=True)
     p.add_argument("--quantity", type=_positive, required=True)
-    p.add_argument("--order-id")
+    p.add_argument("--order-id", type=_order_id)
+    p.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                   help="cancel unless shipped by then (default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_place_order)
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
@@ -337,7 +365,11 @@ def build_parser() -> Parser:
     p.add_argument("--rate", type=_seconds, help="orders per second (default: as fast as possible)")
     p.add_argument("--product", type=_product, default=101)
     p.add_argument("--quantity", type=_positive, default=1)
+    p.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                   help="each order's deadline (default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_load)
+    sub.add_parser("timers", parents=[common], help="run the rq worker that fires order deadlines") \
+        .set_defaults(run=cmd_timers)
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
     p.add_argument("--refresh", type=_seconds, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (and between the two reads of --once/--json)")

@@ -25,7 +25,7 @@ def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None
                for s in SERVICES.values()]
     for w in workers:
         w.start()
-    order_id = _place(bus)
+    order_id = _place(bus, settings.order_deadline_s)
     deadline = time.monotonic() + timeout_s
     # Round-robin until the order is terminal and a full round finds nothing left to do.
     while time.monotonic() < deadline:
@@ -43,12 +43,13 @@ def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None
     return 0 if order.get("status") == "COMPLETED" else 1
 
 
-def _place(bus: RedisStreamsBus) -> str:
+def _place(bus: RedisStreamsBus, deadline_s: float) -> str:
     """Order 1 on a fresh store; on a server that already has order 1, the next free id."""
     for _ in range(5):
         order_id = new_order_ids(bus, 1)[0]
         try:
-            place_orders(bus, [OrderRequest(order_id, [{"product_id": PRODUCT, "quantity": QUANTITY}])])
+            place_orders(bus, [OrderRequest(order_id, [{"product_id": PRODUCT, "quantity": QUANTITY}])],
+                         deadline_s=deadline_s)
             return order_id
         except OrderRejected:
             continue

@@ -47,7 +47,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 def run_load(bus: RedisStreamsBus, orders: int, timeout_s: float, product: int, quantity: int,
-             rate: float | None = None, progress=None) -> LoadResult:
+             rate: float | None = None, progress=None, deadline_s: float = 0) -> LoadResult:
     """progress(placed, completed, failed) is called as things move (e.g. to draw a bar);
     failed counts orders that ended other than COMPLETED (rejected, cancelled)."""
     result = LoadResult(orders)
@@ -55,12 +55,14 @@ def run_load(bus: RedisStreamsBus, orders: int, timeout_s: float, product: int, 
     start = time.monotonic()
     deadline = start + timeout_s
     outstanding: list[str] = []
-    for i in range(0, orders, CHUNK):
-        chunk = ids[i:i + CHUNK]
+    # Paced runs place small chunks (about 20 a second) so the rate is smooth, not bursts of 200.
+    step = max(1, min(CHUNK, int(rate / 20))) if rate else CHUNK
+    for i in range(0, orders, step):
+        chunk = ids[i:i + step]
         if rate:
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
         place_orders(bus, [OrderRequest(o, [{"product_id": product, "quantity": quantity}])
-                           for o in chunk])
+                           for o in chunk], deadline_s=deadline_s)
         outstanding += chunk
         result.placed += len(chunk)
         outstanding = _collect(bus, outstanding, result)

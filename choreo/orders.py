@@ -19,7 +19,7 @@ class OrderRequest:
     lines: list[dict]
 
 
-def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest],
+def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadline_s: float = 0,
                  clock: Callable[[], float] = time.time) -> list[str]:
     """Create orders and publish their OrderCreated events in one round trip; returns the ids placed.
     Raises OrderRejected for the first one that cannot be placed (earlier ones stay placed)."""
@@ -29,7 +29,7 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest],
     commits = []
     for r in requests:
         uow = UnitOfWork(order.name, order.creates, view, clock=clock)
-        create_order(uow, r.order_id, r.lines)
+        create_order(uow, r.order_id, r.lines, deadline_s)
         view.apply(uow.ops)
         commits.append(uow.to_commit())
     outcomes = bus.commit("", commits)

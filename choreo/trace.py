@@ -73,7 +73,7 @@ def event_lines(t: TracedEvent, by_id: dict[str, Envelope],
         return []
     lines = []
     cause = by_id.get(e.causation_id)
-    if cause is None and e.type in producer.creates:
+    if e.type in producer.creates:       # published by a command or a timer, not a reaction
         lines.append(producer.says_creating(e.type, e.order_id))
     elif cause is not None and cause.type in producer.consumes:
         lines.append(producer.says(cause.type, e.order_id))

@@ -46,6 +46,9 @@ class Settings:
     reconnect_max_s: float = 5.0
     # "plain" or "json".
     log_format: str = "plain"
+    # An order not completed this long after it was placed is cancelled (unless already shipped).
+    # Armed as an rq job by the order service; 0 places orders without a deadline.
+    order_deadline_s: float = 300.0
     # Fault injection for tests and chaos runs: sleep this long between handling a batch and
     # committing it, widening the window in which a SIGKILL leaves entries pending.
     commit_delay_ms: int = 0

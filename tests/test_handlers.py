@@ -24,7 +24,7 @@ class DictBus:
 
 def handle(service, event, hashes=None):
     uow = UnitOfWork(service.name, service.emits, BatchView(DictBus(hashes)), cause=event,
-                     clock=lambda: 1_700_000_000.0)
+                     clock=lambda: 1_700_000_000.0, creates=service.creates)
     service.consumes[event.type].handle(event, uow)
     return uow
 

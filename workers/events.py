@@ -16,18 +16,23 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _optional_whole(value) -> bool:
+    return value is None or _whole(value)
+
+
 def _text(value) -> bool:
     return isinstance(value, str)
 
 
 SCHEMAS: dict[str, dict[str, callable]] = {
-    "OrderCreated": {"lines": _lines, "total_cents": _whole},
+    "OrderCreated": {"lines": _lines, "total_cents": _whole, "deadline_at_ms": _optional_whole},
     "InventoryChecked": {"lines": _lines, "total_cents": _whole},
     "InventoryRejected": {"reason": _text},
     "PaymentProcessed": {"lines": _lines, "amount_cents": _whole},
     "PaymentFailed": {"reason": _text},
     "ShippingArranged": {"tracking_id": _text},
     "ShippingFailed": {"reason": _text},
+    "DeadlinePassed": {},
 }
 
 

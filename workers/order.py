@@ -6,7 +6,7 @@ import json
 
 from config.catalogue import CATALOGUE
 from workers import keys
-from workers.service import On, Service, confirm
+from workers.service import On, Service
 from workers.unit_of_work import UnitOfWork
 
 PENDING, COMPLETED, REJECTED, CANCELLED = "PENDING", "COMPLETED", "REJECTED", "CANCELLED"
@@ -17,7 +17,7 @@ class OrderRejected(ValueError):
     """The order cannot be placed as asked (unknown product, bad quantity, id taken)."""
 
 
-def create_order(uow: UnitOfWork, order_id: str, lines: list[dict]) -> None:
+def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: float = 0) -> None:
     """Command: write the order and publish OrderCreated, atomically (see choreo.commands)."""
     if uow.read(keys.order(order_id)):
         raise OrderRejected(f"order {order_id} already exists")
@@ -32,8 +32,15 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict]) -> None:
             total_cents=total, created_at_ms=now)
     uow.count(keys.ORDERS_BY_STATUS, PENDING, 1)
     uow.index(keys.ORDERS_INDEX, now, order_id)
-    event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total)
+    deadline = {"deadline_at_ms": now + int(deadline_s * 1000)} if deadline_s else {}
+    event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total, **deadline)
     uow.append(keys.order_history(order_id), f"{event.at} {PENDING} OrderCreated")
+
+
+def arm_deadline(event, uow: UnitOfWork) -> None:
+    """Confirming OrderCreated: the order is durable; start its clock (see workers.deadlines)."""
+    if "deadline_at_ms" in event.data:
+        uow.publish_later("DeadlinePassed", event.data["deadline_at_ms"])
 
 
 def _finish(status: str):
@@ -58,12 +65,14 @@ SERVICE = Service(
     name="order",
     voice="OrderService",
     consumes={
-        "OrderCreated": On(confirm, "Order {order_id} created"),
+        "OrderCreated": On(arm_deadline, "Order {order_id} created"),
         "InventoryRejected": On(_finish(REJECTED), "Order {order_id} rejected: out of stock", _order),
         "PaymentFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: payment failed", _order),
         "ShippingFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: shipping failed", _order),
         "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed", _order),
     },
     emits=("OrderCreated",),
-    creates={"OrderCreated": "Creating order {order_id}"},
+    # Published by a command (place-order) and by a timer (the deadline), not by a handler.
+    creates={"OrderCreated": "Creating order {order_id}",
+             "DeadlinePassed": "Deadline passed for order {order_id}"},
 )

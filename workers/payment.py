@@ -7,7 +7,7 @@ from workers import keys
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
-CHARGED, DECLINED, REFUNDED = "CHARGED", "DECLINED", "REFUNDED"
+CHARGED, DECLINED, REFUNDED, CANCELLED = "CHARGED", "DECLINED", "REFUNDED", "CANCELLED"
 
 
 def charge(event, uow: UnitOfWork) -> None:
@@ -28,7 +28,11 @@ def charge(event, uow: UnitOfWork) -> None:
 def refund(event, uow: UnitOfWork) -> None:
     pay_key = keys.payment(event.order_id)
     pay = uow.read(pay_key)
-    if pay.get("status") != CHARGED:
+    if not pay:
+        # Shipping failed (a deadline) before this service charged: never charge this order.
+        uow.set(pay_key, status=CANCELLED, reason=event.data.get("reason", event.type))
+        return
+    if pay["status"] != CHARGED:
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
     uow.count(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))

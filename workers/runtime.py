@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from bus import keys as bus_keys
@@ -23,7 +23,8 @@ from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
 from workers.events import check_data
 from workers.service import Service
-from workers.unit_of_work import BatchView, UnitOfWork
+from workers.deadlines import scheduled_call
+from workers.unit_of_work import BatchView, Timer, UnitOfWork
 
 Log = Callable[[str], None]
 
@@ -42,6 +43,7 @@ class Handled:
     line: str                       # what to log once the commit is applied
     event: Envelope | None
     started: float
+    timers: list[Timer] = field(default_factory=list)
 
 
 class Worker:
@@ -155,6 +157,7 @@ class Worker:
             view.prefetch([key for _, event in todo if isinstance(event, Envelope)
                            for key in self.service.consumes[event.type].reads(event)])
             ready = [h for h in (self.handle(d, event, view) for d, event in todo) if h is not None]
+            self.arm_timers(ready)
             if self.settings.commit_delay_ms:
                 time.sleep(self.settings.commit_delay_ms / 1000)
             outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
@@ -163,6 +166,13 @@ class Worker:
             for h, outcome in zip(ready, outcomes):
                 if outcome is not Outcome.CONFLICT:
                     self.report(h, outcome)
+
+    def arm_timers(self, ready: list[Handled]) -> None:
+        """Before the commit: a crash in between re-arms the same job ids on redelivery, while
+        arming after the commit could lose a timer for good."""
+        calls = [scheduled_call(t) for h in ready for t in h.timers]
+        if calls:
+            self.bus.schedule(calls)
 
     def parse(self, d: Delivery) -> Envelope | MalformedEntry:
         try:
@@ -178,7 +188,8 @@ class Worker:
         if d.deliveries > self.settings.max_deliveries:
             last = self._last_error.get(d.entry_id, "no error recorded (the worker handling it died)")
             return self.dead_letter(d, f"gave up after {d.deliveries - 1} deliveries: {last}", started)
-        uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock)
+        uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
+                         creates=self.service.creates)
         try:
             self.service.consumes[event.type].handle(event, uow)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
@@ -187,7 +198,8 @@ class Worker:
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name, event.id),
                                seen_ttl_s=self.settings.seen_ttl_s)
-        return Handled(d, commit, self.service.says(event.type, event.order_id), event, started)
+        return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
+                       uow.timers)
 
     def handler_failed(self, d: Delivery, error: str, started: float) -> Handled | None:
         if d.deliveries >= self.settings.max_deliveries:

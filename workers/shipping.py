@@ -7,7 +7,7 @@ from workers import keys
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
-BOOKED, FAILED = "BOOKED", "FAILED"
+BOOKED, FAILED, CANCELLED = "BOOKED", "FAILED", "CANCELLED"
 
 
 def book_shipment(event, uow: UnitOfWork) -> None:
@@ -30,12 +30,25 @@ def _shipment(event) -> list[str]:
     return [keys.shipment(event.order_id)]
 
 
+def cancel_unless_booked(event, uow: UnitOfWork) -> None:
+    """The deadline passed. Booked: too late to cancel, the order completes. Not yet booked: never
+    book it, and say so with ShippingFailed, which every earlier step compensates."""
+    ship_key = keys.shipment(event.order_id)
+    if uow.read(ship_key):
+        return
+    reason = "deadline passed before shipping"
+    uow.set(ship_key, status=CANCELLED, reason=reason)
+    uow.emit("ShippingFailed", reason=reason)
+
+
 SERVICE = Service(
     name="shipping",
     voice="ShippingService",
     consumes={
         "PaymentProcessed": On(book_shipment, "Arranging shipping for order {order_id}", _shipment),
         "ShippingArranged": On(confirm, "Shipping arranged for order {order_id}"),
+        "DeadlinePassed": On(cancel_unless_booked, "Cancelling shipping for order {order_id}",
+                             _shipment),
     },
     emits=("ShippingArranged", "ShippingFailed"),
 )

@@ -4,6 +4,7 @@ events that are only collected. The runtime turns a unit of work into one bus Co
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Collection
 
 from bus import keys as bus_keys
@@ -15,6 +16,17 @@ VERSION = "_v"
 
 class UndeclaredEvent(Exception):
     """A handler emitted an event type its service does not declare in `emits`."""
+
+
+@dataclass(frozen=True)
+class Timer:
+    """An event the service will publish later (at_ms, epoch milliseconds) unless told otherwise:
+    armed by the runtime with the scheduler before the commit, under an idempotent job id."""
+    job_id: str
+    at_ms: int
+    event_type: str
+    order_id: str
+    causation_id: str
 
 
 class BatchView:
@@ -50,15 +62,18 @@ class BatchView:
 
 class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
-                 cause: Envelope | None = None, clock: Callable[[], float] = time.time):
+                 cause: Envelope | None = None, clock: Callable[[], float] = time.time,
+                 creates: Collection[str] = ()):
         self.producer = producer
         self._emits = emits
+        self._creates = creates
         self._view = view
         self.cause = cause
         self.clock = clock
         self.checks: dict[str, str] = {}
         self.ops: list[tuple] = []
         self.emitted: list[Envelope] = []
+        self.timers: list[Timer] = []
 
     def read(self, key: str) -> dict[str, str]:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
@@ -83,17 +98,29 @@ class UnitOfWork:
     def index(self, key: str, score: float, member: str) -> None:
         self.ops.append(("ZADD", key, score, member))
 
-    def emit(self, event_type: str, order_id: str | None = None, **data) -> Envelope:
+    def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",
+             **data) -> Envelope:
         if event_type not in self._emits:
             raise UndeclaredEvent(f"{self.producer} does not declare that it emits {event_type}")
         if self.cause is not None:
             event = self.cause.caused(event_type, self.producer, data, clock=self.clock)
         else:
-            event = Envelope.new(event_type, str(order_id), self.producer, data, clock=self.clock)
+            event = Envelope.new(event_type, str(order_id), self.producer, data,
+                                 causation_id=causation_id, clock=self.clock)
         self.emitted.append(event)
         self.ops.append(("PUBLISH", bus_keys.stream(event_type), bus_keys.trace(event.order_id),
                          *[x for kv in event.fields().items() for x in kv]))
         return event
+
+    def publish_later(self, event_type: str, at_ms: int) -> Timer:
+        """Arrange for `event_type` (one the service `creates`) to be published at at_ms, caused
+        by the event in hand. Arming twice (a redelivery) arms the same job once."""
+        if event_type not in self._creates:
+            raise UndeclaredEvent(f"{self.producer} does not declare that it creates {event_type}")
+        timer = Timer(f"{event_type}-{self.cause.order_id}", int(at_ms), event_type,
+                      self.cause.order_id, self.cause.id)
+        self.timers.append(timer)
+        return timer
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

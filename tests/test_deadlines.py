@@ -1,0 +1,75 @@
+"""Order deadlines: armed as rq jobs (JSON serializer) by the order service, fired by `choreo
+timers`; shipping is the point of no return."""
+
+from __future__ import annotations
+
+import json
+
+from bus.envelope import Envelope
+from choreo.cli import main
+from tests.helpers import wait_for
+from tests.test_handlers import handle
+from workers import SERVICES, keys
+
+
+def test_order_confirmation_arms_the_deadline_carried_by_the_event():
+    created = Envelope.new("OrderCreated", "7", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                           "total_cents": 1999, "deadline_at_ms": 123_000})
+    uow = handle(SERVICES["order"], created)
+    (timer,) = uow.timers
+    assert (timer.job_id, timer.at_ms, timer.event_type, timer.causation_id) == \
+        ("DeadlinePassed-7", 123_000, "DeadlinePassed", created.id)
+    assert ":" not in timer.job_id                       # rq job ids may not contain ':'
+
+
+def test_deadline_before_booking_cancels_shipping_with_shipping_failed():
+    passed = Envelope.new("DeadlinePassed", "7", "order", {})
+    uow = handle(SERVICES["shipping"], passed)
+    assert [e.type for e in uow.emitted] == ["ShippingFailed"]
+    assert ("HSET", keys.shipment("7"), "status", "CANCELLED", "reason",
+            "deadline passed before shipping") in uow.ops
+
+
+def test_deadline_after_booking_changes_nothing():
+    passed = Envelope.new("DeadlinePassed", "7", "order", {})
+    assert handle(SERVICES["shipping"], passed, {"shipment:7": {"status": "BOOKED"}}).ops == []
+
+
+def test_payment_told_of_a_failure_before_charging_never_charges():
+    failed = Envelope.new("ShippingFailed", "7", "shipping", {"reason": "deadline passed before shipping"})
+    uow = handle(SERVICES["payment"], failed)
+    assert uow.ops[0][:4] == ("HSET", keys.payment("7"), "status", "CANCELLED")
+    checked = Envelope.new("InventoryChecked", "7", "inventory",
+                           {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999})
+    assert handle(SERVICES["payment"], checked, {"payment:7": {"status": "CANCELLED"}}).ops == []
+
+
+def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_server):
+    r = redis_server.client()
+    for s in ("order", "inventory", "shipping"):
+        procs.worker(s)                                  # payment is down: the order cannot finish
+    procs.start("timers", name="timers")
+    assert main(["place-order", "--product", "101", "--quantity", "2", "--deadline", "1",
+                 "--redis-url", procs.url]) == 0
+    wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
+    assert r.hget(keys.order("1"), "reason") == "deadline passed before shipping"
+    wait_for(lambda: r.hget(keys.reservation("1"), "status") == "RELEASED", what="stock released")
+    procs.worker("payment")                              # comes back: charges, then refunds
+    wait_for(lambda: r.hget(keys.payment("1"), "status") == "REFUNDED", timeout=20, what="refund")
+    assert r.hget(keys.shipment("1"), "status") == "CANCELLED"
+    wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
+    trace = json.loads(procs.run("trace", "1", "--json").stdout)
+    assert "OrderService: Deadline passed for order 1" in json.dumps(trace)
+
+
+def test_a_deadline_that_passes_after_completion_publishes_nothing(procs, redis_server):
+    r = redis_server.client()
+    for s in ("order", "inventory", "payment", "shipping"):
+        procs.worker(s)
+    procs.start("timers", name="timers")
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "1",
+                 "--redis-url", procs.url]) == 0
+    wait_for(lambda: r.hget(keys.order("1"), "status") == "COMPLETED", what="completed")
+    wait_for(lambda: not r.exists("rq:job:DeadlinePassed-1"), timeout=20, what="timer ran")
+    assert r.xlen("events:DeadlinePassed") == 0
+    assert r.hget(keys.order("1"), "status") == "COMPLETED"

@@ -1,0 +1,37 @@
+"""Order deadlines. The order service arms one when it confirms OrderCreated (a timer, run by rq);
+when it fires for an order still PENDING it publishes DeadlinePassed, and shipping — the owner of
+the point of no return — either ignores it (shipment already booked: the order will complete) or
+refuses to ship and publishes ShippingFailed, whose consumers compensate: refund, release, cancel.
+"""
+
+from __future__ import annotations
+
+from bus.connect import open_bus
+from bus.scheduler import ScheduledCall
+from config.settings import Settings
+from workers import keys
+from workers.unit_of_work import BatchView, Timer, UnitOfWork
+
+JOB = "workers.deadlines.pass_deadline"
+
+
+def scheduled_call(timer: Timer) -> ScheduledCall:
+    return ScheduledCall(timer.job_id, timer.at_ms, JOB, (timer.order_id, timer.causation_id))
+
+
+def pass_deadline(order_id: str, causation_id: str) -> str:
+    """The rq job: publish DeadlinePassed for an order that is still PENDING. Runs in `choreo
+    timers`, which has REDIS_URL; no connection details travel in the job."""
+    from workers.order import PENDING, SERVICE as ORDER
+    bus = open_bus(Settings.from_env().url)
+    try:
+        status = bus.read_hashes([keys.order(order_id)])[0].get("status")
+        if status != PENDING:
+            return f"order {order_id} is {status}: nothing to do"
+        uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus))
+        uow.read(keys.order(order_id))          # published only if the order did not move since
+        uow.emit("DeadlinePassed", order_id=order_id, causation_id=causation_id)
+        outcome = bus.commit("", [uow.to_commit()])[0]
+        return f"order {order_id}: DeadlinePassed {outcome.name}"
+    finally:
+        bus.close()
