@@ -169,3 +169,9 @@ class RedisStreamsBus:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+
+    def __enter__(self) -> "RedisStreamsBus":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -8,7 +8,7 @@ import pytest
 
 from bus.envelope import Envelope
 from config.catalogue import CATALOGUE, RULES
-from workers import SERVICES, inventory, keys, order, payment, shipping
+from workers import SERVICES, keys, order
 from workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
 
 

@@ -1,0 +1,207 @@
+"""The `choreo` verbs: each a short function of (args, settings) returning an exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from bus import inspect
+from bus.connect import open_bus, redact
+from config.settings import Settings
+from workers import SERVICES, keys
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from choreo.demo import run_demo
+    with open_bus(args.redis_url or settings.redis_url) as bus:     # None: the embedded store
+        return run_demo(bus, settings, out=_out)
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from workers.runtime import Worker, consumer_name
+    service = SERVICES[args.service]
+    consumer = args.consumer or consumer_name(service.name)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())       # only a flag: the loop finishes its batch
+    bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
+    _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
+         f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
+    worker = Worker(service, bus, settings, consumer, log=_out,
+                    housekeeping=_periodic_trim(bus, settings, service))
+    try:
+        return worker.run(stop)
+    finally:
+        bus.close()
+        _out(f"{service.voice}: {consumer} stopped")
+
+
+def _periodic_trim(bus, settings: Settings, service):
+    """Housekeeping for a worker: trim every declared stream as far as all groups allow; log a
+    stream only when something was trimmed or its blocked state changed (no log flood)."""
+    from bus.trim import Retention, trim_streams
+    retention = Retention(settings.trim_keep_entries, settings.trim_keep_seconds)
+    blocked: dict[str, tuple] = {}
+
+    def trim() -> None:
+        for report in trim_streams(bus, SERVICES.values(), retention):
+            if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
+                _out(f"{service.voice}: trim {report.line()}")
+            blocked[report.stream] = report.blocked_by
+    return trim
+
+
+def _deadline(args, settings: Settings) -> float:
+    return settings.order_deadline_s if args.deadline is None else args.deadline
+
+
+def cmd_timers(args, settings: Settings) -> int:
+    """The rq worker that fires scheduled events (order deadlines) when due."""
+    import os
+    import socket
+    from bus.scheduler import run_timers
+    bus = open_bus(settings.url)
+    _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
+    try:
+        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}")
+        return 0
+    finally:
+        bus.close()
+
+
+def cmd_place_order(args, settings: Settings) -> int:
+    from choreo.orders import OrderRequest, new_order_ids, place_orders
+    with open_bus(settings.url) as bus:
+        order_id = args.order_id or new_order_ids(bus, 1)[0]
+        place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
+                                                     "quantity": args.quantity}])],
+                     deadline_s=_deadline(args, settings))
+        _out(order_id)
+        return 0
+
+
+def cmd_status(args, settings: Settings) -> int:
+    with open_bus(settings.url) as bus:
+        oid = args.order_id
+        order, reservation, payment, shipment = bus.read_hashes(
+            [keys.order(oid), keys.reservation(oid), keys.payment(oid), keys.shipment(oid)])
+        if not order:
+            _out(f"choreo: no order {oid}")
+            return 1
+        _out(f"order {oid}: {order['status']}" + (f" ({order['reason']})" if order.get("reason") else ""))
+        _out(f"  total_cents={order['total_cents']} lines={order['lines']}")
+        for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
+            shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v") or "-"
+            _out(f"  {name}: {shown}")
+        for item in inspect.list_items(bus, keys.order_history(oid)):
+            _out(f"  history: {item}")
+        return 0
+
+
+def cmd_trace(args, settings: Settings) -> int:
+    from rich.console import Console
+    from choreo.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
+    with open_bus(settings.url) as bus:
+        events = load_events(bus, args.order_id)
+        dead = order_dead_letters(bus, args.order_id)
+        if not events and not dead:
+            _out(f"choreo: no events for order {args.order_id}")
+            return 1
+        status = bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
+        nodes = build_trace(bus, events, dead)
+        if args.json:
+            _out(trace_json(args.order_id, status, nodes, dead, events))
+        else:
+            # A pipe gets whole lines (grep-able), not lines cut at rich's default 80 columns.
+            wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+            Console(width=None if wide else 400).print(render_tree(args.order_id, status, nodes, dead))
+        return 0
+
+
+def cmd_load(args, settings: Settings) -> int:
+    from rich.console import Console
+    from choreo.load import rich_progress, run_load, summary_table
+    with open_bus(settings.url) as bus:
+        with rich_progress(args.orders) as progress:
+            result = run_load(bus, args.orders, args.timeout, args.product, args.quantity,
+                              rate=args.rate, progress=progress, deadline_s=_deadline(args, settings))
+        # The table goes to stderr, before the figures: scripts read stdout's last line.
+        Console(stderr=True).print(summary_table(result))
+        _out(result.figures())
+        return 0 if result.finished == args.orders else 1
+
+
+def cmd_dashboard(args, settings: Settings) -> int:
+    from rich.console import Console
+    from choreo.dashboard import print_once, run_live, sample_twice
+    if args.once or args.json:
+        with open_bus(settings.url) as bus:
+            snapshot = sample_twice(bus, settings.url, args.refresh)
+            if args.json:
+                _out(snapshot.to_json())
+            else:
+                # A pipe has no width of its own; 80 columns would squeeze the groups table.
+                wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+                print_once(snapshot, Console(width=None if wide else 160))
+            return 0
+    bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
+    try:
+        return run_live(bus, settings.url, args.refresh, Console())
+    except KeyboardInterrupt:
+        return 0                                  # Ctrl-C is how one leaves a live view
+    finally:
+        bus.close()
+
+
+def cmd_topology(args, settings: Settings) -> int:
+    for s in SERVICES.values():
+        _out(f"{s.name:<10} consumes {', '.join(s.consumes)}")
+        _out(f"{'':<10} emits    {', '.join(s.emits)}")
+    return 0
+
+
+def cmd_dlq(args, settings: Settings) -> int:
+    from choreo import dlq
+    if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *SERVICES):
+        _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(SERVICES)})")
+        return 2
+    bus = open_bus(settings.url)
+    try:
+        if args.dlq_verb == "list":
+            return dlq.list_cmd(bus, [args.service] if args.service else list(SERVICES), _out)
+        if args.dlq_verb == "show":
+            return dlq.show_cmd(bus, args.entry, list(SERVICES), _out)
+        if args.dlq_verb == "replay":
+            return dlq.replay_cmd(bus, args.service, SERVICES[args.service].streams,
+                                  None if args.all else args.id, _out, _err)
+        return dlq.purge_cmd(bus, args.service, _out)
+    except dlq.DeadLetterError as exc:
+        _err(f"choreo: {exc}")
+        return 1
+    finally:
+        bus.close()
+
+
+def cmd_audit(args, settings: Settings) -> int:
+    from choreo.audit import run_audit
+    with open_bus(settings.url) as bus:
+        return run_audit(bus, SERVICES.values(), args.strict, _out, _err)
+
+
+def cmd_trim(args, settings: Settings) -> int:
+    from bus.trim import Retention, trim_streams
+    with open_bus(settings.url) as bus:
+        retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
+        for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
+            _out(report.line())
+        return 0
