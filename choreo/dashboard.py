@@ -1,6 +1,6 @@
 """`choreo dashboard`: gather a Snapshot from Redis, render it (a pure function), refresh.
 
-gather() only reads (bus.inspect), render() only draws (no I/O, tested through
+gather() (choreo.snapshot) only reads, render() only draws (no I/O, tested through
 Console(record=True)), run_live() is the short loop between them. Stream, group and key names all
 come from the services' declarations (workers.SERVICES) and the key modules.
 """
@@ -8,14 +8,11 @@ come from the services' declarations (workers.SERVICES) and the key modules.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import select
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from rich import box
 from rich.console import Console
@@ -24,250 +21,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bus import inspect, keys as bus_keys
-from bus.connect import redact
-from bus.contract import BusUnavailable, GroupMissing
 from bus.redis_streams import RedisStreamsBus
-from choreo.load import percentile
-from workers import SERVICES, keys
-from workers.order import COMPLETED
-from workers.service import Service
+# The snapshot's names are re-exported: `choreo.dashboard` is the one place to import the view from.
+from choreo.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, DeadLetterRow,  # noqa: F401
+                             EventRow, GroupRow, OrdersView, Snapshot, StreamRow, declared_streams,
+                             gather, gather_or_keep, group_state)
 
-# A live worker reads (and so resets its consumers' idle time) at least every block_ms <= 1 s;
-# idle far past that means the process is gone or wedged.
-STALE_AFTER_S = 10.0
-# Entries idle this long since their last delivery are past the workers' claim idle (15 s by
-# default) twice over: nobody is finishing them.
-STUCK_AFTER_S = 30.0
-# p50/p99 are over the RECENT_COMPLETIONS latest completions among the ORDERS_SCANNED newest
-# orders: under load the newest orders are mostly still pending, so look further back.
-RECENT_COMPLETIONS = 500
-ORDERS_SCANNED = 5000
-RECENT_EVENTS = 10
 STREAMS_WIDTH, ORDERS_WIDTH = 58, 32
 STATE_STYLE = {"OK": "green", "LAGGING": "yellow", "STUCK": "bold red", "NO CONSUMERS": "bold magenta"}
-
-
-# -- the snapshot ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StreamRow:
-    stream: str
-    length: int
-    entries_added: int | None
-    per_s: float | None            # None on the first frame: there is no interval yet
-    newest_age_s: float | None     # None: no entry ever added
-    last_id: str
-
-
-@dataclass(frozen=True)
-class GroupRow:
-    stream: str
-    group: str
-    consumers: int
-    live_consumers: int
-    pending: int
-    lag: int | None                # None: Redis cannot say (shown "?", never 0)
-    oldest_pending_age_s: float | None
-    max_deliveries: int
-    max_idle_s: float
-    state: str
-
-
-@dataclass(frozen=True)
-class ConsumerRow:
-    group: str
-    name: str
-    pending: int                   # summed over the streams the consumer reads
-    idle_s: float                  # the least idle of its streams
-    stale: bool
-
-
-@dataclass(frozen=True)
-class DeadLetterRow:
-    service: str
-    stream: str
-    count: int
-    newest_error: str
-    newest_age_s: float | None
-
-
-@dataclass(frozen=True)
-class EventRow:
-    at: str
-    stream: str
-    type: str
-    order_id: str
-    entry_id: str
-
-
-@dataclass(frozen=True)
-class OrdersView:
-    by_status: dict[str, int] = field(default_factory=dict)
-    completed_per_s: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    sampled: int = 0               # completions the percentiles are over
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    url: str                       # already redacted
-    connected: bool = True
-    error: str = ""
-    server_version: str = ""
-    ping_ms: float | None = None
-    server_time_ms: int = 0
-    taken_at: float = 0.0          # local wall clock, for the header's "refreshed" time
-    streams: list[StreamRow] = field(default_factory=list)
-    groups: list[GroupRow] = field(default_factory=list)
-    consumers: list[ConsumerRow] = field(default_factory=list)
-    orders: OrdersView = field(default_factory=OrdersView)
-    dead_letters: list[DeadLetterRow] = field(default_factory=list)
-    events: list[EventRow] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-
-# -- gathering -------------------------------------------------------------------------------------
-
-def declared_streams(services: dict[str, Service] = SERVICES) -> list[str]:
-    types = {t for s in services.values() for t in (*s.consumes, *s.emits)}
-    return sorted(bus_keys.stream(t) for t in types)
-
-
-def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = None,
-           services: dict[str, Service] = SERVICES, clock=time.time) -> Snapshot:
-    """Read everything the dashboard shows. Rates are over the interval since `previous`."""
-    server = inspect.server(bus)
-    now_ms = server.time_ms
-    prev = previous if previous and previous.connected and previous.server_time_ms else None
-    infos = [i for i in (inspect.stream_info(bus, s) for s in declared_streams(services)) if i]
-    groups = [(i, g) for i in infos for g in inspect.groups(bus, i.stream)]
-    consumers = [c for i, g in groups for c in inspect.consumers(bus, i.stream, g.group)]
-    return Snapshot(
-        url=redact(url), server_version=server.version, ping_ms=server.ping_ms,
-        server_time_ms=now_ms, taken_at=clock(),
-        streams=[stream_row(i, now_ms, prev) for i in infos],
-        groups=[group_row(bus, i, g, consumers, now_ms) for i, g in groups],
-        consumers=consumer_rows(consumers),
-        orders=orders_view(bus, now_ms, prev),
-        dead_letters=[dead_letter_row(bus, s, now_ms) for s in services],
-        events=recent_events(bus, [i.stream for i in infos]))
-
-
-def _per_s(now: float | None, before: float | None, now_ms: int, prev: Snapshot | None) -> float | None:
-    if prev is None or now is None or before is None or now_ms <= prev.server_time_ms:
-        return None
-    return max(0.0, (now - before) / ((now_ms - prev.server_time_ms) / 1000))
-
-
-def _age_s(now_ms: int, entry_id: str | None) -> float | None:
-    if not entry_id or entry_id == "0-0":
-        return None
-    return max(0.0, (now_ms - inspect.entry_ms(entry_id)) / 1000)
-
-
-def stream_row(info: inspect.StreamInfo, now_ms: int, prev: Snapshot | None) -> StreamRow:
-    # entries-added, not length: trimming lowers the length but not what was added.
-    added = info.entries_added if info.entries_added is not None else info.length
-    before = next((s.entries_added if s.entries_added is not None else s.length
-                   for s in (prev.streams if prev else []) if s.stream == info.stream), None)
-    if prev is not None and before is None:
-        before = 0                  # the stream appeared during the interval
-    return StreamRow(info.stream, info.length, info.entries_added,
-                     _per_s(added, before, now_ms, prev), _age_s(now_ms, info.last_id), info.last_id)
-
-
-def group_row(bus: RedisStreamsBus, info: inspect.StreamInfo, g: inspect.GroupInfo,
-              consumers: list[inspect.ConsumerInfo], now_ms: int) -> GroupRow:
-    p = inspect.pending(bus, info.stream, g.group)
-    live = sum(1 for c in consumers if c.stream == info.stream and c.group == g.group
-               and c.idle_ms < STALE_AFTER_S * 1000)
-    behind = _id_tuple(g.last_delivered_id) < _id_tuple(info.last_id)
-    return GroupRow(info.stream, g.group, g.consumers, live, p.count, g.lag,
-                    _age_s(now_ms, p.oldest_id), p.max_deliveries, p.max_idle_ms / 1000,
-                    group_state(live, p.count, p.max_idle_ms / 1000, behind))
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def group_state(live_consumers: int, pending: int, max_idle_s: float, behind: bool) -> str:
-    """NO CONSUMERS first (it explains the others), then STUCK, then LAGGING.
-    `behind` compares the group's last-delivered id with the stream's last id, which holds even
-    where XINFO's lag counter is nil."""
-    if live_consumers == 0:
-        return "NO CONSUMERS"
-    if pending and max_idle_s >= STUCK_AFTER_S:
-        return "STUCK"
-    return "LAGGING" if behind else "OK"
-
-
-def consumer_rows(consumers: list[inspect.ConsumerInfo]) -> list[ConsumerRow]:
-    """One row per consumer process: a worker reads all its streams under one name."""
-    merged: dict[tuple[str, str], tuple[int, int]] = {}
-    for c in consumers:
-        pending, idle = merged.get((c.group, c.name), (0, c.idle_ms))
-        merged[(c.group, c.name)] = (pending + c.pending, min(idle, c.idle_ms))
-    return [ConsumerRow(g, n, p, i / 1000, i >= STALE_AFTER_S * 1000)
-            for (g, n), (p, i) in sorted(merged.items())]
-
-
-def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> OrdersView:
-    by_status = {k: int(v) for k, v in bus.read_hashes([keys.ORDERS_BY_STATUS])[0].items()
-                 if k != "_v" and int(v)}
-    latencies = sorted(recent_latencies_ms(bus))
-    before = prev.orders.by_status.get(COMPLETED, 0) if prev else None
-    return OrdersView(by_status, _per_s(by_status.get(COMPLETED, 0), before, now_ms, prev),
-                      percentile(latencies, 50) if latencies else None,
-                      percentile(latencies, 99) if latencies else None, len(latencies))
-
-
-def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
-    """created -> completed of the latest completions (by end time) among the newest orders."""
-    ids = inspect.newest_members(bus, keys.ORDERS_INDEX, ORDERS_SCANNED)
-    rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
-                               ["status", "created_at_ms", "ended_at_ms"])
-    done = sorted(((int(end), int(end) - int(start)) for status, start, end in rows
-                   if status == COMPLETED and start and end), reverse=True)
-    return [latency for _, latency in done[:RECENT_COMPLETIONS]]
-
-
-def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLetterRow:
-    stream = bus_keys.dead_letters(service)
-    info = inspect.stream_info(bus, stream)
-    newest = inspect.newest_entries(bus, stream, 1) if info and info.length else []
-    if not newest:
-        return DeadLetterRow(service, stream, 0, "", None)
-    return DeadLetterRow(service, stream, info.length, newest[0].fields.get("error", ""),
-                         _age_s(now_ms, newest[0].entry_id))
-
-
-def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_EVENTS) -> list[EventRow]:
-    entries = [d for s in streams for d in inspect.newest_entries(bus, s, count)]
-    entries.sort(key=lambda d: _id_tuple(d.entry_id), reverse=True)
-    return [EventRow(_clock_time(inspect.entry_ms(d.entry_id)), d.stream, d.fields.get("type", "?"),
-                     d.fields.get("order_id", "?"), d.entry_id) for d in entries[:count]]
-
-
-def _clock_time(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-
-
-def gather_or_keep(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None) -> Snapshot:
-    """A snapshot that never raises: while Redis is down, the last figures marked disconnected."""
-    try:
-        return gather(bus, url, previous)
-    except BusUnavailable as exc:
-        base = previous or Snapshot(url=redact(url))
-        return dataclasses.replace(base, connected=False, error=str(exc), taken_at=time.time())
-    except GroupMissing:
-        # A stream or group vanished between two reads of one gather; the next one sees it whole.
-        return previous or Snapshot(url=redact(url), taken_at=time.time())
 
 
 # -- rendering (pure) ------------------------------------------------------------------------------

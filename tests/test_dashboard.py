@@ -12,7 +12,7 @@ from rich.console import Console
 
 from bus import inspect, keys as bus_keys
 from bus.envelope import Envelope
-from choreo import dashboard
+from choreo import dashboard, snapshot
 from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, gather, group_state, groups_table, heights, render)
 from choreo.load import percentile
@@ -198,7 +198,7 @@ def test_gather_after_real_orders(real_bus, redis_url):
 
 
 def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url, monkeypatch):
-    monkeypatch.setattr(dashboard, "STALE_AFTER_S", 0.5)     # instead of waiting 10 s
+    monkeypatch.setattr(snapshot, "STALE_AFTER_S", 0.5)     # instead of waiting 10 s
     c = real_bus.client
     created = bus_keys.stream("OrderCreated")
     real_bus.ensure_groups("inventory", [created])
