@@ -1,29 +1,53 @@
 -- Apply a batch of commits in order; each is all-or-nothing. See bus/contract.py.
 -- ARGV: group, n, then per commit:
 --   ack_stream, ack_id, seen_key, seen_ttl, n_checks, (key, expected_v)*, n_ops, (op, n_args, args*)*
--- Returns one status per commit: 1 applied, 0 duplicate (acked only), -1 conflict (untouched).
--- The first conflict stops the batch: later commits may have read what this one would write.
+-- Returns one status per commit: 1 applied, 0 duplicate (acked only), -1 conflict (untouched),
+-- or a string, the reason Redis would refuse one of its writes (untouched, not acked).
+-- Redis does not roll a script back when a command fails halfway, so every write of a commit is
+-- checked (key types, integer fields and ranges) before the first one is made.
+-- The first conflict or refusal stops the batch: later commits may have read what this one would
+-- have written, so they come back -1.
 local unpack = unpack or table.unpack
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local i = 3
 local out = {}
 local stopped = false
+local HOLDS = { HSET = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset', SET = 'string' }
+local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
+
+local function wrong_type(key, want)
+  local t = redis.call('TYPE', key)
+  t = type(t) == 'table' and t.ok or t
+  if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
+end
+
+local function refusal(op, args)
+  if op == 'PUBLISH' then
+    return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
+  end
+  if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
+  local bad = wrong_type(args[1], HOLDS[op])
+  if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') then return bad end
+  local now = redis.call('HGET', args[1], args[2])
+  if now and not string.match(now, '^-?%d+$') then
+    return args[1] .. ' field ' .. args[2] .. ' is not an integer'
+  end
+  if math.abs(tonumber(now or '0')) > LIMIT or math.abs(tonumber(args[3])) > LIMIT then
+    return args[1] .. ' field ' .. args[2] .. ' would leave the safe integer range'
+  end
+end
 
 local function apply(op, args)
-  if op == 'HSET' or op == 'HINCRBY' then
-    redis.call(op, unpack(args))
-    redis.call('HINCRBY', args[1], '_v', 1)
-  elseif op == 'PUBLISH' then
+  if op == 'PUBLISH' then
     local stream, trace = args[1], args[2]
     local id = redis.call('XADD', stream, '*', unpack(args, 3))
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
   elseif op == 'COUNT' then
     redis.call('HINCRBY', unpack(args))
-  elseif op == 'RPUSH' or op == 'ZADD' or op == 'SET' then
-    redis.call(op, unpack(args))
   else
-    error('commit.lua: unknown op ' .. tostring(op))
+    redis.call(op, unpack(args))
+    if op == 'HSET' or op == 'HINCRBY' then redis.call('HINCRBY', args[1], '_v', 1) end
   end
 end
 
@@ -38,15 +62,24 @@ for c = 1, n do
     i = i + 2
   end
   if status == 1 and seen ~= '' and redis.call('EXISTS', seen) == 1 then status = 0 end
-  local n_ops = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, n_ops do
-    local op, n_args = ARGV[i], tonumber(ARGV[i + 1])
-    if status == 1 then apply(op, { unpack(ARGV, i + 2, i + 1 + n_args) }) end
+  local ops = {}
+  for o = 1, tonumber(ARGV[i]) do
+    local n_args = tonumber(ARGV[i + 2])
+    ops[o] = { ARGV[i + 1], { unpack(ARGV, i + 3, i + 2 + n_args) } }
     i = i + 2 + n_args
   end
-  if status >= 0 then
-    if status == 1 and seen ~= '' then redis.call('SET', seen, '1', 'EX', seen_ttl) end
+  i = i + 1
+  if status == 1 then
+    for _, op in ipairs(ops) do
+      local why = refusal(op[1], op[2])
+      if why then status = why; break end
+    end
+  end
+  if status == 1 then
+    for _, op in ipairs(ops) do apply(op[1], op[2]) end
+    if seen ~= '' then redis.call('SET', seen, '1', 'EX', seen_ttl) end
+  end
+  if status == 1 or status == 0 then
     if ack_stream ~= '' then redis.call('XACK', ack_stream, group, ack_id) end
   else
     stopped = true

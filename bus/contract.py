@@ -8,7 +8,9 @@ Commit: each Commit is applied atomically on its own: its version checks, then (
 hold and its dedup marker is absent) its writes, its published events, its dedup marker and its
 XACK. A batch of commits travels in one round trip and is applied in order; the first one whose
 checks fail stops the batch (it and every later one come back CONFLICT, nothing of them applied),
-so a later commit never builds on state an earlier one failed to write.
+so a later commit never builds on state an earlier one failed to write. Every write of a commit is
+checked before the first is made (key types, integer fields): one Redis would refuse comes back
+REFUSED with the reason, nothing of it applied, and stops the batch the same way.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ class Delivery:
     fields: dict[str, str]
     # Times delivered according to the pending list (1 for a first read).
     deliveries: int = 1
+    # Set when the entry could not be decoded (not UTF-8): it can only be dead-lettered.
+    error: str = ""
 
 
 class Outcome(Enum):
     APPLIED = 1
     DUPLICATE = 0      # dedup marker present: acknowledged, nothing else written
     CONFLICT = -1      # a checked key changed since it was read: nothing written, not acked
+    REFUSED = -2       # Redis would refuse one of its writes (see Commit.refusal): nothing written
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Commit:
     ack: tuple[str, str] | None = None                     # (stream, entry id) to XACK
     seen: str = ""                                         # dedup marker key
     seen_ttl_s: int = 0
+    refusal: str = ""                                      # set by commit() when REFUSED: why
 
 
 class Bus(Protocol):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 SCHEMA_VERSION = "1"
+# Order ids become parts of key names (order:<id>, trace:<id>) and rq job ids (no ':' allowed), so
+# they are kept to a plain alphabet: an id like "1:history" could otherwise name another key.
+ORDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
 
 
@@ -74,6 +78,8 @@ class Envelope:
         for name in ("id", "type", "order_id", "producer"):
             if not raw[name]:
                 raise MalformedEntry(f"field {name!r} is empty")
+        if not ORDER_ID.fullmatch(raw["order_id"]):
+            raise MalformedEntry(f"order_id {raw['order_id'][:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
         try:
             data = json.loads(raw["data"])
         except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from importlib import resources
 from typing import Iterable, Sequence
 
@@ -29,6 +30,36 @@ def translated_errors():
         raise BusError(f"Redis refused a command: {exc}") from exc
 
 
+def undecoded(client: redis.Redis) -> redis.Redis:
+    """A client on the same server (pool class and address) that returns bytes."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+
+
+def decoded(client: redis.Redis) -> redis.Redis:
+    """The same, returning str."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": True}
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_entry(stream: str, entry_id, fields) -> Delivery:
+    entry_id = _text(entry_id)
+    if fields is None:                      # deleted (trimmed) while pending
+        return Delivery(stream, entry_id, {})
+    try:
+        return Delivery(stream, entry_id, {k.decode(): v.decode() for k, v in fields.items()})
+    except UnicodeDecodeError as exc:
+        shown = {k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace")
+                 for k, v in fields.items()}
+        return Delivery(stream, entry_id, shown, error=f"not UTF-8: {exc.reason} at byte {exc.start}")
+
+
 def encode_batch(group: str, commits: Sequence[Commit]) -> list:
     argv: list = [group, len(commits)]
     for c in commits:
@@ -44,7 +75,8 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> list:
 
 class RedisStreamsBus:
     def __init__(self, client: redis.Redis):
-        self.client = client
+        self.client = client                # decode_responses=True: everything but entry fields
+        self.raw = undecoded(client)        # bytes: stream entries, decoded one by one
         self._commit = client.register_script(_lua("commit.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
@@ -69,30 +101,31 @@ class RedisStreamsBus:
                         raise
 
     # -- reading -------------------------------------------------------------------------------
+    # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
+    # Delivery with `error` set (dead-lettered by the worker), instead of failing the whole reply.
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
         with translated_errors():
-            reply = self.client.xreadgroup(group, consumer, {s: ">" for s in streams},
-                                           count=count, block=block_ms if block_ms > 0 else None)
-        return [Delivery(stream, entry_id, fields or {}) for stream, entries in reply or []
+            reply = self.raw.xreadgroup(group, consumer, {s: ">" for s in streams},
+                                        count=count, block=block_ms if block_ms > 0 else None)
+        return [decode_entry(_text(stream), entry_id, fields) for stream, entries in reply or []
                 for entry_id, fields in entries]
 
     def read_own_pending(self, group, consumer, after, count) -> list[Delivery]:
         with translated_errors():
-            reply = self.client.xreadgroup(group, consumer, dict(after), count=count)
-            found = [(stream, entries) for stream, entries in reply or [] if entries]
-            return self._with_delivery_counts(group, consumer, found)
+            reply = self.raw.xreadgroup(group, consumer, dict(after), count=count)
+            found = [decode_entry(_text(stream), entry_id, fields)
+                     for stream, entries in reply or [] for entry_id, fields in entries]
+            return self._with_delivery_counts(group, found)
 
     def claim_stale(self, group, consumer, streams, min_idle_ms, count) -> list[Delivery]:
         found = []
         with translated_errors():
             for stream in streams:
-                reply = self.client.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
-                entries = reply[1]
+                reply = self.raw.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
                 if len(reply) > 2:
                     self.trimmed_while_pending += len(reply[2])
-                if entries:
-                    found.append((stream, entries))
-            return self._with_delivery_counts(group, consumer, found)
+                found += [decode_entry(stream, entry_id, fields) for entry_id, fields in reply[1]]
+            return self._with_delivery_counts(group, found)
 
     def retry_due(self, group, consumer, streams, backoff_ms, count) -> list[Delivery]:
         """This consumer's pending entries whose backoff (by times delivered) has passed, claimed
@@ -106,10 +139,9 @@ class RedisStreamsBus:
                        if p["time_since_delivered"] >= backoff_ms(p["times_delivered"])]
                 if not due:
                     continue
-                entries = self.client.xclaim(stream, group, consumer, backoff_ms(1), due)
-                if entries:
-                    found.append((stream, entries))
-            return self._with_delivery_counts(group, consumer, found)
+                entries = self.raw.xclaim(stream, group, consumer, backoff_ms(1), due)
+                found += [decode_entry(stream, entry_id, fields) for entry_id, fields in entries]
+            return self._with_delivery_counts(group, found)
 
     def renew(self, group, consumer, deliveries: Sequence[Delivery]) -> int:
         by_stream: dict[str, list[str]] = {}
@@ -131,17 +163,17 @@ class RedisStreamsBus:
                         removed.append(f"{stream}/{c['name']}")
         return removed
 
-    def _with_delivery_counts(self, group, consumer, found) -> list[Delivery]:
-        """Attach XPENDING's times-delivered: the count survives restarts, an in-process one would not."""
-        deliveries = []
-        for stream, entries in found:
-            ids = [entry_id for entry_id, _ in entries]
-            pending = self.client.xpending_range(stream, group, min=ids[0], max=ids[-1],
-                                                 count=len(ids), consumername=consumer)
-            times = {p["message_id"]: p["times_delivered"] for p in pending}
-            deliveries += [Delivery(stream, entry_id, fields or {}, times.get(entry_id, 1))
-                           for entry_id, fields in entries if entry_id in times]
-        return deliveries
+    def _with_delivery_counts(self, group, found: list[Delivery]) -> list[Delivery]:
+        """Attach XPENDING's times-delivered, looked up per id (one round trip): the count
+        survives restarts, an in-process one would not. Entries no longer pending are dropped."""
+        if not found:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for d in found:
+            pipe.xpending_range(d.stream, group, min=d.entry_id, max=d.entry_id, count=1)
+        counts = pipe.execute()
+        return [dataclasses.replace(d, deliveries=rows[0]["times_delivered"])
+                for d, rows in zip(found, counts) if rows]
 
     def allocate_ids(self, sequence: str, n: int) -> range:
         """n fresh integers from a counter (INCRBY), e.g. order ids."""
@@ -164,11 +196,19 @@ class RedisStreamsBus:
             return []
         with translated_errors():
             statuses = self._commit(args=encode_batch(group, commits))
-        return [Outcome(int(s)) for s in statuses]
+        outcomes = []
+        for commit, status in zip(commits, statuses):
+            if isinstance(status, str):
+                commit.refusal = status
+                outcomes.append(Outcome.REFUSED)
+            else:
+                outcomes.append(Outcome(int(status)))
+        return outcomes
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+            self.raw.close()
 
     def __enter__(self) -> "RedisStreamsBus":
         return self

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.serializers import JSONSerializer
 
-from bus.redis_streams import translated_errors
+from bus.redis_streams import RedisStreamsBus, decoded, translated_errors, undecoded
 
 QUEUE = "choreo-timers"
 
@@ -29,15 +29,15 @@ class ScheduledCall:
     args: tuple = ()
 
 
-def rq_connection(client: redis.Redis) -> redis.Redis:
-    """rq reads bytes: a client on the same server (pool class and address) without decoding."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "decode_responses": False}
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
-
-
 def timer_queue(client: redis.Redis) -> Queue:
-    return Queue(QUEUE, connection=rq_connection(client), serializer=JSONSerializer)
+    # rq reads bytes: it gets a client on the same server that does not decode.
+    return Queue(QUEUE, connection=undecoded(client), serializer=JSONSerializer)
+
+
+def job_bus() -> RedisStreamsBus:
+    """Inside a running job: a bus on the server the job came from (rq's own connection), so a
+    timer fires where it was armed, whatever this process's environment says."""
+    return RedisStreamsBus(decoded(get_current_job().connection))
 
 
 def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
@@ -45,8 +45,10 @@ def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
         if ":" in call.job_id:
             raise ValueError(f"rq job ids may not contain ':': {call.job_id!r}")
         with translated_errors():
+            # A job that fails (Redis gone while it ran) is retried: a lost timer is a stuck order.
             queue.enqueue_at(datetime.fromtimestamp(call.at_ms / 1000, timezone.utc), call.func,
-                             *call.args, job_id=call.job_id, result_ttl=0, failure_ttl=7 * 24 * 3600)
+                             *call.args, job_id=call.job_id, result_ttl=0, failure_ttl=7 * 24 * 3600,
+                             retry=Retry(max=5, interval=[1, 5, 15, 60, 300]))
 
 
 def run_timers(client: redis.Redis, name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from bus.envelope import ORDER_ID
 from config.catalogue import CATALOGUE
 
 
@@ -38,7 +39,7 @@ def product(text: str) -> int:
 
 def order_id(text: str) -> str:
     # Ids go into key names and rq job ids (which may not contain ':').
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+    if not ORDER_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"order ids are 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
     return text
 

@@ -22,6 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bus.redis_streams import RedisStreamsBus
+__all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
+           "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
+           "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]
 # The snapshot's names are re-exported: `choreo.dashboard` is the one place to import the view from.
 from choreo.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, DeadLetterRow,  # noqa: F401
                              EventRow, GroupRow, OrdersView, Snapshot, StreamRow, declared_streams,

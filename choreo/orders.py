@@ -21,8 +21,9 @@ class OrderRequest:
 
 def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadline_s: float = 0,
                  clock: Callable[[], float] = time.time) -> list[str]:
-    """Create orders and publish their OrderCreated events in one round trip; returns the ids placed.
-    Raises OrderRejected for the first one that cannot be placed (earlier ones stay placed)."""
+    """Create orders and publish their OrderCreated events in one round trip; returns the ids.
+    Raises OrderRejected if any cannot be placed: none is checked invalid after some were written,
+    but an id taken concurrently stops the batch there (those before it stay placed)."""
     view = BatchView(bus)
     view.prefetch([keys.order(r.order_id) for r in requests])
     order = SERVICES["order"]
@@ -35,7 +36,9 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
     outcomes = bus.commit("", commits)
     placed = [r.order_id for r, o in zip(requests, outcomes) if o is Outcome.APPLIED]
     if len(placed) < len(requests):
-        raise OrderRejected(f"order {requests[len(placed)].order_id} was created concurrently")
+        failed = commits[len(placed)]
+        why = failed.refusal or "was created concurrently"
+        raise OrderRejected(f"order {requests[len(placed)].order_id} {why}")
     return placed
 
 

@@ -127,3 +127,42 @@ def test_renew_resets_idle_only_for_entries_still_ours(real_bus):
     assert pending[mine.entry_id]["consumer"] == "c1" and pending[mine.entry_id]["times_delivered"] == 1
     assert pending[mine.entry_id]["time_since_delivered"] < 50
     assert pending[stolen.entry_id]["consumer"] == "c2"
+
+
+def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus):
+    any_bus.client.set("not-a-list", "x")
+    any_bus.client.hset("counters", "n", "abc")
+    first = Commit(ops=[("HSET", "first", "a", "1")])
+    refused = Commit(ops=[("HSET", "h", "a", "1"), ("RPUSH", "not-a-list", "v")],
+                     seen="seen:g:e", seen_ttl_s=60)
+    later = Commit(ops=[("HSET", "later", "a", "1")])
+    assert any_bus.commit("", [first, refused, later]) == \
+        [Outcome.APPLIED, Outcome.REFUSED, Outcome.CONFLICT]
+    assert "not-a-list holds a string, not a list" in refused.refusal
+    assert any_bus.read_hashes(["first", "h", "later"]) == [{"a": "1", "_v": "1"}, {}, {}]
+    assert not any_bus.client.exists("seen:g:e")
+    bad_counter = Commit(ops=[("COUNT", "counters", "n", 1)])
+    too_big = Commit(ops=[("HINCRBY", "big", "n", 2 ** 60)])
+    assert any_bus.commit("", [bad_counter]) == [Outcome.REFUSED] and "not an integer" in bad_counter.refusal
+    assert any_bus.commit("", [too_big]) == [Outcome.REFUSED] and "range" in too_big.refusal
+
+
+def test_delivery_counts_are_exact_when_other_pending_entries_interleave(any_bus):
+    publish(any_bus, 4)
+    any_bus.ensure_groups("g", [S])
+    a, b, c, d = any_bus.read_new("g", "dead", [S], 10, 10)
+    any_bus.client.xclaim(S, "g", "alive", 0, [b.entry_id, d.entry_id])   # alive holds b and d
+    claimed = any_bus.claim_stale("g", "alive", [S], min_idle_ms=0, count=10)
+    assert sorted(x.entry_id for x in claimed) == sorted([a.entry_id, b.entry_id, c.entry_id, d.entry_id])
+    counts = {x.entry_id: x.deliveries for x in claimed}
+    assert counts[a.entry_id] == counts[c.entry_id] == 2 and counts[b.entry_id] == 3
+
+
+def test_an_entry_that_is_not_utf8_is_handed_over_marked_not_dropped(real_bus):
+    real_bus.ensure_groups("g", [S])
+    raw = real_bus.raw
+    raw.xadd(S, {b"id": b"\xff\xfe", b"type": b"OrderCreated"})
+    publish(real_bus, 1)
+    bad, good = real_bus.read_new("g", "c1", [S], 10, 10)
+    assert bad.error.startswith("not UTF-8") and "\\xff" in bad.fields["id"]
+    assert good.error == "" and good.fields["type"] == "OrderCreated"

@@ -48,7 +48,7 @@ def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_se
     r = redis_server.client()
     for s in ("order", "inventory", "shipping"):
         procs.worker(s)                                  # payment is down: the order cannot finish
-    procs.start("timers", name="timers")
+    procs.start("timers", "--redis-url", procs.url, name="timers", REDIS_URL="redis://127.0.0.1:1/0")
     assert main(["place-order", "--product", "101", "--quantity", "2", "--deadline", "1",
                  "--redis-url", procs.url]) == 0
     wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
@@ -66,10 +66,13 @@ def test_a_deadline_that_passes_after_completion_publishes_nothing(procs, redis_
     r = redis_server.client()
     for s in ("order", "inventory", "payment", "shipping"):
         procs.worker(s)
-    procs.start("timers", name="timers")
     assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "1",
                  "--redis-url", procs.url]) == 0
     wait_for(lambda: r.hget(keys.order("1"), "status") == "COMPLETED", what="completed")
+    assert r.zscore("rq:scheduled:choreo-timers", "DeadlinePassed-1")     # armed
+    # The timers worker is told the server by --redis-url only; its REDIS_URL points nowhere.
+    procs.start("timers", "--redis-url", procs.url, name="timers", REDIS_URL="redis://127.0.0.1:1/0")
     wait_for(lambda: not r.exists("rq:job:DeadlinePassed-1"), timeout=20, what="timer ran")
+    assert not r.zscore("rq:scheduled:choreo-timers", "DeadlinePassed-1")
     assert r.xlen("events:DeadlinePassed") == 0
     assert r.hget(keys.order("1"), "status") == "COMPLETED"

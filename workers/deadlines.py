@@ -6,9 +6,7 @@ refuses to ship and publishes ShippingFailed, whose consumers compensate: refund
 
 from __future__ import annotations
 
-from bus.connect import open_bus
-from bus.scheduler import ScheduledCall
-from config.settings import Settings
+from bus.scheduler import ScheduledCall, job_bus
 from workers import keys
 from workers.unit_of_work import BatchView, Timer, UnitOfWork
 
@@ -20,10 +18,10 @@ def scheduled_call(timer: Timer) -> ScheduledCall:
 
 
 def pass_deadline(order_id: str, causation_id: str) -> str:
-    """The rq job: publish DeadlinePassed for an order that is still PENDING. Runs in `choreo
-    timers`, which has REDIS_URL; no connection details travel in the job."""
+    """The rq job (run by `choreo timers`): publish DeadlinePassed for an order still PENDING.
+    It uses the connection rq ran it with; no connection details travel in the job."""
     from workers.order import PENDING, SERVICE as ORDER
-    bus = open_bus(Settings.from_env().url)
+    bus = job_bus()
     try:
         status = bus.read_hashes([keys.order(order_id)])[0].get("status")
         if status != PENDING:

@@ -6,18 +6,29 @@ from __future__ import annotations
 from bus.envelope import Envelope, MalformedEntry
 
 
+# Bounds keep every counter a handler adds to far inside what Redis (int64) and the commit
+# script (exact up to 2^50) can hold, and times inside what a datetime can represent.
+MAX_QUANTITY = 1_000_000
+MAX_CENTS = 10 ** 12
+MAX_EPOCH_MS = 10 ** 13                     # the year 2286
+
+
+def _whole(value, low: int = 0, high: int = MAX_CENTS) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _lines(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(l, dict) and _whole(l.get("product_id")) and _whole(l.get("quantity"))
-        and l["quantity"] >= 1 for l in value)
+    return isinstance(value, list) and 0 < len(value) <= 100 and all(
+        isinstance(l, dict) and _whole(l.get("product_id"), 1, 10 ** 9)
+        and _whole(l.get("quantity"), 1, MAX_QUANTITY) for l in value)
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def valid_lines(value) -> bool:
+    return _lines(value)
 
 
-def _optional_whole(value) -> bool:
-    return value is None or _whole(value)
+def _optional_epoch_ms(value) -> bool:
+    return value is None or _whole(value, 1, MAX_EPOCH_MS)
 
 
 def _text(value) -> bool:
@@ -25,7 +36,7 @@ def _text(value) -> bool:
 
 
 SCHEMAS: dict[str, dict[str, callable]] = {
-    "OrderCreated": {"lines": _lines, "total_cents": _whole, "deadline_at_ms": _optional_whole},
+    "OrderCreated": {"lines": _lines, "total_cents": _whole, "deadline_at_ms": _optional_epoch_ms},
     "InventoryChecked": {"lines": _lines, "total_cents": _whole},
     "InventoryRejected": {"reason": _text},
     "PaymentProcessed": {"lines": _lines, "amount_cents": _whole},

@@ -6,6 +6,7 @@ import json
 
 from config.catalogue import CATALOGUE
 from workers import keys
+from workers.events import MAX_QUANTITY, valid_lines
 from workers.service import On, Service
 from workers.unit_of_work import UnitOfWork
 
@@ -21,11 +22,11 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
     """Command: write the order and publish OrderCreated, atomically (see choreo.commands)."""
     if uow.read(keys.order(order_id)):
         raise OrderRejected(f"order {order_id} already exists")
+    if not valid_lines(lines):
+        raise OrderRejected(f"order lines must be 1-100 of product id and quantity 1..{MAX_QUANTITY}")
     for line in lines:
         if line["product_id"] not in CATALOGUE:
             raise OrderRejected(f"unknown product {line['product_id']}")
-        if line["quantity"] < 1:
-            raise OrderRejected(f"quantity must be at least 1, got {line['quantity']}")
     total = sum(CATALOGUE[l["product_id"]].price_cents * l["quantity"] for l in lines)
     now = uow.now_ms()
     uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=json.dumps(lines),

@@ -36,6 +36,11 @@ def consumer_name(service: str, env=None, host: str | None = None) -> str:
     return f"{service}-{host or socket.gethostname()}-{slot}"
 
 
+class Unhandleable(Exception):
+    """Why an entry goes to the dead-letter stream without (another) try: malformed, refused by
+    Redis, or given up on."""
+
+
 @dataclass
 class Handled:
     delivery: Delivery
@@ -59,6 +64,7 @@ class Worker:
         self.housekeeping = housekeeping
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
+        self._started_once = False
         self._due = {"retry": 0.0, "claim": 0.0, "housekeeping": clock() + settings.housekeeping_every_s}
         self._last_error: dict[str, str] = {}
         self._in_hand: tuple[float, list[Delivery]] | None = None
@@ -67,10 +73,15 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        """(Re)create groups and seed; on the first start only, finish own pending entries first.
+        A reconnect does not page through them again: re-reading counts as a delivery, and
+        entries whose reply was lost are retried by retry_due."""
         self.bus.ensure_groups(self.service.name, self.streams)
         if self.service.on_start:
             self.service.on_start(self.bus)
-        self._cursor = {s: "0" for s in self.streams}
+        if not self._started_once:
+            self._cursor = {s: "0" for s in self.streams}
+            self._started_once = True
 
     def run(self, stop: threading.Event) -> int:
         """Until `stop` is set; returns 0 after committing the batch in hand."""
@@ -94,7 +105,7 @@ class Worker:
                 self.log(f"{self.service.voice}: Redis {what} ({exc}); "
                          f"retry {failures} in {delay:.1f}s")
                 stop.wait(delay)
-                started = False             # re-ensure groups, then finish own pending first
+                started = False             # re-ensure groups before reading again
         return 0
 
     def poll(self, block_ms: int) -> int:
@@ -150,22 +161,45 @@ class Worker:
 
     # -- handling and committing -----------------------------------------------------------------
     def commit_batch(self, deliveries: list[Delivery]) -> None:
-        """Handle and commit; entries from the first CONFLICT on are handled again on fresh reads."""
-        todo = [(d, self.parse(d)) for d in deliveries]
+        self._commit_items([(d, self.parse(d)) for d in deliveries])
+
+    def _commit_items(self, todo: list[tuple[Delivery, Envelope | Unhandleable]]) -> None:
+        """Handle and commit until nothing is left. When Redis refuses a read or a write of the
+        batch (say a key of the wrong type), the entries go one by one to find the culprit, and
+        that one is dead-lettered with Redis's error: the service never wedges on one entry."""
         while todo:
-            view = BatchView(self.bus)
-            view.prefetch([key for _, event in todo if isinstance(event, Envelope)
-                           for key in self.service.consumes[event.type].reads(event)])
-            ready = [h for h in (self.handle(d, event, view) for d, event in todo) if h is not None]
-            self.arm_timers(ready)
-            if self.settings.commit_delay_ms:
-                time.sleep(self.settings.commit_delay_ms / 1000)
-            outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
-            todo = [(h.delivery, self.parse(h.delivery))
-                    for h, o in zip(ready, outcomes) if o is Outcome.CONFLICT]
-            for h, outcome in zip(ready, outcomes):
-                if outcome is not Outcome.CONFLICT:
-                    self.report(h, outcome)
+            try:
+                todo = self.commit_round(todo)
+            except (BusUnavailable, GroupMissing):
+                raise
+            except BusError as exc:
+                if len(todo) > 1:
+                    for item in todo:
+                        self._commit_items([item])
+                    return
+                todo = [(todo[0][0], Unhandleable(f"refused by Redis: {exc}"))]
+
+    def commit_round(self, todo):
+        """One read-handle-commit round; returns what must go round again: entries from the first
+        CONFLICT on (handled again on fresh reads) and REFUSED ones (then dead-lettered)."""
+        view = BatchView(self.bus)
+        view.prefetch([key for _, event in todo if isinstance(event, Envelope)
+                       for key in self.service.consumes[event.type].reads(event)])
+        ready = [h for h in (self.handle(d, event, view) for d, event in todo) if h is not None]
+        self.arm_timers(ready)
+        if self.settings.commit_delay_ms:
+            time.sleep(self.settings.commit_delay_ms / 1000)
+        again = []
+        for h, outcome in zip(ready, self.bus.commit(self.service.name, [h.commit for h in ready])):
+            if outcome is Outcome.CONFLICT:
+                again.append((h.delivery, self.parse(h.delivery)))
+            elif outcome is Outcome.REFUSED:
+                if h.event is None:             # the dead letter itself: dlq:<service> is broken
+                    raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
+                again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
+            else:
+                self.report(h, outcome)
+        return again
 
     def arm_timers(self, ready: list[Handled]) -> None:
         """Before the commit: a crash in between re-arms the same job ids on redelivery, while
@@ -174,27 +208,34 @@ class Worker:
         if calls:
             self.bus.schedule(calls)
 
-    def parse(self, d: Delivery) -> Envelope | MalformedEntry:
+    def parse(self, d: Delivery) -> Envelope | Unhandleable:
+        """The event, or why the entry goes to the dead-letter stream unhandled."""
+        if d.deliveries > self.crash_guard:
+            last = self._last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
+            return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}")
         try:
             return parse_delivery(d, self.settings.max_entry_bytes, self.service)
         except MalformedEntry as exc:
-            return exc
+            return Unhandleable(f"malformed: {exc}")
 
-    def handle(self, d: Delivery, event: Envelope | MalformedEntry, view: BatchView) -> Handled | None:
+    @property
+    def crash_guard(self) -> int:
+        """Deliveries after which an entry that never raised is given up on: it keeps killing or
+        disconnecting the worker handling it. Handler errors dead-letter at max_deliveries."""
+        return 3 * self.settings.max_deliveries
+
+    def handle(self, d: Delivery, event: Envelope | Unhandleable, view: BatchView) -> Handled | None:
         """Run the entry's handler into a Commit; None leaves it pending for a retry."""
         started = time.perf_counter()
-        if isinstance(event, MalformedEntry):
-            return self.dead_letter(d, f"malformed: {event}", started)
-        if d.deliveries > self.settings.max_deliveries:
-            last = self._last_error.get(d.entry_id, "no error recorded (the worker handling it died)")
-            return self.dead_letter(d, f"gave up after {d.deliveries - 1} deliveries: {last}", started)
+        if isinstance(event, Unhandleable):
+            return self.dead_letter(d, str(event), started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates)
         try:
             self.service.consumes[event.type].handle(event, uow)
+            view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
-        view.apply(uow.ops)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name, event.id),
                                seen_ttl_s=self.settings.seen_ttl_s)
@@ -238,8 +279,10 @@ class Worker:
             if in_hand and time.monotonic() - in_hand[0] >= every:
                 try:
                     self.bus.renew(self.service.name, self.consumer, in_hand[1])
-                except BusUnavailable:
-                    pass                # the main loop reports and reconnects
+                except BusError:
+                    pass                # the main loop reports, reconnects, recreates groups
+                except Exception as exc:    # never let the lease die silently
+                    self.log(f"{self.service.voice}: lease renewal failed: {type(exc).__name__}: {exc}")
 
     def tidy(self) -> None:
         trimmed = getattr(self.bus, "trimmed_while_pending", 0)
@@ -257,6 +300,8 @@ class Worker:
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service) -> Envelope:
+    if d.error:
+        raise MalformedEntry(d.error)
     if not d.fields:
         raise MalformedEntry("entry deleted (trimmed) while pending")
     event = Envelope.parse(d.fields, max_bytes)
