@@ -105,6 +105,9 @@ class Bus(Protocol):
     def schedule(self, calls: Sequence["ScheduledCall"]) -> None:
         """Arrange for each call to run at its time (bus.scheduler; idempotent per job id)."""
 
+    def unschedule(self, job_ids: Sequence[str]) -> None:
+        """Disarm scheduled calls by job id (unknown ids are ignored)."""
+
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         """Current fields of each hash (with `_v`), one round trip."""
 

@@ -85,10 +85,18 @@ class RedisStreamsBus:
         self._timers = None                 # the rq queue, made on first use
 
     def schedule(self, calls) -> None:
-        from bus.scheduler import schedule, timer_queue
+        from bus.scheduler import schedule
+        schedule(self._timer_queue(), calls)
+
+    def unschedule(self, job_ids) -> None:
+        from bus.scheduler import unschedule
+        unschedule(self._timer_queue(), job_ids)
+
+    def _timer_queue(self):
+        from bus.scheduler import timer_queue
         if self._timers is None:
             self._timers = timer_queue(self.client)
-        schedule(self._timers, calls)
+        return self._timers
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from bus.redis_streams import RedisStreamsBus, decoded, translated_errors, undecoded
@@ -41,14 +43,29 @@ def job_bus() -> RedisStreamsBus:
 
 
 def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
-    for call in calls:
-        if ":" in call.job_id:
-            raise ValueError(f"rq job ids may not contain ':': {call.job_id!r}")
-        with translated_errors():
+    """Arm every call in one round trip (rq writes the job and its registry entry per call)."""
+    with translated_errors():
+        pipe = queue.connection.pipeline()
+        for call in calls:
+            if ":" in call.job_id:
+                raise ValueError(f"rq job ids may not contain ':': {call.job_id!r}")
             # A job that fails (Redis gone while it ran) is retried: a lost timer is a stuck order.
             queue.enqueue_at(datetime.fromtimestamp(call.at_ms / 1000, timezone.utc), call.func,
-                             *call.args, job_id=call.job_id, result_ttl=0, failure_ttl=7 * 24 * 3600,
-                             retry=Retry(max=5, interval=[1, 5, 15, 60, 300]))
+                             *call.args, job_id=call.job_id, result_ttl=0,
+                             failure_ttl=7 * 24 * 3600, retry=Retry(max=5, interval=[1, 5, 15, 60, 300]),
+                             pipeline=pipe)
+        pipe.execute()
+
+
+def unschedule(queue: Queue, job_ids: Sequence[str]) -> None:
+    """Disarm timers that are no longer needed, in one round trip; an unknown id is a no-op."""
+    registry = ScheduledJobRegistry(queue=queue)
+    with translated_errors():
+        pipe = queue.connection.pipeline()
+        for job_id in job_ids:
+            pipe.zrem(registry.key, job_id)
+            pipe.delete(Job.key_for(job_id))
+        pipe.execute()
 
 
 def run_timers(client: redis.Redis, name: str) -> None:

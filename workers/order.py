@@ -54,6 +54,7 @@ def _finish(status: str):
         uow.count(keys.ORDERS_BY_STATUS, PENDING, -1)
         uow.count(keys.ORDERS_BY_STATUS, status, 1)
         uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
+        uow.disarm("DeadlinePassed")
     finish.__name__ = f"mark_{status.lower()}"
     return finish
 

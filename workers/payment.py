@@ -45,10 +45,12 @@ def _payment(event) -> list[str]:
 SERVICE = Service(
     name="payment",
     voice="PaymentService",
+    # ShippingFailed first: streams are read in this order, so when a cancellation and the charge
+    # it overtook arrive in one batch, the order is never charged rather than charged and refunded.
     consumes={
+        "ShippingFailed": On(refund, "Refunding payment for order {order_id}", _payment),
         "InventoryChecked": On(charge, "Processing payment for order {order_id}", _payment),
         "PaymentProcessed": On(confirm, "Payment processed for order {order_id}"),
-        "ShippingFailed": On(refund, "Refunding payment for order {order_id}", _payment),
     },
     emits=("PaymentProcessed", "PaymentFailed"),
 )

@@ -49,6 +49,7 @@ class Handled:
     event: Envelope | None
     started: float
     timers: list[Timer] = field(default_factory=list)
+    disarmed: list[str] = field(default_factory=list)
 
 
 class Worker:
@@ -189,7 +190,7 @@ class Worker:
         self.arm_timers(ready)
         if self.settings.commit_delay_ms:
             time.sleep(self.settings.commit_delay_ms / 1000)
-        again = []
+        again, disarmed = [], []
         for h, outcome in zip(ready, self.bus.commit(self.service.name, [h.commit for h in ready])):
             if outcome is Outcome.CONFLICT:
                 again.append((h.delivery, self.parse(h.delivery)))
@@ -199,6 +200,9 @@ class Worker:
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
             else:
                 self.report(h, outcome)
+                disarmed += h.disarmed if outcome is Outcome.APPLIED else []
+        if disarmed:
+            self.bus.unschedule(disarmed)
         return again
 
     def arm_timers(self, ready: list[Handled]) -> None:
@@ -240,7 +244,7 @@ class Worker:
                                seen=bus_keys.seen(self.service.name, event.id),
                                seen_ttl_s=self.settings.seen_ttl_s)
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
-                       uow.timers)
+                       uow.timers, uow.disarmed)
 
     def handler_failed(self, d: Delivery, error: str, started: float) -> Handled | None:
         if d.deliveries >= self.settings.max_deliveries:

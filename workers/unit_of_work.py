@@ -60,6 +60,10 @@ class BatchView:
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
 
 
+def timer_id(event_type: str, order_id: str) -> str:
+    return f"{event_type}-{order_id}"        # rq job ids may not contain ':'
+
+
 class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
                  cause: Envelope | None = None, clock: Callable[[], float] = time.time,
@@ -74,6 +78,7 @@ class UnitOfWork:
         self.ops: list[tuple] = []
         self.emitted: list[Envelope] = []
         self.timers: list[Timer] = []
+        self.disarmed: list[str] = []         # job ids of timers no longer needed
 
     def read(self, key: str) -> dict[str, str]:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
@@ -117,10 +122,15 @@ class UnitOfWork:
         by the event in hand. Arming twice (a redelivery) arms the same job once."""
         if event_type not in self._creates:
             raise UndeclaredEvent(f"{self.producer} does not declare that it creates {event_type}")
-        timer = Timer(f"{event_type}-{self.cause.order_id}", int(at_ms), event_type,
+        timer = Timer(timer_id(event_type, self.cause.order_id), int(at_ms), event_type,
                       self.cause.order_id, self.cause.id)
         self.timers.append(timer)
         return timer
+
+    def disarm(self, event_type: str) -> None:
+        """The timer for event_type on this order is no longer needed. Best effort, after the
+        commit: a timer that still fires must find nothing to do."""
+        self.disarmed.append(timer_id(event_type, self.cause.order_id))
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
