@@ -61,6 +61,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("worker", parents=[common], help="run one service's consumer loop")
     p.add_argument("service", choices=list(SERVICES))
     p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")
+    p.add_argument("--log-format", choices=("plain", "json"),
+                   help="one line per handled event: the service's words, then key=value context "
+                        "(plain) or one JSON object (default: $CHOREO_LOG_FORMAT or plain)")
     p.set_defaults(run=cmd_worker)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
 import threading
 
-from bus import inspect
+from bus import inspect, keys as bus_keys
 from bus.connect import open_bus, redact
 from config.settings import Settings
 from workers import SERVICES, keys
@@ -31,6 +32,8 @@ def cmd_worker(args, settings: Settings) -> int:
     from workers.runtime import Worker, consumer_name
     service = SERVICES[args.service]
     consumer = args.consumer or consumer_name(service.name)
+    if args.log_format:
+        settings = dataclasses.replace(settings, log_format=args.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())       # only a flag: the loop finishes its batch
@@ -164,9 +167,15 @@ def cmd_dashboard(args, settings: Settings) -> int:
 
 
 def cmd_topology(args, settings: Settings) -> int:
+    """The choreography map, from the declarations the workers run on."""
     for s in SERVICES.values():
-        _out(f"{s.name:<10} consumes {', '.join(s.consumes)}")
-        _out(f"{'':<10} emits    {', '.join(s.emits)}")
+        _out(f"{s.name:<10} consumes  {', '.join(s.consumes)}")
+        _out(f"{'':<10} emits     {', '.join(s.emits) or '(nothing: its handlers only change state)'}")
+        if s.creates:
+            _out(f"{'':<10} publishes {', '.join(s.creates)}  (on a command or a timer)")
+    for event_type in sorted({t for s in SERVICES.values() for t in (*s.emits, *s.creates)}):
+        readers = [s.name for s in SERVICES.values() if event_type in s.consumes]
+        _out(f"{bus_keys.stream(event_type):<26} -> {', '.join(readers) or '(nobody)'}")
     return 0
 
 

@@ -91,3 +91,26 @@ def test_topology_prints_every_service():
     assert done.returncode == 0
     for name in ("order", "inventory", "payment", "shipping"):
         assert name in done.stdout
+
+
+def test_topology_is_the_declarations(capsys):
+    from workers import SERVICES
+    assert main(["topology"]) == 0
+    out = capsys.readouterr().out
+    for s in SERVICES.values():
+        assert f"{s.name:<10} consumes  {', '.join(s.consumes)}" in out
+    assert "events:DeadlinePassed      -> shipping" in out
+    assert "events:ShippingFailed      -> order, inventory, payment" in out
+
+
+def test_worker_log_format_json_gives_one_object_per_handled_event(procs, redis_server):
+    import json
+    from tests.helpers import wait_for
+    worker = procs.start("worker", "inventory", "--log-format", "json", name="inv-json")
+    wait_for(lambda: redis_server.client().exists("stock:101"), what="worker up")
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--redis-url", procs.url]) == 0
+    wait_for(lambda: "Checking inventory" in open(worker.log_path).read(), what="handled")
+    line = next(l for l in open(worker.log_path) if "Checking inventory" in l)
+    record = json.loads(line)
+    assert record["msg"] == "InventoryService: Checking inventory for order 1"
+    assert set(record) >= {"event_id", "order_id", "stream", "entry_id", "deliveries", "ms"}

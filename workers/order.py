@@ -73,7 +73,7 @@ SERVICE = Service(
         "ShippingFailed": On(_finish(CANCELLED), "Order {order_id} cancelled: shipping failed", _order),
         "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed", _order),
     },
-    emits=("OrderCreated",),
+    emits=(),                               # its handlers only end orders
     # Published by a command (place-order) and by a timer (the deadline), not by a handler.
     creates={"OrderCreated": "Creating order {order_id}",
              "DeadlinePassed": "Deadline passed for order {order_id}"},
