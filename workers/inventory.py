@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from bus.contract import Bus, Commit
+from bus.contract import Bus
 from config.catalogue import CATALOGUE
 from workers import keys
 from workers.service import On, Service, confirm
-from workers.unit_of_work import UnitOfWork
+from workers.unit_of_work import BatchView, UnitOfWork
 
 RESERVED, REJECTED, RELEASED, SOLD = "RESERVED", "REJECTED", "RELEASED", "SOLD"
 
@@ -54,13 +54,14 @@ def _settle(to_status: str):
 
 
 def seed_stock(bus: Bus) -> None:
-    """Write each catalogue product's starting stock unless its key exists (safe to race)."""
-    commits = [Commit(checks={keys.stock(p.id): "0"},
-                      ops=[("HSET", keys.stock(p.id), "start", p.stock, "available", p.stock,
-                            "reserved", 0, "sold", 0)])
-               for p in CATALOGUE.values()]
-    for c in commits:               # one at a time: a CONFLICT (already seeded) stops a batch
-        bus.commit("", [c])
+    """Write each catalogue product's starting stock unless its key exists. Safe to race: each
+    product is its own commit, guarded like any other by the version it read (absent)."""
+    for product in CATALOGUE.values():
+        uow = UnitOfWork(SERVICE.name, (), BatchView(bus))
+        if not uow.read(keys.stock(product.id)):
+            uow.set(keys.stock(product.id), start=product.stock, available=product.stock,
+                    reserved=0, sold=0)
+            bus.commit("", [uow.to_commit()])     # CONFLICT: another worker seeded it first
 
 
 def _reservation_and_stock(event) -> list[str]:
