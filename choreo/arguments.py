@@ -19,14 +19,22 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def positive(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def count(text: str) -> int:
+    return _whole(text, 0)
 
 
 def product(text: str) -> int:
@@ -60,12 +68,3 @@ def entry_id(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an entry id like 1700000000000-0, got {text!r}")
     return text
 
-
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value

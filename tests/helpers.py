@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import time
 
+# The tutorial's eight lines for order 1, which `choreo demo` prints and `choreo trace` tells.
+EIGHT = """OrderService: Creating order 1
+OrderService: Order 1 created
+InventoryService: Checking inventory for order 1
+InventoryService: Inventory checked for order 1
+PaymentService: Processing payment for order 1
+PaymentService: Payment processed for order 1
+ShippingService: Arranging shipping for order 1
+ShippingService: Shipping arranged for order 1""".splitlines()
+
 
 def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout

@@ -10,14 +10,7 @@ import pytest
 from choreo.cli import main
 from tests.redis_server import free_port
 
-EIGHT = """OrderService: Creating order 1
-OrderService: Order 1 created
-InventoryService: Checking inventory for order 1
-InventoryService: Inventory checked for order 1
-PaymentService: Processing payment for order 1
-PaymentService: Payment processed for order 1
-ShippingService: Arranging shipping for order 1
-ShippingService: Shipping arranged for order 1""".splitlines()
+from tests.helpers import EIGHT
 
 
 def test_demo_embedded_prints_the_eight_lines_first_and_in_order(monkeypatch, capsys):

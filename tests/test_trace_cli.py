@@ -12,18 +12,10 @@ from bus.envelope import Envelope
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from config.settings import Settings
+from tests.helpers import EIGHT
 from tests.inprocess import drain, start_workers
 from workers import keys
 
-EIGHT = """\
-OrderService: Creating order 1
-OrderService: Order 1 created
-InventoryService: Checking inventory for order 1
-InventoryService: Inventory checked for order 1
-PaymentService: Processing payment for order 1
-PaymentService: Payment processed for order 1
-ShippingService: Arranging shipping for order 1
-ShippingService: Shipping arranged for order 1""".splitlines()
 
 
 def tree_lines(output: str) -> list[str]:
