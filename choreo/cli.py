@@ -4,6 +4,7 @@ unreachable or refusing server or a failed run, 0 otherwise."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from bus.contract import BusError
@@ -116,3 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`choreo trace 1 | head`): stop quietly, as the docs of `signal`
+        # advise, and keep the interpreter from complaining about stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

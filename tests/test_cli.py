@@ -107,3 +107,10 @@ def test_worker_log_format_json_gives_one_object_per_handled_event(procs, redis_
     record = json.loads(line)
     assert record["msg"] == "InventoryService: Checking inventory for order 1"
     assert set(record) >= {"event_id", "order_id", "stream", "entry_id", "deliveries", "ms"}
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    done = subprocess.run(f"{sys.executable} -m choreo demo | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout == EIGHT[0] + "\n"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
