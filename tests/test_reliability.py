@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from bus import keys as bus_keys
@@ -206,3 +207,23 @@ def test_the_lease_thread_outlives_redis_errors():
     stop.set()
     thread.join(1)
     assert LeaseBus.calls >= 3 and any("lease renewal failed" in l for l in log)
+
+
+def test_a_broken_dead_letter_stream_is_reported_not_looped_on(real_bus):
+    import signal
+    from bus.contract import BusError
+    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1", log=lambda _: None)
+    worker.start()
+    real_bus.client.set(bus_keys.dead_letters("inventory"), "not a stream")
+    real_bus.client.xadd(bus_keys.stream("OrderCreated"), {"not": "an event"})
+    def looping(*_):
+        raise AssertionError("still looping on the dead letter after 10 s")
+    previous = signal.signal(signal.SIGALRM, looping)
+    signal.alarm(10)                        # a loop here would hang the suite; fail it instead
+    try:
+        with pytest.raises(BusError, match="dlq:inventory holds a string"):
+            worker.poll(block_ms=5)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert real_bus.client.xpending(bus_keys.stream("OrderCreated"), "inventory")["pending"] == 1

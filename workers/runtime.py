@@ -178,7 +178,10 @@ class Worker:
                     for item in todo:
                         self._commit_items([item])
                     return
-                todo = [(todo[0][0], Unhandleable(f"refused by Redis: {exc}"))]
+                delivery, parsed = todo[0]
+                if isinstance(parsed, Unhandleable):
+                    raise                   # even its dead letter is refused: run() backs off, logs
+                todo = [(delivery, Unhandleable(f"refused by Redis: {exc}"))]
 
     def commit_round(self, todo):
         """One read-handle-commit round; returns what must go round again: entries from the first
