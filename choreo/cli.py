@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BusError, OrderRejected) as exc:
         print(f"choreo: {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:            # a per-service variable, read when the worker starts
+        print(f"choreo: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

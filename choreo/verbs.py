@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -32,8 +31,8 @@ def cmd_worker(args, settings: Settings) -> int:
     from workers.runtime import Worker, consumer_name
     service = SERVICES[args.service]
     consumer = args.consumer or consumer_name(service.name)
-    if args.log_format:
-        settings = dataclasses.replace(settings, log_format=args.log_format)
+    settings = Settings.from_env(service=service.name, redis_url=args.redis_url,
+                                 log_format=args.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())       # only a flag: the loop finishes its batch

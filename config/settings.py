@@ -58,15 +58,19 @@ class Settings:
         return self.redis_url or DEFAULT_REDIS_URL
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, service: str | None = None,
+                 **overrides) -> "Settings":
+        """CHOREO_<FIELD> for everyone; for a worker of `service`, CHOREO_<FIELD>_<SERVICE> wins
+        (e.g. CHOREO_MAX_DELIVERIES_PAYMENT=10); explicit overrides (CLI flags) win over both."""
         env = os.environ if env is None else env
         values: dict = {}
         for f in fields(cls):
-            name = "REDIS_URL" if f.name == "redis_url" else "CHOREO_" + f.name.upper()
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _coerce(name, raw, f.default)
+            base = "REDIS_URL" if f.name == "redis_url" else "CHOREO_" + f.name.upper()
+            names = [base] + ([f"{base}_{service.upper()}"] if service and f.name != "redis_url" else [])
+            for name in names:
+                raw = env.get(name)
+                if raw:
+                    values[f.name] = _coerce(name, raw, f.default)
         settings = cls(**values)
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         settings.validate()

@@ -58,6 +58,13 @@ def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
     assert "CHOREO_BATCH_SIZE" in capsys.readouterr().err
 
 
+def test_bad_per_service_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("CHOREO_BATCH_SIZE_PAYMENT", "lots")
+    assert main(["worker", "payment", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CHOREO_BATCH_SIZE_PAYMENT" in err
+
+
 def test_unreachable_server_names_url_without_password_and_how_to_start(capsys):
     url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
     assert main(["status", "1", "--redis-url", url]) == 1
