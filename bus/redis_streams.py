@@ -30,17 +30,11 @@ def translated_errors():
         raise BusError(f"Redis refused a command: {exc}") from exc
 
 
-def undecoded(client: redis.Redis) -> redis.Redis:
-    """A client on the same server (pool class and address) that returns bytes."""
+def same_server(client: redis.Redis, decode: bool) -> redis.Redis:
+    """A client on the same server (pool class and address, so fakeredis too) that returns str
+    (decode) or bytes."""
     pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "decode_responses": False}
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
-
-
-def decoded(client: redis.Redis) -> redis.Redis:
-    """The same, returning str."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "decode_responses": True}
+    kwargs = {**pool.connection_kwargs, "decode_responses": decode}
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
 
 
@@ -76,7 +70,7 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> list:
 class RedisStreamsBus:
     def __init__(self, client: redis.Redis):
         self.client = client                # decode_responses=True: everything but entry fields
-        self.raw = undecoded(client)        # bytes: stream entries, decoded one by one
+        self.raw = same_server(client, decode=False)        # bytes: stream entries, decoded one by one
         self._commit = client.register_script(_lua("commit.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
@@ -126,10 +120,12 @@ class RedisStreamsBus:
             return self._with_delivery_counts(group, found)
 
     def claim_stale(self, group, consumer, streams, min_idle_ms, count) -> list[Delivery]:
-        found = []
         with translated_errors():
+            pipe = self.raw.pipeline(transaction=False)
             for stream in streams:
-                reply = self.raw.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+                pipe.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+            found = []
+            for stream, reply in zip(streams, pipe.execute()):
                 if len(reply) > 2:
                     self.trimmed_while_pending += len(reply[2])
                 found += [decode_entry(stream, entry_id, fields) for entry_id, fields in reply[1]]
@@ -137,18 +133,20 @@ class RedisStreamsBus:
 
     def retry_due(self, group, consumer, streams, backoff_ms, count) -> list[Delivery]:
         """This consumer's pending entries whose backoff (by times delivered) has passed, claimed
-        again to itself, which counts a new delivery."""
-        found = []
+        again to itself, which counts a new delivery. One round trip when nothing is due."""
         with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
             for stream in streams:
-                pending = self.client.xpending_range(stream, group, "-", "+", count,
-                                                     consumername=consumer, idle=backoff_ms(1))
-                due = [p["message_id"] for p in pending
-                       if p["time_since_delivered"] >= backoff_ms(p["times_delivered"])]
-                if not due:
-                    continue
-                entries = self.raw.xclaim(stream, group, consumer, backoff_ms(1), due)
-                found += [decode_entry(stream, entry_id, fields) for entry_id, fields in entries]
+                pipe.xpending_range(stream, group, "-", "+", count, consumername=consumer,
+                                    idle=backoff_ms(1))
+            due = {stream: [p["message_id"] for p in pending
+                            if p["time_since_delivered"] >= backoff_ms(p["times_delivered"])]
+                   for stream, pending in zip(streams, pipe.execute())}
+            found = []
+            for stream, ids in due.items():
+                if ids:
+                    entries = self.raw.xclaim(stream, group, consumer, backoff_ms(1), ids)
+                    found += [decode_entry(stream, entry_id, fields) for entry_id, fields in entries]
             return self._with_delivery_counts(group, found)
 
     def renew(self, group, consumer, deliveries: Sequence[Delivery]) -> int:

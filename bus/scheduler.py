@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from bus.redis_streams import RedisStreamsBus, decoded, translated_errors, undecoded
+from bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
 
@@ -33,13 +33,13 @@ class ScheduledCall:
 
 def timer_queue(client: redis.Redis) -> Queue:
     # rq reads bytes: it gets a client on the same server that does not decode.
-    return Queue(QUEUE, connection=undecoded(client), serializer=JSONSerializer)
+    return Queue(QUEUE, connection=same_server(client, decode=False), serializer=JSONSerializer)
 
 
 def job_bus() -> RedisStreamsBus:
     """Inside a running job: a bus on the server the job came from (rq's own connection), so a
     timer fires where it was armed, whatever this process's environment says."""
-    return RedisStreamsBus(decoded(get_current_job().connection))
+    return RedisStreamsBus(same_server(get_current_job().connection, decode=True))
 
 
 def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:

@@ -27,7 +27,11 @@ from workers import keys
 from workers.order import PENDING, TERMINAL
 
 CHUNK = 2000
-DOMAIN_KEY = re.compile(r"^(order|reservation|payment|shipment|stock):([^:]+)$")
+# The hashes keyed by one id, by kind; their key patterns come from workers.keys.
+DOMAIN_KINDS = {"order": keys.order, "reservation": keys.reservation, "payment": keys.payment,
+                "shipment": keys.shipment, "stock": keys.stock}
+PREFIX_KIND = {key_of(""): kind for kind, key_of in DOMAIN_KINDS.items()}
+DOMAIN_KEY = re.compile("^(" + "|".join(map(re.escape, PREFIX_KIND)) + r")([^:]+)$")
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,12 @@ class Snapshot:
 
 def domain_keys(bus: RedisStreamsBus) -> dict[str, set[str]]:
     """kind -> ids of every order/reservation/payment/shipment/stock hash, one SCAN pass."""
-    found: dict[str, set[str]] = {k: set() for k in ("order", "reservation", "payment",
-                                                       "shipment", "stock")}
+    found: dict[str, set[str]] = {kind: set() for kind in DOMAIN_KINDS}
     with translated_errors():
         for key in bus.client.scan_iter(count=5000):
             m = DOMAIN_KEY.match(key)
             if m:
-                found[m[1]].add(m[2])
+                found[PREFIX_KIND[m[1]]].add(m[2])
     return found
 
 

@@ -11,6 +11,7 @@ from bus.redis_streams import RedisStreamsBus
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
 
 CHUNK = 200
+POLLED = ("status", "created_at_ms", "ended_at_ms")     # all a poll needs of each order
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_load(bus: RedisStreamsBus, orders: int, timeout_s: float, product: int, 
 
 def _collect(bus: RedisStreamsBus, outstanding: list[str], result: LoadResult) -> list[str]:
     still = []
-    for order_id, order in read_orders(bus, outstanding).items():
+    for order_id, order in read_orders(bus, outstanding, POLLED).items():
         if not is_terminal(order):
             still.append(order_id)
             continue
