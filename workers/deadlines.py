@@ -23,11 +23,11 @@ def pass_deadline(order_id: str, causation_id: str) -> str:
     from workers.order import PENDING, SERVICE as ORDER
     bus = job_bus()
     try:
-        status = bus.read_hashes([keys.order(order_id)])[0].get("status")
+        uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus))
+        # Read through the unit of work: published only if the order did not move since.
+        status = uow.read(keys.order(order_id)).get("status")
         if status != PENDING:
             return f"order {order_id} is {status}: nothing to do"
-        uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus))
-        uow.read(keys.order(order_id))          # published only if the order did not move since
         uow.emit("DeadlinePassed", order_id=order_id, causation_id=causation_id)
         outcome = bus.commit("", [uow.to_commit()])[0]
         return f"order {order_id}: DeadlinePassed {outcome.name}"
