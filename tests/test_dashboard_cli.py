@@ -95,15 +95,27 @@ class Terminal:
                 self.output += os.read(self.master, 65536).decode(errors="replace")
         return start + self.output[start:].index(text)
 
-    def press(self, key: bytes) -> int:
+    def press(self, key: bytes, timeout_s: float = 10) -> int:
+        """Send a key and wait for the program to exit, reading its output all the while: a pty
+        nobody reads fills up, and the program's last writes (and its TCSADRAIN restoring the
+        terminal modes) would block on it forever."""
         os.write(self.master, key)
-        rc = self.proc.wait(10)
-        while select.select([self.master], [], [], 0.2)[0]:
-            try:
-                self.output += os.read(self.master, 65536).decode(errors="replace")
-            except OSError:
-                break
-        return rc
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"no exit {timeout_s}s after {key!r}"
+            self._drain(0.05)
+        while self._drain(0.2):
+            pass
+        return self.proc.returncode
+
+    def _drain(self, wait_s: float) -> bool:
+        if not select.select([self.master], [], [], wait_s)[0]:
+            return False
+        try:
+            self.output += os.read(self.master, 65536).decode(errors="replace")
+        except OSError:             # the slave side closed: nothing more to read
+            return False
+        return True
 
     def close(self) -> None:
         if self.proc.poll() is None:
