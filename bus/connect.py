@@ -33,13 +33,20 @@ def how_to_start(url: str) -> str:
     return f"start one with: redis-server --port {port} --save '' --daemonize yes (or set REDIS_URL)"
 
 
+# Anyone who can write a stream can write bytes that are not UTF-8. Readers that decode (trim,
+# inspect, the dashboard, dlq, trace, audit) get them as visible \xNN escapes instead of a
+# UnicodeDecodeError; the consumer reads entries as bytes and dead-letters such an entry.
+DECODE_ERRORS = "backslashreplace"
+
+
 def client_for(url: str | None) -> redis.Redis:
     if url is None:
         import fakeredis  # only the embedded default needs it
-        return fakeredis.FakeRedis(decode_responses=True)
+        return fakeredis.FakeRedis(decode_responses=True, encoding_errors=DECODE_ERRORS)
     # No client-side retries: the worker loop owns reconnecting, and a silently retried
     # commit must never be mistaken for a fresh one.
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3,
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
+                                socket_connect_timeout=3,
                                 socket_timeout=10, retry=Retry(NoBackoff(), 0),
                                 health_check_interval=30)
 

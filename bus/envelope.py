@@ -84,6 +84,8 @@ class Envelope:
             data = json.loads(raw["data"])
         except ValueError as exc:
             raise MalformedEntry(f"data is not JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedEntry("data is nested too deeply to parse") from None
         if not isinstance(data, dict):
             raise MalformedEntry(f"data must be a JSON object, got {type(data).__name__}")
         return cls(type=raw["type"], order_id=raw["order_id"], producer=raw["producer"], data=data,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Collection, Sequence
 
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
@@ -68,9 +68,37 @@ def unschedule(queue: Queue, job_ids: Sequence[str]) -> None:
         pipe.execute()
 
 
-def run_timers(client: redis.Redis, name: str) -> None:
-    """The rq worker (with its scheduler) for QUEUE, in this process: jobs run without fork.
-    rq installs its own SIGTERM/SIGINT handlers: a warm shutdown after the job in hand."""
-    queue = timer_queue(client)
-    worker = SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer, name=name)
+class RefusedJob(Exception):
+    """A queue entry naming a function the timers were not told to run."""
+
+
+def allowing(functions: Collection[str]) -> type[Job]:
+    """A Job class that runs only the named functions. The JSON serializer keeps pickle out, not
+    code: anyone who can write the queue could name any importable function (`os.system`), so
+    every other name is refused, failed without retries, and never imported."""
+    allowed = frozenset(functions)
+
+    class TimerJob(Job):
+        def _execute(self):
+            if self.func_name not in allowed:
+                self.retries_left = 0       # a refusal is final: no retry imports it later
+                raise RefusedJob(f"refused job {self.id}: {self.func_name!r} is not a timer "
+                                 f"(allowed: {', '.join(sorted(allowed))})")
+            return super()._execute()
+
+        # Callbacks are functions named by the queue entry too; timers declare none.
+        success_callback = failure_callback = stopped_callback = property(lambda self: None)
+
+    return TimerJob
+
+
+def run_timers(client: redis.Redis, name: str, functions: Collection[str]) -> None:
+    """The rq worker (with its scheduler) for QUEUE, in this process: jobs run without fork, and
+    only jobs calling one of `functions`. rq installs its own SIGTERM/SIGINT handlers: a warm
+    shutdown after the job in hand."""
+    job_class = allowing(functions)
+    connection = same_server(client, decode=False)
+    queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
+    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer, name=name,
+                          job_class=job_class)
     worker.work(with_scheduler=True, logging_level="WARNING")

@@ -10,7 +10,7 @@ import threading
 from bus import inspect, keys as bus_keys
 from bus.connect import open_bus, redact
 from config.settings import Settings
-from workers import SERVICES, keys
+from workers import SERVICES, TIMER_JOBS, keys
 
 
 def _out(line: str = "") -> None:
@@ -69,13 +69,12 @@ def _deadline(args, settings: Settings) -> float:
 
 def cmd_timers(args, settings: Settings) -> int:
     """The rq worker that fires scheduled events (order deadlines) when due."""
-    import os
     import socket
     from bus.scheduler import run_timers
     bus = open_bus(settings.url)
     _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
-        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}")
+        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}", TIMER_JOBS)
         return 0
     finally:
         bus.close()

@@ -53,8 +53,8 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=1)
+    def client(self, decode: bool = True) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=decode, socket_connect_timeout=1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

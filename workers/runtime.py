@@ -99,12 +99,14 @@ class Worker:
             except GroupMissing as exc:
                 self.log(f"{self.service.voice}: group missing ({exc}); recreating")
                 started = False
-            except BusError as exc:        # unreachable, or refusing (e.g. a key of the wrong type)
+            except Exception as exc:
+                # Unreachable, refusing (e.g. a key of the wrong type), or a fault of ours that an
+                # entry provoked: back off and go on. An entry that keeps provoking it is
+                # redelivered until the crash guard dead-letters it; the worker never dies of it.
                 failures += 1
                 delay = min(self.settings.reconnect_max_s, 0.5 * 2 ** min(failures - 1, 10))
-                what = "unavailable" if isinstance(exc, BusUnavailable) else "error"
-                self.log(f"{self.service.voice}: Redis {what} ({exc}); "
-                         f"retry {failures} in {delay:.1f}s")
+                self.log(f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
+                         f"{exc}); retry {failures} in {delay:.1f}s")
                 stop.wait(delay)
                 started = False             # re-ensure groups before reading again
         return 0
@@ -188,7 +190,7 @@ class Worker:
         CONFLICT on (handled again on fresh reads) and REFUSED ones (then dead-lettered)."""
         view = BatchView(self.bus)
         view.prefetch([key for _, event in todo if isinstance(event, Envelope)
-                       for key in self.service.consumes[event.type].reads(event)])
+                       for key in self.declared_reads(event)])
         ready = [h for h in (self.handle(d, event, view) for d, event in todo) if h is not None]
         self.arm_timers(ready)
         if self.settings.commit_delay_ms:
@@ -224,12 +226,22 @@ class Worker:
             return parse_delivery(d, self.settings.max_entry_bytes, self.service)
         except MalformedEntry as exc:
             return Unhandleable(f"malformed: {exc}")
+        except Exception as exc:    # RecursionError, MemoryError-free surprises: still input's fault
+            return Unhandleable(f"malformed: {type(exc).__name__}: {str(exc)[:200]}")
 
     @property
     def crash_guard(self) -> int:
         """Deliveries after which an entry that never raised is given up on: it keeps killing or
         disconnecting the worker handling it. Handler errors dead-letter at max_deliveries."""
         return 3 * self.settings.max_deliveries
+
+    def declared_reads(self, event: Envelope) -> list[str]:
+        """The keys to prefetch for an event; a declaration that trips on odd data prefetches
+        nothing, and the handler meets the same data where its failure is counted and retried."""
+        try:
+            return list(self.service.consumes[event.type].reads(event))
+        except Exception:
+            return []
 
     def handle(self, d: Delivery, event: Envelope | Unhandleable, view: BatchView) -> Handled | None:
         """Run the entry's handler into a Commit; None leaves it pending for a retry."""
@@ -299,11 +311,31 @@ class Worker:
             self._trimmed_seen = trimmed
         if not self._is_due("housekeeping", self.settings.housekeeping_every_s):
             return
-        for name in self.bus.forget_idle_consumers(self.service.name, self.streams,
+        for stream in self.streams:
+            self.guarded(f"forgetting idle consumers on {stream}", self.forget_idle, stream)
+        if self.housekeeping:
+            self.guarded("housekeeping", self.housekeeping)
+
+    def forget_idle(self, stream: str) -> None:
+        for name in self.bus.forget_idle_consumers(self.service.name, [stream],
                                                    self.settings.stale_consumer_ms):
             self.log(f"{self.service.voice}: removed idle consumer {name} (nothing pending)")
-        if self.housekeeping:
-            self.housekeeping()
+
+    def guarded(self, what: str, job: Callable, *args) -> None:
+        """Housekeeping never stops or slows the consumer loop: a failure is logged with what it
+        was doing and tried again at the next round. A lost connection is the loop's to handle."""
+        try:
+            job(*args)
+        except (BusUnavailable, GroupMissing):
+            raise
+        except Exception as exc:
+            self.log(f"{self.service.voice}: {what} failed, will retry: {type(exc).__name__}: {exc}")
+
+
+def failure_kind(exc: Exception) -> str:
+    if isinstance(exc, BusUnavailable):
+        return "Redis unavailable"
+    return "Redis error" if isinstance(exc, BusError) else "unexpected error"
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service) -> Envelope:

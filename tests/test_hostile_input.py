@@ -1,0 +1,110 @@
+"""Hostile writers (issue: nothing a Redis writer sends can stop a worker or run code). Each test
+writes what an attacker with write access to Redis could, against a real redis-server with the
+real processes running, and checks every worker is still alive afterwards."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope
+from bus.scheduler import QUEUE
+from tests.helpers import wait_for
+from tests.saga_run import settle, start_workers
+from workers import SERVICES, keys
+
+
+def _valid_order(order_id: str) -> dict:
+    return Envelope.new("OrderCreated", order_id, "order",
+                        {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999}).fields()
+
+
+def _dead_letters(client, service: str) -> list[dict]:
+    return [fields for _, fields in client.xrange(bus_keys.dead_letters(service))]
+
+
+def _all_alive(procs) -> None:
+    dead = [p.args for p in procs.procs if p.poll() is not None]
+    assert not dead, f"exited: {dead}"
+
+
+def test_deeply_nested_data_is_dead_lettered_and_no_worker_dies(procs, redis_server):
+    r = redis_server.client()
+    start_workers(procs)
+    bomb = {**_valid_order("bomb"), "data": "[" * 5000}
+    r.xadd(bus_keys.stream("OrderCreated"), bomb)
+    r.xadd(bus_keys.stream("OrderCreated"), _valid_order("after"))
+    for service in ("order", "inventory"):
+        wait_for(lambda: _dead_letters(r, service), what=f"{service} dead-letters the bomb")
+        (letter,) = _dead_letters(r, service)
+        assert letter["deliveries"] == "1" and "nested too deeply" in letter["error"]
+    wait_for(lambda: r.hget(keys.reservation("after"), "status"), what="the next entry handled")
+    _all_alive(procs)
+    replay = procs.run("dlq", "replay", "inventory", "--all")
+    assert "Traceback" not in replay.stderr + replay.stdout
+    _all_alive(procs)
+
+
+def test_bytes_that_are_not_utf8_are_dead_lettered_and_every_reader_copes(procs, redis_server):
+    r = redis_server.client()
+    start_workers(procs)
+    redis_server.client(decode=False).xadd(bus_keys.stream("OrderCreated"), {**_valid_order("x"), "producer": b"\xff\xfe"})
+    wait_for(lambda: _dead_letters(r, "inventory"), what="dead-lettered")
+    assert "not UTF-8" in _dead_letters(r, "inventory")[0]["error"]
+    for args in (("trim", "--dry-run"), ("trim",), ("dashboard", "--once", "--refresh", "0.1"),
+                 ("dashboard", "--json", "--refresh", "0.1"), ("dlq", "list"), ("audit",)):
+        done = procs.run(*args)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.returncode in (0, 1), (args, done.returncode)
+    _all_alive(procs)
+
+
+def test_housekeeping_reads_non_utf8_entries_without_stopping(real_bus):
+    """Trimming with retention reads whole entries (XREVRANGE): bytes that are not UTF-8 come
+    back escaped, never as a UnicodeDecodeError out of the worker's housekeeping."""
+    from bus.trim import Retention, trim_streams
+    real_bus.raw.xadd(bus_keys.stream("OrderCreated"), {b"junk": b"\xff\xfe"})
+    for service in SERVICES.values():
+        real_bus.ensure_groups(service.name, service.streams)
+    reports = trim_streams(real_bus, SERVICES.values(), Retention(keep_entries=1))
+    assert {r.stream for r in reports} >= {bus_keys.stream("OrderCreated")}
+
+
+def test_a_failing_housekeeping_step_is_logged_and_the_loop_goes_on(fake_bus):
+    from config.settings import Settings
+    from workers.runtime import Worker
+    lines = []
+
+    def broken():
+        raise RuntimeError("trim exploded on some key")
+
+    worker = Worker(SERVICES["inventory"], fake_bus, Settings(housekeeping_every_s=0.001), "c-1",
+                    log=lines.append, housekeeping=broken)
+    worker.start()
+    for _ in range(3):
+        worker.poll(1)
+        time.sleep(0.002)
+    failures = [l for l in lines if "housekeeping failed" in l]
+    assert len(failures) >= 2 and "trim exploded on some key" in failures[0]
+
+
+def test_timers_refuse_a_job_that_is_not_a_declared_timer(procs, redis_server, tmp_path):
+    r = redis_server.client()
+    pwned = tmp_path / "pwned.txt"
+    foreign = Queue(QUEUE, connection=redis_server.client(decode=False), serializer=JSONSerializer)
+    job = foreign.enqueue("os.system", f"id > {pwned}", on_failure="os.system")
+    timers = procs.start("timers", name="timers")
+    wait_for(lambda: Job.fetch(job.id, connection=foreign.connection,
+                               serializer=JSONSerializer).get_status() == JobStatus.FAILED,
+             timeout=20, what="the foreign job failed")
+    time.sleep(0.3)
+    assert not pwned.exists()
+    failed = Job.fetch(job.id, connection=foreign.connection, serializer=JSONSerializer)
+    assert "not a timer" in (failed.latest_result().exc_string or "")
+    assert timers.poll() is None
+    assert not r.exists("events:DeadlinePassed")
