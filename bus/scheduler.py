@@ -31,6 +31,13 @@ class ScheduledCall:
     args: tuple = ()
 
 
+def armed_keys(job_id_pattern: str) -> tuple[str, ...]:
+    """What arming and disarming a timer writes (rq's own names): the job hash, the scheduled
+    registry and the set of queues. A least-privilege user that arms timers may touch only these."""
+    return (Job.key_for(job_id_pattern), ScheduledJobRegistry(QUEUE, connection=None).key,
+            Queue.redis_queues_keys)
+
+
 def timer_queue(client: redis.Redis) -> Queue:
     # rq reads bytes: it gets a client on the same server that does not decode.
     return Queue(QUEUE, connection=same_server(client, decode=False), serializer=JSONSerializer)

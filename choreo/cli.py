@@ -10,7 +10,7 @@ import sys
 from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
-from choreo.verbs import (cmd_audit, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
+from choreo.verbs import (cmd_acl, cmd_audit, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
                           cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from config.settings import Settings, SettingsError
 from workers import SERVICES
@@ -21,8 +21,10 @@ def _add_dlq_verbs(sub, common) -> None:
     p = sub.add_parser("dlq", parents=[common], help="list, show, replay or purge dead letters")
     dsub = p.add_subparsers(dest="dlq_verb", required=True, parser_class=Parser)
     q = dsub.add_parser("list", parents=[common], help="dead letters of one service or all")
+    q.set_defaults(role="dashboard")
     q.add_argument("service", nargs="?", choices=list(SERVICES))
     q = dsub.add_parser("show", parents=[common], help="one dead letter in full")
+    q.set_defaults(role="dashboard")
     q.add_argument("entry", type=arg.entry_id, help="<service>/<dlq entry id>, or the bare id")
     q = dsub.add_parser("replay", parents=[common], help="put dead letters back on their stream")
     q.add_argument("service", choices=list(SERVICES))
@@ -31,24 +33,45 @@ def _add_dlq_verbs(sub, common) -> None:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
     q.add_argument("service", choices=list(SERVICES))
-    p.set_defaults(run=cmd_dlq)
+    p.set_defaults(run=cmd_dlq, role="admin")
 
 
 def _add_ops_verbs(sub, common) -> None:
     p = sub.add_parser("audit", parents=[common], help="check the saga's invariants in Redis")
     p.add_argument("--strict", action="store_true",
                    help="after a drained run: anything still in flight is a violation")
-    p.set_defaults(run=cmd_audit)
+    p.set_defaults(run=cmd_audit, role="dashboard")
     p = sub.add_parser("trim", parents=[common], help="trim streams as far as every group allows")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     p.add_argument("--keep-entries", type=arg.count, default=0,
                    help="also keep this many newest entries per stream")
     p.add_argument("--keep-seconds", type=arg.count, default=0,
                    help="also keep entries younger than this")
-    p.set_defaults(run=cmd_trim)
+    p.add_argument("--every", type=arg.seconds, metavar="SECONDS",
+                   help="keep running (until SIGTERM), trimming every SECONDS; retention then "
+                        "defaults to $CHOREO_TRIM_KEEP_ENTRIES and $CHOREO_TRIM_KEEP_SECONDS")
+    p.set_defaults(run=cmd_trim, role="trimmer")
+    p = sub.add_parser("acl", parents=[common], help="least-privilege Redis users: render, check")
+    asub = p.add_subparsers(dest="acl_verb", required=True, parser_class=Parser)
+    q = asub.add_parser("render", parents=[common], help="print an ACL file for redis-server --aclfile")
+    q.add_argument("--password-file", help="lines '<user> <password>' (else CHOREO_ACL_PASSWORD_<USER>)")
+    asub.add_parser("check", parents=[common],
+                    help="ask the server (ACL DRYRUN) whether every user may do what it needs, "
+                         "and nothing it must not; exit 1 on a mismatch")
+    p.set_defaults(run=cmd_acl, role="admin")
 
 
 # -- wiring --------------------------------------------------------------------------------------
+
+SERVICE_ROLE = "<service>"          # a worker connects as the user of the service it runs
+
+
+def role_of(args) -> str | None:
+    """Whose credentials a verb uses: REDIS_URL_<ROLE> when set (see README, Security), else
+    REDIS_URL. None (demo, topology) reads REDIS_URL alone."""
+    role = getattr(args, "role", None)
+    return args.service if role == SERVICE_ROLE else role
+
 
 def build_parser() -> Parser:
     common = Parser(add_help=False)
@@ -65,19 +88,19 @@ def build_parser() -> Parser:
     p.add_argument("--log-format", choices=("plain", "json"),
                    help="one line per handled event: the service's words, then key=value context "
                         "(plain) or one JSON object (default: $CHOREO_LOG_FORMAT or plain)")
-    p.set_defaults(run=cmd_worker)
+    p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
     p.add_argument("--quantity", type=arg.positive, required=True)
     p.add_argument("--order-id", type=arg.order_id)
     p.add_argument("--deadline", type=arg.seconds, metavar="SECONDS",
                    help="cancel unless shipped by then (default: $CHOREO_ORDER_DEADLINE_S or 300)")
-    p.set_defaults(run=cmd_place_order)
+    p.set_defaults(run=cmd_place_order, role="order")
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
         p = sub.add_parser(verb, parents=[common], help=text)
         p.add_argument("order_id")
-        p.set_defaults(run=fn)
+        p.set_defaults(run=fn, role="dashboard")
     p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")
     p.add_argument("--orders", type=arg.positive, required=True)
@@ -87,15 +110,15 @@ def build_parser() -> Parser:
     p.add_argument("--quantity", type=arg.positive, default=1)
     p.add_argument("--deadline", type=arg.seconds, metavar="SECONDS",
                    help="each order's deadline (default: $CHOREO_ORDER_DEADLINE_S or 300)")
-    p.set_defaults(run=cmd_load)
+    p.set_defaults(run=cmd_load, role="order")
     sub.add_parser("timers", parents=[common], help="run the rq worker that fires order deadlines") \
-        .set_defaults(run=cmd_timers)
+        .set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
     p.add_argument("--refresh", type=arg.seconds, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (and between the two reads of --once/--json)")
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
-    p.set_defaults(run=cmd_dashboard)
+    p.set_defaults(run=cmd_dashboard, role="dashboard")
     sub.add_parser("topology", parents=[common], help="which service consumes and emits what") \
         .set_defaults(run=cmd_topology)
     _add_dlq_verbs(sub, common)
@@ -106,7 +129,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        settings = Settings.from_env(redis_url=args.redis_url)
+        settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
+                                     log_format=getattr(args, "log_format", None))
     except (UsageError, SettingsError) as exc:
         print(f"choreo: {exc}" if isinstance(exc, SettingsError) else str(exc), file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from config.catalogue import CATALOGUE
 from config.settings import Settings
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
 from choreo.trace import load_events, story
-from workers import SERVICES, keys
+from workers import PUBLISHERS, SERVICES, keys
 from workers.order import OrderRejected
 from workers.runtime import Worker, consumer_name
 
@@ -21,7 +21,8 @@ PRODUCT, QUANTITY = 101, 2
 def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None] = print,
              timeout_s: float = 20.0) -> int:
     worker_log: list[str] = []      # the workers' own lines; the demo prints the causal story
-    workers = [Worker(s, bus, settings, consumer_name(s.name) + "-demo", log=worker_log.append)
+    workers = [Worker(s, bus, settings, consumer_name(s.name) + "-demo", log=worker_log.append,
+                      publishers=PUBLISHERS)
                for s in SERVICES.values()]
     for w in workers:
         w.start()

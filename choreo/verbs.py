@@ -10,7 +10,7 @@ import threading
 from bus import inspect, keys as bus_keys
 from bus.connect import open_bus, redact
 from config.settings import Settings
-from workers import SERVICES, TIMER_JOBS, keys
+from workers import PUBLISHERS, SERVICES, TIMER_JOBS, keys
 
 
 def _out(line: str = "") -> None:
@@ -27,40 +27,31 @@ def cmd_demo(args, settings: Settings) -> int:
         return run_demo(bus, settings, out=_out)
 
 
-def cmd_worker(args, settings: Settings) -> int:
-    from workers.runtime import Worker, consumer_name
-    service = SERVICES[args.service]
-    consumer = args.consumer or consumer_name(service.name)
-    settings = Settings.from_env(service=service.name, redis_url=args.redis_url,
-                                 log_format=args.log_format)
+def _stop_flag() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())       # only a flag: the loop finishes its batch
+    return stop
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from bus.acl import require
+    from choreo.acl import service_role
+    from workers.runtime import Worker, consumer_name
+    service = SERVICES[args.service]
+    consumer = args.consumer or consumer_name(service.name)
+    stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
          f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
-    worker = Worker(service, bus, settings, consumer, log=_out,
-                    housekeeping=_periodic_trim(bus, settings, service))
+    role = service_role(service)
+    worker = Worker(service, bus, settings, consumer, log=_out, check=lambda: require(bus, role),
+                    publishers=PUBLISHERS)
     try:
         return worker.run(stop)
     finally:
         bus.close()
         _out(f"{service.voice}: {consumer} stopped")
-
-
-def _periodic_trim(bus, settings: Settings, service):
-    """Housekeeping for a worker: trim every declared stream as far as all groups allow; log a
-    stream only when something was trimmed or its blocked state changed (no log flood)."""
-    from bus.trim import Retention, trim_streams
-    retention = Retention(settings.trim_keep_entries, settings.trim_keep_seconds)
-    blocked: dict[str, tuple] = {}
-
-    def trim() -> None:
-        for report in trim_streams(bus, SERVICES.values(), retention):
-            if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
-                _out(f"{service.voice}: trim {report.line()}")
-            blocked[report.stream] = report.blocked_by
-    return trim
 
 
 def _deadline(args, settings: Settings) -> float:
@@ -71,9 +62,12 @@ def cmd_timers(args, settings: Settings) -> int:
     """The rq worker that fires scheduled events (order deadlines) when due."""
     import socket
     from bus.scheduler import run_timers
+    from bus.acl import require
+    from choreo.acl import roles
     bus = open_bus(settings.url)
     _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
+        require(bus, next(r for r in roles(list(SERVICES.values())) if r.user == "timers"))
         run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}", TIMER_JOBS)
         return 0
     finally:
@@ -208,7 +202,55 @@ def cmd_audit(args, settings: Settings) -> int:
 def cmd_trim(args, settings: Settings) -> int:
     from bus.trim import Retention, trim_streams
     with open_bus(settings.url) as bus:
-        retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
-        for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
-            _out(report.line())
+        if args.every is None:
+            retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
+            for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
+                _out(report.line())
+            return 0
+        retention = Retention(args.keep_entries or settings.trim_keep_entries,
+                              args.keep_seconds or settings.trim_keep_seconds)
+        return _trim_every(bus, retention, args.every, _stop_flag())
+
+
+def _trim_every(bus, retention, every_s: float, stop: threading.Event) -> int:
+    """The trimmer process: trim, wait, repeat until SIGTERM. A stream is logged only when
+    something was trimmed or its blocked state changed; a failure is logged and retried."""
+    from bus.contract import BusError
+    from bus.trim import trim_streams
+    _out(f"trimmer: every {every_s:g}s, keeping {retention.keep_entries} entries / "
+         f"{retention.keep_seconds:g}s of acknowledged history")
+    blocked: dict[str, tuple] = {}
+    while True:
+        try:
+            for report in trim_streams(bus, SERVICES.values(), retention):
+                if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
+                    _out(f"trimmer: {report.line()}")
+                blocked[report.stream] = report.blocked_by
+        except BusError as exc:
+            _out(f"trimmer: trimming failed, will retry: {exc}")
+        if stop.wait(every_s):
+            return 0
+
+
+def cmd_acl(args, settings: Settings) -> int:
+    from bus.acl import check, render
+    from choreo.acl import passwords, roles
+    every = roles(list(SERVICES.values()))
+    if args.acl_verb == "render":
+        try:
+            secret = passwords([r.user for r in every], file=args.password_file)
+        except (OSError, ValueError) as exc:
+            _err(f"choreo acl render: {exc}")
+            return 2
+        sys.stdout.write(render(every, secret))
         return 0
+    with open_bus(settings.url) as bus:
+        verdicts = check(bus, every)
+    from rich.console import Console
+    from choreo.acl import verdict_table
+    Console(width=None if sys.stdout.isatty() else 160).print(verdict_table(verdicts))
+    wrong = [v for v in verdicts if not v.ok]
+    _out(f"{len(verdicts)} checks, {len(wrong)} mismatches" + (": " + "; ".join(
+        f"{v.user} {' '.join(v.command)} should be {'allowed' if v.expected else 'refused'}"
+        for v in wrong[:5]) if wrong else ""))
+    return 1 if wrong else 0

@@ -60,13 +60,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, service: str | None = None,
                  **overrides) -> "Settings":
-        """CHOREO_<FIELD> for everyone; for a worker of `service`, CHOREO_<FIELD>_<SERVICE> wins
-        (e.g. CHOREO_MAX_DELIVERIES_PAYMENT=10); explicit overrides (CLI flags) win over both."""
+        """CHOREO_<FIELD> for everyone; for a worker of `service` (or a role: timers, trimmer,
+        dashboard, admin), CHOREO_<FIELD>_<SERVICE> wins (e.g. CHOREO_MAX_DELIVERIES_PAYMENT=10,
+        or REDIS_URL_PAYMENT with the payment user's credentials); explicit overrides (CLI flags)
+        win over both."""
         env = os.environ if env is None else env
         values: dict = {}
         for f in fields(cls):
             base = "REDIS_URL" if f.name == "redis_url" else "CHOREO_" + f.name.upper()
-            names = [base] + ([f"{base}_{service.upper()}"] if service and f.name != "redis_url" else [])
+            names = [base] + ([f"{base}_{service.upper()}"] if service else [])
             for name in names:
                 raw = env.get(name)
                 if raw:

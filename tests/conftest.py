@@ -71,11 +71,14 @@ class Processes:
         self.url = url
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen] = []
+        self.base_env = {"REDIS_URL": url}
 
     def env(self, **extra) -> dict:
-        env = {**os.environ, "REDIS_URL": self.url, "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, **self.base_env, "PYTHONUNBUFFERED": "1",
                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("HONCHO_PROCESS_NAME", None)
+        if "REDIS_URL" not in self.base_env:
+            env.pop("REDIS_URL", None)
         env.update({k: str(v) for k, v in extra.items()})
         return env
 

@@ -27,12 +27,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None, persist: bool = False):
+    def __init__(self, workdir: Path, port: int | None = None, persist: bool = False,
+                 extra: tuple[str, ...] = (), auth: tuple[str, str] | None = None):
         self.workdir = workdir
         self.port = port or free_port()
         # persist: AOF with fsync on every write, so a SIGKILLed server comes back with everything
         self.persist = persist
         self.proc: subprocess.Popen | None = None
+        self.extra = extra          # more redis-server arguments (e.g. --aclfile)
+        self.auth = auth            # (user, password) for client(), where default is off
 
     @property
     def url(self) -> str:
@@ -42,7 +45,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -54,7 +57,12 @@ class RedisServer:
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def client(self, decode: bool = True) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=decode, socket_connect_timeout=1)
+        user, password = self.auth or (None, None)
+        return redis.Redis(port=self.port, decode_responses=decode, socket_connect_timeout=1,
+                           username=user, password=password)
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

@@ -52,6 +52,6 @@ def test_honcho_procfile_runs_500_orders_to_completion_and_stops_cleanly(procs, 
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(15)
     output = open(tmp_path / "honcho.log").read()
-    # every Procfile process (4 services, 2 more inventory, the timers) exits 0 on SIGTERM
-    assert output.count("started (pid=") == 7, output[-2000:]
-    assert output.count("stopped (rc=0)") == 7, output[-2000:]
+    # every Procfile process (4 services, 2 more inventory, the timers, the trimmer) exits 0 on SIGTERM
+    assert output.count("started (pid=") == 8, output[-2000:]
+    assert output.count("stopped (rc=0)") == 8, output[-2000:]

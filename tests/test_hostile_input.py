@@ -108,3 +108,18 @@ def test_timers_refuse_a_job_that_is_not_a_declared_timer(procs, redis_server, t
     assert "not a timer" in (failed.latest_result().exc_string or "")
     assert timers.poll() is None
     assert not r.exists("events:DeadlinePassed")
+
+
+def test_an_event_claiming_a_producer_that_does_not_publish_it_is_dead_lettered(procs, redis_server):
+    """Without ACLs, a writer can still forge the producer field (README, Security); what it
+    cannot do is have a forged claim believed: the real order completes."""
+    r = redis_server.client()
+    start_workers(procs)
+    placed = procs.run("place-order", "--product", "101", "--quantity", "1")
+    order_id = placed.stdout.strip()
+    forged = Envelope.new("InventoryRejected", order_id, "mallory", {"reason": "forged"}).fields()
+    r.xadd(bus_keys.stream("InventoryRejected"), forged)
+    wait_for(lambda: _dead_letters(r, "order"), what="the forgery dead-lettered")
+    assert "producer 'mallory' does not publish InventoryRejected" in _dead_letters(r, "order")[0]["error"]
+    wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", what="the real order completes")
+    _all_alive(procs)

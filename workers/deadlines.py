@@ -11,6 +11,7 @@ from workers import keys
 from workers.unit_of_work import BatchView, Timer, UnitOfWork
 
 JOB = "workers.deadlines.pass_deadline"
+EVENT = "DeadlinePassed"                    # published by the timers process, not by a worker
 
 
 def scheduled_call(timer: Timer) -> ScheduledCall:
@@ -28,7 +29,7 @@ def pass_deadline(order_id: str, causation_id: str) -> str:
         status = uow.read(keys.order(order_id)).get("status")
         if status != PENDING:
             return f"order {order_id} is {status}: nothing to do"
-        uow.emit("DeadlinePassed", order_id=order_id, causation_id=causation_id)
+        uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
         outcome = bus.commit("", [uow.to_commit()])[0]
         return f"order {order_id}: DeadlinePassed {outcome.name}"
     finally:

@@ -84,5 +84,6 @@ SERVICE = Service(
         "ShippingArranged": On(_settle(SOLD), "Stock sold for order {order_id}", _reservation),
     },
     emits=("InventoryChecked", "InventoryRejected"),
+    owns=keys.OWNED["inventory"],
     on_start=seed_stock,
 )

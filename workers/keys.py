@@ -35,3 +35,12 @@ PAYMENT_TOTALS = "payments:totals"             # hash: charged_cents, refunded_c
 
 def shipment(order_id: str) -> str:
     return f"shipment:{order_id}"              # hash: status, tracking_id, reason
+
+
+# The key patterns each service owns: its ACL user may touch these and no other domain keys.
+OWNED = {
+    "order": ("order:*", "orders:*"),
+    "inventory": ("stock:*", "reservation:*"),
+    "payment": ("payment:*", "payments:*"),
+    "shipping": ("shipment:*",),
+}

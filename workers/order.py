@@ -74,6 +74,7 @@ SERVICE = Service(
         "ShippingArranged": On(_finish(COMPLETED), "Order {order_id} completed", _order),
     },
     emits=(),                               # its handlers only end orders
+    owns=keys.OWNED["order"],
     # Published by a command (place-order) and by a timer (the deadline), not by a handler.
     creates={"OrderCreated": "Creating order {order_id}",
              "DeadlinePassed": "Deadline passed for order {order_id}"},

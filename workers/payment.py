@@ -53,4 +53,5 @@ SERVICE = Service(
         "PaymentProcessed": On(confirm, "Payment processed for order {order_id}"),
     },
     emits=("PaymentProcessed", "PaymentFailed"),
+    owns=keys.OWNED["payment"],
 )

@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 from bus import keys as bus_keys
 from bus.contract import Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
+from bus.acl import PermissionsMissing
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
 from workers.events import check_data
@@ -55,7 +56,9 @@ class Handled:
 class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
                  log: Log = print, clock: Callable[[], float] = time.time,
-                 housekeeping: Callable[[], None] | None = None):
+                 housekeeping: Callable[[], None] | None = None,
+                 check: Callable[[], None] | None = None,
+                 publishers: Mapping[str, Collection[str]] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -63,6 +66,10 @@ class Worker:
         self.log = log
         self.clock = clock
         self.housekeeping = housekeeping
+        # Run at every (re)start, before anything else: raises PermissionsMissing when the
+        # server would refuse something this service needs (see bus.acl).
+        self.check = check
+        self.publishers = publishers        # event type -> services that may publish it
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
         self._started_once = False
@@ -77,6 +84,8 @@ class Worker:
         """(Re)create groups and seed; on the first start only, finish own pending entries first.
         A reconnect does not page through them again: re-reading counts as a delivery, and
         entries whose reply was lost are retried by retry_due."""
+        if self.check:
+            self.check()
         self.bus.ensure_groups(self.service.name, self.streams)
         if self.service.on_start:
             self.service.on_start(self.bus)
@@ -99,6 +108,8 @@ class Worker:
             except GroupMissing as exc:
                 self.log(f"{self.service.voice}: group missing ({exc}); recreating")
                 started = False
+            except PermissionsMissing:
+                raise                       # no retry can grant it: refuse to run, naming it
             except Exception as exc:
                 # Unreachable, refusing (e.g. a key of the wrong type), or a fault of ours that an
                 # entry provoked: back off and go on. An entry that keeps provoking it is
@@ -223,7 +234,7 @@ class Worker:
             last = self._last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
             return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}")
         try:
-            return parse_delivery(d, self.settings.max_entry_bytes, self.service)
+            return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers)
         except MalformedEntry as exc:
             return Unhandleable(f"malformed: {exc}")
         except Exception as exc:    # RecursionError, MemoryError-free surprises: still input's fault
@@ -338,7 +349,8 @@ def failure_kind(exc: Exception) -> str:
     return "Redis error" if isinstance(exc, BusError) else "unexpected error"
 
 
-def parse_delivery(d: Delivery, max_bytes: int, service: Service) -> Envelope:
+def parse_delivery(d: Delivery, max_bytes: int, service: Service,
+                   publishers: Mapping[str, Collection[str]] | None = None) -> Envelope:
     if d.error:
         raise MalformedEntry(d.error)
     if not d.fields:
@@ -348,6 +360,8 @@ def parse_delivery(d: Delivery, max_bytes: int, service: Service) -> Envelope:
         raise MalformedEntry(f"type {event.type!r} does not belong on {d.stream}")
     if event.type not in service.consumes:
         raise MalformedEntry(f"{service.name} does not handle {event.type}")
+    if publishers is not None and event.producer not in publishers.get(event.type, ()):
+        raise MalformedEntry(f"producer {event.producer[:40]!r} does not publish {event.type}")
     check_data(event)
     return event
 

@@ -38,6 +38,8 @@ class Service:
     emits: tuple[str, ...]
     # Events this service publishes on a command (no cause), with the line it says doing so.
     creates: Mapping[str, str] = field(default_factory=dict)
+    # Key patterns of the domain state this service owns: its ACL user may touch no others.
+    owns: tuple[str, ...] = ()
     # Run once when a worker starts, before it reads (e.g. seeding starting stock). Idempotent.
     on_start: Callable | None = field(default=None, compare=False)
 

@@ -51,4 +51,5 @@ SERVICE = Service(
                              _shipment),
     },
     emits=("ShippingArranged", "ShippingFailed"),
+    owns=keys.OWNED["shipping"],
 )

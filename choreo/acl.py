@@ -1,0 +1,150 @@
+"""The choreography's Redis users, derived from the services' declarations (bus.acl renders and
+checks them). One user per service, plus:
+
+    timers     runs the rq worker: rq's own keys, and publishing the events timers publish
+    trimmer    trims the declared streams (workers do not trim: they would need XTRIM on streams
+               other services publish)
+    dashboard  reads everything, writes nothing (dashboard, status, trace, audit, dlq list/show)
+    admin      everything (setup, dlq replay and purge, acl check)
+
+A service's user may XADD only to the streams of the events it publishes and to its own
+dead-letter stream; read, acknowledge and claim only the streams it consumes; touch only the key
+patterns it owns and its own dedup markers. What it must be refused is the same data read the
+other way: every other stream, every other service's keys, and the dangerous commands.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from bus import keys as bus_keys
+from bus.acl import Grant, Role, Verdict, sample
+from bus.scheduler import armed_keys
+from workers.deadlines import EVENT as TIMER_EVENT
+from workers.service import Service
+from workers.unit_of_work import timer_id
+
+# What every client of ours runs without keys: the connection, scripts (Redis checks each command
+# a script runs against the caller), pipelines, and its own permission check at start.
+CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
+          "+discard", "+acl|whoami", "+acl|dryrun")
+CONSUME = ("xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|create",
+           "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
+PUBLISH = ("xadd", "type")
+DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "exists", "type")
+TRACE = ("rpush", "type")
+ARM = ("hset", "del", "zadd", "zrem", "sadd")
+TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrange", "exists", "type")
+DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"))
+TRACES = bus_keys.trace("*")
+
+
+def publishes(service: Service) -> tuple[str, ...]:
+    """Event types the service's own user XADDs: what its handlers emit and what it creates on a
+    command; events a timer publishes go out under the timers user."""
+    return tuple(t for t in (*service.emits, *service.creates) if t != TIMER_EVENT)
+
+
+def arms_timers(service: Service) -> bool:
+    return TIMER_EVENT in service.creates
+
+
+def all_streams(services: Sequence[Service]) -> list[str]:
+    types = {t for s in services for t in (*s.consumes, *s.emits, *s.creates)}
+    return [bus_keys.stream(t) for t in sorted(types)]
+
+
+def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
+    """The user of one service; `services` (the whole choreography) adds what it must be refused."""
+    own = [bus_keys.stream(t) for t in publishes(service)]
+    grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
+              Grant(CONSUME, tuple(service.streams)),
+              Grant(("set", "exists", "type"), (bus_keys.seen(service.name, "*"),))]
+    if own:
+        grants.append(Grant(TRACE, (TRACES,)))
+    if service.owns:
+        grants.append(Grant(DOMAIN, service.owns))
+    if arms_timers(service):
+        grants.append(Grant(ARM, armed_keys(timer_id(TIMER_EVENT, "*"))))
+    return Role(service.name, f"the {service.name} service", tuple(grants), CLIENT,
+                refuses=tuple(refusals(service, services)))
+
+
+def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, ...]]:
+    streams = all_streams(services)
+    mine = {bus_keys.stream(t) for t in publishes(service)}
+    out = [sample("xadd", s) for s in streams if s not in mine]
+    out += [sample("xreadgroup", s, service.name) for s in streams if s not in service.streams]
+    for other in services:
+        if other.name != service.name:
+            out.append(sample("xadd", bus_keys.dead_letters(other.name)))
+            out.append(sample("set", bus_keys.seen(other.name, "*")))
+            out += [sample("hset", pattern) for pattern in other.owns]
+    for stream in service.streams[:1]:
+        out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
+    return out + list(DANGEROUS)
+
+
+def roles(services: Sequence[Service]) -> list[Role]:
+    owners = [p for s in services for p in s.owns]
+    streams = all_streams(services)
+    writes = [sample("xadd", streams[0]), sample("hset", owners[0]), sample("del", owners[0]),
+              sample("xack", streams[0], "g")]
+    order_keys = next((s.owns for s in services if TIMER_EVENT in s.creates), ())
+    return [
+        *(service_role(s, services) for s in services),
+        Role("timers", "runs the rq worker that fires timers (order deadlines)",
+             (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
+              Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
+             root=("+@all", "-@dangerous", "+info", *CLIENT, "~rq:*", "&rq:*"),
+             needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
+             refuses=(*(sample("xadd", s) for s in streams if s != bus_keys.stream(TIMER_EVENT)),
+                      *(sample("hset", p) for p in owners), *DANGEROUS)),
+        Role("trimmer", "trims the declared streams as far as every group allows",
+             (Grant(TRIM, tuple(streams)),), CLIENT,
+             refuses=(writes[0], writes[1], sample("xreadgroup", streams[0], "g"), *DANGEROUS)),
+        Role("dashboard", "reads everything, writes nothing",
+             root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",
+                   "+acl|whoami", "%R~*"),
+             needs=(sample("xrange", streams[0]), sample("hgetall", owners[0]), sample("info"),
+                    sample("scan", "events:*"), sample("xinfo|groups", streams[0])),
+             refuses=(*writes, sample("xtrim", streams[0]), *DANGEROUS)),
+        Role("admin", "setup, dlq replay and purge, acl check: everything",
+             root=("+@all", "~*", "&*"),
+             needs=(sample("xadd", streams[0]), sample("xtrim", streams[0]),
+                    sample("xgroup|destroy", streams[0], "g"))),
+    ]
+
+
+def passwords(names: Sequence[str], env=None, file: str | None = None) -> dict[str, str]:
+    """Each user's password: CHOREO_ACL_PASSWORD_<USER> in the environment, else a line
+    `<user> <password>` of `file`. A missing one is an error naming where to put it."""
+    env = os.environ if env is None else env
+    found: dict[str, str] = {}
+    if file:
+        with open(file) as f:
+            for line in f:
+                user, _, password = line.strip().partition(" ")
+                if user and not user.startswith("#") and password.strip():
+                    found[user] = password.strip()
+    for name in names:
+        found[name] = env.get(f"CHOREO_ACL_PASSWORD_{name.upper()}") or found.get(name, "")
+    missing = [n for n in names if not found[n]]
+    if missing:
+        raise ValueError(f"no password for {', '.join(missing)}: set CHOREO_ACL_PASSWORD_<USER> "
+                         f"or give --password-file with lines '<user> <password>'")
+    return found
+
+
+def verdict_table(verdicts: Sequence[Verdict]):
+    """`choreo acl check`'s table: one row per sample command, the server's reason when refused."""
+    from rich.table import Table
+    from rich.text import Text
+    table = Table("user", "command", "expected", "server", "", box=None, pad_edge=False)
+    for v in verdicts:
+        table.add_row(Text(v.user), Text(" ".join(v.command)),
+                      "allowed" if v.expected else "refused",
+                      "allowed" if v.allowed else "refused",
+                      Text("ok", style="green") if v.ok else Text("MISMATCH", style="bold red"))
+    return table

@@ -1,0 +1,138 @@
+"""Least privilege on a real redis-server loaded with `choreo acl render`'s rules: the saga runs
+with every process on its own user, `choreo acl check` is clean, and each user is refused (NOPERM)
+what it must not do — checked by really trying, not only by asking ACL DRYRUN."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import redis
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope
+from choreo.acl import roles
+from tests.conftest import BIN, ROOT, Processes
+from tests.helpers import wait_for
+from tests.redis_server import RedisServer
+from workers import SERVICES, keys
+
+USERS = [r.user for r in roles(list(SERVICES.values()))]
+PASSWORDS = {u: f"pw-{u}-0123456789" for u in USERS}
+
+
+def render(tmp_path) -> str:
+    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in PASSWORDS.items()}
+    done = subprocess.run([str(BIN / "choreo"), "acl", "render"], capture_output=True, text=True,
+                          env={"PATH": str(BIN), **env}, cwd=ROOT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert not any(p in done.stdout for p in PASSWORDS.values())      # hashes only
+    path = tmp_path / "users.acl"
+    path.write_text(done.stdout)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("acl")
+    server = RedisServer(workdir, extra=("--aclfile", render(workdir)),
+                         auth=("admin", PASSWORDS["admin"])).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def acl_procs(acl_server, tmp_path):
+    acl_server.client().flushall()
+    procs = Processes(acl_server.url_for("admin", PASSWORDS["admin"]), tmp_path)
+    for user in USERS:
+        procs.base_env[f"REDIS_URL_{user.upper()}"] = acl_server.url_for(user, PASSWORDS[user])
+    procs.base_env.pop("REDIS_URL")        # no process may fall back to a shared URL
+    yield procs
+    procs.stop_all()
+
+
+def as_user(server, user: str) -> redis.Redis:
+    return redis.Redis(port=server.port, username=user, password=PASSWORDS[user], decode_responses=True)
+
+
+def test_the_saga_runs_with_every_process_on_its_own_user(acl_server, acl_procs):
+    admin = acl_server.client()
+    for name in SERVICES:
+        acl_procs.worker(name)
+    acl_procs.start("timers", name="timers")
+    acl_procs.start("trim", "--every", "0.5", name="trimmer")
+    done = acl_procs.run("place-order", "--product", "101", "--quantity", "1")
+    assert done.returncode == 0, done.stderr
+    late = acl_procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", "0.5")
+    assert late.returncode == 0, late.stderr
+    order_id = done.stdout.strip()
+    wait_for(lambda: admin.hget(keys.order(order_id), "status") == "COMPLETED", what="completed")
+    wait_for(lambda: admin.hget(keys.order(late.stdout.strip()), "status") in ("COMPLETED", "CANCELLED"),
+             what="the order with a short deadline ends")
+    for verb in (("status", order_id), ("trace", order_id), ("dashboard", "--once", "--refresh", "0.1"),
+                 ("audit",), ("dlq", "list")):
+        answer = acl_procs.run(*verb)
+        assert answer.returncode == 0, (verb, answer.stderr)
+    assert all(p.poll() is None for p in acl_procs.procs), "a process died"
+    assert not any(admin.xlen(bus_keys.dead_letters(s)) for s in SERVICES)
+    denied = admin.execute_command("ACL", "LOG")
+    assert not denied, [(d["username"], d["object"]) for d in denied]  # nobody was refused anything
+    check = acl_procs.run("acl", "check")
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert " 0 mismatches" in check.stdout
+
+
+def test_a_worker_missing_one_permission_refuses_to_start_naming_it(acl_server, acl_procs):
+    admin = acl_server.client()
+    admin.execute_command("ACL", "SETUSER", "inventory", "clearselectors")     # all its keys gone
+    try:
+        answer = acl_procs.run("worker", "inventory", timeout=30)
+        assert answer.returncode == 1
+        assert "lacks" in answer.stderr and "XADD events:InventoryChecked" in answer.stderr
+        assert not admin.exists(bus_keys.stream("OrderCreated"))           # nothing half done
+        check = acl_procs.run("acl", "check")
+        assert check.returncode == 1 and "MISMATCH" in check.stdout
+    finally:
+        admin.execute_command("ACL", "LOAD")
+
+
+def _refused(client: redis.Redis, *command) -> bool:
+    try:
+        client.execute_command(*command)
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_each_service_is_refused_what_it_does_not_declare(acl_server):
+    acl_server.client().flushall()
+    forged = Envelope.new("InventoryRejected", "1", "mallory", {"reason": "forged"}).fields()
+    for name, service in SERVICES.items():
+        me = as_user(acl_server, name)
+        others = [s for s in SERVICES.values() if s.name != name]
+        if "InventoryRejected" not in service.emits:
+            assert _refused(me, "XADD", bus_keys.stream("InventoryRejected"), "*",
+                            *[x for kv in forged.items() for x in kv]), name
+        unread = [t for s in others for t in s.emits if t not in service.consumes]
+        if unread:
+            assert _refused(me, "XREADGROUP", "GROUP", name, "c", "STREAMS", bus_keys.stream(unread[0]), ">")
+        for other in others:
+            assert _refused(me, "HSET", other.owns[0].replace("*", "1"), "status", "x"), (name, other.name)
+            assert _refused(me, "XADD", bus_keys.dead_letters(other.name), "*", "f", "v")
+        for command in (("FLUSHALL",), ("CONFIG", "SET", "maxmemory", "1"),
+                        ("XGROUP", "DESTROY", service.streams[0], name), ("XTRIM", service.streams[0], "MAXLEN", "0")):
+            assert _refused(me, *command), (name, command)
+
+
+def test_the_dashboard_user_writes_nothing(acl_server):
+    me = as_user(acl_server, "dashboard")
+    assert me.xrange(bus_keys.stream("OrderCreated")) == []
+    for command in (("XADD", bus_keys.stream("OrderCreated"), "*", "f", "v"), ("HSET", "order:1", "a", "b"),
+                    ("DEL", "stock:101"), ("SET", "x", "1"), ("FLUSHALL",)):
+        assert _refused(me, *command), command
+
+
+def test_the_default_user_is_off(acl_server):
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=acl_server.port).ping()
