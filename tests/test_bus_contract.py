@@ -3,6 +3,8 @@ a case here fails instead of a surprise in production."""
 
 from __future__ import annotations
 
+from importlib import resources
+
 from bus.contract import Commit, Outcome
 from bus.envelope import Envelope
 from bus import keys
@@ -75,6 +77,21 @@ def test_conflict_applies_nothing_and_stops_the_rest_of_the_batch(any_bus):
     assert any_bus.read_hashes(["h", "other"]) == [{"a": "1", "_v": "1"}, {}]
 
 
+def test_a_conflicting_commit_leaves_its_entry_pending_and_so_do_the_ones_after_it(any_bus):
+    """CONFLICT means "handle it again on fresh reads": acking it would drop the entry for good."""
+    publish(any_bus, 2)
+    any_bus.ensure_groups("g", [S])
+    d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
+    any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
+    stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")], ack=(S, d1.entry_id),
+                   seen="seen:g:1", seen_ttl_s=60)
+    later = Commit(ops=[("HSET", "other", "b", "1")], ack=(S, d2.entry_id), seen="seen:g:2",
+                   seen_ttl_s=60)
+    assert any_bus.commit("g", [stale, later]) == [Outcome.CONFLICT, Outcome.CONFLICT]
+    assert any_bus.client.xpending(S, "g")["pending"] == 2
+    assert not any_bus.client.exists("seen:g:1", "seen:g:2")
+
+
 def test_publish_appends_to_the_order_trace(any_bus):
     publish(any_bus, 2, order_id="42")
     refs = any_bus.client.lrange(keys.trace("42"), 0, -1)
@@ -105,6 +122,18 @@ def test_retry_due_claims_only_entries_whose_backoff_has_passed(any_bus):
     assert [(d.entry_id, d.deliveries) for d in due] == [(second.entry_id, 3)]
 
 
+def test_retry_due_waits_longer_after_each_delivery(any_bus):
+    """An entry delivered twice waits backoff(2), not backoff(1): idle past the first step but
+    short of the second, it is not due yet."""
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    (entry,) = any_bus.read_new("g", "c1", [S], 10, 10)
+    any_bus.client.xclaim(S, "g", "c1", 0, [entry.entry_id], idle=7_000)     # 2nd delivery, 7 s ago
+    assert any_bus.retry_due("g", "c1", [S], lambda n: 5_000 * n, 10) == []
+    # with a backoff whose second step has passed, it is due (and delivered a third time)
+    assert [d.deliveries for d in any_bus.retry_due("g", "c1", [S], lambda n: 3_000 * n, 10)] == [3]
+
+
 def test_forget_idle_consumers_keeps_any_consumer_holding_entries(any_bus):
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])
@@ -114,19 +143,35 @@ def test_forget_idle_consumers_keeps_any_consumer_holding_entries(any_bus):
     assert [c["name"] for c in any_bus.client.xinfo_consumers(S, "g")] == ["holder"]
 
 
+def test_forget_consumer_script_itself_refuses_a_consumer_holding_entries(any_bus):
+    """The script's own guard, without the Python pre-filter: between XINFO and the script the
+    consumer may have read, and DELCONSUMER would drop what it holds."""
+    forget = any_bus.client.register_script(
+        resources.files("bus").joinpath("forget_consumer.lua").read_text())
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    any_bus.read_new("g", "holder", [S], 10, 10)
+    any_bus.client.xgroup_createconsumer(S, "g", "empty")
+    assert forget(args=[S, "g", "holder"]) == 0
+    assert forget(args=[S, "g", "empty"]) == 1
+    assert [(c["name"], c["pending"]) for c in any_bus.client.xinfo_consumers(S, "g")] == [("holder", 1)]
+    assert any_bus.client.xpending(S, "g")["pending"] == 1
+
+
 def test_renew_resets_idle_only_for_entries_still_ours(real_bus):
     """Against a real server only: fakeredis counts XCLAIM JUSTID as a delivery, Redis does not."""
     publish(real_bus, 2)
     real_bus.ensure_groups("g", [S])
     mine, stolen = real_bus.read_new("g", "c1", [S], 10, 10)
-    real_bus.client.xclaim(S, "g", "c2", 0, [stolen.entry_id])
-    import time
-    time.sleep(0.05)
+    # Both idle for a minute (set, not waited for); then another consumer takes one over.
+    real_bus.client.xclaim(S, "g", "c1", 0, [mine.entry_id], idle=60_000, justid=True)
+    real_bus.client.xclaim(S, "g", "c2", 0, [stolen.entry_id], idle=60_000)
     assert real_bus.renew("g", "c1", [mine, stolen]) == 1
     pending = {p["message_id"]: p for p in real_bus.client.xpending_range(S, "g", "-", "+", 10)}
     assert pending[mine.entry_id]["consumer"] == "c1" and pending[mine.entry_id]["times_delivered"] == 1
-    assert pending[mine.entry_id]["time_since_delivered"] < 50
+    assert pending[mine.entry_id]["time_since_delivered"] < 30_000          # reset, not a minute
     assert pending[stolen.entry_id]["consumer"] == "c2"
+    assert pending[stolen.entry_id]["time_since_delivered"] >= 60_000       # not ours: untouched
 
 
 def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus):

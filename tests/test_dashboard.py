@@ -18,6 +18,7 @@ from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, Or
 from choreo.load import percentile
 from choreo.orders import OrderRequest, place_orders
 from workers import SERVICES, keys
+from tests.helpers import wait_for
 from tests.inprocess import drain, start_workers
 
 NOW_MS = 1_700_000_000_000
@@ -198,7 +199,7 @@ def test_gather_after_real_orders(real_bus, redis_url):
 
 
 def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url, monkeypatch):
-    monkeypatch.setattr(snapshot, "STALE_AFTER_S", 0.5)     # instead of waiting 10 s
+    monkeypatch.setattr(snapshot, "STALE_AFTER_S", 0.3)     # instead of waiting 10 s
     c = real_bus.client
     created = bus_keys.stream("OrderCreated")
     real_bus.ensure_groups("inventory", [created])
@@ -210,11 +211,19 @@ def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url, monkeyp
     c.xclaim(created, "inventory", "inventory-dead-1", 0, ids[:3], idle=60_000, retrycount=4)
     c.xreadgroup("order", "order-live-1", {created: ">"})
     c.xack(created, "order", *ids)
-    time.sleep(0.6)                                          # the dead consumer goes stale
+    wait_for(lambda: consumer_idle_ms(c, created, "inventory", "inventory-dead-1") >= 300,
+             what="the dead consumer idle past the stale threshold")
     _add(c, created, 2)                                      # the order group falls 2 behind
     c.xreadgroup("inventory", "inventory-live-2", {created: ">"}, count=1)
-    c.xreadgroup("order", "order-live-1", {created: "0"})     # own history: alive, reads nothing new
-    s = gather(real_bus, redis_url)
+
+    def seen_alive() -> Snapshot | None:
+        """A snapshot taken within 0.3 s of the live consumers' last reads, as a live worker's
+        blocking reads are always recent: they read again (nothing new) before each try."""
+        c.xreadgroup("inventory", "inventory-live-2", {created: ids[3]})   # nothing after its own
+        c.xreadgroup("order", "order-live-1", {created: "0"})              # own history: nothing
+        s = gather(real_bus, redis_url)
+        return s if not any(x.stale for x in s.consumers if "live" in x.name) else None
+    s = wait_for(seen_alive, timeout=10, what="a snapshot with the live consumers seen alive")
     groups = {g.group: g for g in s.groups}
     inv, order = groups["inventory"], groups["order"]
     assert (inv.consumers, inv.live_consumers, inv.pending, inv.lag) == (2, 1, 4, 3)
@@ -279,3 +288,7 @@ def test_gather_or_keep_marks_disconnected(own_redis):
         assert down.server_version == first.server_version        # the last figures stay
     finally:
         bus.close()
+
+
+def consumer_idle_ms(client, stream: str, group: str, name: str) -> int:
+    return next(c["idle"] for c in client.xinfo_consumers(stream, group) if c["name"] == name)

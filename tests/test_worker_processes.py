@@ -38,9 +38,9 @@ def test_restarted_worker_finishes_its_own_pending_entries_first(procs, redis_se
     real_bus.ensure_groups("inventory", [ORDER_CREATED])
     consumer = "inventory-crashed-1"
     assert len(real_bus.read_new("inventory", consumer, [ORDER_CREATED], 10, 10)) == 4
-    # claiming would take 60 s: only "own pending first" can pick these up now
+    # Claiming and retry_due would wait a minute: only "own pending first" can pick these up now.
     procs.start("worker", "inventory", "--consumer", consumer, name="inventory.re",
-                       CHOREO_CLAIM_IDLE_MS=60_000)
+                CHOREO_CLAIM_IDLE_MS=60_000, CHOREO_RETRY_BASE_MS=60_000, CHOREO_RETRY_MAX_MS=60_000)
     wait_for(lambda: pending_count(r, ORDER_CREATED, "inventory") == 0, timeout=10,
              what="own pending entries handled")
     assert all(r.hget(keys.reservation(str(i)), "status") == "RESERVED" for i in range(1, 5))

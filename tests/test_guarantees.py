@@ -1,0 +1,159 @@
+"""The worker runtime's promises, each held by a test that fails when it alone breaks: in-process
+workers against a real redis-server, whose pending lists, delivery counts and claims are the point.
+scripts/mutations.toml names, for each deliberate bug, the tests here that must catch it."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import pytest
+import redis
+
+from bus import keys as bus_keys
+from choreo.orders import OrderRequest, place_orders
+from config.settings import Settings
+from tests.helpers import pending_count, wait_for
+from tests.inprocess import drain
+from workers import SERVICES, keys
+from workers.runtime import Worker
+from workers.service import On, Service
+
+CREATED = bus_keys.stream("OrderCreated")
+CONSUMER = "inventory-test-1"
+
+
+def out_of_reach(**kw) -> Settings:
+    """Retries and claims a minute away: whatever a worker handles now, it found by another road."""
+    return Settings(**{"retry_base_ms": 60_000, "retry_max_ms": 60_000, "claim_idle_ms": 60_000,
+                       "block_ms": 50, **kw})
+
+
+def place(bus, *order_ids: str) -> None:
+    place_orders(bus, [OrderRequest(o, [{"product_id": 101, "quantity": 1}]) for o in order_ids])
+
+
+def reserved(bus, *order_ids: str) -> list[bool]:
+    return [bus.client.exists(keys.reservation(o)) == 1 for o in order_ids]
+
+
+class WorkerKilled(BaseException):
+    """The process dying mid-handling: not an Exception, so nothing in the runtime catches it."""
+
+
+def killer_of(service: Service, event_type: str) -> Service:
+    """`service` with a handler for event_type that kills its worker every time."""
+    def die(event, uow):
+        raise WorkerKilled(event.id)
+    return dataclasses.replace(service, consumes={**service.consumes,
+                                                  event_type: On(die, service.consumes[event_type].says)})
+
+
+def test_an_entry_that_kills_its_worker_every_time_is_given_up_after_3_x_max_deliveries(real_bus):
+    service = killer_of(SERVICES["inventory"], "OrderCreated")
+    settings = out_of_reach(max_deliveries=2)              # the crash guard: 6 deliveries
+    place(real_bus, "1")
+    dlq = bus_keys.dead_letters("inventory")
+    lives = 0
+    while not real_bus.client.exists(dlq):
+        assert lives < 10, "still handing the entry to a worker it kills"
+        # The same process slot restarted: its own pending entry is the first thing it reads.
+        worker = Worker(service, real_bus, settings, CONSUMER, log=lambda _: None)
+        worker.start()
+        with contextlib.suppress(WorkerKilled):
+            worker.poll(block_ms=5)
+        lives += 1
+    assert lives == 7                                       # six died; the seventh gave up on it
+    (_, dead), = real_bus.client.xrange(dlq)
+    assert dead["deliveries"] == "7"
+    assert dead["error"].startswith("gave up after 6 deliveries: the worker handling it died")
+    assert pending_count(real_bus.client, CREATED, "inventory") == 0      # acked with its letter
+    assert reserved(real_bus, "1") == [False]
+
+
+def test_a_restarted_consumer_handles_its_own_pending_entries_before_anything_new(real_bus):
+    place(real_bus, "1", "2")
+    real_bus.ensure_groups("inventory", [CREATED])
+    # A previous life of this consumer read them and died before committing.
+    assert len(real_bus.read_new("inventory", CONSUMER, [CREATED], 10, 10)) == 2
+    place(real_bus, "3", "4")
+    log: list[str] = []
+    worker = Worker(SERVICES["inventory"], real_bus, out_of_reach(), CONSUMER, log=log.append)
+    worker.start()
+    assert worker.poll(block_ms=5) == 2
+    assert reserved(real_bus, "1", "2", "3", "4") == [True, True, False, False]
+    assert sum("deliveries=2" in line for line in log) == 2              # re-read, not re-claimed
+    drain([worker])
+    assert reserved(real_bus, "3", "4") == [True, True]
+
+
+def tally(event, uow) -> None:
+    """Counts every handling: no tolerance of duplicates at all, so only the commit's guard (the
+    dedup marker) stands between a redelivered event and a second effect."""
+    uow.add("tally", "handled", 1)
+
+
+TALLY = Service("tally", "TallyService", {"OrderCreated": On(tally, "Counting order {order_id}")},
+                emits=())
+
+
+def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_bus):
+    log: list[str] = []
+    worker = Worker(TALLY, real_bus, out_of_reach(), "tally-test-1", log=log.append)
+    worker.start()
+    place(real_bus, "1")
+    (_, fields), = real_bus.client.xrange(CREATED)
+    worker.poll(block_ms=5)
+    real_bus.client.xadd(CREATED, fields)       # a producer retrying after a lost reply
+    worker.poll(block_ms=5)
+    assert real_bus.client.hget("tally", "handled") == "1"
+    assert pending_count(real_bus.client, CREATED, "tally") == 0          # both acked
+    assert [("duplicate=ignored" in line) for line in log] == [False, True]
+
+
+def test_a_slow_handlers_entries_are_not_taken_over_while_it_works(real_bus):
+    """The lease thread renews entries in hand every claim_idle_ms / 3, so another consumer's
+    XAUTOCLAIM never finds them idle; without it they would be idle 0.7 s half-way through."""
+    log: list[str] = []
+    worker = Worker(TALLY, real_bus, out_of_reach(claim_idle_ms=150, commit_delay_ms=1500),
+                    "tally-slow-1", log=log.append)
+    place(real_bus, "1")
+    stop = threading.Event()
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    taken = []
+    try:
+        wait_for(lambda: pending_count(real_bus.client, CREATED, "tally") == 1, timeout=10,
+                 what="the entry in hand")
+        while pending_count(real_bus.client, CREATED, "tally"):           # until it is committed
+            taken += real_bus.claim_stale("tally", "tally-other-1", [CREATED], min_idle_ms=700,
+                                          count=10)
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        running.join(5)
+    assert taken == []
+    (handled,) = log
+    assert "Counting order 1" in handled and "deliveries=1 " in handled
+    assert real_bus.client.hget("tally", "handled") == "1"
+
+
+def test_pending_count_reads_0_only_where_there_is_no_group_yet(real_bus):
+    """The tests' own helper: a read that fails for any other reason must not pass for "drained"."""
+    c = real_bus.client
+    assert pending_count(c, CREATED, "inventory") == 0                    # no stream, no group
+    place(real_bus, "1")
+    real_bus.ensure_groups("inventory", [CREATED])
+    real_bus.read_new("inventory", CONSUMER, [CREATED], 10, 10)
+    assert pending_count(c, CREATED, "inventory") == 1
+    c.set("not-a-stream", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        pending_count(c, "not-a-stream", "inventory")
+    with pytest.raises(redis.ConnectionError):
+        pending_count(Unreachable(), CREATED, "inventory")
+
+
+class Unreachable:
+    def xpending(self, stream, group):
+        raise redis.ConnectionError("Connection refused (test)")
