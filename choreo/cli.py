@@ -29,8 +29,12 @@ def _add_dlq_verbs(sub, common) -> None:
     which = q.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=arg.entry_id, help="the dlq entry id to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
+    q.add_argument("--dry-run", action="store_true",
+                   help="check and print what would be replayed; write nothing")
     q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
     q.add_argument("service", choices=list(SERVICES))
+    q.add_argument("--yes", action="store_true",
+                   help="really delete them (without it: print how many, delete nothing, exit 2)")
     p.set_defaults(run=cmd_dlq)
 
 

@@ -52,6 +52,8 @@ class Settings:
     # Fault injection for tests and chaos runs: sleep this long between handling a batch and
     # committing it, widening the window in which a SIGKILL leaves entries pending.
     commit_delay_ms: int = 0
+    # Dead letters kept per service: writing one trims dlq:<service> to its newest this many.
+    dlq_max_entries: int = 10_000
 
     @property
     def url(self) -> str:

@@ -112,7 +112,7 @@ def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
 
     data = json.loads(trace(capsys, redis_url, "9", "--json"))
     assert [d["service"] for d in data["dead_letters"]] == ["inventory", "inventory"]
-    assert data["events"][0]["dead_letters"][0]["deliveries"] == "2"
+    assert data["events"][0]["dead_letters"][0]["deliveries"] == 2
 
 
 def test_trace_of_an_unknown_order(real_bus, redis_url, capsys):
