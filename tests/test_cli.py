@@ -58,6 +58,26 @@ def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
     assert "CHOREO_BATCH_SIZE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("verb", [["topology"], ["dlq", "list"], ["demo"]])
+def test_a_nonsense_setting_is_refused_by_any_command_in_one_line(verb, monkeypatch, capsys):
+    monkeypatch.setenv("CHOREO_SEEN_TTL_S", "-5")
+    assert main(verb) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["choreo: CHOREO_SEEN_TTL_S must be 60..315360000, got -5"]
+
+
+def test_a_worker_refuses_a_nonsense_per_service_setting_at_start(procs, real_bus):
+    done = procs.run("worker", "payment", CHOREO_CLAIM_IDLE_MS_PAYMENT="nan", timeout=30)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == \
+        ["choreo: CHOREO_CLAIM_IDLE_MS_PAYMENT must be an integer, got 'nan'"]
+    done = procs.run("worker", "payment", CHOREO_HOUSEKEEPING_EVERY_S_PAYMENT="inf", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == \
+        ["choreo: CHOREO_HOUSEKEEPING_EVERY_S_PAYMENT must be 0.1..86400, got inf"]
+    assert not real_bus.client.exists("events:InventoryChecked")     # never got as far as Redis
+
+
 def test_bad_per_service_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("CHOREO_BATCH_SIZE_PAYMENT", "lots")
     assert main(["worker", "payment", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
