@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from choreo.cli import main
+from choreo.cli import build_parser, main
 from tests.redis_server import free_port
 
 from tests.helpers import EIGHT
@@ -50,6 +50,45 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "nan"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "inf"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "1e300"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "2592001"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "0"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1000001"], "--quantity"),
+    (["place-order", "--product", "1" * 5000, "--quantity", "1"], "--product"),
+    (["load", "--orders", "10000000"], "--orders"),
+    (["load", "--orders", "5", "--timeout", "1e9"], "--timeout"),
+    (["load", "--orders", "5", "--timeout", "-inf"], "--timeout"),
+    (["load", "--orders", "5", "--rate", "nan"], "--rate"),
+    (["load", "--orders", "5", "--rate", "1e6"], "--rate"),
+    (["load", "--orders", "5", "--quantity", "99999999999"], "--quantity"),
+    (["load", "--orders", "5", "--deadline", "1e300"], "--deadline"),
+    (["dashboard", "--refresh", "1e9"], "--refresh"),
+    (["dashboard", "--refresh", "0.001"], "--refresh"),
+    (["trim", "--keep-seconds", "9" * 30], "--keep-seconds"),
+    (["trim", "--keep-entries", "-1"], "--keep-entries"),
+])
+def test_numbers_out_of_bounds_give_one_line_naming_the_argument_and_exit_2(argv, named, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {named}:" in err and len(err) < 200, err
+
+
+def test_numbers_at_their_bounds_are_accepted_and_help_states_the_bounds(capsys):
+    args = build_parser().parse_args(["load", "--orders", "1000000", "--timeout", "86400",
+                                      "--rate", "100000", "--quantity", "1000000",
+                                      "--deadline", "2592000"])
+    assert (args.orders, args.timeout, args.rate, args.quantity, args.deadline) == \
+        (1_000_000, 86400.0, 100_000.0, 1_000_000, 2_592_000.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["load", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for bounds in ("1..1000000", "0.1..86400", "0.01..100000", "0.1..2592000 (30 days"):
+        assert bounds in shown
 
 
 def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
