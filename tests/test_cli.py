@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from choreo import arguments as arg
 from choreo.cli import build_parser, main
 from tests.redis_server import free_port
 
@@ -89,6 +91,15 @@ def test_numbers_at_their_bounds_are_accepted_and_help_states_the_bounds(capsys)
     shown = " ".join(capsys.readouterr().out.split())
     for bounds in ("1..1000000", "0.1..86400", "0.01..100000", "0.1..2592000 (30 days"):
         assert bounds in shown
+
+
+def test_readme_states_every_argument_bound():
+    text = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    for flag, kind in (("--deadline", arg.deadline), ("--timeout", arg.load_timeout),
+                       ("--rate", arg.rate), ("--refresh", arg.refresh), ("--orders", arg.orders),
+                       ("--quantity", arg.quantity), ("--keep-entries", arg.keep_entries),
+                       ("--keep-seconds", arg.keep_seconds)):
+        assert f"`{flag}` {kind.bounds}" in text, flag
 
 
 def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):

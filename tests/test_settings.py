@@ -1,8 +1,11 @@
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from config.settings import BOUNDS, Settings, SettingsError
+from config.settings import BOUNDS, Settings, SettingsError, plain_number
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_and_environment():
@@ -74,3 +77,9 @@ def test_every_number_is_bounded_and_every_default_is_within_its_bounds():
         for edge in (least, most):
             Settings.from_env({"CHOREO_" + name.upper(): str(edge),
                                "CHOREO_RETRY_BASE_MS": "1", "CHOREO_RETRY_MAX_MS": "3600000"})
+
+
+def test_readme_states_every_bound():
+    text = " ".join(README.read_text().split())
+    for name, (least, most) in BOUNDS.items():
+        assert f"`{name.upper()}` {plain_number(least)}..{plain_number(most)}" in text, name
