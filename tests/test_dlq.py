@@ -119,7 +119,7 @@ def test_replay_all_replays_the_good_and_keeps_the_refused(real_bus, redis_url, 
     assert [e for e, _ in c.xrange("dlq:inventory")] == [bad]
 
 
-def test_purge_without_yes_counts_deletes_nothing_and_exits_2(real_bus, redis_url, capsys):
+def test_purge_without_yes_counts_and_exits_2_and_with_yes_deletes(real_bus, redis_url, capsys):
     c = real_bus.client
     for n in range(3):
         letter_for(c, "payment", "events:InventoryChecked", f"{n + 1}-0", an_event())
@@ -129,12 +129,6 @@ def test_purge_without_yes_counts_deletes_nothing_and_exits_2(real_bus, redis_ur
     assert code == 2 and out.strip() == "would purge 3 dead letter(s) from dlq:payment"
     assert err.strip().splitlines() == ["choreo dlq purge: nothing deleted; add --yes to delete them"]
     assert c.xlen("dlq:payment") == 3
-
-
-def test_purge_with_yes_deletes_and_counts(real_bus, redis_url, capsys):
-    c = real_bus.client
-    for n in range(3):
-        letter_for(c, "payment", "events:InventoryChecked", f"{n + 1}-0", an_event())
 
     code, out, _ = cli(capsys, "dlq", "purge", "payment", "--yes", url=redis_url)
 
