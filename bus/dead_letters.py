@@ -5,7 +5,7 @@ that knows its fields.
     stream, entry_id   where the original entry was
     group              the service that gave up on it
     deliveries         times it was delivered to that service
-    error              why it was dead-lettered
+    error              why it was dead-lettered (at most ERROR_CHARS of it)
     at                 when, ISO 8601 UTC with milliseconds
     entry              the original fields as a JSON object; a cut copy when entry_truncated is 1
     entry_bytes        size of the whole JSON copy, json.dumps(fields, sort_keys=True), in bytes
@@ -34,6 +34,8 @@ from bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
 # Above the largest valid event (an OrderCreated of 100 lines is about 5 KB as a copy), so the
 # dead letter of an event that could ever be handled is kept whole and can be replayed.
 ENTRY_COPY_BYTES = 8 * 1024
+# A reason quotes what failed (a handler's exception may echo the entry's data): kept readable.
+ERROR_CHARS = 1000
 
 # KEYS: dlq stream, original stream. ARGV: dlq entry id, then field, value, ...
 # Returns the new entry id, or false when the dead letter is gone (replayed or purged meanwhile).
@@ -68,6 +70,8 @@ class DeadLetter:
         whole = json.dumps(d.fields, sort_keys=True)
         size = len(whole.encode())
         entry = whole if size <= ENTRY_COPY_BYTES else json.dumps(cut_copy(d.fields, ENTRY_COPY_BYTES))
+        if len(reason) > ERROR_CHARS:
+            reason = reason[:ERROR_CHARS] + f"… ({len(reason)} characters)"
         return cls(service, d.stream, d.entry_id, d.deliveries, reason, at, entry, size,
                    hashlib.sha256(whole.encode()).hexdigest(), entry != whole)
 

@@ -11,7 +11,7 @@ import pytest
 
 from bus import dead_letters, keys as bus_keys
 from bus.contract import Delivery
-from bus.dead_letters import ENTRY_COPY_BYTES, DeadLetter, DeadLetterError, cut_copy
+from bus.dead_letters import ENTRY_COPY_BYTES, ERROR_CHARS, DeadLetter, DeadLetterError, cut_copy
 from bus.envelope import Envelope
 from choreo.cli import main
 from config.settings import Settings
@@ -92,6 +92,13 @@ def test_a_cut_copy_cannot_be_restored():
     letter = letter_of(hostile())
     with pytest.raises(DeadLetterError, match="only a truncated copy is kept .* the original cannot be restored"):
         letter.original()
+
+
+def test_a_long_reason_is_cut_and_says_how_long_it_was():
+    letter = DeadLetter.of("payment", Delivery("events:InventoryChecked", "1-0", {}),
+                           "KeyError: " + "k" * 50_000, AT)
+    assert letter.error.startswith("KeyError: kkk") and letter.error.endswith("… (50010 characters)")
+    assert len(letter.error) < ERROR_CHARS + 30
 
 
 def test_cut_copy_fits_exactly_small_budgets():
