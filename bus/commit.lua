@@ -24,6 +24,9 @@ end
 
 local function refusal(op, args)
   if op == 'PUBLISH' then
+    if args[3] ~= '' and not string.match(args[3], '^%d+$') then
+      return 'max length ' .. args[3] .. ' of ' .. args[1] .. ' is not a whole number'
+    end
     return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
@@ -40,8 +43,13 @@ end
 
 local function apply(op, args)
   if op == 'PUBLISH' then
-    local stream, trace = args[1], args[2]
-    local id = redis.call('XADD', stream, '*', unpack(args, 3))
+    local stream, trace, max_len = args[1], args[2], args[3]
+    local id
+    if max_len == '' then
+      id = redis.call('XADD', stream, '*', unpack(args, 4))
+    else
+      id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(args, 4))
+    end
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
   elseif op == 'COUNT' then
     redis.call('HINCRBY', unpack(args))

@@ -60,9 +60,10 @@ class Commit:
 
     ops are write commands: ("HSET", key, field, value, ...), ("HINCRBY", key, field, n),
     ("COUNT", key, field, n) — an HINCRBY on an aggregate that no commit checks, ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
-    ("PUBLISH", stream, trace_key, field, value, ...) — an XADD that also appends
-    "<stream> <new id>" to trace_key ("" for none). Every HSET/HINCRBY bumps the hash's `_v`
-    field by one, which is what `checks` compare against.
+    ("PUBLISH", stream, trace_key, max_len, field, value, ...) — an XADD that also appends
+    "<stream> <new id>" to trace_key ("" for none) and, when max_len is a whole number ("" for
+    none), trims the stream to exactly its newest max_len entries (XADD MAXLEN). Every
+    HSET/HINCRBY bumps the hash's `_v` field by one, which is what `checks` compare against.
     """
     checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
     ops: list[tuple] = field(default_factory=list)

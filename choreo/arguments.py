@@ -4,10 +4,14 @@ line (argparse reports it; the command exits 2)."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from dataclasses import dataclass
 
 from bus.envelope import ORDER_ID
 from config.catalogue import CATALOGUE
+from config.settings import MAX_DEADLINE_S, plain_number
+from workers.events import MAX_QUANTITY
 
 
 class UsageError(Exception):
@@ -19,26 +23,45 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _whole(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-    return value
+@dataclass(frozen=True)
+class Bounded:
+    """An argument type for a finite number in least..most that can state its bounds in --help:
+    nan, inf and 1e300 would reach sleeps, timeouts and deadlines, where they hang or overflow
+    instead of failing here with one line."""
+    least: float
+    most: float
+    kind: type = float          # int for whole numbers
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:40]!r}") from None
+        if not (math.isfinite(value) and self.least <= value <= self.most):
+            raise argparse.ArgumentTypeError(f"must be {self.bounds}, got {text[:40]}")
+        return value
+
+    @property
+    def bounds(self) -> str:
+        return f"{plain_number(self.least)}..{plain_number(self.most)}"
 
 
-def positive(text: str) -> int:
-    return _whole(text, 1)
-
-
-def count(text: str) -> int:
-    return _whole(text, 0)
+# The command line's numbers; cli.py's --help text shows each one's bounds.
+orders = Bounded(1, 1_000_000, int)             # one `choreo load` run
+quantity = Bounded(1, MAX_QUANTITY, int)        # what an OrderCreated may carry
+deadline = Bounded(0.1, MAX_DEADLINE_S)         # seconds: 30 days
+load_timeout = Bounded(0.1, 24 * 3600)          # seconds: a day
+rate = Bounded(0.01, 100_000)                   # orders per second
+refresh = Bounded(0.05, 3600)                   # seconds; below, the dashboard would spin
+trim_every = Bounded(0.1, 24 * 3600)            # seconds between the trimmer's rounds
+keep_entries = Bounded(0, 10 ** 9, int)
+keep_seconds = Bounded(0, 3650 * 24 * 3600, int)    # ten years
+product_id = Bounded(1, 10 ** 9, int)
 
 
 def product(text: str) -> int:
-    pid = positive(text)
+    pid = product_id(text)
     if pid not in CATALOGUE:
         known = ", ".join(str(p) for p in CATALOGUE)
         raise argparse.ArgumentTypeError(f"unknown product {pid} (catalogue: {known})")
@@ -50,16 +73,6 @@ def order_id(text: str) -> str:
     if not ORDER_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"order ids are 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
     return text
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def entry_id(text: str) -> str:

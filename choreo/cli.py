@@ -31,8 +31,12 @@ def _add_dlq_verbs(sub, common) -> None:
     which = q.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=arg.entry_id, help="the dlq entry id to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
+    q.add_argument("--dry-run", action="store_true",
+                   help="check and print what would be replayed; write nothing")
     q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
     q.add_argument("service", choices=list(SERVICES))
+    q.add_argument("--yes", action="store_true",
+                   help="really delete them (without it: print how many, delete nothing, exit 2)")
     p.set_defaults(run=cmd_dlq, role="admin")
 
 
@@ -43,13 +47,13 @@ def _add_ops_verbs(sub, common) -> None:
     p.set_defaults(run=cmd_audit, role="dashboard")
     p = sub.add_parser("trim", parents=[common], help="trim streams as far as every group allows")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--keep-entries", type=arg.count, default=0,
-                   help="also keep this many newest entries per stream")
-    p.add_argument("--keep-seconds", type=arg.count, default=0,
-                   help="also keep entries younger than this")
-    p.add_argument("--every", type=arg.seconds, metavar="SECONDS",
-                   help="keep running (until SIGTERM), trimming every SECONDS; retention then "
-                        "defaults to $CHOREO_TRIM_KEEP_ENTRIES and $CHOREO_TRIM_KEEP_SECONDS")
+    p.add_argument("--keep-entries", type=arg.keep_entries, default=0,
+                   help=f"also keep this many newest entries per stream ({arg.keep_entries.bounds})")
+    p.add_argument("--keep-seconds", type=arg.keep_seconds, default=0,
+                   help=f"also keep entries younger than this, in seconds ({arg.keep_seconds.bounds})")
+    p.add_argument("--every", type=arg.trim_every, metavar="SECONDS",
+                   help=f"keep running (until SIGTERM), trimming every SECONDS ({arg.trim_every.bounds}); "
+                        "retention then defaults to $CHOREO_TRIM_KEEP_ENTRIES and $CHOREO_TRIM_KEEP_SECONDS")
     p.set_defaults(run=cmd_trim, role="trimmer")
     p = sub.add_parser("acl", parents=[common], help="least-privilege Redis users: render, check")
     asub = p.add_subparsers(dest="acl_verb", required=True, parser_class=Parser)
@@ -91,10 +95,11 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
-    p.add_argument("--quantity", type=arg.positive, required=True)
+    p.add_argument("--quantity", type=arg.quantity, required=True, help=arg.quantity.bounds)
     p.add_argument("--order-id", type=arg.order_id)
-    p.add_argument("--deadline", type=arg.seconds, metavar="SECONDS",
-                   help="cancel unless shipped by then (default: $CHOREO_ORDER_DEADLINE_S or 300)")
+    p.add_argument("--deadline", type=arg.deadline, metavar="SECONDS",
+                   help=f"cancel unless shipped by then, {arg.deadline.bounds} (30 days; "
+                        "default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_place_order, role="order")
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
@@ -103,19 +108,23 @@ def build_parser() -> Parser:
         p.set_defaults(run=fn, role="dashboard")
     p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")
-    p.add_argument("--orders", type=arg.positive, required=True)
-    p.add_argument("--timeout", type=arg.seconds, default=120.0)
-    p.add_argument("--rate", type=arg.seconds, help="orders per second (default: as fast as possible)")
+    p.add_argument("--orders", type=arg.orders, required=True, help=arg.orders.bounds)
+    p.add_argument("--timeout", type=arg.load_timeout, default=120.0, metavar="SECONDS",
+                   help=f"give up waiting after this, {arg.load_timeout.bounds} (default: 120)")
+    p.add_argument("--rate", type=arg.rate,
+                   help=f"orders per second, {arg.rate.bounds} (default: as fast as possible)")
     p.add_argument("--product", type=arg.product, default=101)
-    p.add_argument("--quantity", type=arg.positive, default=1)
-    p.add_argument("--deadline", type=arg.seconds, metavar="SECONDS",
-                   help="each order's deadline (default: $CHOREO_ORDER_DEADLINE_S or 300)")
+    p.add_argument("--quantity", type=arg.quantity, default=1, help=f"per order, {arg.quantity.bounds}")
+    p.add_argument("--deadline", type=arg.deadline, metavar="SECONDS",
+                   help=f"each order's deadline, {arg.deadline.bounds} (30 days; "
+                        "default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_load, role="order")
     sub.add_parser("timers", parents=[common], help="run the rq worker that fires order deadlines") \
         .set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
-    p.add_argument("--refresh", type=arg.seconds, default=1.0, metavar="SECONDS",
-                   help="seconds between refreshes (and between the two reads of --once/--json)")
+    p.add_argument("--refresh", type=arg.refresh, default=1.0, metavar="SECONDS",
+                   help="seconds between refreshes (and between the two reads of --once/--json), "
+                        f"{arg.refresh.bounds}")
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.set_defaults(run=cmd_dashboard, role="dashboard")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from bus import inspect, keys as bus_keys
+from bus import dead_letters, inspect, keys as bus_keys
 from bus.connect import redact
 from bus.contract import BusUnavailable, GroupMissing
 from bus.redis_streams import RedisStreamsBus
@@ -222,11 +222,11 @@ def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
 def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLetterRow:
     stream = bus_keys.dead_letters(service)
     info = inspect.stream_info(bus, stream)
-    newest = inspect.newest_entries(bus, stream, 1) if info and info.length else []
+    newest = dead_letters.read_newest(bus, service, 1) if info and info.length else []
     if not newest:
         return DeadLetterRow(service, stream, 0, "", None)
-    return DeadLetterRow(service, stream, info.length, newest[0].fields.get("error", ""),
-                         _age_s(now_ms, newest[0].entry_id))
+    return DeadLetterRow(service, stream, info.length, newest[0].error,
+                         _age_s(now_ms, newest[0].dlq_id))
 
 
 def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_EVENTS) -> list[EventRow]:

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from rich.text import Text
 from rich.tree import Tree
 
-from bus import inspect, keys as bus_keys
+from bus import dead_letters, inspect, keys as bus_keys
+from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry
 from bus.redis_streams import RedisStreamsBus
 from workers import SERVICES
@@ -102,18 +103,6 @@ class Reaction:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    service: str
-    dlq_id: str
-    stream: str
-    entry_id: str
-    event_id: str
-    deliveries: str
-    error: str
-    at: str
-
-
-@dataclass(frozen=True)
 class TraceNode:
     depth: int
     traced: TracedEvent
@@ -128,25 +117,22 @@ class TraceNode:
                 "entry_id": self.traced.entry_id, "data": e.data,
                 "compensation": is_compensation(e.type), "lines": self.lines,
                 "reactions": [asdict(r) for r in self.reactions],
-                "dead_letters": [asdict(d) for d in self.dead_letters]}
+                "dead_letters": [dead_letter_dict(d) for d in self.dead_letters]}
 
 
 def order_dead_letters(bus: RedisStreamsBus, order_id: str,
                        services: dict[str, Service] = SERVICES) -> list[DeadLetter]:
-    """Dead letters whose original entry (field `entry`, JSON) belongs to this order."""
-    found = []
-    for name in services:
-        for d in reversed(inspect.newest_entries(bus, bus_keys.dead_letters(name), DLQ_SCAN)):
-            try:
-                original = json.loads(d.fields.get("entry", "{}"))
-            except ValueError:
-                original = {}
-            if isinstance(original, dict) and original.get("order_id") == order_id:
-                f = d.fields
-                found.append(DeadLetter(name, d.entry_id, f.get("stream", ""), f.get("entry_id", ""),
-                                        original.get("id", ""), f.get("deliveries", ""),
-                                        f.get("error", ""), f.get("at", "")))
-    return found
+    """Dead letters whose original entry (whole or a truncated copy) belongs to this order."""
+    return [letter for name in services
+            for letter in reversed(dead_letters.read_newest(bus, name, DLQ_SCAN))
+            if letter.order_id == order_id]
+
+
+def dead_letter_dict(d: DeadLetter) -> dict:
+    """What --json shows of a dead letter: where it came from and why, not the stored copy."""
+    return {"service": d.service, "dlq_id": d.dlq_id, "stream": d.stream, "entry_id": d.entry_id,
+            "event_id": d.event_id, "deliveries": d.deliveries, "error": d.error, "at": d.at,
+            "entry_truncated": d.truncated}
 
 
 def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_by: set[str],
@@ -228,5 +214,5 @@ def trace_json(order_id: str, status: str, nodes: list[TraceNode], dead: list[De
                events: list[TracedEvent]) -> str:
     return json.dumps({"order_id": order_id, "status": status,
                        "events": [n.to_dict() for n in nodes],
-                       "dead_letters": [asdict(d) for d in dead],
+                       "dead_letters": [dead_letter_dict(d) for d in dead],
                        "story": story(events)}, indent=2)

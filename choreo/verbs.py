@@ -183,9 +183,11 @@ def cmd_dlq(args, settings: Settings) -> int:
         if args.dlq_verb == "show":
             return dlq.show_cmd(bus, args.entry, list(SERVICES), _out)
         if args.dlq_verb == "replay":
-            return dlq.replay_cmd(bus, args.service, SERVICES[args.service].streams,
-                                  None if args.all else args.id, _out, _err)
-        return dlq.purge_cmd(bus, args.service, _out)
+            # The limits the service's own workers apply (CHOREO_MAX_ENTRY_BYTES_<SERVICE>).
+            limits = Settings.from_env(service=args.service, redis_url=args.redis_url)
+            return dlq.replay_cmd(bus, SERVICES[args.service], limits.max_entry_bytes,
+                                  None if args.all else args.id, args.dry_run, _out, _err)
+        return dlq.purge_cmd(bus, args.service, args.yes, _out, _err)
     except dlq.DeadLetterError as exc:
         _err(f"choreo: {exc}")
         return 1

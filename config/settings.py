@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
@@ -52,6 +53,8 @@ class Settings:
     # Fault injection for tests and chaos runs: sleep this long between handling a batch and
     # committing it, widening the window in which a SIGKILL leaves entries pending.
     commit_delay_ms: int = 0
+    # Dead letters kept per service: writing one trims dlq:<service> to its newest this many.
+    dlq_max_entries: int = 10_000
 
     @property
     def url(self) -> str:
@@ -66,29 +69,68 @@ class Settings:
         win over both."""
         env = os.environ if env is None else env
         values: dict = {}
+        used: dict[str, str] = {}           # field -> the variable that set it
         for f in fields(cls):
             base = "REDIS_URL" if f.name == "redis_url" else "CHOREO_" + f.name.upper()
             names = [base] + ([f"{base}_{service.upper()}"] if service else [])
             for name in names:
                 raw = env.get(name)
                 if raw:
-                    values[f.name] = _coerce(name, raw, f.default)
-        settings = cls(**values)
-        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-        settings.validate()
+                    values[f.name], used[f.name] = _coerce(name, raw, f.default), name
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        settings = replace(cls(**values), **overrides)
+        settings.validate({**used, **{k: f"--{k.replace('_', '-')}" for k in overrides}})
         return settings
 
-    def validate(self) -> None:
-        if not 1 <= self.batch_size <= 1000:
-            raise SettingsError(f"batch size must be 1..1000, got {self.batch_size}")
-        if not 1 <= self.block_ms <= 1000:
-            raise SettingsError(f"block_ms must be 1..1000, got {self.block_ms}")
-        if not 1 <= self.retry_base_ms <= self.retry_max_ms:
-            raise SettingsError("retry_base_ms must be >= 1 and <= retry_max_ms")
-        if self.max_deliveries < 1:
-            raise SettingsError(f"max_deliveries must be >= 1, got {self.max_deliveries}")
+    def validate(self, names: Mapping[str, str] | None = None) -> None:
+        """Refuse a value the runtime cannot use; names: field -> the variable that set it, for
+        the message (default CHOREO_<FIELD>)."""
+        def shown(name: str) -> str:
+            return (names or {}).get(name, "CHOREO_" + name.upper())
+        for name, (least, most) in BOUNDS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and least <= value <= most):
+                raise SettingsError(f"{shown(name)} must be {plain_number(least)}.."
+                                    f"{plain_number(most)}, got {plain_number(value)}")
+        if self.retry_base_ms > self.retry_max_ms:
+            raise SettingsError(f"{shown('retry_base_ms')} ({self.retry_base_ms}) must not exceed "
+                                f"{shown('retry_max_ms')} ({self.retry_max_ms})")
         if self.log_format not in ("plain", "json"):
             raise SettingsError(f"log format must be plain or json, got {self.log_format!r}")
+
+
+DAY_S = 24 * 3600
+# An order's deadline, from the environment or `--deadline`: past 30 days it is not a deadline.
+MAX_DEADLINE_S = 30 * DAY_S
+# (least, most) of each number. The upper bounds keep times inside what Redis and a datetime hold
+# and catch a unit mistake (ms given for s); the lower ones are where the runtime stops working.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 1000),
+    "block_ms": (1, 1000),                      # <= 1 s: SIGTERM is noticed well inside 5 s
+    "claim_idle_ms": (100, DAY_S * 1000),       # below, a busy consumer loses work to claims
+    "claim_every_s": (0.01, 3600),
+    "max_deliveries": (1, 1000),
+    "retry_base_ms": (1, 3600 * 1000),
+    "retry_max_ms": (1, 3600 * 1000),
+    "stale_consumer_ms": (1000, 30 * DAY_S * 1000),
+    "housekeeping_every_s": (0.1, DAY_S),
+    "trim_keep_entries": (0, 10 ** 9),
+    "trim_keep_seconds": (0, 3650 * DAY_S),
+    "seen_ttl_s": (60, 3650 * DAY_S),           # shorter, a redelivery could apply an event twice
+    "max_entry_bytes": (8 * 1024, 16 * 1024 * 1024),    # the largest valid event is about 5 KB
+    "reconnect_max_s": (0.1, 300),
+    "order_deadline_s": (0, MAX_DEADLINE_S),    # 0: no deadline
+    "commit_delay_ms": (0, 60 * 1000),
+    "dlq_max_entries": (1, 10 ** 9),
+}
+
+
+def plain_number(number: float) -> str:
+    """315360000 rather than 3.1536e+08; 1e+300, nan and inf as themselves; no 4,000 digits."""
+    if isinstance(number, int) or (math.isfinite(number) and number.is_integer() and abs(number) < 1e15):
+        text = str(int(number))
+        return text if len(text) <= 20 else f"{number:.6g}"
+    return str(number)
 
 
 def _coerce(name: str, raw: str, default):

@@ -16,7 +16,7 @@ def publish(bus, n=1, order_id="1"):
     commits = []
     for _ in range(n):
         e = Envelope.new("OrderCreated", order_id, "order")
-        commits.append(Commit(ops=[("PUBLISH", S, keys.trace(order_id),
+        commits.append(Commit(ops=[("PUBLISH", S, keys.trace(order_id), "",
                                     *[x for kv in e.fields().items() for x in kv])]))
     assert bus.commit("", commits) == [Outcome.APPLIED] * n
 
@@ -96,6 +96,22 @@ def test_publish_appends_to_the_order_trace(any_bus):
     publish(any_bus, 2, order_id="42")
     refs = any_bus.client.lrange(keys.trace("42"), 0, -1)
     assert len(refs) == 2 and all(r.startswith(S + " ") for r in refs)
+
+
+def test_publish_with_a_max_length_keeps_only_the_newest_entries(any_bus):
+    ids = []
+    for n in range(5):
+        any_bus.commit("", [Commit(ops=[("PUBLISH", "dlq:g", "", "3", "n", str(n))])])
+        ids.append(any_bus.client.xrevrange("dlq:g", count=1)[0][0])
+    assert [(i, f) for i, f in any_bus.client.xrange("dlq:g")] == \
+        [(ids[n], {"n": str(n)}) for n in (2, 3, 4)]
+
+
+def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
+    bad = Commit(ops=[("HSET", "h", "a", "1"), ("PUBLISH", "dlq:g", "", "~3", "n", "1")])
+    assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
+    assert "max length ~3 of dlq:g is not a whole number" in bad.refusal
+    assert any_bus.read_hashes(["h"]) == [{}] and not any_bus.client.exists("dlq:g")
 
 
 def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):

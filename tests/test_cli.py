@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from choreo.cli import main
+from choreo import arguments as arg
+from choreo.cli import build_parser, main
 from tests.redis_server import free_port
 
 from tests.helpers import EIGHT
@@ -52,10 +54,78 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "nan"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "inf"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "1e300"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "2592001"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1", "--deadline", "0"], "--deadline"),
+    (["place-order", "--product", "101", "--quantity", "1000001"], "--quantity"),
+    (["place-order", "--product", "1" * 5000, "--quantity", "1"], "--product"),
+    (["load", "--orders", "10000000"], "--orders"),
+    (["load", "--orders", "5", "--timeout", "1e9"], "--timeout"),
+    (["load", "--orders", "5", "--timeout", "-inf"], "--timeout"),
+    (["load", "--orders", "5", "--rate", "nan"], "--rate"),
+    (["load", "--orders", "5", "--rate", "1e6"], "--rate"),
+    (["load", "--orders", "5", "--quantity", "99999999999"], "--quantity"),
+    (["load", "--orders", "5", "--deadline", "1e300"], "--deadline"),
+    (["dashboard", "--refresh", "1e9"], "--refresh"),
+    (["dashboard", "--refresh", "0.001"], "--refresh"),
+    (["trim", "--keep-seconds", "9" * 30], "--keep-seconds"),
+    (["trim", "--keep-entries", "-1"], "--keep-entries"),
+])
+def test_numbers_out_of_bounds_give_one_line_naming_the_argument_and_exit_2(argv, named, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {named}:" in err and len(err) < 200, err
+
+
+def test_numbers_at_their_bounds_are_accepted_and_help_states_the_bounds(capsys):
+    args = build_parser().parse_args(["load", "--orders", "1000000", "--timeout", "86400",
+                                      "--rate", "100000", "--quantity", "1000000",
+                                      "--deadline", "2592000"])
+    assert (args.orders, args.timeout, args.rate, args.quantity, args.deadline) == \
+        (1_000_000, 86400.0, 100_000.0, 1_000_000, 2_592_000.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["load", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for bounds in ("1..1000000", "0.1..86400", "0.01..100000", "0.1..2592000 (30 days"):
+        assert bounds in shown
+
+
+def test_readme_states_every_argument_bound():
+    text = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    for flag, kind in (("--deadline", arg.deadline), ("--timeout", arg.load_timeout),
+                       ("--rate", arg.rate), ("--refresh", arg.refresh), ("--orders", arg.orders),
+                       ("--quantity", arg.quantity), ("--keep-entries", arg.keep_entries),
+                       ("--keep-seconds", arg.keep_seconds)):
+        assert f"`{flag}` {kind.bounds}" in text, flag
+
+
 def test_bad_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("CHOREO_BATCH_SIZE", "lots")
     assert main(["topology"]) == 2
     assert "CHOREO_BATCH_SIZE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", [["topology"], ["dlq", "list"], ["demo"]])
+def test_a_nonsense_setting_is_refused_by_any_command_in_one_line(verb, monkeypatch, capsys):
+    monkeypatch.setenv("CHOREO_SEEN_TTL_S", "-5")
+    assert main(verb) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["choreo: CHOREO_SEEN_TTL_S must be 60..315360000, got -5"]
+
+
+def test_a_worker_refuses_a_nonsense_per_service_setting_at_start(procs, real_bus):
+    done = procs.run("worker", "payment", CHOREO_CLAIM_IDLE_MS_PAYMENT="nan", timeout=30)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == \
+        ["choreo: CHOREO_CLAIM_IDLE_MS_PAYMENT must be an integer, got 'nan'"]
+    done = procs.run("worker", "payment", CHOREO_HOUSEKEEPING_EVERY_S_PAYMENT="inf", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == \
+        ["choreo: CHOREO_HOUSEKEEPING_EVERY_S_PAYMENT must be 0.1..86400, got inf"]
+    assert not real_bus.client.exists("events:InventoryChecked")     # never got as far as Redis
 
 
 def test_bad_per_service_setting_gives_one_line_and_exit_2(monkeypatch, capsys):

@@ -7,6 +7,9 @@ import json
 
 import pytest
 
+from bus import dead_letters
+from bus.contract import Delivery
+from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope
 from choreo import dlq
 from choreo.cli import main
@@ -19,9 +22,9 @@ from workers import SERVICES
 def letter_for(client, service: str, stream: str, entry_id: str, fields: dict,
                error: str = "gave up after 5 deliveries: TimeoutError: card gateway") -> str:
     """A dead letter as the runtime writes it (the fields README documents)."""
-    return client.xadd(f"dlq:{service}", {
-        "stream": stream, "entry_id": entry_id, "group": service, "deliveries": "6",
-        "error": error, "at": "2024-01-01T00:00:00.000Z", "entry": json.dumps(fields)})
+    letter = DeadLetter.of(service, Delivery(stream, entry_id, fields, deliveries=6), error,
+                           "2024-01-01T00:00:00.000Z")
+    return client.xadd(f"dlq:{service}", letter.to_fields())
 
 
 def cli(capsys, *argv: str, url: str) -> tuple[int, str, str]:
@@ -31,7 +34,8 @@ def cli(capsys, *argv: str, url: str) -> tuple[int, str, str]:
 
 
 def an_event(type_="OrderCreated", order_id="1") -> dict:
-    return Envelope.new(type_, order_id, "order", {"lines": [], "total_cents": 0}).fields()
+    return Envelope.new(type_, order_id, "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                   "total_cents": 1999}).fields()
 
 
 def test_list_and_show_by_service_and_by_bare_id(real_bus, redis_url, capsys):
@@ -75,12 +79,12 @@ def test_replay_puts_the_same_fields_back_and_deletes_the_letter_atomically(real
 def test_a_letter_is_replayed_at_most_once(real_bus):
     c = real_bus.client
     letter_for(c, "inventory", "events:OrderCreated", "5-0", an_event())
-    [letter] = dlq.dead_letters(real_bus, "inventory")
-    streams = SERVICES["inventory"].streams
+    [letter] = dead_letters.read_all(real_bus, "inventory")
+    stream, fields = dlq.replayable(letter, SERVICES["inventory"], 64 * 1024)
 
-    dlq.replay(real_bus, letter, streams)
+    dead_letters.republish(real_bus, letter, stream, fields)
     with pytest.raises(dlq.DeadLetterError, match="gone meanwhile"):
-        dlq.replay(real_bus, letter, streams)          # a second operator with a stale listing
+        dead_letters.republish(real_bus, letter, stream, fields)    # a second operator, a stale listing
     assert c.xlen("events:OrderCreated") == 1
 
 
@@ -89,7 +93,7 @@ def test_a_letter_is_replayed_at_most_once(real_bus):
     ("events:OrderCreated", json.dumps({"type": "OrderCreated"}), "malformed: missing field(s)"),
     ("events:OrderCreated", json.dumps({**an_event(), "v": "9"}), "unknown schema version"),
     ("events:OrderCreated", json.dumps(an_event("PaymentFailed")), "does not belong on"),
-    ("events:PaymentProcessed", json.dumps(an_event("PaymentProcessed")), "does not consume"),
+    ("events:PaymentProcessed", json.dumps(an_event("PaymentProcessed")), "inventory does not handle PaymentProcessed"),
 ])
 def test_replay_of_an_entry_that_would_only_fail_again_is_refused(real_bus, redis_url, capsys,
                                                                   stream, entry, reason):
@@ -115,15 +119,78 @@ def test_replay_all_replays_the_good_and_keeps_the_refused(real_bus, redis_url, 
     assert [e for e, _ in c.xrange("dlq:inventory")] == [bad]
 
 
-def test_purge_deletes_and_counts(real_bus, redis_url, capsys):
+def test_purge_without_yes_counts_and_exits_2_and_with_yes_deletes(real_bus, redis_url, capsys):
     c = real_bus.client
     for n in range(3):
         letter_for(c, "payment", "events:InventoryChecked", f"{n + 1}-0", an_event())
 
-    code, out, _ = cli(capsys, "dlq", "purge", "payment", url=redis_url)
+    code, out, err = cli(capsys, "dlq", "purge", "payment", url=redis_url)
+
+    assert code == 2 and out.strip() == "would purge 3 dead letter(s) from dlq:payment"
+    assert err.strip().splitlines() == ["choreo dlq purge: nothing deleted; add --yes to delete them"]
+    assert c.xlen("dlq:payment") == 3
+
+    code, out, _ = cli(capsys, "dlq", "purge", "payment", "--yes", url=redis_url)
 
     assert code == 0 and out.strip() == "purged 3 dead letter(s) from dlq:payment"
     assert not c.exists("dlq:payment")
+
+
+def test_replay_dry_run_checks_and_prints_but_writes_nothing(real_bus, redis_url, capsys):
+    c = real_bus.client
+    fields = an_event(order_id="41")
+    good = letter_for(c, "inventory", "events:OrderCreated", "5-0", fields)
+    bad = letter_for(c, "inventory", "events:OrderCreated", "6-0", {"junk": "1"})
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--all", "--dry-run", url=redis_url)
+
+    assert code == 1
+    assert out.splitlines() == [f"would replay inventory/{good} to events:OrderCreated: "
+                                f"OrderCreated {fields['id']} for order 41"]
+    [refusal] = err.splitlines()
+    assert refusal.startswith(f"choreo: inventory/{bad}: refused, the entry is malformed: missing")
+    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 2
+
+
+def test_replay_refuses_an_entry_its_event_schema_refuses(real_bus, redis_url, capsys):
+    c = real_bus.client
+    no_lines = Envelope.new("OrderCreated", "1", "order", {"lines": [], "total_cents": 5}).fields()
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", no_lines)
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+
+    assert (code, out) == (1, "")
+    assert err.strip() == (f"choreo: inventory/{dlq_id}: refused, the entry is malformed: "
+                           f"OrderCreated data: missing or invalid lines")
+    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
+
+
+def test_replay_refuses_deeply_nested_data_in_one_line(real_bus, redis_url, capsys):
+    """The issue's first row: 5,000 nested `[` in `data` made replay end in a traceback."""
+    c = real_bus.client
+    nested = {**an_event(), "data": "[" * 5000}
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", nested)
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+
+    assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1
+    assert f"inventory/{dlq_id}: refused, the entry is malformed" in err
+    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
+
+
+def test_replay_refuses_a_truncated_copy(real_bus, redis_url, capsys):
+    c = real_bus.client
+    huge = {**an_event(), "data": json.dumps({"lines": [{"product_id": 101, "quantity": 1}],
+                                              "total_cents": 1999, "pad": "x" * 60_000})}
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", huge)
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, "--dry-run",
+                         url=redis_url)
+
+    assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1
+    assert (f"inventory/{dlq_id}: refused, only a truncated copy is kept" in err
+            and "the original cannot be restored" in err)
+    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
 
 
 def test_the_runtime_dead_letters_a_malformed_entry_and_replay_refuses_it(procs, real_bus, capsys):

@@ -80,7 +80,7 @@ def test_trace_marks_compensations(real_bus, redis_url, capsys):
 def _publish(bus, event: Envelope) -> None:
     """Publish as a service does: XADD plus the order's trace list, in one commit."""
     flat = [x for kv in event.fields().items() for x in kv]
-    bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), bus_keys.trace(event.order_id), *flat)])])
+    bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), bus_keys.trace(event.order_id), "", *flat)])])
 
 
 def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
@@ -112,7 +112,7 @@ def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
 
     data = json.loads(trace(capsys, redis_url, "9", "--json"))
     assert [d["service"] for d in data["dead_letters"]] == ["inventory", "inventory"]
-    assert data["events"][0]["dead_letters"][0]["deliveries"] == "2"
+    assert data["events"][0]["dead_letters"][0]["deliveries"] == 2
 
 
 def test_trace_of_an_unknown_order(real_bus, redis_url, capsys):

@@ -20,6 +20,7 @@ from typing import Callable, Collection, Mapping
 from bus import keys as bus_keys
 from bus.contract import Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
 from bus.acl import PermissionsMissing
+from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
 from workers.events import check_data
@@ -281,7 +282,8 @@ class Worker:
         return None
 
     def dead_letter(self, d: Delivery, reason: str, started: float) -> Handled:
-        commit = Commit(ops=[dead_letter_op(self.service.name, d, reason, self.clock())],
+        letter = DeadLetter.of(self.service.name, d, reason, iso_ms(self.clock()))
+        commit = Commit(ops=[letter.publish_op(self.settings.dlq_max_entries)],
                         ack=(d.stream, d.entry_id))
         return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
                                   f"{reason}", None, started)
@@ -364,13 +366,6 @@ def parse_delivery(d: Delivery, max_bytes: int, service: Service,
         raise MalformedEntry(f"producer {event.producer[:40]!r} does not publish {event.type}")
     check_data(event)
     return event
-
-
-def dead_letter_op(group: str, d: Delivery, reason: str, now: float) -> tuple:
-    fields = {"stream": d.stream, "entry_id": d.entry_id, "group": group,
-              "deliveries": str(d.deliveries), "error": reason, "at": iso_ms(now),
-              "entry": json.dumps(d.fields, sort_keys=True)}
-    return ("PUBLISH", bus_keys.dead_letters(group), "", *[x for kv in fields.items() for x in kv])
 
 
 def format_line(line: str, context: dict, fmt: str) -> str:

@@ -113,7 +113,7 @@ class UnitOfWork:
             event = Envelope.new(event_type, str(order_id), self.producer, data,
                                  causation_id=causation_id, clock=self.clock)
         self.emitted.append(event)
-        self.ops.append(("PUBLISH", bus_keys.stream(event_type), bus_keys.trace(event.order_id),
+        self.ops.append(("PUBLISH", bus_keys.stream(event_type), bus_keys.trace(event.order_id), "",
                          *[x for kv in event.fields().items() for x in kv]))
         return event
 

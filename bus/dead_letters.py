@@ -1,0 +1,215 @@
+"""Dead letters: the record kept on `dlq:<service>`, and every Redis call made on those streams.
+The worker writes it, `choreo dlq`, trace and the dashboard read it: this module is the only one
+that knows its fields.
+
+    stream, entry_id   where the original entry was
+    group              the service that gave up on it
+    deliveries         times it was delivered to that service
+    error              why it was dead-lettered (at most ERROR_CHARS of it)
+    at                 when, ISO 8601 UTC with milliseconds
+    entry              the original fields as a JSON object; a cut copy when entry_truncated is 1
+    entry_bytes        size of the whole JSON copy, json.dumps(fields, sort_keys=True), in bytes
+    entry_sha256       its sha256 (hex), so a cut copy can be matched with the original
+    entry_truncated    "1" when `entry` was cut to ENTRY_COPY_BYTES, else "0"
+
+A hostile entry may be up to CHOREO_MAX_ENTRY_BYTES (64 KB) and is dead-lettered by every group
+that reads it; each keeps a copy of at most ENTRY_COPY_BYTES, which is still a JSON object (the
+envelope's own fields first, values cut where the room ends), so trace can place it and `dlq
+show` can print it. A cut copy cannot be replayed: the original cannot be restored from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping
+
+from bus import keys
+from bus.contract import Delivery
+from bus.envelope import FIELDS
+from bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
+
+# Above the largest valid event (an OrderCreated of 100 lines is about 5 KB as a copy), so the
+# dead letter of an event that could ever be handled is kept whole and can be replayed.
+ENTRY_COPY_BYTES = 8 * 1024
+# A reason quotes what failed (a handler's exception may echo the entry's data): kept readable.
+ERROR_CHARS = 1000
+
+# KEYS: dlq stream, original stream. ARGV: dlq entry id, then field, value, ...
+# Returns the new entry id, or false when the dead letter is gone (replayed or purged meanwhile).
+REPLAY_LUA = """
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
+
+
+class DeadLetterError(Exception):
+    """A dead letter that cannot be found or replayed; the message says why."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    service: str            # whose dlq:<service> it is on (its `group` field)
+    stream: str
+    entry_id: str
+    deliveries: int
+    error: str
+    at: str
+    entry: str
+    entry_bytes: int
+    entry_sha256: str
+    truncated: bool
+    dlq_id: str = field(default="", compare=False)   # its own id on dlq:<service>, once written
+
+    @classmethod
+    def of(cls, service: str, d: Delivery, reason: str, at: str) -> "DeadLetter":
+        whole = json.dumps(d.fields, sort_keys=True)
+        size = len(whole.encode())
+        entry = whole if size <= ENTRY_COPY_BYTES else json.dumps(cut_copy(d.fields, ENTRY_COPY_BYTES))
+        if len(reason) > ERROR_CHARS:
+            reason = reason[:ERROR_CHARS] + f"… ({len(reason)} characters)"
+        return cls(service, d.stream, d.entry_id, d.deliveries, reason, at, entry, size,
+                   hashlib.sha256(whole.encode()).hexdigest(), entry != whole)
+
+    def to_fields(self) -> dict[str, str]:
+        return {"stream": self.stream, "entry_id": self.entry_id, "group": self.service,
+                "deliveries": str(self.deliveries), "error": self.error, "at": self.at,
+                "entry": self.entry, "entry_bytes": str(self.entry_bytes),
+                "entry_sha256": self.entry_sha256, "entry_truncated": "1" if self.truncated else "0"}
+
+    @classmethod
+    def from_fields(cls, service: str, dlq_id: str, f: Mapping[str, str]) -> "DeadLetter":
+        """Whatever is on the stream, written by any version or by hand: missing fields read as
+        empty, so a reader never fails on a dead letter it could at least show."""
+        entry = f.get("entry", "")
+        return cls(service, f.get("stream", ""), f.get("entry_id", ""), _count(f.get("deliveries")),
+                   f.get("error", ""), f.get("at", ""), entry,
+                   _count(f.get("entry_bytes")) or len(entry.encode()), f.get("entry_sha256", ""),
+                   f.get("entry_truncated") == "1", dlq_id)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.service}/{self.dlq_id}"
+
+    @cached_property
+    def copy(self) -> dict:
+        """The stored entry as far as it parses (a cut copy too); {} when it does not."""
+        try:
+            parsed = json.loads(self.entry)
+        except (ValueError, RecursionError):
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def event_id(self) -> str:
+        return str(self.copy.get("id", ""))
+
+    @property
+    def order_id(self) -> str:
+        return str(self.copy.get("order_id", ""))
+
+    def original(self) -> dict[str, str]:
+        """The original entry's fields; DeadLetterError if only a cut copy is kept, or the stored
+        entry is not a JSON object of strings."""
+        if self.truncated:
+            raise DeadLetterError(f"only a truncated copy is kept ({len(self.entry)} of "
+                                  f"{self.entry_bytes} bytes, sha256 {self.entry_sha256}); "
+                                  f"the original cannot be restored")
+        try:
+            entry = json.loads(self.entry)
+        except (ValueError, RecursionError) as exc:
+            raise DeadLetterError(f"entry is not JSON: {exc}") from None
+        if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+            raise DeadLetterError("entry is not a JSON object of string fields")
+        return entry
+
+    def publish_op(self, max_entries: int) -> tuple:
+        """The commit op that writes this dead letter, keeping dlq:<service> to max_entries."""
+        return ("PUBLISH", keys.dead_letters(self.service), "", str(max_entries),
+                *[x for kv in self.to_fields().items() for x in kv])
+
+
+def _count(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
+
+
+def cut_copy(fields: Mapping[str, str], budget: int) -> dict[str, str]:
+    """As many of the fields as fit in `budget` bytes of JSON: the envelope's own first (id, type,
+    order_id, ... data), then the rest by name, each value cut where the room ends."""
+    kept: dict[str, str] = {}
+    used = 2                                            # the braces
+    for name in sorted(fields, key=lambda n: (FIELDS.index(n) if n in FIELDS else len(FIELDS), n)):
+        overhead = len(json.dumps(name)) + 2 + (2 if kept else 0)     # "name": and ", "
+        if used + overhead + 2 > budget:
+            break
+        kept[name] = _prefix_fitting(fields[name], budget - used - overhead)
+        used += overhead + len(json.dumps(kept[name]))
+    return kept
+
+
+def _prefix_fitting(text: str, room: int) -> str:
+    """The longest prefix of text whose JSON string takes at most room bytes (escapes count)."""
+    size = 2
+    for end, ch in enumerate(text):
+        size += len(json.dumps(ch)) - 2
+        if size > room:
+            return text[:end]
+    return text
+
+
+# -- on Redis --------------------------------------------------------------------------------------
+# Read as bytes and decoded entry by entry, like the consumers' reads: a dead letter that is not
+# UTF-8 (written by hand) is shown with backslash escapes instead of failing the whole listing.
+
+def _letters(service: str, rows) -> list[DeadLetter]:
+    stream = keys.dead_letters(service)
+    return [DeadLetter.from_fields(service, d.entry_id, d.fields)
+            for d in (decode_entry(stream, entry_id, fields) for entry_id, fields in rows)]
+
+
+def read_all(bus: RedisStreamsBus, service: str) -> list[DeadLetter]:
+    with translated_errors():
+        return _letters(service, bus.raw.xrange(keys.dead_letters(service)))
+
+
+def read_newest(bus: RedisStreamsBus, service: str, count: int) -> list[DeadLetter]:
+    """The last `count` dead letters of a service, newest first."""
+    with translated_errors():
+        return _letters(service, bus.raw.xrevrange(keys.dead_letters(service), count=count))
+
+
+def read_one(bus: RedisStreamsBus, service: str, dlq_id: str) -> DeadLetter | None:
+    with translated_errors():
+        found = _letters(service, bus.raw.xrange(keys.dead_letters(service), dlq_id, dlq_id))
+    return found[0] if found else None
+
+
+def count(bus: RedisStreamsBus, service: str) -> int:
+    with translated_errors():
+        return bus.client.xlen(keys.dead_letters(service))
+
+
+def republish(bus: RedisStreamsBus, letter: DeadLetter, stream: str, fields: Mapping[str, str]) -> str:
+    """XADD fields to stream and delete the dead letter, in one script, so a dead letter is
+    replayed at most once however many operators race; DeadLetterError if it is gone."""
+    args = [letter.dlq_id, *[x for kv in fields.items() for x in kv]]
+    with translated_errors():
+        new_id = bus.client.eval(REPLAY_LUA, 2, keys.dead_letters(letter.service), stream, *args)
+    if not new_id:
+        raise DeadLetterError(f"{letter.ref}: gone meanwhile (replayed or purged by someone else)")
+    return new_id
+
+
+def purge(bus: RedisStreamsBus, service: str) -> int:
+    """Delete the service's dead-letter stream; the number of dead letters it held."""
+    key = keys.dead_letters(service)
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=True)   # the count is of exactly what was deleted
+        pipe.xlen(key)
+        pipe.delete(key)
+        n, _ = pipe.execute()
+    return n
