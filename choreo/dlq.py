@@ -22,6 +22,7 @@ from bus import keys as bus_keys
 from bus.envelope import Envelope, MalformedEntry
 from bus.redis_streams import RedisStreamsBus, translated_errors
 
+# Prints one line. The CLI's escapes control characters (choreo.plain): lines here carry Redis values.
 Out = Callable[[str], None]
 
 # KEYS: dlq stream, original stream. ARGV: dlq entry id, then field, value, ...
@@ -144,10 +145,13 @@ def show_cmd(bus: RedisStreamsBus, ref: str, services: list[str], out: Out) -> i
         if name != "entry":
             out(f"  {name}: {value}")
     try:
-        out("  entry: " + json.dumps(letter.original(), indent=2, sort_keys=True)
-            .replace("\n", "\n  "))
+        head, lines = "  entry: ", json.dumps(letter.original(), indent=2, sort_keys=True).splitlines()
     except DeadLetterError as exc:
-        out(f"  entry ({exc}): {letter.fields.get('entry', '')}")
+        head, lines = f"  entry ({exc}): ", [letter.fields.get("entry", "")]
+    # One out() per line: out escapes every control character, a line break included.
+    out(head + lines[0])
+    for line in lines[1:]:
+        out("  " + line)
     return 0
 
 
