@@ -110,8 +110,10 @@ def cmd_status(args, settings: Settings) -> int:
         if not order:
             _show(f"choreo: no order {oid}")
             return 1
-        _show(f"order {oid}: {order['status']}" + (f" ({order['reason']})" if order.get("reason") else ""))
-        _show(f"  total_cents={order['total_cents']} lines={order['lines']}")
+        # .get: the hash is whatever a writer left there, not necessarily what the order service wrote
+        _show(f"order {oid}: {order.get('status', '?')}"
+              + (f" ({order['reason']})" if order.get("reason") else ""))
+        _show(f"  total_cents={order.get('total_cents', '?')} lines={order.get('lines', '?')}")
         for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
             shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v") or "-"
             _show(f"  {name}: {shown}")

@@ -19,6 +19,7 @@ from bus import keys as bus_keys
 from bus.envelope import Envelope
 from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, heights, render)
+from choreo.cli import main
 from choreo.plain import plain, text
 from choreo.trace import DeadLetter, Reaction, TracedEvent, TraceNode, render_tree
 from workers import keys
@@ -179,3 +180,10 @@ def test_trace_json_keeps_hostile_values_exact(procs, real_bus):
     r = procs.run("trace", ORDER, "--json")
     assert r.returncode == 0 and "\x1b" not in r.stdout
     assert json.loads(r.stdout)["events"][0]["type"] == MARKUP + CLEAR
+
+
+def test_status_of_an_order_hash_missing_its_fields(real_bus, redis_url, capsys):
+    real_bus.client.hset(keys.order("67"), "reason", CLEAR)
+    assert main(["status", "67", "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"order 67: ? ({CLEAR_SHOWN})", "  total_cents=? lines=?"]
