@@ -1,8 +1,15 @@
-"""Opening a connection: a real server from a URL, or the embedded in-memory one for the demo."""
+"""Opening a connection: a real server from a URL, or the embedded in-memory one for the demo.
+
+A URL is redis:// or rediss:// (TLS) with redis-py's query parameters, e.g.
+rediss://host:6380/0?ssl_ca_certs=ca.crt&ssl_certfile=client.crt&ssl_keyfile=client.key.
+It may carry secrets; redact() is the only form of it ever printed or logged.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import ssl
+import sys
+from urllib.parse import unquote_plus, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -12,24 +19,55 @@ from bus.contract import BusUnavailable
 from bus.redis_streams import RedisStreamsBus, translated_errors
 
 EMBEDDED = "embedded (in-memory fakeredis)"
+# Query parameters redis-py reads as secrets: the AUTH password and the client key's passphrase.
+SECRET_PARAMETERS = ("password", "ssl_password")
+
+
+class UnusableUrl(ValueError):
+    """A Redis URL redis-py cannot use (scheme, parameter or value); the message says which."""
 
 
 def redact(url: str | None) -> str:
-    """The URL with any password replaced by ***, safe to print and log."""
+    """The URL with every password replaced by ***, safe to print and log: the userinfo's and any
+    secret query parameter's. A URL that does not even parse is not shown at all."""
     if not url:
         return EMBEDDED
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    userinfo, _, host = parts.netloc.rpartition("@")        # a password may itself hold '@'
+    user, colon, _ = userinfo.partition(":")
+    # Edited in place, not re-joined, so the URL reads as typed (unix:///x keeps its slashes).
+    if colon:       # a scheme holds neither ':' nor '@': the first match is the netloc
+        url = url.replace(parts.netloc, f"{user}:***@{host}", 1)
+    if parts.query:
+        url = url.replace("?" + parts.query,
+                          "?" + "&".join(_redacted_parameter(p) for p in parts.query.split("&")), 1)
+    return url
+
+
+def _redacted_parameter(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    # redis-py decodes names as parse_qs does, so `pass%77ord=` is a password too.
+    return f"{name}=***" if equals and unquote_plus(name).lower() in SECRET_PARAMETERS else pair
+
+
+def tls_warning(client: redis.Redis) -> str | None:
+    """One line when the client's URL turns off what makes TLS worth having, else None. Read from
+    the options redis-py parsed, so a repeated parameter counts as redis-py counts it."""
+    if client.connection_pool.connection_kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+        return ("choreo: warning: the server's TLS certificate is not verified (ssl_cert_reqs=none): "
+                "anyone on the path can pose as Redis and read every event and password")
+    return None
 
 
 def how_to_start(url: str) -> str:
-    port = urlsplit(url).port or 6379
+    parts = urlsplit(url)
+    port = parts.port or 6379
+    if parts.scheme == "rediss":
+        return (f"check that redis-server listens for TLS there (--tls-port {port}) and that "
+                f"ssl_ca_certs names the CA that signed its certificate (or set REDIS_URL)")
     return f"start one with: redis-server --port {port} --save '' --daemonize yes (or set REDIS_URL)"
 
 
@@ -40,20 +78,38 @@ DECODE_ERRORS = "backslashreplace"
 
 
 def client_for(url: str | None) -> redis.Redis:
+    """A client for `url`; UnusableUrl at once if redis-py could not use it, not at first use."""
     if url is None:
         import fakeredis  # only the embedded default needs it
         return fakeredis.FakeRedis(decode_responses=True, encoding_errors=DECODE_ERRORS)
-    # No client-side retries: the worker loop owns reconnecting, and a silently retried
-    # commit must never be mistaken for a fresh one.
-    return redis.Redis.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
-                                socket_connect_timeout=3,
-                                socket_timeout=10, retry=Retry(NoBackoff(), 0),
-                                health_check_interval=30)
+    try:
+        # No client-side retries: the worker loop owns reconnecting, and a silently retried
+        # commit must never be mistaken for a fresh one.
+        client = redis.Redis.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
+                                      socket_connect_timeout=3, socket_timeout=10,
+                                      retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)     # checks parameters; opens no socket
+    except (ValueError, TypeError, redis.RedisError) as exc:
+        raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {_why_unusable(url, exc)}") from None
+    return client
+
+
+def _why_unusable(url: str, exc: Exception) -> str:
+    if isinstance(exc, TypeError):      # redis-py names the keyword a plain connection refuses
+        if urlsplit(url).scheme != "rediss" and "ssl_" in str(exc):
+            return "ssl_* parameters need a rediss:// URL"
+        return f"unknown parameter ({exc})"
+    return str(exc)
 
 
 def open_bus(url: str | None, check: bool = True) -> RedisStreamsBus:
-    """A bus on `url` (None: embedded). With check, a PING proves the server answers now."""
+    """A bus on `url` (None: embedded). With check, a PING proves the server answers now.
+    A URL that leaves TLS unverified is said on stderr, once per bus opened."""
     client = client_for(url)
+    warning = tls_warning(client)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if check:
         try:
             with translated_errors():

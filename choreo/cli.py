@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from bus.connect import UnusableUrl
 from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BusError, OrderRejected) as exc:
         print(f"choreo: {exc}", file=sys.stderr)
         return 1
-    except SettingsError as exc:            # a per-service variable, read when the worker starts
+    except (SettingsError, UnusableUrl) as exc:   # read when the worker starts or the bus opens
         print(f"choreo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

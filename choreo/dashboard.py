@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus.redis_streams import RedisStreamsBus
+from choreo.plain import text
 __all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
            "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
            "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]
@@ -63,15 +64,20 @@ def _table(*columns: str, flex: tuple[str, ...] = ()) -> Table:
 _LEFT = {"group", "consumer", "stream", "type", "state", "newest error", "status", "service", "order"}
 
 
+def _row(table: Table, *cells: str | Text, **options) -> None:
+    """Every string cell is plain text: group, consumer, status and type names and errors come
+    from Redis, where `[/oops]` or an ESC is just what a hostile writer would put. A Text cell is
+    one this module styled around a value it computed."""
+    table.add_row(*(c if isinstance(c, Text) else text(c) for c in cells), **options)
+
+
 def header(s: Snapshot) -> Text:
     refreshed = datetime.fromtimestamp(s.taken_at).strftime("%H:%M:%S") if s.taken_at else "-"
-    text = Text.assemble((s.url, "bold cyan"))
     if not s.connected:
-        return text.append_text(Text.assemble(
-            "  ", ("DISCONNECTED", "bold white on red"), f" {s.error}; retrying",
-            f"  (figures from {refreshed})", "   q quits"))
-    return text.append(f"  Redis {s.server_version}  ping {_num(s.ping_ms, '{:.2f}')} ms"
-                       f"  refreshed {refreshed}   q quits")
+        return text((s.url, "bold cyan"), "  ", ("DISCONNECTED", "bold white on red"),
+                    f" {s.error}; retrying", f"  (figures from {refreshed})", "   q quits")
+    return text((s.url, "bold cyan"), f"  Redis {s.server_version}  ping {_num(s.ping_ms, '{:.2f}')} ms"
+                f"  refreshed {refreshed}   q quits")
 
 
 def streams_table(s: Snapshot) -> Table | Text:
@@ -79,7 +85,7 @@ def streams_table(s: Snapshot) -> Table | Text:
         return Text("no streams yet: start the workers (honcho start) or place an order", style="dim")
     table = _table("stream", "length", "added/s", "newest")
     for r in s.streams:
-        table.add_row(r.stream, str(r.length), _num(r.per_s), _age(r.newest_age_s))
+        _row(table, r.stream, str(r.length), _num(r.per_s), _age(r.newest_age_s))
     return table
 
 
@@ -89,7 +95,7 @@ def groups_table(s: Snapshot) -> Table | Text:
     table = _table("stream", "group", "consumers", "pending", "lag", "oldest pending",
                    "max deliveries", "state")
     for r in s.groups:
-        table.add_row(r.stream, r.group, f"{r.live_consumers}/{r.consumers}", str(r.pending),
+        _row(table, r.stream, r.group, f"{r.live_consumers}/{r.consumers}", str(r.pending),
                       "?" if r.lag is None else str(r.lag), _age(r.oldest_pending_age_s),
                       str(r.max_deliveries) if r.pending else "-",
                       Text(r.state, style=STATE_STYLE.get(r.state, "")))
@@ -101,7 +107,7 @@ def consumers_table(s: Snapshot) -> Table | Text:
         return Text("no consumers yet", style="dim")
     table = _table("group", "consumer", "pending", "idle", "state")
     for r in s.consumers:
-        table.add_row(r.group, r.name, str(r.pending), _age(r.idle_s),
+        _row(table, r.group, r.name, str(r.pending), _age(r.idle_s),
                       Text("STALE", style="bold red") if r.stale else Text("live", style="green"))
     return table
 
@@ -110,7 +116,7 @@ def orders_table(s: Snapshot) -> Table:
     o = s.orders
     table = _table("status", "orders")
     for status, n in sorted(o.by_status.items()):
-        table.add_row(status, str(n))
+        _row(table, status, str(n))
     if not o.by_status:
         table.add_row(Text("none yet", style="dim"), "")
     table.add_row(Text("completed/s", style="dim"), _num(o.completed_per_s), end_section=False)
@@ -124,7 +130,7 @@ def dead_letters_table(s: Snapshot) -> Table | Text:
         return Text("no services declared", style="dim")
     table = _table("service", "count", "newest error", "age", flex=("newest error",))
     for r in s.dead_letters:
-        table.add_row(r.service, Text(str(r.count), style="bold red" if r.count else ""),
+        _row(table, r.service, Text(str(r.count), style="bold red" if r.count else ""),
                       r.newest_error or "-", _age(r.newest_age_s))
     return table
 
@@ -134,7 +140,7 @@ def events_table(s: Snapshot) -> Table | Text:
         return Text("no events yet", style="dim")
     table = _table("time (UTC)", "stream", "type", "order", flex=("stream",))
     for r in s.events:
-        table.add_row(r.at, r.stream, r.type, r.order_id)
+        _row(table, r.at, r.stream, r.type, r.order_id)
     return table
 
 

@@ -27,6 +27,7 @@ from bus.redis_streams import RedisStreamsBus
 from workers.runtime import parse_delivery
 from workers.service import Service
 
+# Prints one line. The CLI's escapes control characters (choreo.plain): lines here carry Redis values.
 Out = Callable[[str], None]
 
 def find(bus: RedisStreamsBus, ref: str, services: Iterable[str]) -> DeadLetter:
@@ -80,9 +81,13 @@ def show_cmd(bus: RedisStreamsBus, ref: str, services: list[str], out: Out) -> i
     label = (f"entry (truncated copy, {len(letter.entry)} of {letter.entry_bytes} bytes; "
              f"cannot be replayed)" if letter.truncated else "entry")
     if letter.copy:
-        out(f"  {label}: " + json.dumps(letter.copy, indent=2, sort_keys=True).replace("\n", "\n  "))
+        head, lines = f"  {label}: ", json.dumps(letter.copy, indent=2, sort_keys=True).splitlines()
     else:
-        out(f"  {label} (not a JSON object): {letter.entry}")
+        head, lines = f"  {label} (not a JSON object): ", [letter.entry]
+    # One out() per line: out escapes every control character, a line break included.
+    out(head + lines[0])
+    for line in lines[1:]:
+        out("  " + line)
     return 0
 
 

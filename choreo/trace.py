@@ -18,6 +18,7 @@ from bus import dead_letters, inspect, keys as bus_keys
 from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry
 from bus.redis_streams import RedisStreamsBus
+from choreo.plain import text
 from workers import SERVICES
 from workers.service import Service
 
@@ -174,8 +175,8 @@ def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[Dead
 
 def _label(node: TraceNode) -> Text:
     e, t = node.traced.event, node.traced
-    label = Text.assemble((e.type, "bold red" if is_compensation(e.type) else "bold"),
-                          (f"  {t.stream} {t.entry_id}  producer={e.producer} at={e.at}", "dim"))
+    label = text((e.type, "bold red" if is_compensation(e.type) else "bold"),
+                 (f"  {t.stream} {t.entry_id}  producer={e.producer} at={e.at}", "dim"))
     if is_compensation(e.type):
         label.append("  compensation", style="red")
     return label
@@ -185,15 +186,15 @@ _REACTION_STYLE = {"handled": "green", "dead-lettered": "bold red"}
 
 
 def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter]) -> Tree:
-    tree = Tree(Text.assemble((f"order {order_id}", "bold"), f"  {status or 'unknown'}"))
+    tree = Tree(text((f"order {order_id}", "bold"), f"  {status or 'unknown'}"))
     branches: list[Tree] = [tree]
     for node in nodes:
         del branches[node.depth + 1:]           # walk() is depth-first: pop back to the parent
         branch = branches[-1].add(_label(node))
         for line in node.lines:
-            branch.add(Text(line))
+            branch.add(text(line))
         for r in node.reactions:
-            branch.add(Text.assemble(r.line, (f"  [{r.status}]", _REACTION_STYLE.get(r.status, "yellow"))))
+            branch.add(text(r.line, (f"  [{r.status}]", _REACTION_STYLE.get(r.status, "yellow"))))
         for d in node.dead_letters:
             branch.add(_dead_letter_text(d))
         branches.append(branch)
@@ -205,9 +206,9 @@ def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[D
 
 
 def _dead_letter_text(d: DeadLetter) -> Text:
-    return Text.assemble(("DEAD LETTER", "bold white on red"),
-                         f" {bus_keys.dead_letters(d.service)} {d.dlq_id}: {d.stream} {d.entry_id} "
-                         f"after {d.deliveries} deliveries: {d.error} (at {d.at})")
+    return text(("DEAD LETTER", "bold white on red"),
+                f" {bus_keys.dead_letters(d.service)} {d.dlq_id}: {d.stream} {d.entry_id} "
+                f"after {d.deliveries} deliveries: {d.error} (at {d.at})")
 
 
 def trace_json(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],

@@ -9,6 +9,7 @@ import threading
 
 from bus import inspect, keys as bus_keys
 from bus.connect import open_bus, redact
+from choreo.plain import plain
 from config.settings import Settings
 from workers import PUBLISHERS, SERVICES, TIMER_JOBS, keys
 
@@ -19,6 +20,16 @@ def _out(line: str = "") -> None:
 
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# Lines that carry values read from Redis (order fields, reasons, dead letters, log context) go
+# out through these: a control character in them is shown escaped, never acted on by the terminal.
+def _show(line: str) -> None:
+    _out(plain(line))
+
+
+def _show_err(line: str) -> None:
+    _err(plain(line))
 
 
 def cmd_demo(args, settings: Settings) -> int:
@@ -45,7 +56,7 @@ def cmd_worker(args, settings: Settings) -> int:
     _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
          f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service)
-    worker = Worker(service, bus, settings, consumer, log=_out, check=lambda: require(bus, role),
+    worker = Worker(service, bus, settings, consumer, log=_show, check=lambda: require(bus, role),
                     publishers=PUBLISHERS)
     try:
         return worker.run(stop)
@@ -91,15 +102,17 @@ def cmd_status(args, settings: Settings) -> int:
         order, reservation, payment, shipment = bus.read_hashes(
             [keys.order(oid), keys.reservation(oid), keys.payment(oid), keys.shipment(oid)])
         if not order:
-            _out(f"choreo: no order {oid}")
+            _show(f"choreo: no order {oid}")
             return 1
-        _out(f"order {oid}: {order['status']}" + (f" ({order['reason']})" if order.get("reason") else ""))
-        _out(f"  total_cents={order['total_cents']} lines={order['lines']}")
+        # .get: the hash is whatever a writer left there, not necessarily what the order service wrote
+        _show(f"order {oid}: {order.get('status', '?')}"
+              + (f" ({order['reason']})" if order.get("reason") else ""))
+        _show(f"  total_cents={order.get('total_cents', '?')} lines={order.get('lines', '?')}")
         for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
             shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v") or "-"
-            _out(f"  {name}: {shown}")
+            _show(f"  {name}: {shown}")
         for item in inspect.list_items(bus, keys.order_history(oid)):
-            _out(f"  history: {item}")
+            _show(f"  history: {item}")
         return 0
 
 
@@ -179,17 +192,17 @@ def cmd_dlq(args, settings: Settings) -> int:
     bus = open_bus(settings.url)
     try:
         if args.dlq_verb == "list":
-            return dlq.list_cmd(bus, [args.service] if args.service else list(SERVICES), _out)
+            return dlq.list_cmd(bus, [args.service] if args.service else list(SERVICES), _show)
         if args.dlq_verb == "show":
-            return dlq.show_cmd(bus, args.entry, list(SERVICES), _out)
+            return dlq.show_cmd(bus, args.entry, list(SERVICES), _show)
         if args.dlq_verb == "replay":
             # The limits the service's own workers apply (CHOREO_MAX_ENTRY_BYTES_<SERVICE>).
             limits = Settings.from_env(service=args.service, redis_url=args.redis_url)
             return dlq.replay_cmd(bus, SERVICES[args.service], limits.max_entry_bytes,
-                                  None if args.all else args.id, args.dry_run, _out, _err)
-        return dlq.purge_cmd(bus, args.service, args.yes, _out, _err)
+                                  None if args.all else args.id, args.dry_run, _show, _show_err)
+        return dlq.purge_cmd(bus, args.service, args.yes, _show, _show_err)
     except dlq.DeadLetterError as exc:
-        _err(f"choreo: {exc}")
+        _show_err(f"choreo: {exc}")
         return 1
     finally:
         bus.close()
@@ -198,7 +211,7 @@ def cmd_dlq(args, settings: Settings) -> int:
 def cmd_audit(args, settings: Settings) -> int:
     from choreo.audit import run_audit
     with open_bus(settings.url) as bus:
-        return run_audit(bus, SERVICES.values(), args.strict, _out, _err)
+        return run_audit(bus, SERVICES.values(), args.strict, _show, _show_err)
 
 
 def cmd_trim(args, settings: Settings) -> int:
