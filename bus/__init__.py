@@ -6,8 +6,8 @@ envelope.py is the wire format; keys.py names every key; inspect.py reads state 
 
 from bus.connect import open_bus, redact
 from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing,
-                          Outcome)
+                          Outcome, PermissionsMissing)
 from bus.envelope import Envelope, MalformedEntry
 
 __all__ = ["Bus", "BusError", "BusUnavailable", "Commit", "Delivery", "Envelope", "GroupMissing",
-           "MalformedEntry", "Outcome", "open_bus", "redact"]
+           "MalformedEntry", "Outcome", "PermissionsMissing", "open_bus", "redact"]

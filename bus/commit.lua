@@ -2,7 +2,8 @@
 -- ARGV: group, n, then per commit:
 --   ack_stream, ack_id, seen_key, seen_ttl, n_checks, (key, expected_v)*, n_ops, (op, n_args, args*)*
 -- Returns one status per commit: 1 applied, 0 duplicate (acked only), -1 conflict (untouched),
--- or a string, the reason Redis would refuse one of its writes (untouched, not acked).
+-- or a string, the reason Redis would refuse one of its writes (untouched, not acked); one that
+-- starts with NOPERM says the calling user lacks a permission (bus.acl: the worker stops).
 -- Redis does not roll a script back when a command fails halfway, so every write of a commit is
 -- checked (key types, integer fields and ranges) before the first one is made.
 -- The first conflict or refusal stops the batch: later commits may have read what this one would
@@ -16,6 +17,15 @@ local stopped = false
 local HOLDS = { HSET = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset', SET = 'string' }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
 
+-- Whether the calling user may run a command, asked before anything is written: a write refused
+-- halfway would leave the commit half-applied. (fakeredis has no ACLs, and no acl_check_cmd.)
+local function denied(...)
+  if redis.acl_check_cmd and not redis.acl_check_cmd(...) then
+    local words = { ... }
+    return 'NOPERM this user may not run ' .. words[1] .. ' on ' .. tostring(words[2])
+  end
+end
+
 local function wrong_type(key, want)
   local t = redis.call('TYPE', key)
   t = type(t) == 'table' and t.ok or t
@@ -24,12 +34,16 @@ end
 
 local function refusal(op, args)
   if op == 'PUBLISH' then
+    local no = denied('XADD', args[1], '*', 'f', 'v') or (args[2] ~= '' and denied('RPUSH', args[2], 'x'))
+    if no then return no end
     if args[3] ~= '' and not string.match(args[3], '^%d+$') then
       return 'max length ' .. args[3] .. ' of ' .. args[1] .. ' is not a whole number'
     end
     return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
+  local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
+  if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') then return bad end
   local now = redis.call('HGET', args[1], args[2])
@@ -65,6 +79,12 @@ for c = 1, n do
   i = i + 5
   local status = 1
   if stopped then status = -1 end
+  -- What this commit reads and acknowledges, asked first: the reads below run before any write.
+  for k = 0, n_checks - 1 do
+    if status == 1 then status = denied('HGET', ARGV[i + 2 * k], '_v') or 1 end
+  end
+  if status == 1 and seen ~= '' then status = denied('SET', seen, '1', 'EX', '1') or 1 end
+  if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for _ = 1, n_checks do
     if status == 1 and (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
     i = i + 2

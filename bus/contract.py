@@ -31,6 +31,11 @@ class BusUnavailable(BusError):
     """The server cannot be reached (refused, reset, timed out). Retry with backoff."""
 
 
+class PermissionsMissing(BusError):
+    """The server refuses this client a command it needs (ACL NOPERM). No retry can grant it:
+    a worker stops, naming it, rather than dead-letter or half-apply anything (see bus.acl)."""
+
+
 class GroupMissing(BusError):
     """A stream or consumer group vanished (NOGROUP), e.g. a Redis that restarted empty."""
 

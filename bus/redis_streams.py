@@ -9,7 +9,8 @@ from typing import Iterable, Sequence
 
 import redis
 
-from bus.contract import BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
+from bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
+                          PermissionsMissing)
 
 
 def _lua(name: str) -> str:
@@ -23,6 +24,8 @@ def translated_errors():
         yield
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BusUnavailable(str(exc) or type(exc).__name__) from exc
+    except redis.exceptions.NoPermissionError as exc:
+        raise PermissionsMissing(str(exc)) from exc
     except redis.ResponseError as exc:
         # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL).
         if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -204,6 +207,8 @@ class RedisStreamsBus:
             statuses = self._commit(args=encode_batch(group, commits))
         outcomes = []
         for commit, status in zip(commits, statuses):
+            if isinstance(status, str) and status.startswith("NOPERM"):
+                raise PermissionsMissing(status)    # nothing of it written; earlier ones applied
             if isinstance(status, str):
                 commit.refusal = status
                 outcomes.append(Outcome.REFUSED)

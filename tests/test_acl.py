@@ -136,3 +136,32 @@ def test_the_dashboard_user_writes_nothing(acl_server):
 def test_the_default_user_is_off(acl_server):
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(port=acl_server.port).ping()
+
+
+def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis_server, redis_url):
+    """The issue's row: a user that may write stock:* but only read events:* once got HSET
+    applied and the XADD refused, with no ack. Now commit.lua asks Redis (acl_check_cmd) about
+    every write before the first: nothing is applied, the entry stays pending, and the caller is
+    told which permission is missing."""
+    from bus.connect import open_bus
+    from bus.contract import Commit, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "halfway", "on", ">pw", "+@all", "-@dangerous",
+                          "~stock:*", "~events:OrderCreated", "%R~events:*", "~seen:*")
+    try:
+        admin.xgroup_create("events:OrderCreated", "inventory", id="0", mkstream=True)
+        entry_id = admin.xadd("events:OrderCreated", {"f": "v"})
+        bus = open_bus(redis_url.replace("redis://", "redis://halfway:pw@"))
+        (delivery,) = bus.read_new("inventory", "c", ["events:OrderCreated"], 10, 0)
+        commit = Commit(ops=[("HSET", "stock:101", "available", "1"),
+                             ("PUBLISH", "events:InventoryChecked", "", "", "f", "v")],
+                        ack=("events:OrderCreated", entry_id), seen="seen:inventory:x", seen_ttl_s=60)
+        with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
+            bus.commit("inventory", [commit])
+        assert not admin.exists("stock:101") and not admin.exists("events:InventoryChecked")
+        assert admin.xpending("events:OrderCreated", "inventory")["pending"] == 1
+        assert not admin.exists("seen:inventory:x")
+        bus.close()
+        assert delivery.entry_id == entry_id
+    finally:
+        admin.execute_command("ACL", "DELUSER", "halfway")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from bus import keys as bus_keys
-from bus.contract import Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome
-from bus.acl import PermissionsMissing
+from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
+                          PermissionsMissing)
 from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
@@ -185,7 +185,7 @@ class Worker:
         while todo:
             try:
                 todo = self.commit_round(todo)
-            except (BusUnavailable, GroupMissing):
+            except (BusUnavailable, GroupMissing, PermissionsMissing):
                 raise
             except BusError as exc:
                 if len(todo) > 1:
