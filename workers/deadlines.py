@@ -2,6 +2,11 @@
 when it fires for an order still PENDING it publishes DeadlinePassed, and shipping — the owner of
 the point of no return — either ignores it (shipment already booked: the order will complete) or
 refuses to ship and publishes ShippingFailed, whose consumers compensate: refund, release, cancel.
+
+The deadline also travels with the events (deadline_at_ms on OrderCreated, InventoryChecked,
+PaymentProcessed), so a service decides from the event and its own clock, never from which of
+its streams a read returned first: payment does not charge, and shipping does not book, an order
+whose deadline has passed, even when DeadlinePassed has not reached them yet.
 """
 
 from __future__ import annotations
@@ -18,19 +23,36 @@ def scheduled_call(timer: Timer) -> ScheduledCall:
     return ScheduledCall(timer.job_id, timer.at_ms, JOB, (timer.order_id, timer.causation_id))
 
 
-def pass_deadline(order_id: str, causation_id: str) -> str:
-    """The rq job (run by `choreo timers`): publish DeadlinePassed for an order still PENDING.
-    It uses the connection rq ran it with; no connection details travel in the job."""
+def passed(event, uow: UnitOfWork) -> bool:
+    """Whether the deadline the event carries is behind this service's clock."""
+    deadline = event.data.get("deadline_at_ms")
+    return deadline is not None and uow.now_ms() >= deadline
+
+
+def carried(event) -> dict:
+    """The deadline to pass on in a follow-on event ({} for an order without one)."""
+    deadline = event.data.get("deadline_at_ms")
+    return {} if deadline is None else {"deadline_at_ms": deadline}
+
+
+def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
+    """Publish DeadlinePassed for an order still PENDING (read through a unit of work: published
+    only if the order did not move since)."""
     from workers.order import PENDING, SERVICE as ORDER
+    uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus), **({"clock": clock} if clock else {}))
+    status = uow.read(keys.order(order_id)).get("status")
+    if status != PENDING:
+        return f"order {order_id} is {status}: nothing to do"
+    uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
+    outcome = bus.commit("", [uow.to_commit()])[0]
+    return f"order {order_id}: DeadlinePassed {outcome.name}"
+
+
+def pass_deadline(order_id: str, causation_id: str) -> str:
+    """The rq job (run by `choreo timers`). It uses the connection rq ran it with; no connection
+    details travel in the job."""
     bus = job_bus()
     try:
-        uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus))
-        # Read through the unit of work: published only if the order did not move since.
-        status = uow.read(keys.order(order_id)).get("status")
-        if status != PENDING:
-            return f"order {order_id} is {status}: nothing to do"
-        uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
-        outcome = bus.commit("", [uow.to_commit()])[0]
-        return f"order {order_id}: DeadlinePassed {outcome.name}"
+        return fire_deadline(bus, order_id, causation_id)
     finally:
         bus.close()

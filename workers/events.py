@@ -37,9 +37,9 @@ def _text(value) -> bool:
 
 SCHEMAS: dict[str, dict[str, callable]] = {
     "OrderCreated": {"lines": _lines, "total_cents": _whole, "deadline_at_ms": _optional_epoch_ms},
-    "InventoryChecked": {"lines": _lines, "total_cents": _whole},
+    "InventoryChecked": {"lines": _lines, "total_cents": _whole, "deadline_at_ms": _optional_epoch_ms},
     "InventoryRejected": {"reason": _text},
-    "PaymentProcessed": {"lines": _lines, "amount_cents": _whole},
+    "PaymentProcessed": {"lines": _lines, "amount_cents": _whole, "deadline_at_ms": _optional_epoch_ms},
     "PaymentFailed": {"reason": _text},
     "ShippingArranged": {"tracking_id": _text},
     "ShippingFailed": {"reason": _text},

@@ -7,6 +7,7 @@ import json
 from bus.contract import Bus
 from config.catalogue import CATALOGUE
 from workers import keys
+from workers.deadlines import carried
 from workers.service import On, Service, confirm
 from workers.unit_of_work import BatchView, UnitOfWork
 
@@ -30,7 +31,7 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
         uow.add(keys.stock(l["product_id"]), "available", -l["quantity"])
         uow.add(keys.stock(l["product_id"]), "reserved", l["quantity"])
     uow.set(res_key, status=RESERVED, lines=json.dumps(lines))
-    uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"])
+    uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"], **carried(event))
 
 
 def _settle(to_status: str):

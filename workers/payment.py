@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from config.catalogue import RULES
 from workers import keys
+from workers.deadlines import carried, passed
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
@@ -15,6 +16,12 @@ def charge(event, uow: UnitOfWork) -> None:
     if uow.read(pay_key):
         return
     amount = int(event.data["total_cents"])
+    if passed(event, uow):
+        # Too late to take money for it, whether or not DeadlinePassed has reached us yet.
+        reason = "deadline passed before payment"
+        uow.set(pay_key, status=CANCELLED, amount_cents=amount, reason=reason)
+        uow.emit("PaymentFailed", reason=reason)
+        return
     if amount > RULES.card_limit_cents:
         reason = f"card declined: {amount} cents is over the {RULES.card_limit_cents}-cent limit"
         uow.set(pay_key, status=DECLINED, amount_cents=amount, reason=reason)
@@ -22,7 +29,7 @@ def charge(event, uow: UnitOfWork) -> None:
         return
     uow.set(pay_key, status=CHARGED, amount_cents=amount)
     uow.count(keys.PAYMENT_TOTALS, "charged_cents", amount)
-    uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"])
+    uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"], **carried(event))
 
 
 def refund(event, uow: UnitOfWork) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from config.catalogue import RULES
 from workers import keys
+from workers.deadlines import passed
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
@@ -14,6 +15,11 @@ def book_shipment(event, uow: UnitOfWork) -> None:
     ship_key = keys.shipment(event.order_id)
     if uow.read(ship_key):
         return
+    if passed(event, uow):
+        # The point of no return is decided by the clock, not by which stream was read first:
+        # DeadlinePassed may still be on its way.
+        cancel(uow, event.order_id)
+        return
     items = sum(l["quantity"] for l in event.data["lines"])
     if items > RULES.parcel_max_items:
         reason = f"{items} items do not fit one parcel (max {RULES.parcel_max_items})"
@@ -22,7 +28,7 @@ def book_shipment(event, uow: UnitOfWork) -> None:
         return
     # Derived from the event, so re-handling after a commit conflict books the same shipment.
     tracking_id = "TRK-" + event.id[:12].upper()
-    uow.set(ship_key, status=BOOKED, tracking_id=tracking_id)
+    uow.set(ship_key, status=BOOKED, tracking_id=tracking_id, booked_at_ms=uow.now_ms())
     uow.emit("ShippingArranged", tracking_id=tracking_id)
 
 
@@ -33,11 +39,14 @@ def _shipment(event) -> list[str]:
 def cancel_unless_booked(event, uow: UnitOfWork) -> None:
     """The deadline passed. Booked: too late to cancel, the order completes. Not yet booked: never
     book it, and say so with ShippingFailed, which every earlier step compensates."""
-    ship_key = keys.shipment(event.order_id)
-    if uow.read(ship_key):
+    if uow.read(keys.shipment(event.order_id)):
         return
+    cancel(uow, event.order_id)
+
+
+def cancel(uow: UnitOfWork, order_id: str) -> None:
     reason = "deadline passed before shipping"
-    uow.set(ship_key, status=CANCELLED, reason=reason)
+    uow.set(keys.shipment(order_id), status=CANCELLED, reason=reason)
     uow.emit("ShippingFailed", reason=reason)
 
 
