@@ -8,6 +8,7 @@ job, so a redelivered entry arms its timer once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Collection, Sequence
@@ -57,7 +58,8 @@ def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
             if ":" in call.job_id:
                 raise ValueError(f"rq job ids may not contain ':': {call.job_id!r}")
             # A job that fails (Redis gone while it ran) is retried: a lost timer is a stuck order.
-            queue.enqueue_at(datetime.fromtimestamp(call.at_ms / 1000, timezone.utc), call.func,
+            # rq keeps whole seconds (it truncates): round up, so a timer never fires early.
+            queue.enqueue_at(datetime.fromtimestamp(math.ceil(call.at_ms / 1000), timezone.utc), call.func,
                              *call.args, job_id=call.job_id, result_ttl=0,
                              failure_ttl=7 * 24 * 3600, retry=Retry(max=5, interval=[1, 5, 15, 60, 300]),
                              pipeline=pipe)

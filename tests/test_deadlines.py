@@ -86,3 +86,32 @@ def test_completion_disarms_the_deadline_and_a_late_one_publishes_nothing(procs,
     wait_for(lambda: not r.exists("rq:job:DeadlinePassed-1"), timeout=20, what="timer ran")
     assert r.xlen("events:DeadlinePassed") == 0
     assert r.hget(keys.order("1"), "status") == "COMPLETED"
+
+
+def test_shipping_back_after_the_deadline_refuses_to_book_whichever_event_it_reads_first(procs, redis_server):
+    """The issue's run: shipping is down, the deadline passes (DeadlinePassed is published), then
+    shipping starts and finds PaymentProcessed and DeadlinePassed both waiting. Its streams are
+    read PaymentProcessed first; it must still not book: the deadline travels on the event."""
+    r = redis_server.client()
+    for s in ("order", "inventory", "payment"):
+        procs.worker(s)
+    procs.start("timers", name="timers")
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "2",
+                 "--redis-url", procs.url]) == 0
+    wait_for(lambda: r.hget(keys.payment("1"), "status") == "CHARGED", what="charged before the deadline")
+    wait_for(lambda: r.xlen("events:DeadlinePassed") == 1, timeout=20, what="the deadline fired")
+    procs.worker("shipping")
+    wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
+    assert r.hget(keys.order("1"), "reason") == "deadline passed before shipping"
+    wait_for(lambda: r.hget(keys.payment("1"), "status") == "REFUNDED", what="refunded")
+    wait_for(lambda: r.hget(keys.reservation("1"), "status") == "RELEASED", what="stock released")
+    assert r.hget(keys.shipment("1"), "status") == "CANCELLED"
+    assert r.xlen("events:ShippingArranged") == 0
+    wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
+    assert r.hget(keys.order("1"), "status") == "CANCELLED"          # and it stays so
+
+
+def test_a_timer_is_never_armed_to_fire_before_its_time(real_bus, redis_server):
+    """rq keeps whole seconds; a deadline at x.4 s must be armed at x+1 s, not x s (early)."""
+    real_bus.schedule([scheduled_call(Timer("DeadlinePassed-9", 1_800_000_000_400, "DeadlinePassed", "9", "c"))])
+    assert redis_server.client().zscore("rq:scheduled:choreo-timers", "DeadlinePassed-9") == 1_800_000_001
