@@ -11,6 +11,7 @@ from bus.connect import UnusableUrl
 from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
+from choreo.scenarios import SCENARIOS
 from choreo.verbs import (cmd_acl, cmd_audit, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
                           cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from config.settings import Settings, SettingsError
@@ -85,8 +86,11 @@ def build_parser() -> Parser:
     parser = Parser(prog="choreo", description="An order saga choreographed over Redis Streams.")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
 
-    sub.add_parser("demo", parents=[common], help="run the tutorial's order 1 end to end") \
-        .set_defaults(run=cmd_demo)
+    p = sub.add_parser("demo", parents=[common], help="run the tutorial's order 1 end to end")
+    p.add_argument("--scenario", choices=list(SCENARIOS),
+                   help="an unhappy path to watch, compensations included, and its end state "
+                        "(default: the tutorial's happy path)")
+    p.set_defaults(run=cmd_demo)
     p = sub.add_parser("worker", parents=[common], help="run one service's consumer loop")
     p.add_argument("service", choices=list(SERVICES))
     p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")

@@ -1,4 +1,5 @@
-"""`choreo demo`: the tutorial's order, for real, with all four services in this one process."""
+"""`choreo demo`: the tutorial's order, or a scenario's (choreo.scenarios), for real, with all four
+services in this one process."""
 
 from __future__ import annotations
 
@@ -10,61 +11,97 @@ from bus.redis_streams import RedisStreamsBus
 from config.catalogue import CATALOGUE
 from config.settings import Settings
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
-from choreo.trace import load_events, story
+from choreo.scenarios import HAPPY, SCENARIOS, Scenario
+from choreo.trace import load_events, story_with_compensations
 from workers import PUBLISHERS, SERVICES, keys
+from workers.deadlines import fire_deadline
 from workers.order import OrderRejected
 from workers.runtime import Worker, consumer_name
 
-PRODUCT, QUANTITY = 101, 2
-
 
 def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None] = print,
-             timeout_s: float = 20.0) -> int:
+             timeout_s: float = 20.0, scenario: Scenario = SCENARIOS[HAPPY],
+             full_state: bool = False) -> int:
+    """Run one order through the saga and tell it; 0 when it ends as the scenario expects. With
+    full_state, the end also shows the order's reason, payment and shipment (a scenario's end)."""
     worker_log: list[str] = []      # the workers' own lines; the demo prints the causal story
-    workers = [Worker(s, bus, settings, consumer_name(s.name) + "-demo", log=worker_log.append,
-                      publishers=PUBLISHERS)
-               for s in SERVICES.values()]
-    for w in workers:
+    workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", log=worker_log.append,
+                            publishers=PUBLISHERS)
+               for name, s in SERVICES.items()}
+    for w in workers.values():
         w.start()
-    order_id = _place(bus, settings.order_deadline_s)
-    deadline = time.monotonic() + timeout_s
-    # Round-robin until the order is terminal and a full round finds nothing left to do.
-    while time.monotonic() < deadline:
+    order_id = _place(bus, scenario.order_lines, scenario.deadline_s or settings.order_deadline_s)
+    _drive(bus, workers, scenario, order_id, until=time.monotonic() + timeout_s)
+    order = read_orders(bus, [order_id])[order_id]
+    products = list(dict.fromkeys(p for p, _ in scenario.lines))
+    for line in [*story_with_compensations(bus, load_events(bus, order_id)), "",
+                 *summary(bus, order_id, order, products, full_state)]:
+        out(line)
+    return 0 if order.get("status") == scenario.expect else 1
+
+
+def _drive(bus: RedisStreamsBus, workers: dict[str, Worker], scenario: Scenario, order_id: str,
+           until: float) -> None:
+    if scenario.late:
+        # The others run until nothing is left for them, as if the late service's worker were
+        # stopped; then the deadline passes and fires before it starts again.
+        _run([w for name, w in workers.items() if name != scenario.late], until, lambda: True)
+        _let_deadline_pass(bus, order_id)
+    _run(list(workers.values()), until, lambda: is_terminal(read_orders(bus, [order_id])[order_id]))
+
+
+def _run(workers: list[Worker], until: float, done: Callable[[], bool]) -> None:
+    """Round-robin until done() and a full round finds nothing left to do, or until `until`."""
+    while time.monotonic() < until:
         handled = sum(w.poll(block_ms=0) for w in workers)
-        if not handled and is_terminal(read_orders(bus, [order_id])[order_id]):
-            break
+        if not handled and done():
+            return
         if not handled:
             time.sleep(0.01)
-    for line in story(load_events(bus, order_id)):
-        out(line)
-    order = read_orders(bus, [order_id])[order_id]
-    out("")
-    for line in summary(bus, order_id, order):
-        out(line)
-    return 0 if order.get("status") == "COMPLETED" else 1
 
 
-def _place(bus: RedisStreamsBus, deadline_s: float) -> str:
+def _let_deadline_pass(bus: RedisStreamsBus, order_id: str) -> None:
+    """Wait out the order's deadline and publish DeadlinePassed as `choreo timers` would: the
+    embedded store has no timers process."""
+    created = next(t.event for t in load_events(bus, order_id) if t.event.type == "OrderCreated")
+    time.sleep(max(0.0, created.data["deadline_at_ms"] / 1000 - time.time()))
+    fire_deadline(bus, order_id, created.id)
+
+
+def _place(bus: RedisStreamsBus, lines: list[dict], deadline_s: float) -> str:
     """Order 1 on a fresh store; on a server that already has order 1, the next free id."""
     for _ in range(5):
         order_id = new_order_ids(bus, 1)[0]
         try:
-            place_orders(bus, [OrderRequest(order_id, [{"product_id": PRODUCT, "quantity": QUANTITY}])],
-                         deadline_s=deadline_s)
+            place_orders(bus, [OrderRequest(order_id, lines)], deadline_s=deadline_s)
             return order_id
         except OrderRejected:
             continue
     raise OrderRejected("could not find a free order id after 5 tries")
 
 
-def summary(bus: RedisStreamsBus, order_id: str, order: dict[str, str]) -> list[str]:
-    shipment = bus.read_hashes([keys.shipment(order_id)])[0]
-    stock = bus.read_hashes([keys.stock(PRODUCT)])[0]
+def summary(bus: RedisStreamsBus, order_id: str, order: dict[str, str], products: list[int],
+            full_state: bool = False) -> list[str]:
+    payment, shipment, *stocks = bus.read_hashes(
+        [keys.payment(order_id), keys.shipment(order_id), *(keys.stock(p) for p in products)])
     total = int(order.get("total_cents", 0))
-    lines = [f"order {order_id}: {order.get('status', '?')}, total {total / 100:.2f}, "
-             f"tracking {shipment.get('tracking_id', '-')}",
-             f"stock of {PRODUCT} ({CATALOGUE[PRODUCT].name}): {stock.get('available')} available, "
-             f"{stock.get('reserved')} reserved, {stock.get('sold')} sold"]
+    lines = [f"order {order_id}: {order.get('status', '?')}{_because(order)}, total {total / 100:.2f}, "
+             f"tracking {shipment.get('tracking_id', '-')}"]
+    lines += [f"stock of {p} ({CATALOGUE[p].name}): {stock.get('available')} available, "
+              f"{stock.get('reserved')} reserved, {stock.get('sold')} sold"
+              for p, stock in zip(products, stocks)]
+    if full_state:
+        lines += [f"payment: {_step(payment)}", f"shipment: {_step(shipment)}"]
     counts = [f"{s}={inspect.stream_length(bus, s)}" for s in inspect.stream_keys(bus)]
     lines.append("entries per stream: " + " ".join(counts))
     return lines
+
+
+def _because(state: dict[str, str]) -> str:
+    return f" ({state['reason']})" if state.get("reason") else ""
+
+
+def _step(state: dict[str, str]) -> str:
+    """A service's part of the order: 'REFUNDED 1199.40 (why)', or 'none' when it never acted."""
+    amount = f" {int(state['amount_cents']) / 100:.2f}" if state.get("amount_cents") else ""
+    return state.get("status", "none") + amount + _because(state)

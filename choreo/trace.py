@@ -173,6 +173,22 @@ def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[Dead
     return nodes
 
 
+def story_with_compensations(bus: RedisStreamsBus, events: list[TracedEvent],
+                             services: dict[str, Service] = SERVICES) -> list[str]:
+    """story(), and under each failure event what its consumers did about it: a refund, a release
+    and the order's end emit nothing, so only their dedup markers (see reactions) tell them."""
+    return [line for node in build_trace(bus, events, [], services)
+            for line in node.lines + compensations(node)]
+
+
+def compensations(node: TraceNode) -> list[str]:
+    """The handled reactions to a failure event, latest saga step first and the order's end last,
+    as a saga is undone. They have no causal order among themselves: this is only how it is told."""
+    if not is_compensation(node.traced.event.type):
+        return []
+    return [r.line for r in reversed(node.reactions) if r.status == "handled"]
+
+
 def _label(node: TraceNode) -> Text:
     e, t = node.traced.event, node.traced
     label = text((e.type, "bold red" if is_compensation(e.type) else "bold"),

@@ -34,8 +34,12 @@ def _show_err(line: str) -> None:
 
 def cmd_demo(args, settings: Settings) -> int:
     from choreo.demo import run_demo
+    from choreo.scenarios import HAPPY, SCENARIOS
+    # Without --scenario: the tutorial's eight lines and its short summary, exactly.
+    scenario = SCENARIOS[args.scenario or HAPPY]
     with open_bus(args.redis_url or settings.redis_url) as bus:     # None: the embedded store
-        return run_demo(bus, settings, out=_out)
+        return run_demo(bus, settings, out=_show, scenario=scenario,
+                        full_state=args.scenario is not None)
 
 
 def _stop_flag() -> threading.Event:
