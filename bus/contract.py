@@ -28,7 +28,13 @@ class BusError(Exception):
 
 
 class BusUnavailable(BusError):
-    """The server cannot be reached (refused, reset, timed out). Retry with backoff."""
+    """The server cannot be reached (refused, reset, timed out). Retry with reconnect_delay_s."""
+
+
+def reconnect_delay_s(failures: int, cap_s: float) -> float:
+    """The wait before reconnect attempt `failures` (1, 2, ...): 0.5 s doubling, capped at cap_s,
+    so a Redis that is restarting is found soon and one that stays down is not hammered."""
+    return min(cap_s, 0.5 * 2 ** min(failures - 1, 10))
 
 
 class PermissionsMissing(BusError):

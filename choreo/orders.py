@@ -57,5 +57,10 @@ def read_orders(bus: RedisStreamsBus, order_ids: Sequence[str],
     return {i: {f: v for f, v in zip(fields, row) if v is not None} for i, row in zip(order_ids, rows)}
 
 
+def existing_orders(bus: RedisStreamsBus, order_ids: Sequence[str]) -> set[str]:
+    """Those of order_ids that have been placed (one field of each, one round trip)."""
+    return {i for i, order in read_orders(bus, order_ids, ("status",)).items() if order}
+
+
 def is_terminal(order: dict[str, str]) -> bool:
     return order.get("status") in TERMINAL

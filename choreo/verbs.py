@@ -142,13 +142,16 @@ def cmd_trace(args, settings: Settings) -> int:
 
 def cmd_load(args, settings: Settings) -> int:
     from rich.console import Console
-    from choreo.load import rich_progress, run_load, summary_table
+    from choreo.load import LoadPlan, rich_progress, run_load, summary_table
+    plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
+                    deadline_s=_deadline(args, settings))
     with open_bus(settings.url) as bus:
         with rich_progress(args.orders) as progress:
-            result = run_load(bus, args.orders, args.timeout, args.product, args.quantity,
-                              rate=args.rate, progress=progress, deadline_s=_deadline(args, settings))
+            result = run_load(bus, plan, progress=progress, reconnect_max_s=settings.reconnect_max_s)
         # The table goes to stderr, before the figures: scripts read stdout's last line.
         Console(stderr=True).print(summary_table(result))
+        if result.gave_up:
+            _err(result.gave_up)
         _out(result.figures())
         return 0 if result.finished == args.orders else 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import redis
@@ -15,6 +16,10 @@ PaymentService: Processing payment for order 1
 PaymentService: Payment processed for order 1
 ShippingService: Arranging shipping for order 1
 ShippingService: Shipping arranged for order 1""".splitlines()
+
+# `choreo load`'s last line of stdout: orders, completed, ..., outages (count) and outage_s.
+FIGURES = re.compile(r"^orders=(\d+) completed=(\d+) elapsed_s=[\d.]+ orders_per_s=[\d.]+ "
+                     r"p50_ms=[\d.]+ p99_ms=[\d.]+ outages=(\d+) outage_s=([\d.]+)$")
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):

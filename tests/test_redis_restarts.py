@@ -3,12 +3,16 @@ line per attempt), recreate lost groups, and finish the run."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
+from bus import keys as bus_keys
 from bus.connect import open_bus
 from choreo.orders import OrderRequest, place_orders
-from tests.helpers import wait_for
+from tests.conftest import BIN, ROOT
+from tests.helpers import FIGURES, wait_for
 from tests.redis_server import RedisServer
+from tests.saga_run import drained
 from workers import keys
 
 SERVICES = ("order", "inventory", "payment", "shipping")
@@ -50,6 +54,35 @@ def test_workers_survive_a_redis_kill_and_restart_and_finish_the_run(procs, own_
         lines = open(w.log_path).read().splitlines()
         retries = [l for l in lines if "Redis unavailable" in l]
         assert 1 <= len(retries) <= 8, retries          # one line per attempt, no flood
+
+
+def test_a_paced_load_rides_through_a_redis_restart_and_every_order_completes(procs, own_redis):
+    start_workers(procs, own_redis.url)
+    r = own_redis.client()
+    wait_for(lambda: all_groups_exist(r), what="every worker's groups created")
+    load = subprocess.Popen([str(BIN / "choreo"), "load", "--orders", "150", "--rate", "50",
+                             "--timeout", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=procs.env(REDIS_URL=own_redis.url, CHOREO_RECONNECT_MAX_S=1))
+    wait_for(lambda: statuses(r).get("COMPLETED", 0) >= 20, what="the load under way")
+    assert load.poll() is None, "the load ended before the restart it is meant to ride through"
+    own_redis.kill()                          # SIGKILL mid-load: placing and polling both see it
+    time.sleep(1)                             # the outage itself, not a wait for anything
+    own_redis.start()
+    out, err = load.communicate(timeout=60)
+    assert load.returncode == 0, err
+    m = FIGURES.match(out.splitlines()[-1])
+    assert m, out
+    orders, completed, outages, outage_s = m.groups()
+    assert (orders, completed, outages) == ("150", "150", "1"), out
+    assert float(outage_s) >= 0.9, out
+    assert err.count("choreo load: Redis unavailable") == 1, err      # one line per outage
+    assert "outages" in err and "latencies (ms) leave out" in err, err
+    r = own_redis.client()
+    assert statuses(r) == {"COMPLETED": 150}                # each order placed once, none twice
+    assert r.xlen(bus_keys.stream("OrderCreated")) == 150
+    wait_for(lambda: drained(r), timeout=30, what="every group drained")
+    audit = procs.run("audit", "--strict", REDIS_URL=own_redis.url)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
 def test_a_redis_that_comes_back_empty_gets_its_groups_recreated(procs, tmp_path):

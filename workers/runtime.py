@@ -19,7 +19,7 @@ from typing import Callable, Collection, Mapping
 
 from bus import keys as bus_keys
 from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
-                          PermissionsMissing)
+                          PermissionsMissing, reconnect_delay_s)
 from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
@@ -116,7 +116,7 @@ class Worker:
                 # entry provoked: back off and go on. An entry that keeps provoking it is
                 # redelivered until the crash guard dead-letters it; the worker never dies of it.
                 failures += 1
-                delay = min(self.settings.reconnect_max_s, 0.5 * 2 ** min(failures - 1, 10))
+                delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
                 self.log(f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
                          f"{exc}); retry {failures} in {delay:.1f}s")
                 stop.wait(delay)
