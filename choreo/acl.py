@@ -21,7 +21,7 @@ from typing import Sequence
 from bus import keys as bus_keys
 from bus.acl import Grant, Role, Verdict, sample
 from bus.scheduler import armed_keys
-from workers.deadlines import EVENT as TIMER_EVENT
+from workers.deadlines import EVENT as TIMER_EVENT, TIMERS
 from workers.service import Service
 from workers.unit_of_work import timer_id
 
@@ -96,6 +96,7 @@ def roles(services: Sequence[Service]) -> list[Role]:
         *(service_role(s, services) for s in services),
         Role("timers", "runs the rq worker that fires timers (order deadlines)",
              (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
+              Grant(("set", "exists", "type"), (bus_keys.seen(TIMERS, "*"),)),
               Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
              root=("+@all", "-@dangerous", "+info", *CLIENT, "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from bus.scheduler import ScheduledCall, job_bus
 from workers import keys
-from workers.unit_of_work import BatchView, Timer, UnitOfWork
+from bus import keys as bus_keys
+from workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id
 
 JOB = "workers.deadlines.pass_deadline"
+TIMERS = "timers"                           # the group-like name of the timers' dedup markers
+FIRED_TTL_S = 31 * 24 * 3600                # longer than any deadline (30 days at most)
 EVENT = "DeadlinePassed"                    # published by the timers process, not by a worker
 
 
@@ -44,7 +47,10 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     if status != PENDING:
         return f"order {order_id} is {status}: nothing to do"
     uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
-    outcome = bus.commit("", [uow.to_commit()])[0]
+    # A timer can fire twice (re-armed by a redelivered OrderCreated after it already ran): the
+    # marker makes the second one publish nothing.
+    commit = uow.to_commit(seen=bus_keys.seen(TIMERS, timer_id(EVENT, order_id)), seen_ttl_s=FIRED_TTL_S)
+    outcome = bus.commit("", [commit])[0]
     return f"order {order_id}: DeadlinePassed {outcome.name}"
 
 
