@@ -193,6 +193,23 @@ def count(bus: RedisStreamsBus, service: str) -> int:
         return bus.client.xlen(keys.dead_letters(service))
 
 
+def original_entry(bus: RedisStreamsBus, letter: DeadLetter) -> dict[str, str] | None:
+    """The dead-lettered entry as it still stands on its stream, if it matches the letter's
+    sha256; None when it is gone (trimmed). DeadLetterError when the stream holds something else
+    at that id: the letter does not describe a real entry (a service may write only its own dlq,
+    so its copy is a claim, not a proof)."""
+    if not letter.stream.startswith(keys.STREAM_PREFIX) or not letter.entry_id:
+        raise DeadLetterError(f"{letter.ref}: names no stream entry ({letter.stream!r} {letter.entry_id!r})")
+    with translated_errors():
+        rows = bus.raw.xrange(letter.stream, letter.entry_id, letter.entry_id)
+    if not rows:
+        return None
+    fields = decode_entry(letter.stream, *rows[0]).fields
+    if hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest() != letter.entry_sha256:
+        raise DeadLetterError(f"{letter.ref}: does not match entry {letter.entry_id} on {letter.stream}")
+    return fields
+
+
 def republish(bus: RedisStreamsBus, letter: DeadLetter, stream: str, fields: Mapping[str, str]) -> str:
     """XADD fields to stream and delete the dead letter, in one script, so a dead letter is
     replayed at most once however many operators race; DeadLetterError if it is gone."""

@@ -35,6 +35,9 @@ def _add_dlq_verbs(sub, common) -> None:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     q.add_argument("--dry-run", action="store_true",
                    help="check and print what would be replayed; write nothing")
+    q.add_argument("--trust-copy", action="store_true",
+                   help="replay the dead letter's own copy when the original entry was trimmed "
+                        "(the copy was written by the service's own user: trust it only if you do)")
     q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
     q.add_argument("service", choices=list(SERVICES))
     q.add_argument("--yes", action="store_true",

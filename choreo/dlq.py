@@ -10,8 +10,11 @@ two operators race. Every group on that stream reads the new entry: the service 
 handles it afresh, and the services that had already handled the event acknowledge it and change
 nothing, because their dedup marker `seen:<service>:<event id>` is still there (it lives
 CHOREO_SEEN_TTL_S, 7 days by default: replaying an older dead letter can apply it twice).
+Replay puts back the original entry as it still stands on its stream, matched with the letter's
+sha256 — a service's user may write anything to its own dead-letter stream, so the letter's copy
+is a claim, not a proof; once the original is trimmed, only `--trust-copy` replays the copy.
 Replay first makes the checks the service's worker makes before handling (bus.envelope's parse,
-the event type's schema), so what it puts back is never dead-lettered again at once.
+the event type's schema, the producer), so what it puts back is never dead-lettered again at once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from bus.contract import Delivery
 from bus.dead_letters import DeadLetter, DeadLetterError
 from bus.envelope import MalformedEntry
 from bus.redis_streams import RedisStreamsBus
+from workers import PUBLISHERS
 from workers.runtime import parse_delivery
 from workers.service import Service
 
@@ -41,15 +45,24 @@ def find(bus: RedisStreamsBus, ref: str, services: Iterable[str]) -> DeadLetter:
     raise DeadLetterError(f"no dead letter {dlq_id} on {where}")
 
 
-def replayable(letter: DeadLetter, service: Service, max_entry_bytes: int) -> tuple[str, dict[str, str]]:
-    """(stream, fields) to publish again; DeadLetterError with the reason if the service's worker
-    would dead-letter it again at once (or only a truncated copy is kept)."""
+def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_entry_bytes: int,
+               trust_copy: bool = False) -> tuple[str, dict[str, str]]:
+    """(stream, fields) to publish again: the original entry, read back from its stream and
+    matched with the letter's sha256 (the letter itself was written with the service's own
+    credentials, so it proves nothing); the letter's copy only when the original was trimmed and
+    the operator says --trust-copy. DeadLetterError with the reason if the service's worker would
+    dead-letter it again at once, or nothing trustworthy is left to replay."""
     try:
-        fields = letter.original()
+        fields = store.original_entry(bus, letter)
+        if fields is None and not trust_copy:
+            raise DeadLetterError(f"the original entry {letter.entry_id} is gone from {letter.stream} "
+                                  f"(trimmed); --trust-copy replays the dead letter's own copy")
+        fields = fields if fields is not None else letter.original()
     except DeadLetterError as exc:
         raise DeadLetterError(f"{letter.ref}: refused, {exc}") from None
     try:
-        parse_delivery(Delivery(letter.stream, letter.entry_id, fields), max_entry_bytes, service)
+        parse_delivery(Delivery(letter.stream, letter.entry_id, fields), max_entry_bytes, service,
+                       PUBLISHERS)
     except (MalformedEntry, RecursionError) as exc:
         raise DeadLetterError(f"{letter.ref}: refused, the entry is malformed: {exc}") from None
     return letter.stream, fields
@@ -79,7 +92,7 @@ def show_cmd(bus: RedisStreamsBus, ref: str, services: list[str], out: Out) -> i
         if name != "entry":
             out(f"  {name}: {value}")
     label = (f"entry (truncated copy, {len(letter.entry)} of {letter.entry_bytes} bytes; "
-             f"cannot be replayed)" if letter.truncated else "entry")
+             f"replay reads the original from its stream)" if letter.truncated else "entry")
     if letter.copy:
         head, lines = f"  {label}: ", json.dumps(letter.copy, indent=2, sort_keys=True).splitlines()
     else:
@@ -92,7 +105,7 @@ def show_cmd(bus: RedisStreamsBus, ref: str, services: list[str], out: Out) -> i
 
 
 def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq_id: str | None,
-               dry_run: bool, out: Out, err: Out) -> int:
+               dry_run: bool, out: Out, err: Out, trust_copy: bool = False) -> int:
     """Replay one dead letter (dlq_id) or all of them; 1 if any was refused. The refused ones stay
     where they are, so nothing is lost by trying. dry_run: say what would be replayed, write
     nothing."""
@@ -101,7 +114,7 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
     refused = 0
     for letter in letters:
         try:
-            stream, fields = replayable(letter, service, max_entry_bytes)
+            stream, fields = replayable(bus, letter, service, max_entry_bytes, trust_copy)
             if dry_run:
                 out(f"would replay {letter.ref} to {stream}: {fields['type']} {fields['id']} "
                     f"for order {fields['order_id']}")

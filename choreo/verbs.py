@@ -206,7 +206,8 @@ def cmd_dlq(args, settings: Settings) -> int:
             # The limits the service's own workers apply (CHOREO_MAX_ENTRY_BYTES_<SERVICE>).
             limits = Settings.from_env(service=args.service, redis_url=args.redis_url)
             return dlq.replay_cmd(bus, SERVICES[args.service], limits.max_entry_bytes,
-                                  None if args.all else args.id, args.dry_run, _show, _show_err)
+                                  None if args.all else args.id, args.dry_run, _show, _show_err,
+                                  trust_copy=args.trust_copy)
         return dlq.purge_cmd(bus, args.service, args.yes, _show, _show_err)
     except dlq.DeadLetterError as exc:
         _show_err(f"choreo: {exc}")

@@ -21,7 +21,10 @@ from workers import SERVICES
 
 def letter_for(client, service: str, stream: str, entry_id: str, fields: dict,
                error: str = "gave up after 5 deliveries: TimeoutError: card gateway") -> str:
-    """A dead letter as the runtime writes it (the fields README documents)."""
+    """A dead letter as the runtime writes it (the fields README documents), for an entry that
+    stands on its stream (written here unless it is there already), as replay requires."""
+    if not client.xrange(stream, entry_id, entry_id):
+        client.xadd(stream, fields, id=entry_id)
     letter = DeadLetter.of(service, Delivery(stream, entry_id, fields, deliveries=6), error,
                            "2024-01-01T00:00:00.000Z")
     return client.xadd(f"dlq:{service}", letter.to_fields())
@@ -80,12 +83,12 @@ def test_a_letter_is_replayed_at_most_once(real_bus):
     c = real_bus.client
     letter_for(c, "inventory", "events:OrderCreated", "5-0", an_event())
     [letter] = dead_letters.read_all(real_bus, "inventory")
-    stream, fields = dlq.replayable(letter, SERVICES["inventory"], 64 * 1024)
+    stream, fields = dlq.replayable(real_bus, letter, SERVICES["inventory"], 64 * 1024)
 
     dead_letters.republish(real_bus, letter, stream, fields)
     with pytest.raises(dlq.DeadLetterError, match="gone meanwhile"):
         dead_letters.republish(real_bus, letter, stream, fields)    # a second operator, a stale listing
-    assert c.xlen("events:OrderCreated") == 1
+    assert c.xlen("events:OrderCreated") == 2                       # the original and one replay
 
 
 @pytest.mark.parametrize("stream, entry, reason", [
@@ -102,7 +105,8 @@ def test_replay_of_an_entry_that_would_only_fail_again_is_refused(real_bus, redi
                                       "deliveries": "1", "error": "malformed", "at": "-",
                                       "entry": entry})
 
-    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+    # No original on the stream: only --trust-copy gets as far as the checks.
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, "--trust-copy", url=redis_url)
 
     assert code == 1 and "refused" in err and reason in err and out == ""
     assert c.xlen("dlq:inventory") == 1 and not c.exists(stream)
@@ -149,7 +153,7 @@ def test_replay_dry_run_checks_and_prints_but_writes_nothing(real_bus, redis_url
                                 f"OrderCreated {fields['id']} for order 41"]
     [refusal] = err.splitlines()
     assert refusal.startswith(f"choreo: inventory/{bad}: refused, the entry is malformed: missing")
-    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 2
+    assert c.xlen("events:OrderCreated") == 2 and c.xlen("dlq:inventory") == 2     # the originals only
 
 
 def test_replay_refuses_an_entry_its_event_schema_refuses(real_bus, redis_url, capsys):
@@ -162,7 +166,7 @@ def test_replay_refuses_an_entry_its_event_schema_refuses(real_bus, redis_url, c
     assert (code, out) == (1, "")
     assert err.strip() == (f"choreo: inventory/{dlq_id}: refused, the entry is malformed: "
                            f"OrderCreated data: missing or invalid lines")
-    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
+    assert c.xlen("events:OrderCreated") == 1 and c.xlen("dlq:inventory") == 1     # the original only
 
 
 def test_replay_refuses_deeply_nested_data_in_one_line(real_bus, redis_url, capsys):
@@ -175,22 +179,46 @@ def test_replay_refuses_deeply_nested_data_in_one_line(real_bus, redis_url, caps
 
     assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1
     assert f"inventory/{dlq_id}: refused, the entry is malformed" in err
-    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
+    assert c.xlen("events:OrderCreated") == 1 and c.xlen("dlq:inventory") == 1     # the original only
 
 
-def test_replay_refuses_a_truncated_copy(real_bus, redis_url, capsys):
+def test_replay_refuses_a_truncated_copy_once_the_original_is_trimmed(real_bus, redis_url, capsys):
     c = real_bus.client
     huge = {**an_event(), "data": json.dumps({"lines": [{"product_id": 101, "quantity": 1}],
                                               "total_cents": 1999, "pad": "x" * 60_000})}
     dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", huge)
+    code, out, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, "--dry-run", url=redis_url)
+    assert code == 0 and out.startswith(f"would replay inventory/{dlq_id}")     # the original is there
+    c.xdel("events:OrderCreated", "5-0")                                        # trimmed
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, "--dry-run", url=redis_url)
+    assert (code, out) == (1, "") and "is gone from events:OrderCreated (trimmed); --trust-copy" in err
 
     code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, "--dry-run",
-                         url=redis_url)
+                         "--trust-copy", url=redis_url)
 
     assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1
     assert (f"inventory/{dlq_id}: refused, only a truncated copy is kept" in err
             and "the original cannot be restored" in err)
-    assert not c.exists("events:OrderCreated") and c.xlen("dlq:inventory") == 1
+    assert c.xlen("dlq:inventory") == 1
+
+
+def test_a_forged_letter_that_does_not_match_its_entry_is_refused(real_bus, redis_url, capsys):
+    """A service's user may write anything to its own dlq: a letter claiming a ShippingArranged
+    that shipping never wrote must not be replayed as if it were real (a forgery)."""
+    c = real_bus.client
+    real = {**an_event("ShippingArranged", order_id="42"), "producer": "shipping", "data": '{"tracking_id":"T"}'}
+    real_id = c.xadd("events:ShippingArranged", real)
+    forged = {**real, "data": '{"tracking_id":"FORGED"}'}
+    for entry_id, why in ((real_id, f"does not match entry {real_id} on events:ShippingArranged"),
+                          ("99999999999999-0", "is gone from events:ShippingArranged (trimmed)")):
+        letter = DeadLetter.of("inventory", Delivery("events:ShippingArranged", entry_id, forged), "x", "-")
+        dlq_id = c.xadd("dlq:inventory", letter.to_fields())
+
+        code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
+
+        assert (code, out) == (1, "") and why in err
+    assert c.xlen("events:ShippingArranged") == 1
 
 
 def test_the_runtime_dead_letters_a_malformed_entry_and_replay_refuses_it(procs, real_bus, capsys):
