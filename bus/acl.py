@@ -44,6 +44,7 @@ SAMPLES = {
     "evalsha": "EVALSHA " + "0" * 40 + " 0", "script|load": "SCRIPT LOAD return",
     "acl|dryrun": "ACL DRYRUN default PING", "acl|whoami": "ACL WHOAMI",
     "flushall": "FLUSHALL", "config|set": "CONFIG SET maxmemory 0", "keys": "KEYS *",
+    "script|flush": "SCRIPT FLUSH", "function|flush": "FUNCTION FLUSH", "move": "MOVE {key} 1",
 }
 
 

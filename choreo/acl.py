@@ -34,9 +34,12 @@ CONSUME = ("xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|cre
 PUBLISH = ("xadd", "type")
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "exists", "type")
 TRACE = ("rpush", "type")
-ARM = ("hset", "del", "zadd", "zrem", "sadd")
+# Arming a timer, one selector per key so no command reaches a key it has no business with (a
+# DEL of the whole scheduled registry would disarm every order's deadline).
+ARM = (("hset", "del"), ("zadd", "zrem"), ("sadd",))
 TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrange", "exists", "type")
-DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"))
+DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("script|flush"),
+             sample("function|flush"), sample("move", "*"))
 TRACES = bus_keys.trace("*")
 
 
@@ -66,7 +69,7 @@ def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
     if arms_timers(service):
-        grants.append(Grant(ARM, armed_keys(timer_id(TIMER_EVENT, "*"))))
+        grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(TIMER_EVENT, "*")))]
     return Role(service.name, f"the {service.name} service", tuple(grants), CLIENT,
                 refuses=tuple(refusals(service, services)))
 
@@ -83,6 +86,9 @@ def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, .
             out += [sample("hset", pattern) for pattern in other.owns]
     for stream in service.streams[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
+    if arms_timers(service):
+        _, registry, queues = armed_keys(timer_id(TIMER_EVENT, "*"))
+        out += [sample("del", registry), sample("del", queues), sample("hset", registry)]
     return out + list(DANGEROUS)
 
 
@@ -98,7 +104,10 @@ def roles(services: Sequence[Service]) -> list[Role]:
              (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
               Grant(("set", "exists", "type"), (bus_keys.seen(TIMERS, "*"),)),
               Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
-             root=("+@all", "-@dangerous", "+info", *CLIENT, "~rq:*", "&rq:*"),
+             # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
+             # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
+             root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
+                   "-renamenx", "+info", *CLIENT, "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
              refuses=(*(sample("xadd", s) for s in streams if s != bus_keys.stream(TIMER_EVENT)),
                       *(sample("hset", p) for p in owners), *DANGEROUS)),
