@@ -17,7 +17,7 @@ Indexes wrap around, so any tuple of small numbers is a valid step.
 
 After the plan, `settle` runs everything left (pending, new, timers) to quiescence; then
 `violations` checks DESIGN.md's invariants and the issue's: one terminal state per order, nothing
-shipped after its deadline, stock conserved and never negative, money conserved, nothing both
+shipped or charged after its deadline, stock conserved and never negative, money conserved, nothing both
 shipped and refunded, every event type at most once per order (and the services agree).
 """
 
@@ -257,6 +257,8 @@ class Simulation:
         deadline = created.get("deadline_at_ms")
         if ship.get("status") == "BOOKED" and deadline is not None and int(ship["booked_at_ms"]) >= deadline:
             out.append(f"order {oid} shipped at {ship['booked_at_ms']}, after its deadline {deadline}")
+        if pay.get("charged_at_ms") and deadline is not None and int(pay["charged_at_ms"]) >= deadline:
+            out.append(f"order {oid} charged at {pay['charged_at_ms']}, after its deadline {deadline}")
         if ship.get("status") == "BOOKED" and pay.get("status") == "REFUNDED":
             out.append(f"order {oid} both shipped and refunded")
         agree = {"COMPLETED": ("SOLD", "CHARGED", "BOOKED")}.get(status)

@@ -115,3 +115,12 @@ def test_a_timer_is_never_armed_to_fire_before_its_time(real_bus, redis_server):
     """rq keeps whole seconds; a deadline at x.4 s must be armed at x+1 s, not x s (early)."""
     real_bus.schedule([scheduled_call(Timer("DeadlinePassed-9", 1_800_000_000_400, "DeadlinePassed", "9", "c"))])
     assert redis_server.client().zscore("rq:scheduled:choreo-timers", "DeadlinePassed-9") == 1_800_000_001
+
+
+def test_payment_refuses_to_charge_an_order_past_its_deadline():
+    checked = Envelope.new("InventoryChecked", "7", "inventory",
+                           {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999,
+                            "deadline_at_ms": 1_700_000_000_000})   # handle()'s clock: due now
+    uow = handle(SERVICES["payment"], checked)
+    assert [(e.type, e.data["reason"]) for e in uow.emitted] == [("PaymentFailed", "deadline passed before payment")]
+    assert not any(op[0] == "COUNT" for op in uow.ops)            # nothing charged

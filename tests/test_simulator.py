@@ -61,3 +61,10 @@ def test_shipping_reached_after_the_deadline_does_not_book_before_deadline_passe
     clock passes the deadline, and shipping reads PaymentProcessed before any DeadlinePassed."""
     plan = [("deliver", 1, 0), ("deliver", 2, 1), ("tick", 2500), ("deliver", 3, 0)]
     assert simulate([Order(101, 1, 1)], plan) == []
+
+
+def test_payment_reached_after_the_deadline_does_not_charge():
+    """Inventory handles the order in time; payment only after the deadline (and before any
+    DeadlinePassed): it must not take the money, then give it back."""
+    plan = [("deliver", 1, 0), ("tick", 2500), ("deliver", 2, 1)]
+    assert simulate([Order(101, 1, 1)], plan) == []

@@ -27,7 +27,7 @@ def charge(event, uow: UnitOfWork) -> None:
         uow.set(pay_key, status=DECLINED, amount_cents=amount, reason=reason)
         uow.emit("PaymentFailed", reason=reason)
         return
-    uow.set(pay_key, status=CHARGED, amount_cents=amount)
+    uow.set(pay_key, status=CHARGED, amount_cents=amount, charged_at_ms=uow.now_ms())
     uow.count(keys.PAYMENT_TOTALS, "charged_cents", amount)
     uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"], **carried(event))
 
