@@ -27,6 +27,8 @@ local function denied(...)
 end
 
 local function wrong_type(key, want)
+  local no = denied('TYPE', key)
+  if no then return no end
   local t = redis.call('TYPE', key)
   t = type(t) == 'table' and t.ok or t
   if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
@@ -43,9 +45,12 @@ local function refusal(op, args)
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
   local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
+    or ((op == 'HSET' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') then return bad end
+  local unreadable = denied('HGET', args[1], args[2])
+  if unreadable then return unreadable end
   local now = redis.call('HGET', args[1], args[2])
   if now and not string.match(now, '^-?%d+$') then
     return args[1] .. ' field ' .. args[2] .. ' is not an integer'
@@ -83,7 +88,9 @@ for c = 1, n do
   for k = 0, n_checks - 1 do
     if status == 1 then status = denied('HGET', ARGV[i + 2 * k], '_v') or 1 end
   end
-  if status == 1 and seen ~= '' then status = denied('SET', seen, '1', 'EX', '1') or 1 end
+  if status == 1 and seen ~= '' then
+    status = denied('EXISTS', seen) or denied('SET', seen, '1', 'EX', '1') or 1
+  end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for _ = 1, n_checks do
     if status == 1 and (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end

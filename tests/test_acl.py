@@ -165,3 +165,20 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
         assert delivery.entry_id == entry_id
     finally:
         admin.execute_command("ACL", "DELUSER", "halfway")
+
+
+def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, redis_url):
+    """Every HSET also bumps the hash's `_v` with HINCRBY: a hand-made user allowed the one but
+    not the other is refused before the HSET, not after it."""
+    from bus.connect import open_bus
+    from bus.contract import Commit, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "nobump", "on", ">pw", "+@all", "-@dangerous", "-hincrby", "~*")
+    try:
+        bus = open_bus(redis_url.replace("redis://", "redis://nobump:pw@"))
+        with pytest.raises(PermissionsMissing, match="HINCRBY on stock:101"):
+            bus.commit("", [Commit(ops=[("HSET", "stock:101", "available", "1")])])
+        assert not admin.exists("stock:101")
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "nobump")
