@@ -9,6 +9,9 @@ job, so a redelivered entry arms its timer once.
 from __future__ import annotations
 
 import math
+import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Collection, Sequence
@@ -22,6 +25,9 @@ from rq.serializers import JSONSerializer
 from bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
+RETRY_S = (1, 5, 15, 60, 300)           # a job that fails (Redis gone while it ran) is retried
+FAILURE_TTL_S = 7 * 24 * 3600
+JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,8 @@ def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
             # A job that fails (Redis gone while it ran) is retried: a lost timer is a stuck order.
             # rq keeps whole seconds (it truncates): round up, so a timer never fires early.
             queue.enqueue_at(datetime.fromtimestamp(math.ceil(call.at_ms / 1000), timezone.utc), call.func,
-                             *call.args, job_id=call.job_id, result_ttl=0,
-                             failure_ttl=7 * 24 * 3600, retry=Retry(max=5, interval=[1, 5, 15, 60, 300]),
-                             pipeline=pipe)
+                             *call.args, job_id=call.job_id, result_ttl=0, failure_ttl=FAILURE_TTL_S,
+                             retry=Retry(max=len(RETRY_S), interval=list(RETRY_S)), pipeline=pipe)
         pipe.execute()
 
 
@@ -101,13 +106,71 @@ def allowing(functions: Collection[str]) -> type[Job]:
     return TimerJob
 
 
-def run_timers(client: redis.Redis, name: str, functions: Collection[str]) -> None:
-    """The rq worker (with its scheduler) for QUEUE, in this process: jobs run without fork, and
-    only jobs calling one of `functions`. rq installs its own SIGTERM/SIGINT handlers: a warm
-    shutdown after the job in hand."""
+def sweep_due(queue: Queue, functions: Collection[str], log, now: float | None = None) -> int:
+    """Move the timers that are due from the scheduled registry to the queue, each one alone and
+    re-made from its function name and string arguments only. rq's own scheduler fetches every
+    due job together, so one malformed job hash (anyone who may arm a timer may write one) would
+    stop every timer; here it is refused, logged and deleted, and the others go on. ZREM first:
+    of several timers processes, the one whose ZREM removed the id moves it."""
+    registry = ScheduledJobRegistry(queue=queue)
+    moved = 0
+    for raw_id in registry.get_jobs_to_schedule(int(time.time() if now is None else now)):
+        job_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
+        if not queue.connection.zrem(registry.key, raw_id):
+            continue
+        try:
+            func, args, retries = checked_timer(queue.connection, job_id, functions)
+        except Exception as exc:        # whatever a hostile hash makes rq raise
+            log(f"timers: refused scheduled job {job_id[:80]!r}: {type(exc).__name__}: {exc}")
+            if JOB_ID.fullmatch(job_id):
+                queue.connection.delete(Job.key_for(job_id))
+            continue
+        queue.enqueue(func, *args, job_id=job_id, result_ttl=0, failure_ttl=FAILURE_TTL_S,
+                      retry=Retry(max=retries, interval=list(RETRY_S[-retries:])) if retries else None)
+        moved += 1
+    return moved
+
+
+def checked_timer(connection, job_id: str, functions: Collection[str]) -> tuple[str, list, int]:
+    """(function, arguments, retries left) of a scheduled job, or an exception saying why not."""
+    if not JOB_ID.fullmatch(job_id):
+        raise RefusedJob("not a timer's job id")
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    args, retries = list(job.args or ()), job.retries_left or 0
+    if job.func_name not in functions:
+        raise RefusedJob(f"{job.func_name!r} is not a timer")
+    if job.kwargs or len(args) > 8 or not all(isinstance(a, str) and len(a) <= 256 for a in args):
+        raise RefusedJob("a timer takes a few string arguments")
+    if not isinstance(retries, int) or not 0 <= retries <= len(RETRY_S):
+        raise RefusedJob(f"retries left {retries!r}")
+    return job.func_name, args, retries
+
+
+def _sweeping(queue: Queue, functions: Collection[str], log, every_s: float = 0.5) -> None:
+    while True:
+        try:
+            sweep_due(queue, functions, log)
+        except Exception as exc:        # Redis gone: the worker loop reports it; try again
+            log(f"timers: moving due timers failed, will retry: {type(exc).__name__}: {exc}")
+        time.sleep(every_s)
+
+
+def run_timers(client: redis.Redis, name: str, functions: Collection[str], log=print) -> None:
+    """The rq worker for QUEUE in this process, jobs run without fork and only jobs calling one of
+    `functions`; due timers are moved to the queue by sweep_due (in a thread), not by rq's
+    scheduler. rq installs its own SIGTERM/SIGINT handlers: a warm shutdown after the job in hand.
+    rq's worker quits on an error of its own (a job hash it cannot read): it is started again."""
     job_class = allowing(functions)
     connection = same_server(client, decode=False)
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
-    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer, name=name,
-                          job_class=job_class)
-    worker.work(with_scheduler=True, logging_level="WARNING")
+    threading.Thread(target=_sweeping, args=(queue, frozenset(functions), log), daemon=True).start()
+    for life in range(1, 1_000_000):
+        # worker_ttl 20: rq blocks on the queue for ttl - 15 = 5 s, inside the client's 10 s
+        # socket timeout (its default 405 s read would time out and back off while idle).
+        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer,
+                              name=f"{name}-{life}", job_class=job_class, worker_ttl=20)
+        worker.work(with_scheduler=False, logging_level="WARNING")
+        if worker._shutdown_requested_date is not None:     # SIGTERM/SIGINT, seen by rq's handler
+            return
+        log("timers: the rq worker quit on an error (logged above); starting it again in 1 s")
+        time.sleep(1)

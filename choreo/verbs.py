@@ -83,7 +83,7 @@ def cmd_timers(args, settings: Settings) -> int:
     _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
         require(bus, next(r for r in roles(list(SERVICES.values())) if r.user == "timers"))
-        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}", TIMER_JOBS)
+        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}", TIMER_JOBS, log=_show)
         return 0
     finally:
         bus.close()

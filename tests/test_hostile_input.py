@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 
 from rq import Callback, Queue
 from rq.job import Job, JobStatus
@@ -127,3 +128,33 @@ def test_an_event_claiming_a_producer_that_does_not_publish_it_is_dead_lettered(
     assert "producer 'mallory' does not publish InventoryRejected" in _dead_letters(r, "order")[0]["error"]
     wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", what="the real order completes")
     _all_alive(procs)
+
+
+def test_a_malformed_timer_is_refused_and_the_others_still_fire(procs, redis_server):
+    """One job hash rq cannot read (anyone who may arm a timer may write one) used to stop rq's
+    scheduler for every timer; now it is refused alone, and a real order's deadline still fires.
+    One pushed straight onto the queue makes rq's worker quit: it is started again."""
+    r, raw = redis_server.client(), redis_server.client(decode=False)
+    procs.worker("order")
+    timers = procs.start("timers", name="timers")
+    assert procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", "1").returncode == 0
+    evil = Queue(QUEUE, connection=raw, serializer=JSONSerializer)
+    for name in ("DeadlinePassed-evil", "DeadlinePassed-evil2"):
+        evil.enqueue_at(datetime.now(timezone.utc), "workers.deadlines.pass_deadline", "1", "c", job_id=name)
+    r.hset("rq:job:DeadlinePassed-evil", "timeout", "abc")
+    r.hset("rq:job:DeadlinePassed-evil2", "created_at", "garbage")
+    wait_for(lambda: r.xlen("events:DeadlinePassed") == 1, timeout=20, what="the real deadline fired")
+    log = lambda: open(timers.log_path).read()  # noqa: E731
+    wait_for(lambda: "refused scheduled job 'DeadlinePassed-evil2'" in log(), what="the bad ones refused")
+    assert "refused scheduled job 'DeadlinePassed-evil'" in log()
+
+    pushed = Job.create("workers.deadlines.pass_deadline", args=("1", "c"), connection=raw,
+                        serializer=JSONSerializer, origin=QUEUE)
+    pushed.save()
+    r.hset(f"rq:job:{pushed.id}", "timeout", "abc")
+    r.rpush(evil.key, pushed.id)                  # onto the queue only once it is malformed
+    wait_for(lambda: "starting it again" in log(), what="rq's worker quit and started again")
+    later = evil.enqueue("os.system", "true")
+    wait_for(lambda: Job.fetch(later.id, connection=raw, serializer=JSONSerializer).get_status()
+             == JobStatus.FAILED, what="the next job handled (refused)")
+    assert timers.poll() is None
