@@ -43,6 +43,10 @@ local function refusal(op, args)
     end
     return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
   end
+  if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
+    if not string.match(args[2], '^%d+$') then return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds' end
+    return denied('EXPIRE', args[1], args[2])
+  end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
   local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
     or ((op == 'HSET' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
@@ -72,6 +76,9 @@ local function apply(op, args)
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
   elseif op == 'COUNT' then
     redis.call('HINCRBY', unpack(args))
+  elseif op == 'EXPIRE' then
+    -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
+    redis.call('EXPIRE', args[1], args[2])
   else
     redis.call(op, unpack(args))
     if op == 'HSET' or op == 'HINCRBY' then redis.call('HINCRBY', args[1], '_v', 1) end

@@ -71,6 +71,7 @@ class Commit:
 
     ops are write commands: ("HSET", key, field, value, ...), ("HINCRBY", key, field, n),
     ("COUNT", key, field, n) — an HINCRBY on an aggregate that no commit checks, ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
+    ("EXPIRE", key, seconds) — the key (of any type) vanishes that long from now,
     ("PUBLISH", stream, trace_key, max_len, field, value, ...) — an XADD that also appends
     "<stream> <new id>" to trace_key ("" for none) and, when max_len is a whole number ("" for
     none), trims the stream to exactly its newest max_len entries (XADD MAXLEN). Every

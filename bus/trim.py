@@ -16,6 +16,9 @@ declared group being created was missing when we looked, so the stream was block
 running SETID by hand during a trim is outside what this guards.
 
 Retention (keep the newest N entries and/or the last S seconds) only ever lowers the point.
+
+prune_index does the same job for an index of ids whose keys expire (orders:index): it removes
+an id only once its key is gone, checked and removed in one script.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
-from bus.redis_streams import RedisStreamsBus, translated_errors
+from bus.redis_streams import RedisStreamsBus, _lua, translated_errors
 
 NOTHING = (0, 0)        # MINID 0-0 removes nothing: every real id is above it
 MAX_SEQ = 2 ** 64 - 1
@@ -158,3 +161,30 @@ def trim_streams(bus: RedisStreamsBus, services: Iterable[Consumer],
     return [trim_stream(bus, stream, groups, retention, dry_run, clock)
             for stream, groups in sorted(declared_groups(services).items())]
 
+
+
+@dataclass(frozen=True)
+class Index:
+    """A sorted set of ids scored by creation time (ms), each id with a key that expires."""
+    key: str
+    expired_counter: str                  # how many ids were pruned, for audits
+    key_of: Callable[[str], str]
+
+
+def prune_index(bus: RedisStreamsBus, index: Index, retention_s: float,
+                clock: Callable[[], float] = time.time, batch: int = 500) -> int:
+    """Remove the ids whose key has expired; returns how many. Only ids created more than
+    retention_s ago are looked at: a key cannot have expired sooner (it expires retention_s after
+    it ended), so a live order is never removed and the young ones cost nothing."""
+    newest = int((clock() - retention_s) * 1000)
+    script = bus.client.register_script(_lua("prune_index.lua"))
+    pruned, offset = 0, 0
+    while True:
+        with translated_errors():
+            ids = bus.client.zrangebyscore(index.key, "-inf", newest, start=offset, num=batch)
+            if not ids:
+                return pruned
+            removed = script(keys=[index.key, index.expired_counter, *map(index.key_of, ids)],
+                             args=ids)
+        pruned += removed
+        offset += len(ids) - removed          # the survivors stay in place, in front of us

@@ -3,7 +3,7 @@ checks them). One user per service, plus:
 
     timers     runs the rq worker: rq's own keys, and publishing the events timers publish
     trimmer    trims the declared streams (workers do not trim: they would need XTRIM on streams
-               other services publish)
+               other services publish), and prunes orders:index of orders that have expired
     dashboard  reads everything, writes nothing (dashboard, status, trace, audit, dlq list/show)
     admin      everything (setup, dlq replay and purge, acl check)
 
@@ -21,6 +21,7 @@ from typing import Sequence
 from bus import keys as bus_keys
 from bus.acl import Grant, Role, Verdict, sample
 from bus.scheduler import armed_keys
+from workers import keys
 from workers.deadlines import EVENT as TIMER_EVENT, TIMERS
 from workers.service import Service
 from workers.unit_of_work import timer_id
@@ -32,11 +33,15 @@ CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+
 CONSUME = ("xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|create",
            "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
 PUBLISH = ("xadd", "type")
-DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "exists", "type")
+DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "expire",
+          "exists", "type")
 TRACE = ("rpush", "type")
 # Arming a timer, one selector per key so no command reaches a key it has no business with (a
 # DEL of the whole scheduled registry would disarm every order's deadline).
 ARM = (("hset", "del"), ("zadd", "zrem"), ("sadd",))
+# The trimmer also prunes orders:index of expired orders (bus.trim.prune_index): it may look
+# whether an order's key still exists, never read or write one.
+PRUNE = ("zrangebyscore", "zrem")
 TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrange", "exists", "type")
 DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("script|flush"),
              sample("function|flush"), sample("move", "*"))
@@ -53,6 +58,11 @@ def arms_timers(service: Service) -> bool:
     return TIMER_EVENT in service.creates
 
 
+def expires_traces(service: Service) -> bool:
+    """The owner of the orders ends their traces (every publisher appends to them)."""
+    return keys.order("*") in service.owns
+
+
 def all_streams(services: Sequence[Service]) -> list[str]:
     types = {t for s in services for t in (*s.consumes, *s.emits, *s.creates)}
     return [bus_keys.stream(t) for t in sorted(types)]
@@ -64,8 +74,8 @@ def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
     grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
               Grant(CONSUME, tuple(service.streams)),
               Grant(("set", "exists", "type"), (bus_keys.seen(service.name, "*"),))]
-    if own:
-        grants.append(Grant(TRACE, (TRACES,)))
+    if own or expires_traces(service):
+        grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
     if arms_timers(service):
@@ -83,7 +93,7 @@ def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, .
         if other.name != service.name:
             out.append(sample("xadd", bus_keys.dead_letters(other.name)))
             out.append(sample("set", bus_keys.seen(other.name, "*")))
-            out += [sample("hset", pattern) for pattern in other.owns]
+            out += [sample(c, pattern) for pattern in other.owns for c in ("hset", "expire")]
     for stream in service.streams[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
     if arms_timers(service):
@@ -111,9 +121,14 @@ def roles(services: Sequence[Service]) -> list[Role]:
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
              refuses=(*(sample("xadd", s) for s in streams if s != bus_keys.stream(TIMER_EVENT)),
                       *(sample("hset", p) for p in owners), *DANGEROUS)),
-        Role("trimmer", "trims the declared streams as far as every group allows",
-             (Grant(TRIM, tuple(streams)),), CLIENT,
-             refuses=(writes[0], writes[1], sample("xreadgroup", streams[0], "g"), *DANGEROUS)),
+        Role("trimmer", "trims the declared streams as far as every group allows; prunes "
+             "expired orders from the index",
+             (Grant(TRIM, tuple(streams)), Grant(PRUNE, (keys.ORDERS_INDEX,)),
+              Grant(("incrby",), (keys.ORDERS_EXPIRED,)),
+              Grant(("exists",), (keys.order("*"),), read_only=True)), CLIENT,
+             refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
+                      sample("zrem", keys.ORDERS_BY_STATUS), sample("expire", owners[0]),
+                      *DANGEROUS)),
         Role("dashboard", "reads everything, writes nothing",
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",
                    "+acl|whoami", "%R~*"),

@@ -10,12 +10,19 @@ always violations. Those that only hold once the saga has settled (every cancell
 refunded and released, charged - refunded = the completed orders' totals) are checked only when
 nothing is in flight: no PENDING order, no unread or pending entry. With --strict (for a run
 that has drained) everything is checked and anything still in flight is itself a violation.
+
+Ended orders expire (README "Retention"): once an order is older than the retention window its
+keys, and its services' keys, may be gone. Such an absence is not a violation; what the checks
+compare then comes from aggregates that never expire: stock hashes, payments:totals,
+orders:totals (completed_cents) and orders:expired (ids pruned from the index). While no order is
+old enough to have expired, every check is as exact as it always was.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -47,6 +54,11 @@ class GroupState:
 @dataclass
 class Snapshot:
     index: list[str]
+    created_ms: dict[str, float] = field(default_factory=dict)     # index scores
+    horizon_ms: float = 0.0          # orders created before this may have expired
+    pruned: int = 0                  # orders:expired: expired ids already gone from the index
+    orders_totals: dict[str, str] = field(default_factory=dict)
+    expiring: set[str] = field(default_factory=set)   # orphan service keys that carry a TTL
     orders: dict[str, dict] = field(default_factory=dict)
     reservations: dict[str, dict] = field(default_factory=dict)
     payments: dict[str, dict] = field(default_factory=dict)
@@ -57,6 +69,20 @@ class Snapshot:
     groups: list[GroupState] = field(default_factory=list)
     dead_letters: dict[str, int] = field(default_factory=dict)
     quiet: bool = True               # no entry was published while the snapshot was read
+
+    def aged(self, oid: str) -> bool:
+        """Whether this order is old enough for its keys, or its services' keys, to be gone."""
+        return self.created_ms.get(oid, self.horizon_ms + 1) <= self.horizon_ms
+
+    @property
+    def expired(self) -> int:
+        """Orders known to have expired: pruned from the index, or indexed with no hash left."""
+        return self.pruned + sum(1 for oid in self.index
+                                 if oid not in self.orders and self.aged(oid))
+
+    @property
+    def may_have_expired(self) -> bool:
+        return self.pruned > 0 or any(self.aged(oid) for oid in self.index)
 
     @property
     def in_flight(self) -> tuple[int, int, int]:
@@ -89,19 +115,22 @@ def hashes(bus: RedisStreamsBus, names: list[str]) -> list[dict]:
     return out
 
 
-def gather(bus: RedisStreamsBus, services: Iterable) -> Snapshot:
+def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
+           clock=time.time) -> Snapshot:
     """Streams first, domain state, then the streams' entries-added again: if nothing was
     drained-and-then-published in between, the domain reads saw no commit at all (a drained
     bus runs no handler), so the cross-key checks are comparing one consistent moment."""
     declared = sorted(declared_groups(services).items())
     before = streams_added(bus, [s for s, _ in declared])
-    snap = Snapshot(index=[])
+    snap = Snapshot(index=[], horizon_ms=(clock() - retention_s) * 1000)
     for stream, groups in declared:
         snap.groups += stream_groups(bus, stream, groups)
     gather_domain(bus, snap)
     with translated_errors():
         snap.by_status = bus.client.hgetall(keys.ORDERS_BY_STATUS)
         snap.totals = bus.client.hgetall(keys.PAYMENT_TOTALS)
+        snap.orders_totals = bus.client.hgetall(keys.ORDERS_TOTALS)
+        snap.pruned = int(bus.client.get(keys.ORDERS_EXPIRED) or 0)
         snap.dead_letters = {name: bus.client.xlen(bus_keys.dead_letters(name))
                              for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
@@ -123,14 +152,30 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     is read after the SCAN, so an order placed meanwhile is in the index, not a stray."""
     found = domain_keys(bus)
     with translated_errors():
-        snap.index = bus.client.zrange(keys.ORDERS_INDEX, 0, -1)
+        snap.created_ms = dict(bus.client.zrange(keys.ORDERS_INDEX, 0, -1, withscores=True))
+    snap.index = list(snap.created_ms)
     ids = sorted(set(snap.index) | found["order"] | found["reservation"] | found["payment"]
                  | found["shipment"])
     for key_of, into in ((keys.order, snap.orders), (keys.reservation, snap.reservations),
                          (keys.payment, snap.payments), (keys.shipment, snap.shipments)):
         into.update((i, h) for i, h in zip(ids, hashes(bus, [key_of(i) for i in ids])) if h)
+    snap.expiring = expiring_orphans(bus, snap)
     pids = sorted(found["stock"])
     snap.stocks = dict(zip(pids, hashes(bus, [keys.stock(p) for p in pids])))
+
+
+def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
+    """Keys of reservations, payments and shipments without their order that carry a TTL: the
+    leftovers of an expired order, which expire in their own time (only a few at any moment)."""
+    orphans = [key_of(oid) for found, key_of in ((snap.reservations, keys.reservation),
+                                                 (snap.payments, keys.payment),
+                                                 (snap.shipments, keys.shipment))
+               for oid in found if oid not in snap.orders]
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key in orphans:
+            pipe.pttl(key)
+        return {key for key, ttl in zip(orphans, pipe.execute()) if ttl > 0}
 
 
 def stream_groups(bus: RedisStreamsBus, stream: str, declared: list[str]) -> list[GroupState]:
@@ -187,7 +232,8 @@ def check_orders(snap: Snapshot, strict: bool) -> list[str]:
     out = []
     indexed = set(snap.index)
     for oid in sorted(indexed - set(snap.orders)):
-        out.append(f"order {oid}: in {keys.ORDERS_INDEX} but {keys.order(oid)} is missing")
+        if not snap.aged(oid):
+            out.append(f"order {oid}: in {keys.ORDERS_INDEX} but {keys.order(oid)} is missing")
     for oid, order in sorted(snap.orders.items()):
         status = order.get("status")
         if oid not in indexed:
@@ -199,18 +245,28 @@ def check_orders(snap: Snapshot, strict: bool) -> list[str]:
     for found, key_of in ((snap.reservations, keys.reservation), (snap.payments, keys.payment),
                           (snap.shipments, keys.shipment)):
         for oid in sorted(set(found) - set(snap.orders)):
-            out.append(f"order {oid}: {key_of(oid)} exists but {keys.order(oid)} does not")
+            if key_of(oid) not in snap.expiring:
+                out.append(f"order {oid}: {key_of(oid)} exists but {keys.order(oid)} does not")
     return out
 
 
 def check_counters(snap: Snapshot) -> list[str]:
+    """Each status's counter = its order hashes. Once orders have expired, a terminal counter
+    may exceed its hashes, by exactly the number expired in all."""
     counted = Counter(o.get("status") for o in snap.orders.values())
     out = []
+    lenient = snap.may_have_expired
     for status in sorted(set(counted) | set(snap.by_status), key=str):
         stored = int(snap.by_status.get(status, 0))
+        if stored > counted.get(status, 0) and lenient and status in TERMINAL:
+            continue
         if stored != counted.get(status, 0):
             out.append(f"{keys.ORDERS_BY_STATUS}: {status}={stored} but {counted.get(status, 0)} "
                        f"order hashes are {status}")
+    gone = sum(int(snap.by_status.get(s, 0)) - counted.get(s, 0) for s in TERMINAL)
+    if lenient and gone != snap.expired:
+        out.append(f"{keys.ORDERS_BY_STATUS}: {gone} more ended orders counted than order "
+                   f"hashes, but {snap.expired} orders have expired")
     return out
 
 
@@ -266,7 +322,8 @@ def check_totals(snap: Snapshot) -> list[str]:
     out = []
     for name, stored, summed in (("charged_cents", snap.totals.get("charged_cents", 0), charged),
                                  ("refunded_cents", snap.totals.get("refunded_cents", 0), refunded)):
-        if int(stored) != summed:
+        # Expired payment hashes leave the totals ahead of what is left, never behind.
+        if int(stored) != summed and not (snap.may_have_expired and int(stored) > summed):
             out.append(f"{keys.PAYMENT_TOTALS}: {name}={stored} but payment hashes add up to {summed}")
     return out
 
@@ -277,12 +334,17 @@ def check_payments(snap: Snapshot) -> list[str]:
     (Orders are read before payments and shipments, and those states are final.)"""
     out = []
     for oid, order in sorted(snap.orders.items()):
-        out += order_payment_violations(oid, order, snap.payments.get(oid, {}),
-                                        snap.shipments.get(oid, {}))
+        out += order_payment_violations(oid, order, snap.payments.get(oid),
+                                        snap.shipments.get(oid), snap.aged(oid))
     return out
 
 
-def order_payment_violations(oid: str, order: dict, pay: dict, ship: dict) -> list[str]:
+def order_payment_violations(oid: str, order: dict, pay: dict | None, ship: dict | None,
+                             aged: bool = False) -> list[str]:
+    """aged: the order is old enough that an absent payment or shipment may have expired."""
+    if aged and (pay is None or ship is None):
+        return []
+    pay, ship = pay or {}, ship or {}
     out = []
     status, booked = order.get("status"), ship.get("status") == "BOOKED"
     if booked and pay.get("status") == "REFUNDED":
@@ -307,7 +369,7 @@ def check_settled(snap: Snapshot) -> list[str]:
         pay, res = snap.payments.get(oid, {}), snap.reservations.get(oid, {})
         if status == "COMPLETED":
             completed += int(order.get("total_cents", 0))
-            if res.get("status") != "SOLD":
+            if res.get("status") != "SOLD" and not (snap.aged(oid) and not res):
                 out.append(f"order {oid}: COMPLETED but reservation is {res.get('status', 'absent')}")
         elif status in TERMINAL:
             if pay.get("status") == "CHARGED":
@@ -315,9 +377,13 @@ def check_settled(snap: Snapshot) -> list[str]:
             if res.get("status") == "RESERVED":
                 out.append(f"order {oid}: {status} but its stock is still RESERVED")
     net = int(snap.totals.get("charged_cents", 0)) - int(snap.totals.get("refunded_cents", 0))
-    if net != completed:
+    recorded = int(snap.orders_totals.get("completed_cents", completed))
+    if net != completed and not snap.may_have_expired:
         out.append(f"money: charged - refunded = {net} cents but completed orders total "
                    f"{completed} cents")
+    elif net != recorded:
+        out.append(f"money: charged - refunded = {net} cents but {keys.ORDERS_TOTALS} records "
+                   f"{recorded} cents of completed orders")
     return out
 
 
@@ -363,8 +429,9 @@ def summarize(snap: Snapshot, settled: bool) -> str:
             f"conserved; {len(snap.groups)} stream groups; {dead} dead letters; {flight}")
 
 
-def run_audit(bus: RedisStreamsBus, services: Iterable, strict: bool, out, err) -> int:
-    report = audit(gather(bus, services), strict)
+def run_audit(bus: RedisStreamsBus, services: Iterable, strict: bool, out, err,
+              retention_s: float = 86400) -> int:
+    report = audit(gather(bus, services, retention_s), strict)
     for line in report.violations:
         out(f"VIOLATION {line}")
     if report.violations:

@@ -100,13 +100,20 @@ def cmd_place_order(args, settings: Settings) -> int:
         return 0
 
 
+def _not_found(order_id: str, settings: Settings) -> str:
+    """One line for an order Redis no longer (or never) had: after the retention window an
+    ended order's keys are gone, and this is what a user asking about it sees."""
+    return (f"order {order_id}: not found — orders are kept CHOREO_RETENTION_S "
+            f"({settings.retention_s} s) after they end; this one may have expired")
+
+
 def cmd_status(args, settings: Settings) -> int:
     with open_bus(settings.url) as bus:
         oid = args.order_id
         order, reservation, payment, shipment = bus.read_hashes(
             [keys.order(oid), keys.reservation(oid), keys.payment(oid), keys.shipment(oid)])
         if not order:
-            _show(f"choreo: no order {oid}")
+            _show(_not_found(oid, settings))
             return 1
         # .get: the hash is whatever a writer left there, not necessarily what the order service wrote
         _show(f"order {oid}: {order.get('status', '?')}"
@@ -127,7 +134,7 @@ def cmd_trace(args, settings: Settings) -> int:
         events = load_events(bus, args.order_id)
         dead = order_dead_letters(bus, args.order_id)
         if not events and not dead:
-            _out(f"choreo: no events for order {args.order_id}")
+            _show(_not_found(args.order_id, settings))
             return 1
         status = bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
         nodes = build_trace(bus, events, dead)
@@ -219,7 +226,8 @@ def cmd_dlq(args, settings: Settings) -> int:
 def cmd_audit(args, settings: Settings) -> int:
     from choreo.audit import run_audit
     with open_bus(settings.url) as bus:
-        return run_audit(bus, SERVICES.values(), args.strict, _show, _show_err)
+        return run_audit(bus, SERVICES.values(), args.strict, _show, _show_err,
+                         settings.retention_s)
 
 
 def cmd_trim(args, settings: Settings) -> int:
@@ -229,13 +237,27 @@ def cmd_trim(args, settings: Settings) -> int:
             retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
             for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
                 _out(report.line())
+            if not args.dry_run:
+                _out(_pruned_line(_prune_orders(bus, settings), settings))
             return 0
         retention = Retention(args.keep_entries or settings.trim_keep_entries,
                               args.keep_seconds or settings.trim_keep_seconds)
-        return _trim_every(bus, retention, args.every, _stop_flag())
+        return _trim_every(bus, retention, args.every, _stop_flag(), settings)
 
 
-def _trim_every(bus, retention, every_s: float, stop: threading.Event) -> int:
+def _prune_orders(bus, settings: Settings) -> int:
+    """orders:index loses the ids of orders whose keys have expired (README "Retention")."""
+    from bus.trim import Index, prune_index
+    return prune_index(bus, Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order),
+                       settings.retention_s)
+
+
+def _pruned_line(pruned: int, settings: Settings) -> str:
+    return (f"{keys.ORDERS_INDEX}: pruned {pruned} expired orders "
+            f"(orders are kept {settings.retention_s} s after they end)")
+
+
+def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings: Settings) -> int:
     """The trimmer process: trim, wait, repeat until SIGTERM. A stream is logged only when
     something was trimmed or its blocked state changed; a failure is logged and retried."""
     from bus.contract import BusError
@@ -249,6 +271,9 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event) -> int:
                 if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
                     _out(f"trimmer: {report.line()}")
                 blocked[report.stream] = report.blocked_by
+            pruned = _prune_orders(bus, settings)
+            if pruned:
+                _out(f"trimmer: {_pruned_line(pruned, settings)}")
         except BusError as exc:
             _out(f"trimmer: trimming failed, will retry: {exc}")
         if stop.wait(every_s):

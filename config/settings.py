@@ -55,6 +55,10 @@ class Settings:
     commit_delay_ms: int = 0
     # Dead letters kept per service: writing one trims dlq:<service> to its newest this many.
     dlq_max_entries: int = 10_000
+    # How long an order's keys are kept once it has ended and each service's part of it is final
+    # (README "Retention"). It is also how late an event may arrive and still find the state that
+    # makes it a no-op: keep it longer than any service may be down or behind.
+    retention_s: int = 86400
 
     @property
     def url(self) -> str:
@@ -122,6 +126,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "order_deadline_s": (0, MAX_DEADLINE_S),    # 0: no deadline
     "commit_delay_ms": (0, 60 * 1000),
     "dlq_max_entries": (1, 10 ** 9),
+    "retention_s": (1, 3650 * DAY_S),           # seconds are for tests; production wants days
 }
 
 

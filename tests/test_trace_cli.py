@@ -117,4 +117,4 @@ def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
 
 def test_trace_of_an_unknown_order(real_bus, redis_url, capsys):
     assert main(["trace", "404", "--redis-url", redis_url]) == 1
-    assert capsys.readouterr().out == "choreo: no events for order 404\n"
+    assert capsys.readouterr().out == "order 404: not found — orders are kept CHOREO_RETENTION_S (86400 s) after they end; this one may have expired\n"

@@ -32,6 +32,12 @@ def passed(event, uow: UnitOfWork) -> bool:
     return deadline is not None and uow.now_ms() >= deadline
 
 
+def remaining_s(event, uow: UnitOfWork) -> float:
+    """Seconds until the deadline the event carries (0 if none, or past)."""
+    deadline = event.data.get("deadline_at_ms")
+    return 0 if deadline is None else max(0, deadline - uow.now_ms()) / 1000
+
+
 def carried(event) -> dict:
     """The deadline to pass on in a follow-on event ({} for an order without one)."""
     deadline = event.data.get("deadline_at_ms")

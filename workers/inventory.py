@@ -25,6 +25,7 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
     if short:
         reason = "not enough stock for product " + ", ".join(map(str, short))
         uow.set(res_key, status=REJECTED, reason=reason)
+        uow.expire(res_key)         # final: only a late compensation can follow, and it finds this
         uow.emit("InventoryRejected", reason=reason)
         return
     for l in lines:
@@ -42,6 +43,7 @@ def _settle(to_status: str):
         if not res:
             # Compensation before the reservation: remember it so a late OrderCreated reserves nothing.
             uow.set(res_key, status=RELEASED, reason=f"{event.type} before reservation")
+            uow.expire(res_key)     # kept the retention window: a late OrderCreated must find it
             return
         if res["status"] != RESERVED:
             return
@@ -50,6 +52,7 @@ def _settle(to_status: str):
             uow.add(keys.stock(l["product_id"]), "sold" if to_status == SOLD else "available",
                     l["quantity"])
         uow.set(res_key, status=to_status)
+        uow.expire(res_key)         # final either way; late events within the window find it
     settle.__name__ = "sell_reservation" if to_status == SOLD else "release_reservation"
     return settle
 

@@ -16,6 +16,8 @@ def order_history(order_id: str) -> str:
 ORDER_SEQ = "orders:seq"                       # counter behind `place-order` without --order-id
 ORDERS_INDEX = "orders:index"                  # sorted set: order id by creation time (ms)
 ORDERS_BY_STATUS = "orders:by_status"          # hash: status -> number of orders in it
+ORDERS_TOTALS = "orders:totals"                # hash: completed_cents (survives the orders' expiry)
+ORDERS_EXPIRED = "orders:expired"              # counter: expired ids pruned from orders:index
 
 
 def stock(product_id) -> str:

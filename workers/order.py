@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bus import keys as bus_keys
 from config.catalogue import CATALOGUE
 from workers import keys
 from workers.events import MAX_QUANTITY, valid_lines
@@ -50,13 +51,30 @@ def _finish(status: str):
         if order.get("status") != PENDING:
             return          # already terminal (or unknown): a late or repeated event changes nothing
         uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),
-                reason=event.data.get("reason", ""))
+                reason=event.data.get("reason", ""), **_outcome(event))
         uow.count(keys.ORDERS_BY_STATUS, PENDING, -1)
         uow.count(keys.ORDERS_BY_STATUS, status, 1)
+        if status == COMPLETED:
+            # What the money check compares with once completed orders have expired.
+            uow.count(keys.ORDERS_TOTALS, "completed_cents", int(order.get("total_cents", 0)))
         uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
+        _expire_record(uow, event.order_id)
         uow.disarm("DeadlinePassed")
     finish.__name__ = f"mark_{status.lower()}"
     return finish
+
+
+def _outcome(event) -> dict:
+    """What the order's record keeps of the other services' parts (their keys expire too)."""
+    return {"tracking_id": event.data["tracking_id"]} if "tracking_id" in event.data else {}
+
+
+def _expire_record(uow: UnitOfWork, order_id: str) -> None:
+    """The order has ended: its record, history and trace go after the retention window. A late
+    event finds the order terminal (or gone) and changes nothing; the index is pruned by the
+    trimmer (bus.trim.prune_index) once the hash has gone."""
+    for key in (keys.order(order_id), keys.order_history(order_id), bus_keys.trace(order_id)):
+        uow.expire(key)
 
 
 def _order(event) -> list[str]:

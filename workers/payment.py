@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from config.catalogue import RULES
 from workers import keys
-from workers.deadlines import carried, passed
+from workers.deadlines import carried, passed, remaining_s
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
@@ -20,15 +20,21 @@ def charge(event, uow: UnitOfWork) -> None:
         # Too late to take money for it, whether or not DeadlinePassed has reached us yet.
         reason = "deadline passed before payment"
         uow.set(pay_key, status=CANCELLED, amount_cents=amount, reason=reason)
+        uow.expire(pay_key)
         uow.emit("PaymentFailed", reason=reason)
         return
     if amount > RULES.card_limit_cents:
         reason = f"card declined: {amount} cents is over the {RULES.card_limit_cents}-cent limit"
         uow.set(pay_key, status=DECLINED, amount_cents=amount, reason=reason)
+        uow.expire(pay_key)
         uow.emit("PaymentFailed", reason=reason)
         return
     uow.set(pay_key, status=CHARGED, amount_cents=amount, charged_at_ms=uow.now_ms())
     uow.count(keys.PAYMENT_TOTALS, "charged_cents", amount)
+    # Payment never hears that the order completed, so CHARGED is kept as long as a refund can
+    # still be asked for: ShippingFailed comes from the booking (now) or at the deadline at the
+    # latest, so the retention window counts from the deadline. A refund re-arms it from then.
+    uow.expire(pay_key, after_s=remaining_s(event, uow))
     uow.emit("PaymentProcessed", amount_cents=amount, lines=event.data["lines"], **carried(event))
 
 
@@ -38,11 +44,13 @@ def refund(event, uow: UnitOfWork) -> None:
     if not pay:
         # Shipping failed (a deadline) before this service charged: never charge this order.
         uow.set(pay_key, status=CANCELLED, reason=event.data.get("reason", event.type))
+        uow.expire(pay_key)     # kept the retention window: a late InventoryChecked must find it
         return
     if pay["status"] != CHARGED:
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
     uow.count(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
+    uow.expire(pay_key)
 
 
 def _payment(event) -> list[str]:

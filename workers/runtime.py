@@ -261,7 +261,7 @@ class Worker:
         if isinstance(event, Unhandleable):
             return self.dead_letter(d, str(event), started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
-                         creates=self.service.creates)
+                         creates=self.service.creates, retention_s=self.settings.retention_s)
         try:
             self.service.consumes[event.type].handle(event, uow)
             view.apply(uow.ops)

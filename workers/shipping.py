@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from config.catalogue import RULES
 from workers import keys
-from workers.deadlines import passed
+from workers.deadlines import passed, remaining_s
 from workers.service import On, Service, confirm
 from workers.unit_of_work import UnitOfWork
 
@@ -24,11 +24,15 @@ def book_shipment(event, uow: UnitOfWork) -> None:
     if items > RULES.parcel_max_items:
         reason = f"{items} items do not fit one parcel (max {RULES.parcel_max_items})"
         uow.set(ship_key, status=FAILED, reason=reason)
+        uow.expire(ship_key)
         uow.emit("ShippingFailed", reason=reason)
         return
     # Derived from the event, so re-handling after a commit conflict books the same shipment.
     tracking_id = "TRK-" + event.id[:12].upper()
     uow.set(ship_key, status=BOOKED, tracking_id=tracking_id, booked_at_ms=uow.now_ms())
+    # A DeadlinePassed published just before the order completed may still arrive: it must find
+    # the shipment BOOKED, so the window counts from the deadline.
+    uow.expire(ship_key, after_s=remaining_s(event, uow))
     uow.emit("ShippingArranged", tracking_id=tracking_id)
 
 
@@ -47,6 +51,7 @@ def cancel_unless_booked(event, uow: UnitOfWork) -> None:
 def cancel(uow: UnitOfWork, order_id: str) -> None:
     reason = "deadline passed before shipping"
     uow.set(keys.shipment(order_id), status=CANCELLED, reason=reason)
+    uow.expire(keys.shipment(order_id))     # a late PaymentProcessed must find it within the window
     uow.emit("ShippingFailed", reason=reason)
 
 

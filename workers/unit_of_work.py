@@ -12,6 +12,7 @@ from bus.contract import Bus, Commit
 from bus.envelope import Envelope
 
 VERSION = "_v"
+DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
 
 
 class UndeclaredEvent(Exception):
@@ -67,8 +68,9 @@ def timer_id(event_type: str, order_id: str) -> str:
 class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
                  cause: Envelope | None = None, clock: Callable[[], float] = time.time,
-                 creates: Collection[str] = ()):
+                 creates: Collection[str] = (), retention_s: int = DEFAULT_RETENTION_S):
         self.producer = producer
+        self.retention_s = retention_s
         self._emits = emits
         self._creates = creates
         self._view = view
@@ -102,6 +104,11 @@ class UnitOfWork:
 
     def index(self, key: str, score: float, member: str) -> None:
         self.ops.append(("ZADD", key, score, member))
+
+    def expire(self, key: str, after_s: float = 0) -> None:
+        """Let the key vanish retention_s (+ after_s) from now: its owner's part of the order is
+        final. Until then it still guards against late events (see README "Retention")."""
+        self.ops.append(("EXPIRE", key, int(self.retention_s + max(0, after_s))))
 
     def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",
              **data) -> Envelope:

@@ -1,0 +1,165 @@
+"""Bounded memory: once an order has ended and each service's part of it is final, its keys expire
+after CHOREO_RETENTION_S; until then they still make late events no-ops. Real redis-server (TTLs
+and expiry are the point), in-process workers, a retention of seconds; every wait is on a condition."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus import keys as bus_keys
+from bus.contract import Commit, Outcome
+from bus.envelope import Envelope
+from bus.trim import Index, prune_index, trim_streams
+from choreo.audit import run_audit
+from choreo.cli import main
+from choreo.orders import OrderRequest, place_orders
+from config.settings import Settings
+from tests.helpers import wait_for
+from tests.inprocess import drain, start_workers
+from workers import SERVICES, keys
+
+RETENTION_S = 2
+# One order per way to end: completed, rejected (out of stock), declined (card limit), shipping
+# failed (parcel too big: charged, then refunded and released).
+ORDERS = {"c": (101, 1), "r": (103, 6), "d": (102, 101), "s": (101, 60)}
+ENDS = {"c": "COMPLETED", "r": "REJECTED", "d": "CANCELLED", "s": "CANCELLED"}
+INDEX = Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order)
+
+
+def order_keys(oid: str) -> list[str]:
+    return [keys.order(oid), keys.order_history(oid), bus_keys.trace(oid), keys.reservation(oid),
+            keys.payment(oid), keys.shipment(oid)]
+
+
+def place(bus, suffix: str) -> list[str]:
+    requests = [OrderRequest(k + suffix, [{"product_id": p, "quantity": q}])
+                for k, (p, q) in ORDERS.items()]
+    return place_orders(bus, requests)
+
+
+def settle(bus, workers, suffix: str) -> list[str]:
+    ids = place(bus, suffix)
+    drain(workers)
+    statuses = [bus.client.hget(keys.order(i), "status") for i in ids]
+    assert statuses == [ENDS[i[0]] for i in ids]
+    return ids
+
+
+def gone(bus, ids) -> bool:
+    return not any(bus.client.exists(k) for i in ids for k in order_keys(i))
+
+
+def lasting_keys(bus) -> set[str]:
+    """Every key but the dedup markers (their retention is CHOREO_SEEN_TTL_S, not this one)."""
+    return {k for k in bus.client.scan_iter(count=1000) if not k.startswith("seen:")}
+
+
+def publish(bus, event: Envelope) -> None:
+    """A late event: a new entry (new event id), as a publisher's retry or a slow producer makes."""
+    fields = [x for kv in event.fields().items() for x in kv]
+    assert bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), "", "", *fields)])]) \
+        == [Outcome.APPLIED]
+
+
+@pytest.fixture
+def workers(real_bus):
+    return start_workers(real_bus, Settings(retention_s=RETENTION_S, block_ms=50))
+
+
+def test_every_key_of_a_settled_order_expires_within_the_retention(real_bus, workers):
+    ids = settle(real_bus, workers, "1")
+    present = [k for i in ids for k in order_keys(i) if real_bus.client.exists(k)]
+    assert len(present) >= 15              # reservation, payment, shipment where each one acted
+    ttls = {k: real_bus.client.pttl(k) for k in present}
+    assert all(0 < ms <= RETENTION_S * 1000 for ms in ttls.values()), ttls
+    wait_for(lambda: gone(real_bus, ids), timeout=15, what="the orders' keys to expire")
+
+
+def test_memory_returns_to_the_same_keys_once_orders_have_expired(real_bus, workers):
+    rounds = []
+    for n in range(2):
+        ids = settle(real_bus, workers, f"m{n}")
+        wait_for(lambda: gone(real_bus, ids), timeout=15, what="the orders' keys to expire")
+        assert prune_index(real_bus, INDEX, RETENTION_S) == len(ids)
+        rounds.append(lasting_keys(real_bus))
+    assert rounds[0] == rounds[1]
+    assert real_bus.client.zcard(keys.ORDERS_INDEX) == 0
+    assert real_bus.client.get(keys.ORDERS_EXPIRED) == str(2 * len(ORDERS))
+
+
+def test_late_events_within_the_window_change_nothing(real_bus, workers):
+    ids = dict(zip(ORDERS, settle(real_bus, workers, "late")))
+    stock = [real_bus.client.hgetall(keys.stock(p)) for p in (101, 102, 103)]
+    totals = real_bus.client.hgetall(keys.PAYMENT_TOTALS)
+    # A rejected order's OrderCreated again: its reservation (REJECTED) must stop a second try.
+    publish(real_bus, Envelope.new("OrderCreated", ids["r"], "order",
+                                   {"lines": [{"product_id": 103, "quantity": 1}], "total_cents": 25_000}))
+    # A deadline published just before the order completed: the shipment is BOOKED, keep it.
+    publish(real_bus, Envelope.new("DeadlinePassed", ids["c"], "order", {}))
+    # A deadline's compensation for the declined order: released, never charged, cancelled.
+    publish(real_bus, Envelope.new("ShippingFailed", ids["d"], "shipping", {"reason": "late"}))
+    drain(workers)
+    assert [real_bus.client.hgetall(keys.stock(p)) for p in (101, 102, 103)] == stock
+    assert real_bus.client.hgetall(keys.PAYMENT_TOTALS) == totals
+    assert real_bus.client.hget(keys.order(ids["c"]), "status") == "COMPLETED"
+    assert real_bus.client.hget(keys.shipment(ids["c"]), "status") == "BOOKED"
+    assert real_bus.client.hget(keys.reservation(ids["r"]), "status") == "REJECTED"
+    assert real_bus.client.hget(keys.payment(ids["d"]), "status") == "DECLINED"
+    # Nothing was written without an expiry: the keys still go.
+    wait_for(lambda: gone(real_bus, ids.values()), timeout=15, what="the orders' keys to expire")
+
+
+def test_status_and_trace_of_an_expired_order_say_so(real_bus, workers, redis_url, capsys,
+                                                     monkeypatch):
+    ids = settle(real_bus, workers, "st")
+    assert main(["status", ids[0], "--redis-url", redis_url]) == 0
+    capsys.readouterr()
+    wait_for(lambda: gone(real_bus, ids), timeout=15, what="the orders' keys to expire")
+    monkeypatch.setenv("CHOREO_RETENTION_S", str(RETENTION_S))
+    expected = (f"order {ids[0]}: not found — orders are kept CHOREO_RETENTION_S ({RETENTION_S} s) "
+                f"after they end; this one may have expired\n")
+    for verb in ("status", "trace"):
+        assert main([verb, ids[0], "--redis-url", redis_url]) == 1
+        assert capsys.readouterr().out == expected
+
+
+def audit_lines(bus, strict=True) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = run_audit(bus, SERVICES.values(), strict, lines.append, lines.append, RETENTION_S)
+    return code, lines
+
+
+def test_audit_stays_clean_while_orders_expire_and_still_catches_lost_money(real_bus, workers):
+    ids = settle(real_bus, workers, "a") + settle(real_bus, workers, "b")
+    assert audit_lines(real_bus)[0] == 0
+    wait_for(lambda: gone(real_bus, ids[:4]), timeout=15, what="the first orders to expire")
+    assert audit_lines(real_bus)[0] == 0                    # before the index is pruned
+    prune_index(real_bus, INDEX, RETENTION_S)
+    trim_streams(real_bus, SERVICES.values())
+    code, lines = audit_lines(real_bus)
+    assert code == 0 and lines[-1].startswith("audit clean"), lines
+    real_bus.client.hincrby(keys.PAYMENT_TOTALS, "charged_cents", 1)
+    code, lines = audit_lines(real_bus)
+    assert code == 1 and any("orders:totals records" in line for line in lines), lines
+    real_bus.client.hincrby(keys.PAYMENT_TOTALS, "charged_cents", -1)
+    real_bus.client.hincrby(keys.ORDERS_BY_STATUS, "COMPLETED", 1)
+    code, lines = audit_lines(real_bus)
+    assert code == 1 and any("orders have expired" in line for line in lines), lines
+
+
+def test_pruning_keeps_every_id_whose_order_still_exists(real_bus):
+    c = real_bus.client
+    c.zadd(keys.ORDERS_INDEX, {"old-live": 1, "old-gone": 2, "young-gone": 4_000_000_000_000})
+    c.hset(keys.order("old-live"), "status", "PENDING")
+    assert prune_index(real_bus, INDEX, RETENTION_S, batch=1) == 1
+    assert c.zrange(keys.ORDERS_INDEX, 0, -1) == ["old-live", "young-gone"]
+    assert c.get(keys.ORDERS_EXPIRED) == "1"
+
+
+def test_an_expire_op_sets_a_ttl_and_a_bad_one_is_refused_untouched(any_bus):
+    assert any_bus.commit("", [Commit(ops=[("HSET", "k", "f", "1"), ("EXPIRE", "k", "60")])]) \
+        == [Outcome.APPLIED]
+    assert 0 < any_bus.client.ttl("k") <= 60
+    bad = Commit(ops=[("HSET", "j", "f", "1"), ("EXPIRE", "j", "soon")])
+    assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
+    assert "not whole seconds" in bad.refusal and not any_bus.client.exists("j")
