@@ -287,6 +287,8 @@ def cmd_bench(args, settings: Settings) -> int:
         return 2
     plan = Plan(args.orders, args.rows, args.replicas, rate=args.rate, timeout_s=args.timeout,
                 curve=args.curve)
+    # SIGTERM as Ctrl-C: unwind through the finally blocks that stop every process started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run = run_bench(plan, args.redis_url)
     except BenchError as exc:
