@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 import redis
 
 from benchmarks import reference
-from choreo.load import percentile
 from bus.connect import redact
+from choreo.load import percentile
 from choreo.redis_server import RedisServer, find_redis_server
 from workers import keys
 
@@ -141,8 +141,8 @@ def worker_env(row: Row, url: str, slot: int) -> dict[str, str]:
             "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
 
 
-def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path) -> list[Proc]:
-    procs = []
+def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path, procs: list[Proc]) -> None:
+    """Appends each process as it starts, so a failure part-way still leaves them all to stop."""
     for service in SERVICES:
         for slot in range(1, replicas.get(service, 1) + 1):
             log = logdir / f"{row.name}-{service}.{slot}.log"
@@ -153,7 +153,6 @@ def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path) ->
                                          env=worker_env(row, url, slot), stdout=subprocess.DEVNULL,
                                          stderr=err, start_new_session=True)
             procs.append(Proc(f"{service}.{slot}", popen, log))
-    return procs
 
 
 def stop_all(procs: list[Proc]) -> None:
@@ -378,7 +377,7 @@ def running_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
         client = redis.Redis.from_url(url, decode_responses=True)
         procs: list[Proc] = []
         try:
-            procs = start_workers(row, url, plan.replicas, workdir)
+            start_workers(row, url, plan.replicas, workdir, procs)
             started.extend(p.popen.pid for p in procs)
             if not wait_for(lambda: groups_ready(client, row, plan.replicas), READY_TIMEOUT_S, procs):
                 raise BenchError(f"{row.name}: the workers did not join their groups within "
