@@ -90,21 +90,32 @@ def test_ctrl_c_stops_every_process_it_started():
     env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
     proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--orders", "1000000", "--rows", "choreo"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while len(children(proc.pid)) < 1 + 4 and time.monotonic() < deadline:     # server, workers
+        while len(started) < 1 + 4 and time.monotonic() < deadline:     # server, workers
             time.sleep(0.1)
-        started = children(proc.pid)
+            started = children(proc.pid)
         assert len(started) == 5 and len(marked(mark)) == 1 + 4     # the bench and its workers
         time.sleep(1.0)                                 # the load is running by now
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_if_left(proc)
     assert marked(mark) == []
     assert not [p for p in started if Path(f"/proc/{p}").exists()]
+
+
+def _kill_if_left(proc: subprocess.Popen) -> None:
+    """A failed test still leaves nothing running: the workers have their own sessions, so
+    killing the bench alone would orphan them. Only while the bench runs are these pids surely
+    still its children (afterwards a pid may be reused): they go first, then the bench."""
+    if proc.poll() is not None:
+        return
+    for pid in children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
 
 
 @pytest.mark.parametrize("argv", [["--replicas", "inventory=two"], ["--replicas", "stock=2"],
