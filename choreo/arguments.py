@@ -81,3 +81,28 @@ def entry_id(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an entry id like 1700000000000-0, got {text!r}")
     return text
 
+
+
+replica_count = Bounded(1, 16, int)             # processes of one service in `choreo bench`
+
+
+def replicas(text: str) -> dict[str, int]:
+    """`inventory=2,payment=3`: processes per service (the others run one)."""
+    from workers import SERVICES
+    counts: dict[str, int] = {}
+    for pair in filter(None, text.split(",")):
+        service, eq, count = pair.partition("=")
+        if service not in SERVICES or not eq:
+            raise argparse.ArgumentTypeError(
+                f"expected <service>=<count>[,...] with a service of {', '.join(SERVICES)}, got {pair[:40]!r}")
+        counts[service] = replica_count(count)
+    return counts
+
+
+def bench_rows(text: str) -> tuple[str, ...]:
+    from choreo.bench import ROWS
+    rows = tuple(filter(None, text.split(",")))
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        raise argparse.ArgumentTypeError(f"rows are a comma list of {', '.join(ROWS)}, got {text[:60]!r}")
+    return rows

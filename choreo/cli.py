@@ -12,7 +12,7 @@ from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.scenarios import SCENARIOS
-from choreo.verbs import (cmd_acl, cmd_audit, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
+from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
                           cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from config.settings import Settings, SettingsError
 from workers import SERVICES
@@ -68,6 +68,28 @@ def _add_ops_verbs(sub, common) -> None:
                     help="ask the server (ACL DRYRUN) whether every user may do what it needs, "
                          "and nothing it must not; exit 1 on a mismatch")
     p.set_defaults(run=cmd_acl, role="admin")
+
+
+def _add_bench_verb(sub, common) -> None:
+    from choreo.bench import ROWS
+    p = sub.add_parser("bench", parents=[common],
+                       help="measure choreo against plain redis-py references, in one run")
+    p.add_argument("--orders", type=arg.orders, default=5000, help=f"per row, {arg.orders.bounds} (default: 5000)")
+    p.add_argument("--rate", type=arg.rate,
+                   help=f"orders per second, {arg.rate.bounds} (default: all placed up front)")
+    p.add_argument("--replicas", type=arg.replicas, default={}, metavar="SERVICE=N,...",
+                   help=f"worker processes per service, {arg.replica_count.bounds} (default: 1 each)")
+    p.add_argument("--rows", type=arg.bench_rows, default=tuple(ROWS), metavar="ROW,...",
+                   help=f"which rows, in order (default: {','.join(ROWS)})")
+    p.add_argument("--curve", action="store_true",
+                   help="also run every row paced at 25/50/75%% of the slowest row's maximum")
+    p.add_argument("--timeout", type=arg.load_timeout, default=120.0, metavar="SECONDS",
+                   help=f"give up on a row's orders after this, {arg.load_timeout.bounds} (default: 120)")
+    p.add_argument("--soak", type=arg.orders, metavar="N", help="(not built yet)")
+    p.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
+    # --redis-url here means: run on that (empty) database instead of a throwaway redis-server;
+    # $REDIS_URL is not used, so a bench never flushes a server by accident.
+    p.set_defaults(run=cmd_bench)
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -140,6 +162,7 @@ def build_parser() -> Parser:
         .set_defaults(run=cmd_topology)
     _add_dlq_verbs(sub, common)
     _add_ops_verbs(sub, common)
+    _add_bench_verb(sub, common)
     return parser
 
 

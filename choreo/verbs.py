@@ -302,3 +302,27 @@ def cmd_acl(args, settings: Settings) -> int:
         f"{v.user} {' '.join(v.command)} should be {'allowed' if v.expected else 'refused'}"
         for v in wrong[:5]) if wrong else ""))
     return 1 if wrong else 0
+
+
+def cmd_bench(args, settings: Settings) -> int:
+    from rich.console import Console
+    from choreo.bench import BenchError, Plan, run_bench
+    from choreo.bench_report import render, to_json
+    if args.soak:
+        _err("choreo bench: --soak is not built yet (issue 9, part 3: retention)")
+        return 2
+    plan = Plan(args.orders, args.rows, args.replicas, rate=args.rate, timeout_s=args.timeout,
+                curve=args.curve)
+    # SIGTERM as Ctrl-C: unwind through the finally blocks that stop every process started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        run = run_bench(plan, args.redis_url)
+    except BenchError as exc:
+        _err(f"choreo bench: {exc}")
+        return 1
+    if args.json:
+        _out(to_json(run))
+    else:
+        # A pipe has no width of its own; rich's 80 columns would wrap the tables.
+        Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120).print(render(run))
+    return 0 if all(r.completed == r.orders for r in run.results) else 1

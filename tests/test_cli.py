@@ -98,7 +98,7 @@ def test_readme_states_every_argument_bound():
     for flag, kind in (("--deadline", arg.deadline), ("--timeout", arg.load_timeout),
                        ("--rate", arg.rate), ("--refresh", arg.refresh), ("--orders", arg.orders),
                        ("--quantity", arg.quantity), ("--keep-entries", arg.keep_entries),
-                       ("--keep-seconds", arg.keep_seconds)):
+                       ("--keep-seconds", arg.keep_seconds), ("--replicas", arg.replica_count)):
         assert f"`{flag}` {kind.bounds}" in text, flag
 
 

@@ -1,0 +1,1 @@
+"""Reference implementations `choreo bench` measures choreo against, in the same run."""

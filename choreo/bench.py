@@ -1,0 +1,493 @@
+"""`choreo bench`: choreo and the plain redis-py references (benchmarks/reference.py), measured
+in the same run on the same machine, each row on a fresh server, printed side by side.
+
+A row: start its worker processes, wait until every consumer group has its consumers, snapshot
+Redis's counters and the workers' CPU, place the orders, snapshot again the moment the last
+one completes, wait until every group has acknowledged everything (settled), then read Redis's
+memory and key count. Speed and memory are measured and printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import redis
+
+from benchmarks import reference
+from bus.connect import redact
+from choreo.load import percentile
+from choreo.redis_server import RedisServer, find_redis_server
+from workers import keys
+
+SERVICES = ("order", "inventory", "payment", "shipping")
+PRODUCT, QUANTITY = 101, 1      # every order: one widget, as `choreo load` places by default
+# choreo's comparable rows run without deadlines (the references have none); the +deadlines row
+# arms one rq timer per order as a default `choreo load` does.
+DEADLINE_S = 300.0
+READY_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 30.0
+STOP_WAIT_S = 5.0               # as honcho: SIGTERM, then SIGKILL after 5 s
+CURVE_STEPS = (25, 50, 75)      # % of the slowest row's maximum: every row runs the same rates
+CURVE_STEP_S = 5.0              # a paced step places about this many seconds' worth of orders
+
+
+class BenchError(Exception):
+    """The run cannot go on (a worker died, a server refused); the message says why."""
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str                   # "reference" or "choreo"
+    mode: str = ""              # the reference's mode
+    deadline_s: float = 0.0     # choreo: each order's deadline, 0 for none
+
+
+ROWS = {r.name: r for r in (Row("reference-plain", "reference", "plain"),
+                             Row("reference-atomic", "reference", "atomic"),
+                             Row("choreo", "choreo"),
+                             Row("choreo+deadlines", "choreo", deadline_s=DEADLINE_S))}
+REFERENCES = ("reference-plain", "reference-atomic")
+
+
+@dataclass(frozen=True)
+class Plan:
+    orders: int
+    rows: tuple[str, ...]
+    replicas: dict[str, int]
+    rate: float | None = None
+    timeout_s: float = 120.0
+    curve: bool = False
+
+
+@dataclass
+class Latency:
+    """What a load run saw: per-order latencies (placed -> completed) and the wall time."""
+    latencies_ms: list[float]
+    elapsed_s: float
+
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_ms)
+
+
+@dataclass
+class RowResult:
+    name: str
+    orders: int
+    completed: int
+    elapsed_s: float
+    orders_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    commands_per_order: float
+    commands: dict[str, float]              # per order, by command
+    redis_cpu_us_per_order: float
+    worker_cpu_us_per_order: float
+    redis_bytes_per_order: float
+    redis_keys_per_order: float
+    peak_rss_mib: dict[str, float]          # by worker
+    settled: bool
+    ratio: dict[str, dict[str, float]] = field(default_factory=dict)    # reference -> metric -> x
+
+
+@dataclass
+class CurvePoint:
+    name: str
+    percent: int
+    rate: float
+    orders: int
+    completed: int
+    p50_ms: float
+    p99_ms: float
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    name: str                   # e.g. inventory.2
+    popen: subprocess.Popen
+    log: Path
+
+    def died(self) -> str:
+        tail = self.log.read_text(errors="replace")[-600:] if self.log.exists() else ""
+        return f"{self.name} exited with {self.popen.returncode} before the run ended: {tail.strip()}"
+
+
+def worker_command(row: Row, service: str, url: str, slot: int) -> list[str]:
+    # sys.executable -m: works from an installed package, and the pid is the worker's own.
+    if row.kind == "reference":
+        return [sys.executable, "-m", "benchmarks.reference", service, "--mode", row.mode,
+                "--redis-url", url, "--slot", str(slot)]
+    return [sys.executable, "-m", "choreo", "worker", service]
+
+
+def worker_env(row: Row, url: str, slot: int) -> dict[str, str]:
+    # Per-role URLs (REDIS_URL_<ROLE>) would point a worker elsewhere than the bench's server.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("REDIS_URL_") and k != "HONCHO_PROCESS_NAME"}
+    return {**env, "REDIS_URL": url, "CHOREO_SLOT": str(slot), "PYTHONUNBUFFERED": "1",
+            "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
+
+
+def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path, procs: list[Proc]) -> None:
+    """Appends each process as it starts, so a failure part-way still leaves them all to stop."""
+    for service in SERVICES:
+        for slot in range(1, replicas.get(service, 1) + 1):
+            log = logdir / f"{row.name}-{service}.{slot}.log"
+            with open(log, "wb") as err:
+                # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops
+                # these in order (SIGTERM, wait, SIGKILL) rather than all at once mid-commit.
+                popen = subprocess.Popen(worker_command(row, service, url, slot),
+                                         env=worker_env(row, url, slot), stdout=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True)
+            procs.append(Proc(f"{service}.{slot}", popen, log))
+
+
+def stop_all(procs: list[Proc]) -> None:
+    """SIGTERM every process group, give them STOP_WAIT_S together, then SIGKILL what is left."""
+    for p in procs:
+        _signal_group(p.popen, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p.popen, signal.SIGKILL)
+            p.popen.wait()
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    if popen.poll() is None:
+        try:
+            os.killpg(popen.pid, sig)
+        except ProcessLookupError:
+            pass                # exited between poll and kill
+
+
+def check_alive(procs: list[Proc]) -> None:
+    for p in procs:
+        if p.popen.poll() is not None:
+            raise BenchError(p.died())
+
+
+def cpu_ticks(pid: int) -> int:
+    # /proc/<pid>/stat: utime and stime are fields 14 and 15, after the ")" ending the name.
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields_[11]) + int(fields_[12])
+
+
+def workers_cpu_s(procs: list[Proc]) -> float:
+    return sum(cpu_ticks(p.popen.pid) for p in procs) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+@contextmanager
+def fresh_server(url: str | None, workdir: Path, started: list[int]) -> Iterator[str]:
+    """A throwaway redis-server per row, or the given one, emptied after the row (the bench
+    refused it unless it was empty, so everything in it is the bench's own)."""
+    if url:
+        client = redis.Redis.from_url(url)
+        try:
+            yield url
+        finally:
+            client.flushdb()
+            client.close()
+        return
+    server = RedisServer(workdir / f"redis-{len(started)}").start()
+    started.append(server.proc.pid)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def refuse_non_empty(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        keys = client.dbsize()
+    except redis.RedisError as exc:
+        raise BenchError(f"cannot use {redact(url)}: {exc}") from None
+    finally:
+        client.close()
+    if keys:
+        raise BenchError(f"the database at --redis-url holds {keys} keys; the bench flushes "
+                         "between rows, so it runs only on an empty database")
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Redis's own counters at one moment: commands by name, CPU seconds."""
+    commands: dict[str, int]
+    cpu_s: float
+
+    @classmethod
+    def read(cls, client: redis.Redis) -> "Counters":
+        stats = client.info("commandstats")
+        cpu = client.info("cpu")
+        return cls({k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()},
+                   cpu["used_cpu_sys"] + cpu["used_cpu_user"])
+
+    def minus(self, before: "Counters") -> "Counters":
+        return Counters({k: n - before.commands.get(k, 0) for k, n in self.commands.items()
+                         if n - before.commands.get(k, 0) > 0}, self.cpu_s - before.cpu_s)
+
+
+def memory(client: redis.Redis) -> tuple[int, int]:
+    return client.info("memory")["used_memory"], client.dbsize()
+
+
+def groups_ready(client: redis.Redis, row: Row, replicas: dict[str, int]) -> bool:
+    """Every service's group exists on every stream it reads, and every worker is reading: a
+    client whose last command is XREADGROUP (Redis 7.0 lists a consumer only once it was given
+    an entry, so the group's consumer count cannot say it)."""
+    for service in SERVICES:
+        for event_type in reference.CONSUMES[service]:
+            try:
+                groups = client.xinfo_groups(reference.stream(event_type))
+            except redis.ResponseError:
+                return False                    # the stream is not there yet
+            if service not in {g["name"] for g in groups}:
+                return False
+    reading = sum(c.get("cmd") == "xreadgroup" for c in client.client_list())
+    if reading < sum(replicas.get(s, 1) for s in SERVICES):
+        return False
+    return row.kind == "reference" or client.exists(keys.stock(PRODUCT)) == 1
+
+
+def settled(client: redis.Redis) -> bool:
+    """Every group on every stream has read and acknowledged every entry."""
+    for key in client.scan_iter(match="events:*", _type="stream"):
+        for g in client.xinfo_groups(key):
+            if g["pending"] or g.get("lag"):
+                return False
+    return True
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, procs: list[Proc]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check_alive(procs)
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- placing orders and learning outcomes --------------------------------------------------------
+
+CHUNK = 200                     # orders per round trip, as `choreo load`
+
+
+def load_reference(client: redis.Redis, orders: int, rate: float | None, timeout_s: float) -> Latency:
+    """XADD OrderCreated entries (in chunks, paced like `choreo load`); an order is complete when
+    its ShippingArranged entry is read back (XREAD BLOCK, the loader's only poll). Latency: the
+    loader's clock from just before the XADD to just after the read."""
+    placed_ms: dict[str, float] = {}
+    done: list[float] = []
+    # A curve's later steps run on the same server: start after what earlier steps left.
+    cursor = client.xinfo_stream(reference.stream("ShippingArranged"))["last-generated-id"]
+    first_id = client.xlen(reference.stream("OrderCreated")) + 1
+    step = max(1, min(CHUNK, int(rate / 20))) if rate else CHUNK
+    start = time.monotonic()
+    while len(done) < orders and time.monotonic() < start + timeout_s:
+        n = len(placed_ms)
+        due = start + n / rate if rate else 0.0
+        block_ms: int | None = 1000                     # all placed: wait for the rest
+        if n < orders and time.monotonic() >= due:
+            _place_chunk(client, first_id + n, min(step, orders - n), placed_ms)
+            block_ms = None                             # look, without waiting, and place on
+        elif n < orders:
+            block_ms = max(1, int((due - time.monotonic()) * 1000))
+        cursor = _read_completions(client, cursor, block_ms, placed_ms, done)
+    return Latency(done, time.monotonic() - start)
+
+
+def _place_chunk(client: redis.Redis, first: int, n: int, placed_ms: dict[str, float]) -> None:
+    pipe = client.pipeline(transaction=False)
+    ids = [str(first + i) for i in range(n)]
+    for order_id in ids:
+        lines = [{"product_id": PRODUCT, "quantity": QUANTITY}]
+        pipe.xadd(reference.stream("OrderCreated"),
+                  reference.event("OrderCreated", order_id, "order", {"lines": lines, "total_cents": 1999}))
+    now_ms = time.time() * 1000
+    placed_ms.update((o, now_ms) for o in ids)
+    pipe.execute()
+
+
+def _read_completions(client: redis.Redis, cursor: str, block_ms: int | None, placed_ms: dict[str, float],
+                      done: list[float]) -> str:
+    reply = client.xread({reference.stream("ShippingArranged"): cursor}, count=1000, block=block_ms)
+    now_ms = time.time() * 1000
+    for _, entries in reply or ():
+        for entry_id, fields in entries:
+            cursor = entry_id
+            done.append(now_ms - placed_ms[fields["order_id"]])
+    return cursor
+
+
+def load_choreo(url: str, orders: int, rate: float | None, timeout_s: float, deadline_s: float) -> Latency:
+    """`choreo load`'s own machinery, in this process: what the saga's users run."""
+    from bus.connect import open_bus
+    from choreo.load import LoadPlan, run_load
+    plan = LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate, deadline_s=deadline_s)
+    with open_bus(url) as bus:
+        result = run_load(bus, plan)
+    return Latency(list(result.latencies_ms), result.elapsed_s)
+
+
+def load(row: Row, url: str, client: redis.Redis, orders: int, rate: float | None,
+         timeout_s: float) -> Latency:
+    if row.kind == "reference":
+        return load_reference(client, orders, rate, timeout_s)
+    return load_choreo(url, orders, rate, timeout_s, row.deadline_s)
+
+
+# -- one row -------------------------------------------------------------------------------------
+
+def say(line: str) -> None:
+    # stderr: stdout carries only the tables (or the JSON).
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def running_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
+                started: list[int]) -> Iterator[tuple[str, redis.Redis, list[Proc]]]:
+    """A fresh server with the row's workers started and ready; stops them all on the way out."""
+    with fresh_server(redis_url, workdir, started) as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        procs: list[Proc] = []
+        try:
+            start_workers(row, url, plan.replicas, workdir, procs)
+            started.extend(p.popen.pid for p in procs)
+            if not wait_for(lambda: groups_ready(client, row, plan.replicas), READY_TIMEOUT_S, procs):
+                raise BenchError(f"{row.name}: the workers did not join their groups within "
+                                 f"{READY_TIMEOUT_S:g} s (logs: {workdir})")
+            yield url, client, procs
+        finally:
+            stop_all(procs)
+            client.close()
+
+
+def measure_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
+                started: list[int]) -> RowResult:
+    with running_row(row, plan, redis_url, workdir, started) as (url, client, procs):
+        mem_before, counters_before, cpu_before = memory(client), Counters.read(client), workers_cpu_s(procs)
+        seen = load(row, url, client, plan.orders, plan.rate, plan.timeout_s)
+        # Counters now, before the settle polling below adds commands of the bench's own.
+        spent, worker_s = Counters.read(client).minus(counters_before), workers_cpu_s(procs) - cpu_before
+        calm = wait_for(lambda: settled(client), SETTLE_TIMEOUT_S, procs)
+        mem_after = memory(client)
+        rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
+    return summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
+
+
+def summarise(row: Row, orders: int, seen: Latency, spent: Counters, worker_s: float,
+              mem_before: tuple[int, int], mem_after: tuple[int, int], rss: dict[str, float],
+              calm: bool) -> RowResult:
+    lat = sorted(seen.latencies_ms)
+    # INFO's own calls, made by the bench between the two snapshots, are not the system's work.
+    commands = {k: n / orders for k, n in sorted(spent.commands.items(), key=lambda kv: -kv[1])
+                if k != "info"}
+    return RowResult(
+        row.name, orders, seen.completed, seen.elapsed_s,
+        seen.completed / seen.elapsed_s if seen.elapsed_s else 0.0,
+        percentile(lat, 50), percentile(lat, 99), lat[-1] if lat else 0.0,
+        sum(commands.values()), commands, spent.cpu_s * 1e6 / orders, worker_s * 1e6 / orders,
+        (mem_after[0] - mem_before[0]) / orders, (mem_after[1] - mem_before[1]) / orders, rss, calm)
+
+
+RATIO_METRICS = ("orders_per_s", "p50_ms", "p99_ms", "commands_per_order", "redis_cpu_us_per_order",
+                 "worker_cpu_us_per_order", "redis_bytes_per_order", "redis_keys_per_order")
+
+
+def add_ratios(results: list[RowResult]) -> None:
+    """Each row's metrics divided by each reference's, where the reference's is not zero."""
+    refs = {r.name: r for r in results if r.name in REFERENCES}
+    for r in results:
+        r.ratio = {name: {m: getattr(r, m) / getattr(ref, m) for m in RATIO_METRICS if getattr(ref, m)}
+                   for name, ref in refs.items()}
+
+
+# -- the curve -----------------------------------------------------------------------------------
+
+def curve_rates(results: list[RowResult]) -> list[tuple[int, float]]:
+    """The same paced rates for every row, so their latencies compare: percentages of the slowest
+    row's maximum, which every row can then sustain."""
+    slowest = min(r.orders_per_s for r in results)
+    return [(pct, max(1.0, round(slowest * pct / 100))) for pct in CURVE_STEPS]
+
+
+def measure_curve(row: Row, plan: Plan, rates: list[tuple[int, float]], redis_url: str | None,
+                  workdir: Path, started: list[int]) -> list[CurvePoint]:
+    points = []
+    with running_row(row, plan, redis_url, workdir, started) as (url, client, procs):
+        for pct, rate in rates:
+            n = min(plan.orders, max(100, int(rate * CURVE_STEP_S)))
+            say(f"{row.name}: {n} orders paced at {rate:g}/s ({pct}% of the slowest maximum)")
+            seen = load(row, url, client, n, rate, plan.timeout_s)
+            lat = sorted(seen.latencies_ms)
+            points.append(CurvePoint(row.name, pct, rate, n, seen.completed,
+                                     percentile(lat, 50), percentile(lat, 99)))
+            wait_for(lambda: settled(client), SETTLE_TIMEOUT_S, procs)
+    return points
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+@dataclass
+class BenchRun:
+    plan: Plan
+    redis_version: str
+    results: list[RowResult]
+    curve: list[CurvePoint]
+    processes: list[int]                    # every pid the bench started, all stopped by now
+
+
+def run_bench(plan: Plan, redis_url: str | None) -> BenchRun:
+    if redis_url:
+        refuse_non_empty(redis_url)
+    started: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="choreo-bench-") as tmp:
+        workdir = Path(tmp)
+        results = []
+        for name in plan.rows:
+            say(f"{name}: {plan.orders} orders" + (f" at {plan.rate:g}/s" if plan.rate else " placed up front"))
+            results.append(measure_row(ROWS[name], plan, redis_url, workdir, started))
+        add_ratios(results)
+        curve = []
+        if plan.curve:
+            rates = curve_rates(results)
+            for name in plan.rows:
+                curve += measure_curve(ROWS[name], plan, rates, redis_url, workdir, started)
+    return BenchRun(plan, server_version(redis_url), results, curve, started)
+
+
+def server_version(redis_url: str | None) -> str:
+    if redis_url:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            return client.info("server")["redis_version"]
+        finally:
+            client.close()
+    out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True)
+    return out.stdout.split("v=")[1].split()[0] if "v=" in out.stdout else "?"

@@ -1,0 +1,93 @@
+"""`choreo bench`'s output: pure functions of a finished run, rich tables for people, JSON for
+machines. Both carry the same figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from choreo.bench import DEADLINE_S, REFERENCES, BenchRun, CurvePoint, RowResult
+
+NOTES = (
+    "Latency: placed -> completed; for choreo, until the order service committed COMPLETED; for a "
+    "reference, until its loader read the order's ShippingArranged.",
+    "choreo runs with CHOREO_ORDER_DEADLINE_S=0, as the references have no deadlines; "
+    f"choreo+deadlines arms a {DEADLINE_S:g} s rq timer per order, as `choreo load` does by default.",
+    "Commands and CPU: from the first order placed to the last completed (INFO commandstats, "
+    "INFO cpu, /proc/<pid>/stat of the workers). Bytes and keys: INFO memory and DBSIZE once every "
+    "group has acknowledged everything, streams untrimmed.",
+    "Figures vary about ±25% from run to run on a shared machine: compare ratios within one run.",
+)
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(r: RowResult, ref: str) -> str:
+    x = r.ratio.get(ref, {}).get("orders_per_s")
+    return "-" if x is None else f"{x:.2f}×"
+
+
+def speed_table(run: BenchRun) -> Table:
+    p = run.plan
+    how = f"paced at {p.rate:g}/s" if p.rate else "placed up front"
+    t = Table(title=f"choreo bench: {p.orders} orders {how}, Redis {run.redis_version}",
+              box=box.SIMPLE, title_justify="left")
+    for name in ("row", "orders/s", *(f"× {r.removeprefix('reference-')}" for r in REFERENCES),
+                 "p50 ms", "p99 ms", "max ms", "done"):
+        t.add_column(name, justify="left" if name == "row" else "right")
+    for r in run.results:
+        t.add_row(r.name, _n(r.orders_per_s), *(_ratio(r, ref) for ref in REFERENCES),
+                  _n(r.p50_ms, 1), _n(r.p99_ms, 1), _n(r.max_ms, 1), f"{r.completed}/{r.orders}")
+    return t
+
+
+def cost_table(run: BenchRun) -> Table:
+    t = Table(title="per order", box=box.SIMPLE, title_justify="left")
+    for name in ("row", "Redis cmds", "Redis CPU µs", "workers CPU µs", "Redis bytes", "Redis keys",
+                 "peak RSS MiB"):
+        t.add_column(name, justify="left" if name == "row" else "right")
+    for r in run.results:
+        rss = max(r.peak_rss_mib.values(), default=0.0)
+        t.add_row(r.name, _n(r.commands_per_order, 1), _n(r.redis_cpu_us_per_order),
+                  _n(r.worker_cpu_us_per_order), _n(r.redis_bytes_per_order),
+                  _n(r.redis_keys_per_order, 1) + ("" if r.settled else " (unsettled)"),
+                  f"{rss:.1f} (max of {len(r.peak_rss_mib)})")
+    return t
+
+
+def curve_table(points: list[CurvePoint]) -> Table:
+    steps = sorted({(p.percent, p.rate) for p in points})
+    t = Table(title="latency when paced (p50 / p99 ms)", box=box.SIMPLE, title_justify="left")
+    t.add_column("row")
+    for pct, rate in steps:
+        t.add_column(f"{rate:g}/s ({pct}%)", justify="right")
+    for name in dict.fromkeys(p.name for p in points):
+        cells = {(p.percent, p.rate): p for p in points if p.name == name}
+        t.add_row(name, *(f"{cells[s].p50_ms:.1f} / {cells[s].p99_ms:.1f}" if s in cells else "-"
+                          for s in steps))
+    return t
+
+
+def render(run: BenchRun) -> Group:
+    parts = [speed_table(run), cost_table(run)]
+    if run.curve:
+        parts.append(curve_table(run.curve))
+    parts.append(Text("\n".join(NOTES), style="dim"))
+    return Group(*parts)
+
+
+def to_json(run: BenchRun) -> str:
+    p = run.plan
+    return json.dumps({
+        "orders": p.orders, "rate": p.rate, "replicas": p.replicas, "redis_version": run.redis_version,
+        "rows": [asdict(r) for r in run.results],
+        "curve": [asdict(c) for c in run.curve],
+        "processes": run.processes, "notes": list(NOTES),
+    }, indent=2)

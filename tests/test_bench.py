@@ -1,0 +1,153 @@
+"""`choreo bench`: a smoke run of the real command (no timing is asserted: speed is printed, never
+tested), its cleanup on the way out, Ctrl-C included, and the reference's flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from benchmarks import reference
+from choreo.cli import main
+from tests.conftest import BIN
+from workers import SERVICES
+
+ROWS = ("reference-plain", "reference-atomic", "choreo", "choreo+deadlines")
+HAPPY = ("OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged")
+
+
+def marked(mark: str) -> list[int]:
+    """Pids of live processes whose environment carries the mark: the workers a bench run started
+    inherit it, whoever their parent is now. (redis-server writes its title over its environment,
+    so the servers are found as the bench's children instead.)"""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            pass                # gone meanwhile, or not ours to read
+    return found
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def bench(*args: str, mark: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
+    env.pop("REDIS_URL", None)
+    return subprocess.run([str(BIN / "choreo"), "bench", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_smoke_prints_every_row_and_leaves_no_process():
+    mark = uuid.uuid4().hex
+    done = bench("--orders", "300", mark=mark)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    speed = [cells[0] for cells in lines if cells and cells[0] in ROWS and cells[-1] == "300/300"]
+    cost = [cells[0] for cells in lines if cells and cells[0] in ROWS and cells[-3:-1] == ["(max", "of"]]
+    assert speed == cost == list(ROWS)
+    assert marked(mark) == []
+
+
+def test_json_has_every_figure_and_names_the_processes_it_stopped():
+    mark = uuid.uuid4().hex
+    done = bench("--orders", "300", "--rows", "reference-plain,reference-atomic,choreo", "--json", mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [r["name"] for r in out["rows"]] == list(ROWS[:3])
+    for r in out["rows"]:
+        assert r["completed"] == r["orders"] == 300
+        assert {"orders_per_s", "p50_ms", "p99_ms", "max_ms", "commands_per_order", "commands",
+                "redis_cpu_us_per_order", "worker_cpu_us_per_order", "redis_bytes_per_order",
+                "redis_keys_per_order", "peak_rss_mib", "settled"} <= r.keys()
+        assert set(r["ratio"]) == {"reference-plain", "reference-atomic"}
+        assert sorted(r["peak_rss_mib"]) == sorted(f"{s}.1" for s in SERVICES)
+        assert r["commands"]["xadd"] >= 4               # four events per order, at least
+    # Three servers (a fresh one per row) and four workers per row.
+    assert len(out["processes"]) == 3 * 5
+    assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
+    assert marked(mark) == []
+
+
+def test_ctrl_c_stops_every_process_it_started():
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
+    proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--orders", "1000000", "--rows", "choreo"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(started) < 1 + 4 and time.monotonic() < deadline:     # server, workers
+            time.sleep(0.1)
+            started = children(proc.pid)
+        assert len(started) == 5 and len(marked(mark)) == 1 + 4     # the bench and its workers
+        time.sleep(1.0)                                 # the load is running by now
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        _kill_if_left(proc)
+    assert marked(mark) == []
+    assert not [p for p in started if Path(f"/proc/{p}").exists()]
+
+
+def _kill_if_left(proc: subprocess.Popen) -> None:
+    """A failed test still leaves nothing running: the workers have their own sessions, so
+    killing the bench alone would orphan them. Only while the bench runs are these pids surely
+    still its children (afterwards a pid may be reused): they go first, then the bench."""
+    if proc.poll() is not None:
+        return
+    for pid in children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("argv", [["--replicas", "inventory=two"], ["--replicas", "stock=2"],
+                                  ["--replicas", "inventory=99"], ["--rows", "choreo,fast"],
+                                  ["--orders", "0"], ["--soak", "200000"]])
+def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("choreo")
+
+
+def test_refuses_a_database_that_is_not_empty(redis_server, redis_url, capsys):
+    redis_server.client().set("someone:else", "1")
+    assert main(["bench", "--redis-url", redis_url, "--orders", "10"]) == 1
+    assert "holds 1 keys" in capsys.readouterr().err
+    assert redis_server.client().get("someone:else") == "1"
+
+
+def test_reference_reads_what_choreo_services_read_on_the_happy_path():
+    for name, service in SERVICES.items():
+        assert reference.CONSUMES[name] == tuple(t for t in service.consumes if t in HAPPY)
+
+
+def test_reference_reacts_like_the_saga_and_acks_per_stream():
+    created = reference.event("OrderCreated", "7", "order", {"lines": [], "total_cents": 1999})
+    confirmed = reference.event("InventoryChecked", "6", "inventory", {})
+    batch = [("events:OrderCreated", [("1-0", created)]), ("events:InventoryChecked", [("2-0", confirmed)])]
+    adds, acks, seen = reference.follow_ons("inventory", batch)
+    [(stream, emitted)] = adds
+    assert stream == "events:InventoryChecked"
+    assert (emitted["type"], emitted["order_id"], emitted["causation_id"], emitted["producer"]) == \
+        ("InventoryChecked", "7", created["id"], "inventory")
+    assert json.loads(emitted["data"]) == {"lines": [], "total_cents": 1999}
+    assert acks == {"events:OrderCreated": ["1-0"], "events:InventoryChecked": ["2-0"]}
+    assert seen == [created["id"], confirmed["id"]]
