@@ -34,12 +34,23 @@ local function denied(...)
   end
 end
 
+-- Key types, asked of Redis once per key per call: `known` holds what Redis said or what this
+-- script's own writes made since (nothing else writes while a script runs); `planned` the types
+-- the commit being checked will give the keys it writes, so two of its writes that disagree on a
+-- key's type are refused before the first of them is made.
+local known, planned = {}, {}
+
 local function wrong_type(key, want)
-  local no = denied('TYPE', key)
-  if no then return no end
-  local t = redis.call('TYPE', key)
-  t = type(t) == 'table' and t.ok or t
+  local t = planned[key] or known[key]
+  if t == nil then
+    local no = denied('TYPE', key)
+    if no then return no end
+    t = redis.call('TYPE', key)
+    t = type(t) == 'table' and t.ok or t
+    known[key] = t
+  end
   if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
+  planned[key] = want
 end
 
 local function refusal(op, args)
@@ -53,6 +64,9 @@ local function refusal(op, args)
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
     if not string.match(args[2], '^%d+$') then return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds' end
+    -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
+    -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
+    if string.match(args[2], '^0+$') then known[args[1]], planned[args[1]] = nil, nil end
     return denied('EXPIRE', args[1], args[2])
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
@@ -104,6 +118,7 @@ for c = 1, n do
   for k = 0, n_checks - 1 do
     if status == 1 then status = denied('HGET', ARGV[i + 2 * k], '_v') or 1 end
   end
+  planned = {}
   if status == 1 and seen ~= '' then
     status = denied('ZADD', seen, 'NX', '1', seen_id) or denied('ZREMRANGEBYSCORE', seen, '-inf', '1')
       or wrong_type(seen, 'zset') or 1
@@ -136,9 +151,11 @@ for c = 1, n do
       forgotten[seen] = true
     end
     if redis.call('ZADD', seen, 'NX', seen_until, seen_id) == 0 then status = 0 end
+    known[seen] = 'zset'
   end
   if status == 1 then
     for _, op in ipairs(ops) do apply(op[1], op[2]) end
+    for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then
     stopped = true
   end

@@ -99,6 +99,19 @@ def test_dedup_ids_are_forgotten_after_their_time_and_not_before(any_bus):
     assert any_bus.client.zscore("seen:g", "old") >= now + 60
 
 
+def test_writes_that_disagree_on_a_keys_type_are_refused_before_the_first_is_made(any_bus):
+    """Key types are asked of Redis once per key per batch; the script's own writes count: a key
+    an earlier commit of the batch made a hash, or an earlier write of the same commit will make
+    one, is not a list."""
+    first = Commit(ops=[("HSET", "k", "a", "1")])
+    later = Commit(ops=[("RPUSH", "k", "v")])
+    assert any_bus.commit("", [first, later]) == [Outcome.APPLIED, Outcome.REFUSED]
+    assert "k holds a hash, not a list" in later.refusal
+    both = Commit(ops=[("HSET", "fresh", "a", "1"), ("RPUSH", "fresh", "v")])
+    assert any_bus.commit("", [both]) == [Outcome.REFUSED]
+    assert not any_bus.client.exists("fresh")
+
+
 def test_conflict_applies_nothing_and_stops_the_rest_of_the_batch(any_bus):
     any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
     stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")])
