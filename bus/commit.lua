@@ -1,6 +1,6 @@
 -- Apply a batch of commits in order; each is all-or-nothing. See bus/contract.py.
 -- ARGV: group, n, then per commit:
---   ack_stream, ack_id, seen_key, seen_ttl, n_checks, (key, expected_v)*, n_ops, (op, n_args, args*)*
+--   ack_stream, ack_id, seen_key, seen_id, seen_ttl, n_checks, (key, expected_v)*, n_ops, (op, n_args, args*)*
 -- Returns one status per commit: 1 applied, 0 duplicate (acked only), -1 conflict (untouched),
 -- or a string, the reason Redis would refuse one of its writes (untouched, not acked); one that
 -- starts with NOPERM says the calling user lacks a permission (bus.acl: the worker stops).
@@ -8,6 +8,12 @@
 -- checked (key types, integer fields and ranges) before the first one is made.
 -- The first conflict or refusal stops the batch: later commits may have read what this one would
 -- have written, so they come back -1.
+-- Dedup, two guards and no key per entry: an entry once acknowledged cannot be acknowledged again,
+-- so effects are applied only when the commit's own XACK returns 1 (a redelivery of the same entry
+-- changes nothing); and the same event id arriving as a new entry (a replay, a producer's retry)
+-- finds its id in seen_key, one sorted set per service of event ids scored by the second they may
+-- be forgotten (ZADD NX: check and set at once). Members past their time are removed on the first
+-- use of the set in each call, so it holds about seen_ttl of ids and no more.
 local unpack = unpack or table.unpack
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -16,6 +22,8 @@ local out = {}
 local stopped = false
 local HOLDS = { HSET = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset', SET = 'string' }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
+local now = tonumber(redis.call('TIME')[1])
+local forgotten = {}    -- seen keys already rid of expired ids in this call
 
 -- Whether the calling user may run a command, asked before anything is written: a write refused
 -- halfway would leave the commit half-applied. (fakeredis has no ACLs, and no acl_check_cmd.)
@@ -26,12 +34,23 @@ local function denied(...)
   end
 end
 
+-- Key types, asked of Redis once per key per call: `known` holds what Redis said or what this
+-- script's own writes made since (nothing else writes while a script runs); `planned` the types
+-- the commit being checked will give the keys it writes, so two of its writes that disagree on a
+-- key's type are refused before the first of them is made.
+local known, planned = {}, {}
+
 local function wrong_type(key, want)
-  local no = denied('TYPE', key)
-  if no then return no end
-  local t = redis.call('TYPE', key)
-  t = type(t) == 'table' and t.ok or t
+  local t = planned[key] or known[key]
+  if t == nil then
+    local no = denied('TYPE', key)
+    if no then return no end
+    t = redis.call('TYPE', key)
+    t = type(t) == 'table' and t.ok or t
+    known[key] = t
+  end
   if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
+  planned[key] = want
 end
 
 local function refusal(op, args)
@@ -45,6 +64,9 @@ local function refusal(op, args)
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
     if not string.match(args[2], '^%d+$') then return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds' end
+    -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
+    -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
+    if string.match(args[2], '^0+$') then known[args[1]], planned[args[1]] = nil, nil end
     return denied('EXPIRE', args[1], args[2])
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
@@ -86,24 +108,26 @@ local function apply(op, args)
 end
 
 for c = 1, n do
-  local ack_stream, ack_id, seen, seen_ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local n_checks = tonumber(ARGV[i + 4])
-  i = i + 5
+  local ack_stream, ack_id, seen, seen_id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local seen_until = now + tonumber(ARGV[i + 4])
+  local n_checks = tonumber(ARGV[i + 5])
+  i = i + 6
   local status = 1
   if stopped then status = -1 end
   -- What this commit reads and acknowledges, asked first: the reads below run before any write.
   for k = 0, n_checks - 1 do
     if status == 1 then status = denied('HGET', ARGV[i + 2 * k], '_v') or 1 end
   end
+  planned = {}
   if status == 1 and seen ~= '' then
-    status = denied('EXISTS', seen) or denied('SET', seen, '1', 'EX', '1') or 1
+    status = denied('ZADD', seen, 'NX', '1', seen_id) or denied('ZREMRANGEBYSCORE', seen, '-inf', '1')
+      or wrong_type(seen, 'zset') or 1
   end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for _ = 1, n_checks do
     if status == 1 and (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
     i = i + 2
   end
-  if status == 1 and seen ~= '' and redis.call('EXISTS', seen) == 1 then status = 0 end
   local ops = {}
   for o = 1, tonumber(ARGV[i]) do
     local n_args = tonumber(ARGV[i + 2])
@@ -117,13 +141,22 @@ for c = 1, n do
       if why then status = why; break end
     end
   end
+  -- Decided: from here on every write is one Redis accepts. The ack, then the id, guard the effects.
+  if status == 1 and ack_stream ~= '' and redis.call('XACK', ack_stream, group, ack_id) == 0 then
+    status = 0
+  end
+  if status == 1 and seen ~= '' then
+    if not forgotten[seen] then
+      redis.call('ZREMRANGEBYSCORE', seen, '-inf', now)
+      forgotten[seen] = true
+    end
+    if redis.call('ZADD', seen, 'NX', seen_until, seen_id) == 0 then status = 0 end
+    known[seen] = 'zset'
+  end
   if status == 1 then
     for _, op in ipairs(ops) do apply(op[1], op[2]) end
-    if seen ~= '' then redis.call('SET', seen, '1', 'EX', seen_ttl) end
-  end
-  if status == 1 or status == 0 then
-    if ack_stream ~= '' then redis.call('XACK', ack_stream, group, ack_id) end
-  else
+    for key, t in pairs(planned) do known[key] = t end
+  elseif status ~= 0 then
     stopped = true
   end
   out[c] = status

@@ -5,8 +5,9 @@ Delivery: at least once per consumer group. An entry stays pending on the consum
 until `commit` acknowledges it, so a crash before commit means redelivery, never loss.
 
 Commit: each Commit is applied atomically on its own: its version checks, then (only if they all
-hold and its dedup marker is absent) its writes, its published events, its dedup marker and its
-XACK. A batch of commits travels in one round trip and is applied in order; the first one whose
+hold and its dedup marker is absent) its XACK, its event id added to
+its dedup set, its writes and its published events. A commit whose XACK finds the entry already
+acknowledged, or whose event id the set already holds, is a DUPLICATE: acknowledged, nothing else. A batch of commits travels in one round trip and is applied in order; the first one whose
 checks fail stops the batch (it and every later one come back CONFLICT, nothing of them applied),
 so a later commit never builds on state an earlier one failed to write. Every write of a commit is
 checked before the first is made (key types, integer fields): one Redis would refuse comes back
@@ -60,7 +61,7 @@ class Delivery:
 
 class Outcome(Enum):
     APPLIED = 1
-    DUPLICATE = 0      # dedup marker present: acknowledged, nothing else written
+    DUPLICATE = 0      # entry already acked, or event id already seen: acked, nothing else written
     CONFLICT = -1      # a checked key changed since it was read: nothing written, not acked
     REFUSED = -2       # Redis would refuse one of its writes (see Commit.refusal): nothing written
 
@@ -80,8 +81,9 @@ class Commit:
     checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
     ops: list[tuple] = field(default_factory=list)
     ack: tuple[str, str] | None = None                     # (stream, entry id) to XACK
-    seen: str = ""                                         # dedup marker key
-    seen_ttl_s: int = 0
+    seen: str = ""                                         # dedup set key (bus.keys.seen), "" for none
+    seen_id: str = ""                                      # the event id it must not hold yet
+    seen_ttl_s: int = 0                                    # how long the id is remembered
     refusal: str = ""                                      # set by commit() when REFUSED: why
 
 

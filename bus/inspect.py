@@ -174,6 +174,16 @@ def existing(bus: RedisStreamsBus, keys_: list[str]) -> list[bool]:
         return [bool(n) for n in pipe.execute()]
 
 
+def remembered(bus: RedisStreamsBus, ids: list[tuple[str, str]]) -> list[bool]:
+    """Whether each (sorted set, member) pair is there: a service's dedup set holding an event
+    id says it committed that event. One round trip."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key, member in ids:
+            pipe.zscore(key, member)
+        return [score is not None for score in pipe.execute()]
+
+
 def hash_fields(bus: RedisStreamsBus, keys_: list[str], fields: list[str]) -> list[list[str | None]]:
     """The named fields of each hash (None where missing), one round trip."""
     with translated_errors():

@@ -18,9 +18,10 @@ def dead_letters(group: str) -> str:
     return DLQ_PREFIX + group
 
 
-def seen(group: str, event_id: str) -> str:
-    """Dedup marker: present while <group> remembers having committed event <event_id>."""
-    return f"seen:{group}:{event_id}"
+def seen(group: str) -> str:
+    """Dedup ids: a sorted set of the event ids <group> committed, each scored by the epoch second
+    after which it may be forgotten (bus/commit.lua)."""
+    return f"seen:{group}"
 
 
 def trace(order_id: str) -> str:

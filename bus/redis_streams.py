@@ -61,7 +61,7 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> list:
     argv: list = [group, len(commits)]
     for c in commits:
         stream, entry_id = c.ack or ("", "")
-        argv += [stream, entry_id, c.seen, c.seen_ttl_s or 1, len(c.checks)]
+        argv += [stream, entry_id, c.seen, c.seen_id, c.seen_ttl_s or 1, len(c.checks)]
         for key, version in c.checks.items():
             argv += [key, version]
         argv.append(len(c.ops))

@@ -29,10 +29,11 @@ from workers.unit_of_work import timer_id
 # What every client of ours runs without keys: the connection, scripts (Redis checks each command
 # a script runs against the caller), pipelines, and its own permission check at start.
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
-          "+discard", "+acl|whoami", "+acl|dryrun")
+          "+discard", "+acl|whoami", "+acl|dryrun", "+time")
 CONSUME = ("xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|create",
            "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
 PUBLISH = ("xadd", "type")
+SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "expire",
           "exists", "type")
 TRACE = ("rpush", "type")
@@ -73,7 +74,7 @@ def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
     own = [bus_keys.stream(t) for t in publishes(service)]
     grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
               Grant(CONSUME, tuple(service.streams)),
-              Grant(("set", "exists", "type"), (bus_keys.seen(service.name, "*"),))]
+              Grant(SEEN, (bus_keys.seen(service.name),))]
     if own or expires_traces(service):
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
@@ -92,7 +93,7 @@ def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, .
     for other in services:
         if other.name != service.name:
             out.append(sample("xadd", bus_keys.dead_letters(other.name)))
-            out.append(sample("set", bus_keys.seen(other.name, "*")))
+            out.append(sample("zadd", bus_keys.seen(other.name)))
             out += [sample(c, pattern) for pattern in other.owns for c in ("hset", "expire")]
     for stream in service.streams[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
@@ -112,7 +113,7 @@ def roles(services: Sequence[Service]) -> list[Role]:
         *(service_role(s, services) for s in services),
         Role("timers", "runs the rq worker that fires timers (order deadlines)",
              (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
-              Grant(("set", "exists", "type"), (bus_keys.seen(TIMERS, "*"),)),
+              Grant(SEEN, (bus_keys.seen(TIMERS),)),
               Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.

@@ -8,7 +8,7 @@ Replay puts the original fields back on the original stream (a new entry id, the
 and deletes the dead letter, in one Lua script, so a dead letter is replayed at most once even if
 two operators race. Every group on that stream reads the new entry: the service that gave up
 handles it afresh, and the services that had already handled the event acknowledge it and change
-nothing, because their dedup marker `seen:<service>:<event id>` is still there (it lives
+nothing, because their dedup set `seen:<service>` still holds the event id (kept
 CHOREO_SEEN_TTL_S, 7 days by default: replaying an older dead letter can apply it twice).
 Replay puts back the original entry as it still stands on its stream, matched with the letter's
 sha256 — a service's user may write anything to its own dead-letter stream, so the letter's copy

@@ -143,7 +143,7 @@ def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_b
     e = t.event
     names = [s.name for s in services.values() if e.type in s.consumes
              and s.name != e.producer and s.name not in emitted_by]
-    seen = inspect.existing(bus, [bus_keys.seen(n, e.id) for n in names])
+    seen = inspect.remembered(bus, [(bus_keys.seen(n), e.id) for n in names])
     return [Reaction(name, services[name].says(e.type, e.order_id),
                      "handled" if handled else _unhandled_status(bus, t, name, dead_by))
             for name, handled in zip(names, seen)]

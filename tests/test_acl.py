@@ -155,12 +155,13 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
         (delivery,) = bus.read_new("inventory", "c", ["events:OrderCreated"], 10, 0)
         commit = Commit(ops=[("HSET", "stock:101", "available", "1"),
                              ("PUBLISH", "events:InventoryChecked", "", "", "f", "v")],
-                        ack=("events:OrderCreated", entry_id), seen="seen:inventory:x", seen_ttl_s=60)
+                        ack=("events:OrderCreated", entry_id), seen="seen:inventory", seen_id="x",
+                        seen_ttl_s=60)
         with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
             bus.commit("inventory", [commit])
         assert not admin.exists("stock:101") and not admin.exists("events:InventoryChecked")
         assert admin.xpending("events:OrderCreated", "inventory")["pending"] == 1
-        assert not admin.exists("seen:inventory:x")
+        assert not admin.exists("seen:inventory")
         bus.close()
         assert delivery.entry_id == entry_id
     finally:

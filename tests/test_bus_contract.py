@@ -50,11 +50,12 @@ def test_commit_applies_writes_events_marker_and_ack_together(any_bus):
     any_bus.ensure_groups("g", [S])
     d = any_bus.read_new("g", "c1", [S], 10, 10)[0]
     commit = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "1"), ("HINCRBY", "h", "n", 5)],
-                    ack=(S, d.entry_id), seen="seen:g:x", seen_ttl_s=60)
+                    ack=(S, d.entry_id), seen="seen:g", seen_id="x", seen_ttl_s=60)
     assert any_bus.commit("g", [commit]) == [Outcome.APPLIED]
     assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "5", "_v": "2"}]
     assert any_bus.read_own_pending("g", "c1", {S: "0"}, 10) == []
-    assert any_bus.client.ttl("seen:g:x") > 0
+    now = int(any_bus.client.time()[0])
+    assert now < any_bus.client.zscore("seen:g", "x") <= now + 60
 
 
 def test_second_commit_with_same_marker_only_acks(any_bus):
@@ -62,11 +63,53 @@ def test_second_commit_with_same_marker_only_acks(any_bus):
     any_bus.ensure_groups("g", [S])
     d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
     op = [("HINCRBY", "counter", "n", 1)]
-    outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d1.entry_id), seen="seen:g:e", seen_ttl_s=60),
-                                    Commit(ops=op, ack=(S, d2.entry_id), seen="seen:g:e", seen_ttl_s=60)])
+    outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d1.entry_id), seen="seen:g", seen_id="e",
+                                           seen_ttl_s=60),
+                                    Commit(ops=op, ack=(S, d2.entry_id), seen="seen:g", seen_id="e",
+                                           seen_ttl_s=60)])
     assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert any_bus.read_hashes(["counter"])[0]["n"] == "1"
     assert any_bus.read_own_pending("g", "c1", {S: "0"}, 10) == []
+
+
+def test_an_entry_committed_twice_is_applied_once_because_its_ack_is_the_guard(any_bus):
+    """No dedup id at all (a dead letter's commit has none): the second commit of the same entry
+    finds it acknowledged already, so it is a duplicate and changes nothing."""
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    (d,) = any_bus.read_new("g", "c1", [S], 10, 10)
+    op = [("HINCRBY", "counter", "n", 1), ("PUBLISH", "events:Out", "", "", "f", "v")]
+    outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d.entry_id)), Commit(ops=op, ack=(S, d.entry_id))])
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert any_bus.commit("g", [Commit(ops=op, ack=(S, d.entry_id))]) == [Outcome.DUPLICATE]
+    assert any_bus.read_hashes(["counter"])[0]["n"] == "1"
+    assert any_bus.client.xlen("events:Out") == 1
+
+
+def test_dedup_ids_are_forgotten_after_their_time_and_not_before(any_bus):
+    """seen:<group> stays bounded: an id past its time is removed by the next commit using the
+    set, so the same id is applied again; one inside its time is a duplicate."""
+    now = int(any_bus.client.time()[0])
+    any_bus.client.zadd("seen:g", {"old": now - 1, "young": now + 3600})
+    op = [("HINCRBY", "counter", "n", 1)]
+    outcomes = any_bus.commit("", [Commit(ops=op, seen="seen:g", seen_id="young", seen_ttl_s=60),
+                                   Commit(ops=op, seen="seen:g", seen_id="old", seen_ttl_s=60)])
+    assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED]
+    assert any_bus.read_hashes(["counter"])[0]["n"] == "1"
+    assert any_bus.client.zscore("seen:g", "old") >= now + 60
+
+
+def test_writes_that_disagree_on_a_keys_type_are_refused_before_the_first_is_made(any_bus):
+    """Key types are asked of Redis once per key per batch; the script's own writes count: a key
+    an earlier commit of the batch made a hash, or an earlier write of the same commit will make
+    one, is not a list."""
+    first = Commit(ops=[("HSET", "k", "a", "1")])
+    later = Commit(ops=[("RPUSH", "k", "v")])
+    assert any_bus.commit("", [first, later]) == [Outcome.APPLIED, Outcome.REFUSED]
+    assert "k holds a hash, not a list" in later.refusal
+    both = Commit(ops=[("HSET", "fresh", "a", "1"), ("RPUSH", "fresh", "v")])
+    assert any_bus.commit("", [both]) == [Outcome.REFUSED]
+    assert not any_bus.client.exists("fresh")
 
 
 def test_conflict_applies_nothing_and_stops_the_rest_of_the_batch(any_bus):
@@ -84,12 +127,12 @@ def test_a_conflicting_commit_leaves_its_entry_pending_and_so_do_the_ones_after_
     d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
     any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
     stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")], ack=(S, d1.entry_id),
-                   seen="seen:g:1", seen_ttl_s=60)
-    later = Commit(ops=[("HSET", "other", "b", "1")], ack=(S, d2.entry_id), seen="seen:g:2",
-                   seen_ttl_s=60)
+                   seen="seen:g", seen_id="1", seen_ttl_s=60)
+    later = Commit(ops=[("HSET", "other", "b", "1")], ack=(S, d2.entry_id), seen="seen:g",
+                   seen_id="2", seen_ttl_s=60)
     assert any_bus.commit("g", [stale, later]) == [Outcome.CONFLICT, Outcome.CONFLICT]
     assert any_bus.client.xpending(S, "g")["pending"] == 2
-    assert not any_bus.client.exists("seen:g:1", "seen:g:2")
+    assert not any_bus.client.exists("seen:g")
 
 
 def test_publish_appends_to_the_order_trace(any_bus):
@@ -195,13 +238,13 @@ def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus
     any_bus.client.hset("counters", "n", "abc")
     first = Commit(ops=[("HSET", "first", "a", "1")])
     refused = Commit(ops=[("HSET", "h", "a", "1"), ("RPUSH", "not-a-list", "v")],
-                     seen="seen:g:e", seen_ttl_s=60)
+                     seen="seen:g", seen_id="e", seen_ttl_s=60)
     later = Commit(ops=[("HSET", "later", "a", "1")])
     assert any_bus.commit("", [first, refused, later]) == \
         [Outcome.APPLIED, Outcome.REFUSED, Outcome.CONFLICT]
     assert "not-a-list holds a string, not a list" in refused.refusal
     assert any_bus.read_hashes(["first", "h", "later"]) == [{"a": "1", "_v": "1"}, {}, {}]
-    assert not any_bus.client.exists("seen:g:e")
+    assert not any_bus.client.exists("seen:g")
     bad_counter = Commit(ops=[("COUNT", "counters", "n", 1)])
     too_big = Commit(ops=[("HINCRBY", "big", "n", 2 ** 60)])
     assert any_bus.commit("", [bad_counter]) == [Outcome.REFUSED] and "not an integer" in bad_counter.refusal

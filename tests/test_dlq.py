@@ -246,7 +246,7 @@ def test_replay_of_a_letter_the_service_never_handled_completes_the_order(procs,
     c.xgroup_create("events:OrderCreated", "inventory", id="$")
     dlq_id = letter_for(c, "inventory", "events:OrderCreated", entry_id, fields)
     start_workers(procs)
-    wait_for(lambda: c.exists("seen:order:" + fields["id"]), what="order confirmed the event")
+    wait_for(lambda: c.zscore("seen:order", fields["id"]) is not None, what="order confirmed the event")
     assert c.hget("order:77", "status") == "PENDING"
 
     code, _, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=procs.url)

@@ -54,8 +54,9 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
         return f"order {order_id} is {status}: nothing to do"
     uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
     # A timer can fire twice (re-armed by a redelivered OrderCreated after it already ran): the
-    # marker makes the second one publish nothing.
-    commit = uow.to_commit(seen=bus_keys.seen(TIMERS, timer_id(EVENT, order_id)), seen_ttl_s=FIRED_TTL_S)
+    # id in seen:timers makes the second one publish nothing.
+    commit = uow.to_commit(seen=bus_keys.seen(TIMERS), seen_id=timer_id(EVENT, order_id),
+                           seen_ttl_s=FIRED_TTL_S)
     outcome = bus.commit("", [commit])[0]
     return f"order {order_id}: DeadlinePassed {outcome.name}"
 

@@ -268,7 +268,7 @@ class Worker:
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
-                               seen=bus_keys.seen(self.service.name, event.id),
+                               seen=bus_keys.seen(self.service.name), seen_id=event.id,
                                seen_ttl_s=self.settings.seen_ttl_s)
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
                        uow.timers, uow.disarmed)

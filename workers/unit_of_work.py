@@ -142,7 +142,7 @@ class UnitOfWork:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def to_commit(self, ack: tuple[str, str] | None = None, seen: str = "",
+    def to_commit(self, ack: tuple[str, str] | None = None, seen: str = "", seen_id: str = "",
                   seen_ttl_s: int = 0) -> Commit:
         return Commit(checks=dict(self.checks), ops=list(self.ops), ack=ack, seen=seen,
-                      seen_ttl_s=seen_ttl_s)
+                      seen_id=seen_id, seen_ttl_s=seen_ttl_s)
