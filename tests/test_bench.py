@@ -120,7 +120,9 @@ def _kill_if_left(proc: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("argv", [["--replicas", "inventory=two"], ["--replicas", "stock=2"],
                                   ["--replicas", "inventory=99"], ["--rows", "choreo,fast"],
-                                  ["--orders", "0"], ["--soak", "200000"]])
+                                  ["--orders", "0"], ["--soak", "0"], ["--soak", "9", "--curve"],
+                                  ["--soak", "9", "--rows", "choreo"], ["--retention", "5"],
+                                  ["--soak", "9", "--retention", "0"], ["--soak", "9", "--seen-ttl", "59"]])
 def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -151,3 +153,54 @@ def test_reference_reacts_like_the_saga_and_acks_per_stream():
     assert json.loads(emitted["data"]) == {"lines": [], "total_cents": 1999}
     assert acks == {"events:OrderCreated": ["1-0"], "events:InventoryChecked": ["2-0"]}
     assert seen == [created["id"], confirmed["id"]]
+
+
+def test_soak_prints_its_table_and_a_clean_audit_and_leaves_no_process():
+    # Retention and dedup markers at the least their settings allow, so they expire during the run.
+    mark = uuid.uuid4().hex
+    done = bench("--soak", "600", "--rate", "300", "--retention", "1", "--seen-ttl", "60", mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(out) if line.split()[:3] == ["time", "s", "placed"])
+    rows = [line.split() for line in out[header + 2:] if line.strip()]
+    rows = rows[:next(i for i, cells in enumerate(rows) if not cells[0].replace(",", "").isdigit())]
+    assert rows[0][1:3] == ["0", "0"] and rows[-1][1:3] == ["600", "600"]     # placed, completed
+    assert all(len(cells) == 6 for cells in rows)
+    assert any(line.startswith("memory: ") for line in out)
+    assert out[-1].startswith("audit clean: ")
+    assert marked(mark) == []
+
+
+def test_soak_json_has_every_sample_and_names_the_processes_it_stopped():
+    mark = uuid.uuid4().hex
+    done = bench("--soak", "300", "--rate", "300", "--retention", "1", "--json", mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["orders"], out["completed"], out["retention_s"], out["seen_ttl_s"]) == (300, 300, 1, 60)
+    assert out["audit_clean"] and out["audit"][0].startswith("audit clean: ")
+    last = out["samples"][-1]
+    assert (last["placed"], last["completed"]) == (300, 300) and last["keys"] > 0
+    assert len(out["processes"]) == 1 + 4 + 1           # server, workers, trimmer
+    assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
+    assert marked(mark) == []
+
+
+def test_soak_ctrl_c_stops_every_process_it_started():
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
+    proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--soak", "1000000", "--rate", "200"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(started) < 1 + 4 + 1 and time.monotonic() < deadline:     # server, workers, trimmer
+            time.sleep(0.1)
+            started = children(proc.pid)
+        assert len(started) == 6
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        _kill_if_left(proc)
+    assert marked(mark) == []
+    assert not [p for p in started if Path(f"/proc/{p}").exists()]
