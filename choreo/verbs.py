@@ -314,37 +314,35 @@ def _bench_misuse(args) -> str:
 
 
 def cmd_bench(args, settings: Settings) -> int:
-    from choreo.bench import ROWS, BenchError, Plan, run_bench
-    from choreo.bench_report import render, to_json
+    from choreo.bench import BenchError
     if misuse := _bench_misuse(args):
         _err(f"choreo bench: {misuse}")
         return 2
     # SIGTERM as Ctrl-C: unwind through the finally blocks that stop every process started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if args.soak:
-        return _soak(args)
-    plan = Plan(args.orders, args.rows or tuple(ROWS), args.replicas, rate=args.rate,
-                timeout_s=args.timeout, curve=args.curve)
     try:
-        run = run_bench(plan, args.redis_url)
+        return _soak(args) if args.soak else _bench(args)
     except BenchError as exc:
         _err(f"choreo bench: {exc}")
         return 1
+
+
+def _bench(args) -> int:
+    from choreo.bench import ROWS, Plan, run_bench
+    from choreo.bench_report import render, to_json
+    plan = Plan(args.orders, args.rows or tuple(ROWS), args.replicas, rate=args.rate,
+                timeout_s=args.timeout, curve=args.curve)
+    run = run_bench(plan, args.redis_url)
     _print_run(run, args.json, render, to_json)
     return 0 if all(r.completed == r.orders for r in run.results) else 1
 
 
 def _soak(args) -> int:
-    from choreo.bench import BenchError
     from choreo.soak import SoakPlan, run_soak
     from choreo.soak_report import lines, sample_table, to_json
     plan = SoakPlan(args.soak, args.rate, args.retention or 30, args.seen_ttl or 60,
                     timeout_s=args.timeout, replicas=args.replicas)
-    try:
-        run = run_soak(plan, args.redis_url)
-    except BenchError as exc:
-        _err(f"choreo bench: {exc}")
-        return 1
+    run = run_soak(plan, args.redis_url)
     _print_run(run, args.json, sample_table, to_json)
     if not args.json:
         for line in lines(run):

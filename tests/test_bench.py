@@ -85,18 +85,22 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
     assert marked(mark) == []
 
 
-def test_ctrl_c_stops_every_process_it_started():
+@pytest.mark.parametrize("argv, started_n", [
+    (["--orders", "1000000", "--rows", "choreo"], 1 + 4),             # server, workers
+    (["--soak", "1000000", "--rate", "200"], 1 + 4 + 1)])             # server, workers, trimmer
+def test_ctrl_c_stops_every_process_it_started(argv, started_n):
     mark = uuid.uuid4().hex
     env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
-    proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--orders", "1000000", "--rows", "choreo"],
+    proc = subprocess.Popen([str(BIN / "choreo"), "bench", *argv],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while len(started) < 1 + 4 and time.monotonic() < deadline:     # server, workers
+        while len(started) < started_n and time.monotonic() < deadline:
             time.sleep(0.1)
             started = children(proc.pid)
-        assert len(started) == 5 and len(marked(mark)) == 1 + 4     # the bench and its workers
+        # The marked: the bench and the processes it started, but the server (see marked()).
+        assert len(started) == started_n and len(marked(mark)) == started_n
         time.sleep(1.0)                                 # the load is running by now
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
@@ -183,24 +187,3 @@ def test_soak_json_has_every_sample_and_names_the_processes_it_stopped():
     assert len(out["processes"]) == 1 + 4 + 1           # server, workers, trimmer
     assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
     assert marked(mark) == []
-
-
-def test_soak_ctrl_c_stops_every_process_it_started():
-    mark = uuid.uuid4().hex
-    env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
-    proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--soak", "1000000", "--rate", "200"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    started: list[int] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(started) < 1 + 4 + 1 and time.monotonic() < deadline:     # server, workers, trimmer
-            time.sleep(0.1)
-            started = children(proc.pid)
-        assert len(started) == 6
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 130
-    finally:
-        _kill_if_left(proc)
-    assert marked(mark) == []
-    assert not [p for p in started if Path(f"/proc/{p}").exists()]
