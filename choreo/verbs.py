@@ -308,9 +308,9 @@ def _bench_misuse(args) -> str:
     """Flags that belong to the other mode of `choreo bench`: named, rather than ignored."""
     if args.soak:
         wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve)) if v]
-        return f"{' and '.join(wrong)} cannot go with --soak" if wrong else ""
+        return f"{' and '.join(wrong)}: not with --soak" if wrong else ""
     wrong = [f for f, v in (("--retention", args.retention), ("--seen-ttl", args.seen_ttl)) if v]
-    return f"{' and '.join(wrong)} only go with --soak" if wrong else ""
+    return f"{' and '.join(wrong)}: only with --soak" if wrong else ""
 
 
 def cmd_bench(args, settings: Settings) -> int:
