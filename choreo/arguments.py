@@ -56,6 +56,8 @@ rate = Bounded(0.01, 100_000)                   # orders per second
 refresh = Bounded(0.05, 3600)                   # seconds; below, the dashboard would spin
 trim_every = Bounded(0.1, 24 * 3600)            # seconds between the trimmer's rounds
 keep_entries = Bounded(0, 10 ** 9, int)
+retention = Bounded(1, 3650 * 24 * 3600, int)      # as CHOREO_RETENTION_S
+seen_ttl = Bounded(60, 3650 * 24 * 3600, int)      # as CHOREO_SEEN_TTL_S
 keep_seconds = Bounded(0, 3650 * 24 * 3600, int)    # ten years
 product_id = Bounded(1, 10 ** 9, int)
 

@@ -133,26 +133,33 @@ def worker_command(row: Row, service: str, url: str, slot: int) -> list[str]:
     return [sys.executable, "-m", "choreo", "worker", service]
 
 
-def worker_env(row: Row, url: str, slot: int) -> dict[str, str]:
+def worker_env(row: Row, url: str, slot: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """extra: settings of the run's own (the soak's short retention), on top of the caller's."""
     # Per-role URLs (REDIS_URL_<ROLE>) would point a worker elsewhere than the bench's server.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("REDIS_URL_") and k != "HONCHO_PROCESS_NAME"}
-    return {**env, "REDIS_URL": url, "CHOREO_SLOT": str(slot), "PYTHONUNBUFFERED": "1",
-            "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
+    return {**env, **(extra or {}), "REDIS_URL": url, "CHOREO_SLOT": str(slot),
+            "PYTHONUNBUFFERED": "1", "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
 
 
-def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path, procs: list[Proc]) -> None:
+def start_process(name: str, command: list[str], env: dict[str, str], log: Path,
+                  procs: list[Proc]) -> None:
+    with open(log, "wb") as err:
+        # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops these
+        # in order (SIGTERM, wait, SIGKILL) rather than all at once mid-commit.
+        popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                 start_new_session=True)
+    procs.append(Proc(name, popen, log))
+
+
+def start_workers(row: Row, url: str, replicas: dict[str, int], logdir: Path, procs: list[Proc],
+                  extra_env: dict[str, str] | None = None) -> None:
     """Appends each process as it starts, so a failure part-way still leaves them all to stop."""
     for service in SERVICES:
         for slot in range(1, replicas.get(service, 1) + 1):
-            log = logdir / f"{row.name}-{service}.{slot}.log"
-            with open(log, "wb") as err:
-                # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops
-                # these in order (SIGTERM, wait, SIGKILL) rather than all at once mid-commit.
-                popen = subprocess.Popen(worker_command(row, service, url, slot),
-                                         env=worker_env(row, url, slot), stdout=subprocess.DEVNULL,
-                                         stderr=err, start_new_session=True)
-            procs.append(Proc(f"{service}.{slot}", popen, log))
+            start_process(f"{service}.{slot}", worker_command(row, service, url, slot),
+                          worker_env(row, url, slot, extra_env),
+                          logdir / f"{row.name}-{service}.{slot}.log", procs)
 
 
 def stop_all(procs: list[Proc]) -> None:
@@ -370,14 +377,15 @@ def say(line: str) -> None:
 
 
 @contextmanager
-def running_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
-                started: list[int]) -> Iterator[tuple[str, redis.Redis, list[Proc]]]:
-    """A fresh server with the row's workers started and ready; stops them all on the way out."""
+def running_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path, started: list[int],
+                extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, redis.Redis, list[Proc]]]:
+    """A fresh server with the row's workers started and ready; stops them all on the way out,
+    and any process the caller appended to the list meanwhile."""
     with fresh_server(redis_url, workdir, started) as url:
         client = redis.Redis.from_url(url, decode_responses=True)
         procs: list[Proc] = []
         try:
-            start_workers(row, url, plan.replicas, workdir, procs)
+            start_workers(row, url, plan.replicas, workdir, procs, extra_env)
             started.extend(p.popen.pid for p in procs)
             if not wait_for(lambda: groups_ready(client, row, plan.replicas), READY_TIMEOUT_S, procs):
                 raise BenchError(f"{row.name}: the workers did not join their groups within "

@@ -79,13 +79,19 @@ def _add_bench_verb(sub, common) -> None:
                    help=f"orders per second, {arg.rate.bounds} (default: all placed up front)")
     p.add_argument("--replicas", type=arg.replicas, default={}, metavar="SERVICE=N,...",
                    help=f"worker processes per service, {arg.replica_count.bounds} (default: 1 each)")
-    p.add_argument("--rows", type=arg.bench_rows, default=tuple(ROWS), metavar="ROW,...",
+    p.add_argument("--rows", type=arg.bench_rows, metavar="ROW,...",
                    help=f"which rows, in order (default: {','.join(ROWS)})")
     p.add_argument("--curve", action="store_true",
                    help="also run every row paced at 25/50/75%% of the slowest row's maximum")
     p.add_argument("--timeout", type=arg.load_timeout, default=120.0, metavar="SECONDS",
                    help=f"give up on a row's orders after this, {arg.load_timeout.bounds} (default: 120)")
-    p.add_argument("--soak", type=arg.orders, metavar="N", help="(not built yet)")
+    p.add_argument("--soak", type=arg.orders, metavar="N",
+                   help="instead: place N orders at a steady --rate (default: 60%% of a measured "
+                        "maximum) with short retention, and sample Redis's memory, keys and streams")
+    p.add_argument("--retention", type=arg.retention, metavar="SECONDS",
+                   help=f"with --soak: CHOREO_RETENTION_S, {arg.retention.bounds} (default: 30)")
+    p.add_argument("--seen-ttl", type=arg.seen_ttl, metavar="SECONDS",
+                   help=f"with --soak: CHOREO_SEEN_TTL_S, {arg.seen_ttl.bounds} (default: 60)")
     p.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     # --redis-url here means: run on that (empty) database instead of a throwaway redis-server;
     # $REDIS_URL is not used, so a bench never flushes a server by accident.

@@ -304,25 +304,56 @@ def cmd_acl(args, settings: Settings) -> int:
     return 1 if wrong else 0
 
 
-def cmd_bench(args, settings: Settings) -> int:
-    from rich.console import Console
-    from choreo.bench import BenchError, Plan, run_bench
-    from choreo.bench_report import render, to_json
+def _bench_misuse(args) -> str:
+    """Flags that belong to the other mode of `choreo bench`: named, rather than ignored."""
     if args.soak:
-        _err("choreo bench: --soak is not built yet (issue 9, part 3: retention)")
+        wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve)) if v]
+        return f"{' and '.join(wrong)}: not with --soak" if wrong else ""
+    wrong = [f for f, v in (("--retention", args.retention), ("--seen-ttl", args.seen_ttl)) if v]
+    return f"{' and '.join(wrong)}: only with --soak" if wrong else ""
+
+
+def cmd_bench(args, settings: Settings) -> int:
+    from choreo.bench import BenchError
+    if misuse := _bench_misuse(args):
+        _err(f"choreo bench: {misuse}")
         return 2
-    plan = Plan(args.orders, args.rows, args.replicas, rate=args.rate, timeout_s=args.timeout,
-                curve=args.curve)
     # SIGTERM as Ctrl-C: unwind through the finally blocks that stop every process started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        run = run_bench(plan, args.redis_url)
+        return _soak(args) if args.soak else _bench(args)
     except BenchError as exc:
         _err(f"choreo bench: {exc}")
         return 1
-    if args.json:
-        _out(to_json(run))
-    else:
-        # A pipe has no width of its own; rich's 80 columns would wrap the tables.
-        Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120).print(render(run))
+
+
+def _bench(args) -> int:
+    from choreo.bench import ROWS, Plan, run_bench
+    from choreo.bench_report import render, to_json
+    plan = Plan(args.orders, args.rows or tuple(ROWS), args.replicas, rate=args.rate,
+                timeout_s=args.timeout, curve=args.curve)
+    run = run_bench(plan, args.redis_url)
+    _print_run(run, args.json, render, to_json)
     return 0 if all(r.completed == r.orders for r in run.results) else 1
+
+
+def _soak(args) -> int:
+    from choreo.soak import SoakPlan, run_soak
+    from choreo.soak_report import lines, sample_table, to_json
+    plan = SoakPlan(args.soak, args.rate, args.retention or 30, args.seen_ttl or 60,
+                    timeout_s=args.timeout, replicas=args.replicas)
+    run = run_soak(plan, args.redis_url)
+    _print_run(run, args.json, sample_table, to_json)
+    if not args.json:
+        for line in lines(run):
+            _show(line)             # the audit's line carries what Redis held
+    return 0 if run.completed == plan.orders and run.audit_clean else 1
+
+
+def _print_run(run, as_json: bool, render, to_json) -> None:
+    if as_json:
+        _out(to_json(run))
+        return
+    from rich.console import Console
+    # A pipe has no width of its own; rich's 80 columns would wrap the tables.
+    Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120).print(render(run))

@@ -234,3 +234,33 @@ def count_round_trips(monkeypatch) -> dict[str, int]:
         return send(self, *args, **kwargs)
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
     return count
+
+
+def test_an_id_pruned_while_the_audit_reads_the_index_is_counted_once(redis_server, redis_url):
+    """The trimmer moves an id from orders:index to orders:expired between the audit's reads:
+    the audit reads again rather than count it in both."""
+    from bus.connect import open_bus
+    from choreo.audit import index_and_pruned
+    client = redis_server.client()
+    client.zadd("orders:index", {"1": 1.0, "2": 2.0})
+    reads = []
+    with open_bus(redis_url) as bus:
+        pipeline = bus.client.pipeline
+
+        def racing_pipeline(*args, **kwargs):
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            def execute_then_prune():
+                replies = execute()
+                reads.append(replies)
+                if len(reads) == 1:             # the trimmer prunes id 1 just after the index read
+                    client.zrem("orders:index", "1")
+                    client.incr("orders:expired")
+                    replies[2] = "1"
+                return replies
+            pipe.execute = execute_then_prune
+            return pipe
+        bus.client.pipeline = racing_pipeline
+        index, pruned = index_and_pruned(bus)
+    assert len(reads) == 2 and (sorted(index), pruned) == (["2"], 1)

@@ -85,18 +85,22 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
     assert marked(mark) == []
 
 
-def test_ctrl_c_stops_every_process_it_started():
+@pytest.mark.parametrize("argv, started_n", [
+    (["--orders", "1000000", "--rows", "choreo"], 1 + 4),             # server, workers
+    (["--soak", "1000000", "--rate", "200"], 1 + 4 + 1)])             # server, workers, trimmer
+def test_ctrl_c_stops_every_process_it_started(argv, started_n):
     mark = uuid.uuid4().hex
     env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
-    proc = subprocess.Popen([str(BIN / "choreo"), "bench", "--orders", "1000000", "--rows", "choreo"],
+    proc = subprocess.Popen([str(BIN / "choreo"), "bench", *argv],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while len(started) < 1 + 4 and time.monotonic() < deadline:     # server, workers
+        while len(started) < started_n and time.monotonic() < deadline:
             time.sleep(0.1)
             started = children(proc.pid)
-        assert len(started) == 5 and len(marked(mark)) == 1 + 4     # the bench and its workers
+        # The marked: the bench and the processes it started, but the server (see marked()).
+        assert len(started) == started_n and len(marked(mark)) == started_n
         time.sleep(1.0)                                 # the load is running by now
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
@@ -120,7 +124,9 @@ def _kill_if_left(proc: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("argv", [["--replicas", "inventory=two"], ["--replicas", "stock=2"],
                                   ["--replicas", "inventory=99"], ["--rows", "choreo,fast"],
-                                  ["--orders", "0"], ["--soak", "200000"]])
+                                  ["--orders", "0"], ["--soak", "0"], ["--soak", "9", "--curve"],
+                                  ["--soak", "9", "--rows", "choreo"], ["--retention", "5"],
+                                  ["--soak", "9", "--retention", "0"], ["--soak", "9", "--seen-ttl", "59"]])
 def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -151,3 +157,33 @@ def test_reference_reacts_like_the_saga_and_acks_per_stream():
     assert json.loads(emitted["data"]) == {"lines": [], "total_cents": 1999}
     assert acks == {"events:OrderCreated": ["1-0"], "events:InventoryChecked": ["2-0"]}
     assert seen == [created["id"], confirmed["id"]]
+
+
+def test_soak_prints_its_table_and_a_clean_audit_and_leaves_no_process():
+    # Retention and dedup markers at the least their settings allow, so they expire during the run.
+    mark = uuid.uuid4().hex
+    done = bench("--soak", "600", "--rate", "300", "--retention", "1", "--seen-ttl", "60", mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(out) if line.split()[:3] == ["time", "s", "placed"])
+    rows = [line.split() for line in out[header + 2:] if line.strip()]
+    rows = rows[:next(i for i, cells in enumerate(rows) if not cells[0].replace(",", "").isdigit())]
+    assert rows[0][1:3] == ["0", "0"] and rows[-1][1:3] == ["600", "600"]     # placed, completed
+    assert all(len(cells) == 6 for cells in rows)
+    assert any(line.startswith("memory: ") for line in out)
+    assert out[-1].startswith("audit clean: ")
+    assert marked(mark) == []
+
+
+def test_soak_json_has_every_sample_and_names_the_processes_it_stopped():
+    mark = uuid.uuid4().hex
+    done = bench("--soak", "300", "--rate", "300", "--retention", "1", "--json", mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["orders"], out["completed"], out["retention_s"], out["seen_ttl_s"]) == (300, 300, 1, 60)
+    assert out["audit_clean"] and out["audit"][0].startswith("audit clean: ")
+    last = out["samples"][-1]
+    assert (last["placed"], last["completed"]) == (300, 300) and last["keys"] > 0
+    assert len(out["processes"]) == 1 + 4 + 1           # server, workers, trimmer
+    assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
+    assert marked(mark) == []
