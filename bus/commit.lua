@@ -57,19 +57,29 @@ local function refusal(op, args)
   if op == 'PUBLISH' then
     local no = denied('XADD', args[1], '*', 'f', 'v') or (args[2] ~= '' and denied('RPUSH', args[2], 'x'))
     if no then return no end
-    if args[3] ~= '' and not string.match(args[3], '^%d+$') then
-      return 'max length ' .. args[3] .. ' of ' .. args[1] .. ' is not a whole number'
+    -- Checked to the letter: the ack and the dedup id are written before the effects, so an
+    -- effect Redis refuses halfway would be lost (bounded digits, fields in pairs).
+    if args[3] ~= '' and not string.match(args[3], '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+      return 'max length ' .. args[3] .. ' of ' .. args[1] .. ' is not a whole number below 10^12'
+    end
+    if #args < 5 or (#args - 3) % 2 ~= 0 then
+      return 'an event for ' .. args[1] .. ' needs fields in name, value pairs'
     end
     return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
-    if not string.match(args[2], '^%d+$') then return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds' end
+    if not string.match(args[2], '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+      return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds below 10^11'
+    end
     -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
     -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
     if string.match(args[2], '^0+$') then known[args[1]], planned[args[1]] = nil, nil end
     return denied('EXPIRE', args[1], args[2])
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
+  if op == 'HSET' and (#args < 3 or #args % 2 ~= 1) then
+    return 'HSET ' .. args[1] .. ' needs fields in name, value pairs'
+  end
   local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
     or ((op == 'HSET' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
   if no then return no end

@@ -3,6 +3,8 @@ a case here fails instead of a surprise in production."""
 
 from __future__ import annotations
 
+import pytest
+
 from importlib import resources
 
 from bus.contract import Commit, Outcome
@@ -155,6 +157,25 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
     assert "max length ~3 of dlq:g is not a whole number" in bad.refusal
     assert any_bus.read_hashes(["h"]) == [{}] and not any_bus.client.exists("dlq:g")
+
+
+@pytest.mark.parametrize("op, why", [
+    (("EXPIRE", "h", "99999999999999999999"), "expiry 99999999999999999999 of h is not whole seconds"),
+    (("PUBLISH", "events:Out", "", "", "f"), "needs fields in name, value pairs"),
+    (("PUBLISH", "events:Out", "", "99999999999999999999", "f", "v"), "max length 99999999999999999999"),
+    (("HSET", "h", "a"), "HSET h needs fields in name, value pairs"),
+])
+def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
+    """The ack and the dedup id are written before the effects: a write Redis would refuse must
+    be caught by the checks, or the entry would end acknowledged with half its effects."""
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    [d] = any_bus.read_new("g", "c", [S], 10, 10)
+    bad = Commit(ops=[("HINCRBY", "money", "charged", 100), op], ack=(S, d.entry_id),
+                 seen="seen:g", seen_id="x", seen_ttl_s=60)
+    assert any_bus.commit("g", [bad]) == [Outcome.REFUSED] and why in bad.refusal
+    assert any_bus.read_hashes(["money"]) == [{}] and not any_bus.client.exists("events:Out")
+    assert any_bus.client.xpending(S, "g")["pending"] == 1
 
 
 def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):
