@@ -26,6 +26,7 @@ SAMPLE_KEY = "acl-check"            # stands for the `*` of a key pattern in a s
 # How to exercise each command on one key ({key}, {group}: the role's user) for ACL DRYRUN.
 SAMPLES = {
     "xadd": "XADD {key} * f v", "xreadgroup": "XREADGROUP GROUP {group} c STREAMS {key} >",
+    "xread": "XREAD STREAMS {key} 0-0",
     "xack": "XACK {key} {group} 0-1", "xautoclaim": "XAUTOCLAIM {key} {group} c 0 0-0",
     "xclaim": "XCLAIM {key} {group} c 0 0-1", "xpending": "XPENDING {key} {group}",
     "xgroup|create": "XGROUP CREATE {key} {group} 0 MKSTREAM",

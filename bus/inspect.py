@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import redis
 
 from bus import keys
 from bus.contract import Delivery
-from bus.redis_streams import RedisStreamsBus, translated_errors
+from bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,28 @@ def entries(bus: RedisStreamsBus, refs: list[tuple[str, str]]) -> list[Delivery]
             pipe.xrange(stream, entry_id, entry_id)
         found = pipe.execute()
     return [Delivery(stream, rows[0][0], rows[0][1]) for (stream, _), rows in zip(refs, found) if rows]
+
+
+def newest_ids(bus: RedisStreamsBus, streams: Sequence[str]) -> dict[str, str]:
+    """Each stream's newest entry id ("0-0" for an empty or missing stream), one round trip.
+    Reading after these ids sees every entry added from now on: auto ids only grow."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xrevrange(stream, "+", "-", count=1)
+        found = pipe.execute()
+    return {s: rows[0][0] if rows else "0-0" for s, rows in zip(streams, found)}
+
+
+def read_after(bus: RedisStreamsBus, after: Mapping[str, str], count: int,
+               block_ms: int = 0) -> list[Delivery]:
+    """Entries after the given id of each stream (plain XREAD: no group, nothing acknowledged);
+    block_ms > 0 waits that long for the first one. Entries are input: not UTF-8 comes back
+    with `error` set, as from a group read."""
+    with translated_errors():
+        reply = bus.raw.xread(dict(after), count=count, block=block_ms if block_ms > 0 else None)
+    return [decode_entry(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
+            for stream, entries in reply or [] for entry_id, fields in entries]
 
 
 def list_items(bus: RedisStreamsBus, key: str) -> list[str]:

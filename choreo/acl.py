@@ -30,8 +30,10 @@ from workers.unit_of_work import timer_id
 # a script runs against the caller), pipelines, and its own permission check at start.
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
           "+discard", "+acl|whoami", "+acl|dryrun", "+time")
-CONSUME = ("xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|create",
-           "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
+# XREAD and XREVRANGE read what the group reads anyway: `choreo load`, as the order user, learns
+# outcomes by watching the streams that end orders without a group (choreo.load).
+CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "xpending",
+           "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
 PUBLISH = ("xadd", "type")
 SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "expire",

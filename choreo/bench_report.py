@@ -14,8 +14,9 @@ from rich.text import Text
 from choreo.bench import DEADLINE_S, REFERENCES, BenchRun, CurvePoint, RowResult
 
 NOTES = (
-    "Latency: placed -> completed; for choreo, until the order service committed COMPLETED; for a "
-    "reference, until its loader read the order's ShippingArranged.",
+    "Latency: placed -> completed; for choreo, until its ShippingArranged was published (the order "
+    "service commits COMPLETED a few ms later); for a reference, until its loader read the order's "
+    "ShippingArranged.",
     "choreo runs with CHOREO_ORDER_DEADLINE_S=0, as the references have no deadlines; "
     f"choreo+deadlines arms a {DEADLINE_S:g} s rq timer per order, as `choreo load` does by default.",
     "Commands and CPU: from the first order placed to the last completed (INFO commandstats, "

@@ -8,12 +8,17 @@ import time
 from dataclasses import dataclass, field
 
 from bus.redis_streams import RedisStreamsBus
+from choreo.endings import EndingWatch
 from choreo.orders import (OrderRequest, existing_orders, is_terminal, new_order_ids, place_orders,
                            read_orders)
 from choreo.outages import GaveUp, RideThrough
 
 CHUNK = 200
-POLLED = ("status", "created_at_ms", "ended_at_ms")     # all a poll needs of each order
+READ_CHUNK = 1000           # orders whose records one pipeline reads at the end
+SETTLED = ("status", "created_at_ms", "ended_at_ms")    # all the figures need of each order
+BLOCK_S = 1.0               # longest wait of one read for endings
+# How long the final read waits for the order service to commit endings already published.
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -79,30 +84,35 @@ def run_load(bus: RedisStreamsBus, plan: LoadPlan, progress=None, reconnect_max_
     """progress(placed, completed, failed) is called as things move (e.g. to draw a bar);
     failed counts orders that ended other than COMPLETED (rejected, cancelled). Every Redis call
     rides through outages (see choreo.outages) until the plan's timeout; the run keeps time by
-    the ride's clock, so a test can pass one with a fake clock."""
+    the ride's clock, so a test can pass one with a fake clock. The run ends when every order's
+    ending event has been published (choreo.endings); the figures then count what the orders'
+    records say (see _settle)."""
     result = LoadResult(plan.orders)
     ride = ride or RideThrough(time.monotonic() + plan.timeout_s, reconnect_max_s, _say)
     start = ride.clock()
+    ended = None
     try:
-        outstanding = _place_all(bus, plan, ride, result, progress)
-        while outstanding and ride.clock() < ride.deadline:
-            ride.sleep(0.05)
-            outstanding = _poll(bus, outstanding, ride, result, progress)
+        # Allocated once and kept: a retry after an outage places these same ids, never new ones.
+        # (An INCRBY whose reply was lost is retried; the range it took is left unused.)
+        ids = ride.call(lambda _retrying: new_order_ids(bus, plan.orders))
+        # Taken before the first order is placed, so no ending can come before the watch's ids.
+        watch = ride.call(lambda _retrying: EndingWatch.start(bus, ids))
+        _place_all(bus, plan, ids, watch, ride, result, progress)
+        _await_endings(bus, watch, ride, result, progress)
+        ended = ride.clock()
+        _settle(bus, ids, watch, ride, result)
+        _report(progress, result)
     except GaveUp as exc:
         result.gave_up = str(exc)
-    result.elapsed_s = ride.clock() - start
+    result.elapsed_s = (ended if ended is not None else ride.clock()) - start
     result.outages, result.outage_s = ride.count, ride.total_s
     return result
 
 
-def _place_all(bus: RedisStreamsBus, plan: LoadPlan, ride: RideThrough, result: LoadResult,
-               progress) -> list[str]:
-    """Places every order, polling between chunks; returns the ids not yet terminal."""
+def _place_all(bus: RedisStreamsBus, plan: LoadPlan, ids: list[str], watch: EndingWatch,
+               ride: RideThrough, result: LoadResult, progress) -> None:
+    """Places every order, reading the endings (without waiting) between chunks."""
     start = ride.clock()
-    # Allocated once and kept: a retry after an outage places these same ids, never new ones.
-    # (An INCRBY whose reply was lost is retried; the range it took is left unused.)
-    ids = ride.call(lambda _retrying: new_order_ids(bus, plan.orders))
-    outstanding: list[str] = []
     # Paced runs place small chunks (about 20 a second) so the rate is smooth, not bursts of 200.
     step = max(1, min(CHUNK, int(plan.rate / 20))) if plan.rate else CHUNK
     for i in range(0, plan.orders, step):
@@ -113,10 +123,8 @@ def _place_all(bus: RedisStreamsBus, plan: LoadPlan, ride: RideThrough, result: 
         requests = [plan.request(o) for o in chunk]
         result.found_placed += ride.call(
             lambda retrying: place_once(bus, requests, plan.deadline_s, retrying))
-        outstanding += chunk
         result.placed += len(chunk)
-        outstanding = _poll(bus, outstanding, ride, result, progress)
-    return outstanding
+        _read_endings(bus, watch, ride, result, progress, block_ms=0)
 
 
 def place_once(bus: RedisStreamsBus, requests: list[OrderRequest], deadline_s: float,
@@ -131,27 +139,78 @@ def place_once(bus: RedisStreamsBus, requests: list[OrderRequest], deadline_s: f
     return len(found)
 
 
-def _poll(bus: RedisStreamsBus, outstanding: list[str], ride: RideThrough, result: LoadResult,
-          progress) -> list[str]:
-    # Reading is idempotent: a read an outage cut short is simply read again.
-    orders = ride.call(lambda _retrying: read_orders(bus, outstanding, POLLED))
-    still = _collect(orders, ride, result)
+def _await_endings(bus: RedisStreamsBus, watch: EndingWatch, ride: RideThrough,
+                   result: LoadResult, progress) -> None:
+    while watch.waiting and ride.clock() < ride.deadline:
+        # At most a second per read, so the timeout is kept to within one.
+        block_ms = max(1, int(min(BLOCK_S, ride.deadline - ride.clock()) * 1000))
+        _read_endings(bus, watch, ride, result, progress, block_ms)
+
+
+def _read_endings(bus: RedisStreamsBus, watch: EndingWatch, ride: RideThrough,
+                  result: LoadResult, progress, block_ms: int) -> None:
+    # Reading is idempotent: a read an outage cut short is simply read again from the same ids.
+    ride.call(lambda _retrying: watch.read(bus, block_ms, outages=ride.count))
+    # What the events say so far: the progress bar's figures, and the figures if the run gives up
+    # before _settle can read the records.
+    result.by_status = watch.by_status()
     _report(progress, result)
-    return still
 
 
-def _collect(orders: dict[str, dict[str, str]], ride: RideThrough, result: LoadResult) -> list[str]:
-    still = []
+def _settle(bus: RedisStreamsBus, ids: list[str], watch: EndingWatch, ride: RideThrough,
+            result: LoadResult) -> None:
+    """The figures count what the orders' records say, read once at the end: an ending event is
+    published a few ms before the order service commits the order's status, so orders whose
+    ending was seen but not yet committed are read again, for at most SETTLE_S."""
+    until = min(ride.deadline, ride.clock() + SETTLE_S)
+    orders = _read_settled(bus, ids, ride)
+    late = _uncommitted(orders, watch)
+    while late and ride.clock() < until:
+        ride.sleep(min(0.05, until - ride.clock()))
+        orders.update(_read_settled(bus, late, ride))
+        late = _uncommitted(orders, watch)
+    _collect(orders, watch, ride, result)
+
+
+def _read_settled(bus: RedisStreamsBus, ids: list[str], ride: RideThrough) -> dict[str, dict[str, str]]:
+    orders: dict[str, dict[str, str]] = {}
+    for i in range(0, len(ids), READ_CHUNK):        # one pipeline of HMGETs per chunk
+        chunk = ids[i:i + READ_CHUNK]
+        orders.update(ride.call(lambda _retrying: read_orders(bus, chunk, SETTLED)))
+    return orders
+
+
+def _uncommitted(orders: dict[str, dict[str, str]], watch: EndingWatch) -> list[str]:
+    # An empty record has expired, which only an ended one does (see _collect).
+    return [i for i, order in orders.items()
+            if i in watch.endings and order and not is_terminal(order)]
+
+
+def _collect(orders: dict[str, dict[str, str]], watch: EndingWatch, ride: RideThrough,
+             result: LoadResult) -> None:
+    result.by_status = {}
+    result.latencies_ms = []
     for order_id, order in orders.items():
+        order = order or _expired(order_id, watch)
         if not is_terminal(order):
-            still.append(order_id)
             continue
         result.by_status[order["status"]] = result.by_status.get(order["status"], 0) + 1
-        if order["status"] == "COMPLETED":
-            created, ended = int(order["created_at_ms"]), int(order["ended_at_ms"])
+        if order["status"] == "COMPLETED" and "created_at_ms" in order:
+            created = int(order["created_at_ms"])
+            # Done when its ending event was published; the record's own time only for an
+            # ending the watch never saw (e.g. trimmed away before it was read).
+            ending = watch.endings.get(order_id)
+            ended = ending.at_ms if ending else int(order["ended_at_ms"])
             # Time Redis was down is not the saga being slow (README, "choreo load").
             result.latencies_ms.append(ended - created - ride.overlap_ms(created, ended))
-    return still
+
+
+def _expired(order_id: str, watch: EndingWatch) -> dict[str, str]:
+    """What is known of an order whose record was empty: if it was seen ending, it ended and then
+    expired (a retention shorter than the run, as in the soak), with the status the order service
+    gives that ending; when it was created is gone with it, so it has no latency."""
+    ending = watch.endings.get(order_id)
+    return {"status": ending.status} if ending else {}
 
 
 def _report(progress, result: LoadResult) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from bus import keys as bus_keys
 from bus.contract import BusUnavailable
+from bus.envelope import Envelope
 from bus.redis_streams import RedisStreamsBus
 from choreo.load import LoadPlan, place_once, run_load
 from choreo.orders import OrderRequest
@@ -118,7 +119,8 @@ def test_a_retry_places_what_is_missing_and_a_first_try_still_refuses_a_taken_id
 
 
 class CompletesOrders(RedisStreamsBus):
-    """Stands in for the workers: every order it places is COMPLETED 5 ms after creation."""
+    """Stands in for the workers: every order it places is COMPLETED 5 ms after creation, its
+    ShippingArranged published then."""
 
     def commit(self, group, commits):
         outcomes = super().commit(group, commits)
@@ -126,7 +128,13 @@ class CompletesOrders(RedisStreamsBus):
             if self.client.type(key) == "hash" and self.client.hget(key, "status") == "PENDING":
                 created = int(self.client.hget(key, "created_at_ms"))
                 self.client.hset(key, mapping={"status": "COMPLETED", "ended_at_ms": created + 5})
+                arranged(self.client, self.client.hget(key, "id"), (created + 5) / 1000)
         return outcomes
+
+
+def arranged(client, order_id: str, at_s: float) -> None:
+    event = Envelope.new("ShippingArranged", order_id, "shipping", clock=lambda: at_s)
+    client.xadd(bus_keys.stream("ShippingArranged"), event.fields())
 
 
 def test_load_goes_on_after_an_outage_keeping_its_ids_and_finishes_every_order():

@@ -61,6 +61,7 @@ def _finish(status: str):
         _expire_record(uow, event.order_id)
         uow.disarm("DeadlinePassed")
     finish.__name__ = f"mark_{status.lower()}"
+    finish.ends = status        # read by ending_events(): which consumed events end an order
     return finish
 
 
@@ -97,3 +98,9 @@ SERVICE = Service(
     creates={"OrderCreated": "Creating order {order_id}",
              "DeadlinePassed": "Deadline passed for order {order_id}"},
 )
+
+
+def ending_events(service: Service = SERVICE) -> dict[str, str]:
+    """Each event type whose handling ends an order, with the status it ends it in, read from the
+    declaration above: `choreo load` learns outcomes from these streams (see choreo.load)."""
+    return {t: on.handle.ends for t, on in service.consumes.items() if hasattr(on.handle, "ends")}

@@ -1,0 +1,89 @@
+"""How `choreo load` learns that its orders have ended: from the events that end an order, read
+as they are published, instead of polling every pending order's record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
+
+from bus import inspect
+from bus import keys as bus_keys
+from bus.contract import Delivery
+from bus.redis_streams import RedisStreamsBus
+from workers.order import ending_events
+
+# Entries per stream per read: a large load's backlog comes in a few round trips.
+READ_COUNT = 10_000
+
+
+@dataclass(frozen=True)
+class Ending:
+    status: str         # what the order service makes of the event (COMPLETED, CANCELLED, ...)
+    at_ms: int          # when the event was published
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def published_ms(entry: Delivery) -> int:
+    """The envelope's `at`; the entry id's time (the server's clock at XADD) if `at` is not a
+    time: entries are input, and a malformed one must not stop the load."""
+    try:
+        return int(datetime.fromisoformat(entry.fields["at"].replace("Z", "+00:00")).timestamp() * 1000)
+    except (KeyError, ValueError):
+        return entry_id_key(entry.entry_id)[0]
+
+
+class EndingWatch:
+    """Reads the streams of the events that end an order (as the order service declares them),
+    after the ids they had before the load placed its first order, so no ending of its orders is
+    missed. Keeps the first ending of each watched order; other orders' entries are skipped."""
+
+    def __init__(self, order_ids: Iterable[str], cursors: dict[str, str]):
+        self.watched = set(order_ids)
+        self.cursors = cursors
+        self.endings: dict[str, Ending] = {}
+        self.outages_seen = 0
+        self._status = {bus_keys.stream(t): status for t, status in ending_events().items()}
+
+    @classmethod
+    def start(cls, bus: RedisStreamsBus, order_ids: Iterable[str]) -> "EndingWatch":
+        streams = [bus_keys.stream(t) for t in ending_events()]
+        return cls(order_ids, inspect.newest_ids(bus, streams))
+
+    @property
+    def waiting(self) -> int:
+        return len(self.watched) - len(self.endings)
+
+    def read(self, bus: RedisStreamsBus, block_ms: int = 0, outages: int = 0) -> None:
+        """One XREAD over every stream; block_ms > 0 waits that long for a first entry. outages
+        is how many outages the caller has seen: after a new one, lost streams are rewound."""
+        if outages != self.outages_seen:
+            self._rewind_lost_streams(bus)
+            self.outages_seen = outages
+        for entry in inspect.read_after(bus, self.cursors, READ_COUNT, block_ms):
+            self.cursors[entry.stream] = entry.entry_id
+            self._note(entry)
+
+    def _note(self, entry: Delivery) -> None:
+        order_id = entry.fields.get("order_id")
+        if order_id in self.watched and order_id not in self.endings:
+            self.endings[order_id] = Ending(self._status[entry.stream], published_ms(entry))
+
+    def _rewind_lost_streams(self, bus: RedisStreamsBus) -> None:
+        """A stream whose newest id is below our cursor was lost with a Redis that came back empty
+        (or without its unsynced tail) and made anew; its new entries may have ids below the
+        cursor (a server clock that went back), so it is read again from the start. An ending
+        read twice counts once."""
+        for stream, newest in inspect.newest_ids(bus, list(self.cursors)).items():
+            if entry_id_key(newest) < entry_id_key(self.cursors[stream]):
+                self.cursors[stream] = "0-0"
+
+    def by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ending in self.endings.values():
+            counts[ending.status] = counts.get(ending.status, 0) + 1
+        return counts
