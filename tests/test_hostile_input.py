@@ -81,17 +81,18 @@ def test_a_failing_housekeeping_step_is_logged_and_the_loop_goes_on(fake_bus):
     from workers.runtime import Worker
     lines = []
 
-    def broken():
-        raise RuntimeError("trim exploded on some key")
+    def broken(*_):
+        raise RuntimeError("XINFO exploded on some key")
 
+    fake_bus.forget_idle_consumers = broken
     worker = Worker(SERVICES["inventory"], fake_bus, Settings(housekeeping_every_s=0.001), "c-1",
-                    log=lines.append, housekeeping=broken)
+                    log=lines.append)
     worker.start()
     for _ in range(3):
         worker.poll(1)
         time.sleep(0.002)
-    failures = [l for l in lines if "housekeeping failed" in l]
-    assert len(failures) >= 2 and "trim exploded on some key" in failures[0]
+    failures = [l for l in lines if "forgetting idle consumers on events:" in l and "failed, will retry" in l]
+    assert len(failures) >= 2 and "XINFO exploded on some key" in failures[0]
 
 
 def test_timers_refuse_a_job_that_is_not_a_declared_timer(procs, redis_server, tmp_path):

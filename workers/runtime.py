@@ -57,7 +57,6 @@ class Handled:
 class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
                  log: Log = print, clock: Callable[[], float] = time.time,
-                 housekeeping: Callable[[], None] | None = None,
                  check: Callable[[], None] | None = None,
                  publishers: Mapping[str, Collection[str]] | None = None):
         self.service = service
@@ -66,7 +65,6 @@ class Worker:
         self.consumer = consumer
         self.log = log
         self.clock = clock
-        self.housekeeping = housekeeping
         # Run at every (re)start, before anything else: raises PermissionsMissing when the
         # server would refuse something this service needs (see bus.acl).
         self.check = check
@@ -326,8 +324,6 @@ class Worker:
             return
         for stream in self.streams:
             self.guarded(f"forgetting idle consumers on {stream}", self.forget_idle, stream)
-        if self.housekeeping:
-            self.guarded("housekeeping", self.housekeeping)
 
     def forget_idle(self, stream: str) -> None:
         for name in self.bus.forget_idle_consumers(self.service.name, [stream],
