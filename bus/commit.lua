@@ -38,10 +38,17 @@ end
 -- script's own writes made since (nothing else writes while a script runs); `planned` the types
 -- the commit being checked will give the keys it writes, so two of its writes that disagree on a
 -- key's type are refused before the first of them is made.
+-- A key whose version a commit checked (HGET _v, which Redis refuses on any other type) is known
+-- to be a hash or absent, 'hash?': hash writes to it need no TYPE.
 local known, planned = {}, {}
+-- Integer fields of hashes as this call last read or wrote them (counters[key][field]), so a field
+-- a batch adjusts many times (stock, totals) is read and checked once per call, not once per op.
+-- An HSET may store anything in a field: it forgets its hash's counters.
+local counters = {}
 
 local function wrong_type(key, want)
   local t = planned[key] or known[key]
+  if t == 'hash?' and want ~= 'hash' then t = nil end    -- a hash or absent: ask which
   if t == nil then
     local no = denied('TYPE', key)
     if no then return no end
@@ -49,7 +56,9 @@ local function wrong_type(key, want)
     t = type(t) == 'table' and t.ok or t
     known[key] = t
   end
-  if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
+  if t ~= 'none' and t ~= want and not (t == 'hash?' and want == 'hash') then
+    return key .. ' holds a ' .. t .. ', not a ' .. want
+  end
   planned[key] = want
 end
 
@@ -73,7 +82,9 @@ local function refusal(op, args)
     end
     -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
     -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
-    if string.match(args[2], '^0+$') then known[args[1]], planned[args[1]] = nil, nil end
+    if string.match(args[2], '^0+$') then
+      known[args[1]], planned[args[1]], counters[args[1]] = nil, nil, nil
+    end
     return denied('EXPIRE', args[1], args[2])
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
@@ -85,18 +96,28 @@ local function refusal(op, args)
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') then return bad end
-  local unreadable = denied('HGET', args[1], args[2])
-  if unreadable then return unreadable end
-  local now = redis.call('HGET', args[1], args[2])
-  if now and not string.match(now, '^-?%d+$') then
-    return args[1] .. ' field ' .. args[2] .. ' is not an integer'
+  local fields = counters[args[1]]
+  local now = fields and fields[args[2]]
+  if now == nil then
+    local unreadable = denied('HGET', args[1], args[2])
+    if unreadable then return unreadable end
+    local value = redis.call('HGET', args[1], args[2])
+    if value and not string.match(value, '^-?%d+$') then
+      return args[1] .. ' field ' .. args[2] .. ' is not an integer'
+    end
+    now = tonumber(value or '0')
+    if math.abs(now) <= LIMIT then
+      counters[args[1]] = fields or {}
+      counters[args[1]][args[2]] = now
+    end
   end
-  if math.abs(tonumber(now or '0')) > LIMIT or math.abs(tonumber(args[3])) > LIMIT then
+  if math.abs(now) > LIMIT or math.abs(tonumber(args[3])) > LIMIT then
     return args[1] .. ' field ' .. args[2] .. ' would leave the safe integer range'
   end
 end
 
-local function apply(op, args)
+-- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied.
+local function apply(op, args, bumped)
   if op == 'PUBLISH' then
     local stream, trace, max_len = args[1], args[2], args[3]
     local id
@@ -106,14 +127,20 @@ local function apply(op, args)
       id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(args, 4))
     end
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
-  elseif op == 'COUNT' then
-    redis.call('HINCRBY', unpack(args))
+  elseif op == 'HINCRBY' or op == 'COUNT' then
+    local value = redis.call('HINCRBY', args[1], args[2], args[3])
+    counters[args[1]] = counters[args[1]] or {}
+    counters[args[1]][args[2]] = value
+    if op == 'HINCRBY' then bumped[args[1]] = true end
   elseif op == 'EXPIRE' then
     -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
     redis.call('EXPIRE', args[1], args[2])
   else
     redis.call(op, unpack(args))
-    if op == 'HSET' or op == 'HINCRBY' then redis.call('HINCRBY', args[1], '_v', 1) end
+    if op == 'HSET' then
+      counters[args[1]] = nil
+      bumped[args[1]] = true
+    end
   end
 end
 
@@ -135,7 +162,10 @@ for c = 1, n do
   end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for _ = 1, n_checks do
-    if status == 1 and (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+    if status == 1 then
+      if (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+      known[ARGV[i]] = known[ARGV[i]] or 'hash?'
+    end
     i = i + 2
   end
   local ops = {}
@@ -164,7 +194,9 @@ for c = 1, n do
     known[seen] = 'zset'
   end
   if status == 1 then
-    for _, op in ipairs(ops) do apply(op[1], op[2]) end
+    local bumped = {}
+    for _, op in ipairs(ops) do apply(op[1], op[2], bumped) end
+    for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then
     stopped = true

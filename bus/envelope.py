@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Mapping
@@ -25,6 +25,12 @@ SCHEMA_VERSION = "1"
 # they are kept to a plain alphabet: an id like "1:history" could otherwise name another key.
 ORDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
+_DATA = json.JSONEncoder(separators=(",", ":"), sort_keys=True)     # made once: the hot path
+
+
+def new_id() -> str:
+    """32 random hex digits, as uuid4().hex but a quarter of its cost."""
+    return os.urandom(16).hex()
 
 
 class MalformedEntry(ValueError):
@@ -42,7 +48,7 @@ class Envelope:
     producer: str
     data: dict = field(default_factory=dict)
     causation_id: str = ""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     at: str = ""
     v: str = SCHEMA_VERSION
 
@@ -61,7 +67,7 @@ class Envelope:
         return {
             "id": self.id, "type": self.type, "order_id": self.order_id,
             "causation_id": self.causation_id, "producer": self.producer, "at": self.at,
-            "v": self.v, "data": json.dumps(self.data, separators=(",", ":"), sort_keys=True),
+            "v": self.v, "data": _DATA.encode(self.data),
         }
 
     @classmethod

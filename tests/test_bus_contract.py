@@ -54,7 +54,7 @@ def test_commit_applies_writes_events_marker_and_ack_together(any_bus):
     commit = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "1"), ("HINCRBY", "h", "n", 5)],
                     ack=(S, d.entry_id), seen="seen:g", seen_id="x", seen_ttl_s=60)
     assert any_bus.commit("g", [commit]) == [Outcome.APPLIED]
-    assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "5", "_v": "2"}]
+    assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "5", "_v": "1"}]     # one bump a commit
     assert any_bus.read_own_pending("g", "c1", {S: "0"}, 10) == []
     now = int(any_bus.client.time()[0])
     assert now < any_bus.client.zscore("seen:g", "x") <= now + 60
@@ -270,6 +270,34 @@ def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus
     too_big = Commit(ops=[("HINCRBY", "big", "n", 2 ** 60)])
     assert any_bus.commit("", [bad_counter]) == [Outcome.REFUSED] and "not an integer" in bad_counter.refusal
     assert any_bus.commit("", [too_big]) == [Outcome.REFUSED] and "range" in too_big.refusal
+
+
+def test_counters_read_once_a_batch_still_see_every_write_of_the_batch(any_bus):
+    """commit.lua reads an integer field once per call and remembers it: a later commit of the
+    same batch is checked against what the earlier ones left, not what the first read said."""
+    near = 2 ** 50 - 1
+    any_bus.client.hset("totals", mapping={"n": near, "m": "1"})
+    up = Commit(ops=[("COUNT", "totals", "n", 2)])
+    over = Commit(ops=[("COUNT", "totals", "n", 2)])        # from near + 2 > 2**50: out of range
+    assert any_bus.commit("", [up, over]) == [Outcome.APPLIED, Outcome.REFUSED]
+    assert "range" in over.refusal
+    spoil = Commit(ops=[("HSET", "totals", "m", "abc")])    # an HSET may store anything
+    add = Commit(ops=[("COUNT", "totals", "m", 1)])
+    assert any_bus.commit("", [Commit(ops=[("COUNT", "totals", "m", 1)]), spoil, add]) == \
+        [Outcome.APPLIED, Outcome.APPLIED, Outcome.REFUSED]
+    assert "not an integer" in add.refusal
+    assert any_bus.read_hashes(["totals"])[0] | {"_v": "?"} == {"n": str(near + 2), "m": "abc", "_v": "?"}
+
+
+def test_a_checked_key_is_known_to_be_a_hash_or_absent_and_nothing_more(any_bus):
+    """Its version read (HGET) tells hash-or-absent; a list write to it still asks Redis."""
+    both = Commit(checks={"fresh": "0"}, ops=[("HSET", "fresh", "a", "1")])
+    assert any_bus.commit("", [both]) == [Outcome.APPLIED]
+    listy = Commit(checks={"empty": "0"}, ops=[("RPUSH", "empty", "v")])
+    assert any_bus.commit("", [listy]) == [Outcome.APPLIED]
+    assert any_bus.client.lrange("empty", 0, -1) == ["v"]
+    mixed = Commit(checks={"fresh": "1"}, ops=[("RPUSH", "fresh", "v")])
+    assert any_bus.commit("", [mixed]) == [Outcome.REFUSED] and "fresh holds a hash" in mixed.refusal
 
 
 def test_delivery_counts_are_exact_when_other_pending_entries_interleave(any_bus):

@@ -49,7 +49,9 @@ class BatchView:
             self._hashes[key] = fields
 
     def apply(self, ops: list[tuple]) -> None:
-        """Mirror commit.lua's effect on the hashes this view holds."""
+        """Mirror commit.lua's effect on the hashes this view holds: one commit's ops, after which
+        each hash it wrote has its version bumped once."""
+        written = set()
         for op, key, *args in ops:
             if op not in ("HSET", "HINCRBY") or key not in self._hashes:
                 continue
@@ -58,6 +60,9 @@ class BatchView:
                 h.update(zip(args[0::2], (str(v) for v in args[1::2])))
             else:
                 h[args[0]] = str(int(h.get(args[0], 0)) + int(args[1]))
+            written.add(key)
+        for key in written:
+            h = self._hashes[key]
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
 
 
