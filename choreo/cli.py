@@ -164,8 +164,10 @@ def build_parser() -> Parser:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.set_defaults(run=cmd_dashboard, role="dashboard")
-    sub.add_parser("topology", parents=[common], help="which service consumes and emits what") \
-        .set_defaults(run=cmd_topology)
+    p = sub.add_parser("topology", parents=[common], help="which service consumes and emits what")
+    p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text",
+                   help="text (default), a Mermaid flowchart or a Graphviz dot graph")
+    p.set_defaults(run=cmd_topology)
     _add_dlq_verbs(sub, common)
     _add_ops_verbs(sub, common)
     _add_bench_verb(sub, common)

@@ -187,14 +187,8 @@ def cmd_dashboard(args, settings: Settings) -> int:
 
 def cmd_topology(args, settings: Settings) -> int:
     """The choreography map, from the declarations the workers run on."""
-    for s in SERVICES.values():
-        _out(f"{s.name:<10} consumes  {', '.join(s.consumes)}")
-        _out(f"{'':<10} emits     {', '.join(s.emits) or '(nothing: its handlers only change state)'}")
-        if s.creates:
-            _out(f"{'':<10} publishes {', '.join(s.creates)}  (on a command or a timer)")
-    for event_type in sorted({t for s in SERVICES.values() for t in (*s.emits, *s.creates)}):
-        readers = [s.name for s in SERVICES.values() if event_type in s.consumes]
-        _out(f"{bus_keys.stream(event_type):<26} -> {', '.join(readers) or '(nobody)'}")
+    from choreo.topology import render
+    _out(render(SERVICES, args.format))
     return 0
 
 

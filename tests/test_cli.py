@@ -193,3 +193,30 @@ def test_a_reader_that_goes_away_gets_no_traceback():
     err = proc.stderr.read()
     assert proc.wait(60) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_readme_embeds_the_diagram_the_topology_command_draws(capsys):
+    """README's Mermaid copy of the saga is what `choreo topology --format mermaid` prints now."""
+    from pathlib import Path
+    assert main(["topology", "--format", "mermaid"]) == 0
+    drawn = capsys.readouterr().out
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- choreo topology --format mermaid -->\n```mermaid\n"
+    assert marker in readme
+    embedded = readme.split(marker, 1)[1].split("```", 1)[0]
+    assert embedded == drawn
+
+
+@pytest.mark.parametrize("fmt", ["mermaid", "dot"])
+def test_topology_diagrams_draw_every_declared_edge_and_no_other(capsys, fmt):
+    import re
+    from workers import SERVICES
+    assert main(["topology", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    arrow = r"\s*(svc|evt)_(\w+) (?:-->|==>|-\.->|->) (svc|evt)_(\w+)"
+    drawn = set(re.findall(arrow, out))
+    want = {("svc", s.name, "evt", t) for s in SERVICES.values() for t in (*s.emits, *s.creates)}
+    want |= {("evt", t, "svc", s.name) for s in SERVICES.values() for t in s.consumes}
+    assert drawn == want
+    dashed = set(re.findall(r"svc_(\w+) (?:-\.->|-> evt_\w+ \[style=dashed)", out))
+    assert dashed == {s.name for s in SERVICES.values() if s.creates}
