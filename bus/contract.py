@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 
+from bus.ops import Op
+
 if TYPE_CHECKING:
     from bus.scheduler import ScheduledCall
 
@@ -70,16 +72,12 @@ class Outcome(Enum):
 class Commit:
     """Everything one handled entry (or one command) changes, applied all-or-nothing.
 
-    ops are write commands: ("HSET", key, field, value, ...), ("HINCRBY", key, field, n),
-    ("COUNT", key, field, n) — an HINCRBY on an aggregate that no commit checks, ("RPUSH", key, value), ("ZADD", key, score, member), ("SET", key, value),
-    ("EXPIRE", key, seconds) — the key (of any type) vanishes that long from now,
-    ("PUBLISH", stream, trace_key, max_len, field, value, ...) — an XADD that also appends
-    "<stream> <new id>" to trace_key ("" for none) and, when max_len is a whole number ("" for
-    none), trims the stream to exactly its newest max_len entries (XADD MAXLEN). Every
-    HSET/HINCRBY bumps the hash's `_v` field by one, which is what `checks` compare against.
+    ops are the typed writes of bus.ops (SetFields, AddTo, Count, Append, Index, Expire,
+    Publish), applied in order. Each hash a commit writes with SetFields or AddTo has its `_v`
+    field bumped by one when the commit is applied, which is what `checks` compare against.
     """
     checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
-    ops: list[tuple] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)                    # bus.ops, in order
     ack: tuple[str, str] | None = None                     # (stream, entry id) to XACK
     seen: str = ""                                         # dedup set key (bus.keys.seen), "" for none
     seen_id: str = ""                                      # the event id it must not hold yet

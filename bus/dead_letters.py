@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping
 
+from bus.ops import Publish
 from bus import keys
 from bus.contract import Delivery
 from bus.envelope import FIELDS
@@ -127,10 +128,9 @@ class DeadLetter:
             raise DeadLetterError("entry is not a JSON object of string fields")
         return entry
 
-    def publish_op(self, max_entries: int) -> tuple:
+    def publish_op(self, max_entries: int) -> Publish:
         """The commit op that writes this dead letter, keeping dlq:<service> to max_entries."""
-        return ("PUBLISH", keys.dead_letters(self.service), "", str(max_entries),
-                *[x for kv in self.to_fields().items() for x in kv])
+        return Publish(keys.dead_letters(self.service), self.to_fields(), max_len=max_entries)
 
 
 def _count(text: str | None) -> int:

@@ -66,7 +66,8 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> list:
             argv += [key, version]
         argv.append(len(c.ops))
         for op in c.ops:
-            argv += [op[0], len(op) - 1, *op[1:]]
+            words = op.words()
+            argv += [words[0], len(words) - 1, *words[1:]]
     return argv
 
 

@@ -11,6 +11,7 @@ import redis
 
 from bus import keys as bus_keys
 from bus.envelope import Envelope
+from bus.ops import Publish, SetFields
 from choreo.acl import roles
 from tests.conftest import BIN, ROOT, Processes
 from tests.helpers import wait_for
@@ -157,8 +158,8 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
         entry_id = admin.xadd("events:OrderCreated", {"f": "v"})
         bus = open_bus(redis_url.replace("redis://", "redis://halfway:pw@"))
         (delivery,) = bus.read_new("inventory", "c", ["events:OrderCreated"], 10, 0)
-        commit = Commit(ops=[("HSET", "stock:101", "available", "1"),
-                             ("PUBLISH", "events:InventoryChecked", "", "", "f", "v")],
+        commit = Commit(ops=[SetFields("stock:101", {"available": "1"}),
+                             Publish("events:InventoryChecked", {"f": "v"})],
                         ack=("events:OrderCreated", entry_id), seen="seen:inventory", seen_id="x",
                         seen_ttl_s=60)
         with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
@@ -182,7 +183,7 @@ def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, re
     try:
         bus = open_bus(redis_url.replace("redis://", "redis://nobump:pw@"))
         with pytest.raises(PermissionsMissing, match="HINCRBY on stock:101"):
-            bus.commit("", [Commit(ops=[("HSET", "stock:101", "available", "1")])])
+            bus.commit("", [Commit(ops=[SetFields("stock:101", {"available": "1"})])])
         assert not admin.exists("stock:101")
         bus.close()
     finally:

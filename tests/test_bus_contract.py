@@ -9,17 +9,28 @@ from importlib import resources
 
 from bus.contract import Commit, Outcome
 from bus.envelope import Envelope
+from bus.ops import AddTo, Append, Count, Expire, Publish, SetFields
 from bus import keys
 
 S = keys.stream("OrderCreated")
+
+
+class Words(tuple):
+    """An op given as the raw words commit.lua reads, for testing the script's own checks on
+    what no typed op can say (fields not in pairs)."""
+
+    def __new__(cls, *words):
+        return super().__new__(cls, words)
+
+    def words(self) -> tuple:
+        return tuple(self)
 
 
 def publish(bus, n=1, order_id="1"):
     commits = []
     for _ in range(n):
         e = Envelope.new("OrderCreated", order_id, "order")
-        commits.append(Commit(ops=[("PUBLISH", S, keys.trace(order_id), "",
-                                    *[x for kv in e.fields().items() for x in kv])]))
+        commits.append(Commit(ops=[Publish(S, e.fields(), trace=keys.trace(order_id))]))
     assert bus.commit("", commits) == [Outcome.APPLIED] * n
 
 
@@ -51,7 +62,7 @@ def test_commit_applies_writes_events_marker_and_ack_together(any_bus):
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])
     d = any_bus.read_new("g", "c1", [S], 10, 10)[0]
-    commit = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "1"), ("HINCRBY", "h", "n", 5)],
+    commit = Commit(checks={"h": "0"}, ops=[SetFields("h", {"a": "1"}), AddTo("h", "n", 5)],
                     ack=(S, d.entry_id), seen="seen:g", seen_id="x", seen_ttl_s=60)
     assert any_bus.commit("g", [commit]) == [Outcome.APPLIED]
     assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "5", "_v": "1"}]     # one bump a commit
@@ -64,7 +75,7 @@ def test_second_commit_with_same_marker_only_acks(any_bus):
     publish(any_bus, 2)
     any_bus.ensure_groups("g", [S])
     d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
-    op = [("HINCRBY", "counter", "n", 1)]
+    op = [AddTo("counter", "n", 1)]
     outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d1.entry_id), seen="seen:g", seen_id="e",
                                            seen_ttl_s=60),
                                     Commit(ops=op, ack=(S, d2.entry_id), seen="seen:g", seen_id="e",
@@ -80,7 +91,7 @@ def test_an_entry_committed_twice_is_applied_once_because_its_ack_is_the_guard(a
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])
     (d,) = any_bus.read_new("g", "c1", [S], 10, 10)
-    op = [("HINCRBY", "counter", "n", 1), ("PUBLISH", "events:Out", "", "", "f", "v")]
+    op = [AddTo("counter", "n", 1), Publish("events:Out", {"f": "v"})]
     outcomes = any_bus.commit("g", [Commit(ops=op, ack=(S, d.entry_id)), Commit(ops=op, ack=(S, d.entry_id))])
     assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert any_bus.commit("g", [Commit(ops=op, ack=(S, d.entry_id))]) == [Outcome.DUPLICATE]
@@ -93,7 +104,7 @@ def test_dedup_ids_are_forgotten_after_their_time_and_not_before(any_bus):
     set, so the same id is applied again; one inside its time is a duplicate."""
     now = int(any_bus.client.time()[0])
     any_bus.client.zadd("seen:g", {"old": now - 1, "young": now + 3600})
-    op = [("HINCRBY", "counter", "n", 1)]
+    op = [AddTo("counter", "n", 1)]
     outcomes = any_bus.commit("", [Commit(ops=op, seen="seen:g", seen_id="young", seen_ttl_s=60),
                                    Commit(ops=op, seen="seen:g", seen_id="old", seen_ttl_s=60)])
     assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED]
@@ -105,19 +116,19 @@ def test_writes_that_disagree_on_a_keys_type_are_refused_before_the_first_is_mad
     """Key types are asked of Redis once per key per batch; the script's own writes count: a key
     an earlier commit of the batch made a hash, or an earlier write of the same commit will make
     one, is not a list."""
-    first = Commit(ops=[("HSET", "k", "a", "1")])
-    later = Commit(ops=[("RPUSH", "k", "v")])
+    first = Commit(ops=[SetFields("k", {"a": "1"})])
+    later = Commit(ops=[Append("k", "v")])
     assert any_bus.commit("", [first, later]) == [Outcome.APPLIED, Outcome.REFUSED]
     assert "k holds a hash, not a list" in later.refusal
-    both = Commit(ops=[("HSET", "fresh", "a", "1"), ("RPUSH", "fresh", "v")])
+    both = Commit(ops=[SetFields("fresh", {"a": "1"}), Append("fresh", "v")])
     assert any_bus.commit("", [both]) == [Outcome.REFUSED]
     assert not any_bus.client.exists("fresh")
 
 
 def test_conflict_applies_nothing_and_stops_the_rest_of_the_batch(any_bus):
-    any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
-    stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")])
-    later = Commit(ops=[("HSET", "other", "b", "1")])
+    any_bus.commit("", [Commit(ops=[SetFields("h", {"a": "1"})])])           # h._v is now 1
+    stale = Commit(checks={"h": "0"}, ops=[SetFields("h", {"a": "2"})])
+    later = Commit(ops=[SetFields("other", {"b": "1"})])
     assert any_bus.commit("", [stale, later]) == [Outcome.CONFLICT, Outcome.CONFLICT]
     assert any_bus.read_hashes(["h", "other"]) == [{"a": "1", "_v": "1"}, {}]
 
@@ -127,10 +138,10 @@ def test_a_conflicting_commit_leaves_its_entry_pending_and_so_do_the_ones_after_
     publish(any_bus, 2)
     any_bus.ensure_groups("g", [S])
     d1, d2 = any_bus.read_new("g", "c1", [S], 10, 10)
-    any_bus.commit("", [Commit(ops=[("HSET", "h", "a", "1")])])           # h._v is now 1
-    stale = Commit(checks={"h": "0"}, ops=[("HSET", "h", "a", "2")], ack=(S, d1.entry_id),
+    any_bus.commit("", [Commit(ops=[SetFields("h", {"a": "1"})])])           # h._v is now 1
+    stale = Commit(checks={"h": "0"}, ops=[SetFields("h", {"a": "2"})], ack=(S, d1.entry_id),
                    seen="seen:g", seen_id="1", seen_ttl_s=60)
-    later = Commit(ops=[("HSET", "other", "b", "1")], ack=(S, d2.entry_id), seen="seen:g",
+    later = Commit(ops=[SetFields("other", {"b": "1"})], ack=(S, d2.entry_id), seen="seen:g",
                    seen_id="2", seen_ttl_s=60)
     assert any_bus.commit("g", [stale, later]) == [Outcome.CONFLICT, Outcome.CONFLICT]
     assert any_bus.client.xpending(S, "g")["pending"] == 2
@@ -146,24 +157,24 @@ def test_publish_appends_to_the_order_trace(any_bus):
 def test_publish_with_a_max_length_keeps_only_the_newest_entries(any_bus):
     ids = []
     for n in range(5):
-        any_bus.commit("", [Commit(ops=[("PUBLISH", "dlq:g", "", "3", "n", str(n))])])
+        any_bus.commit("", [Commit(ops=[Publish("dlq:g", {"n": str(n)}, max_len=3)])])
         ids.append(any_bus.client.xrevrange("dlq:g", count=1)[0][0])
     assert [(i, f) for i, f in any_bus.client.xrange("dlq:g")] == \
         [(ids[n], {"n": str(n)}) for n in (2, 3, 4)]
 
 
 def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
-    bad = Commit(ops=[("HSET", "h", "a", "1"), ("PUBLISH", "dlq:g", "", "~3", "n", "1")])
+    bad = Commit(ops=[SetFields("h", {"a": "1"}), Publish("dlq:g", {"n": "1"}, max_len="~3")])
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
     assert "max length ~3 of dlq:g is not a whole number" in bad.refusal
     assert any_bus.read_hashes(["h"]) == [{}] and not any_bus.client.exists("dlq:g")
 
 
 @pytest.mark.parametrize("op, why", [
-    (("EXPIRE", "h", "99999999999999999999"), "expiry 99999999999999999999 of h is not whole seconds"),
-    (("PUBLISH", "events:Out", "", "", "f"), "needs fields in name, value pairs"),
-    (("PUBLISH", "events:Out", "", "99999999999999999999", "f", "v"), "max length 99999999999999999999"),
-    (("HSET", "h", "a"), "HSET h needs fields in name, value pairs"),
+    (Expire("h", "99999999999999999999"), "expiry 99999999999999999999 of h is not whole seconds"),
+    (Words("PUBLISH", "events:Out", "", "", "f"), "needs fields in name, value pairs"),
+    (Publish("events:Out", {"f": "v"}, max_len=99999999999999999999), "max length 99999999999999999999"),
+    (Words("HSET", "h", "a"), "HSET h needs fields in name, value pairs"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
     """The ack and the dedup id are written before the effects: a write Redis would refuse must
@@ -171,7 +182,7 @@ def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, o
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])
     [d] = any_bus.read_new("g", "c", [S], 10, 10)
-    bad = Commit(ops=[("HINCRBY", "money", "charged", 100), op], ack=(S, d.entry_id),
+    bad = Commit(ops=[AddTo("money", "charged", 100), op], ack=(S, d.entry_id),
                  seen="seen:g", seen_id="x", seen_ttl_s=60)
     assert any_bus.commit("g", [bad]) == [Outcome.REFUSED] and why in bad.refusal
     assert any_bus.read_hashes(["money"]) == [{}] and not any_bus.client.exists("events:Out")
@@ -257,17 +268,17 @@ def test_renew_resets_idle_only_for_entries_still_ours(real_bus):
 def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus):
     any_bus.client.set("not-a-list", "x")
     any_bus.client.hset("counters", "n", "abc")
-    first = Commit(ops=[("HSET", "first", "a", "1")])
-    refused = Commit(ops=[("HSET", "h", "a", "1"), ("RPUSH", "not-a-list", "v")],
+    first = Commit(ops=[SetFields("first", {"a": "1"})])
+    refused = Commit(ops=[SetFields("h", {"a": "1"}), Append("not-a-list", "v")],
                      seen="seen:g", seen_id="e", seen_ttl_s=60)
-    later = Commit(ops=[("HSET", "later", "a", "1")])
+    later = Commit(ops=[SetFields("later", {"a": "1"})])
     assert any_bus.commit("", [first, refused, later]) == \
         [Outcome.APPLIED, Outcome.REFUSED, Outcome.CONFLICT]
     assert "not-a-list holds a string, not a list" in refused.refusal
     assert any_bus.read_hashes(["first", "h", "later"]) == [{"a": "1", "_v": "1"}, {}, {}]
     assert not any_bus.client.exists("seen:g")
-    bad_counter = Commit(ops=[("COUNT", "counters", "n", 1)])
-    too_big = Commit(ops=[("HINCRBY", "big", "n", 2 ** 60)])
+    bad_counter = Commit(ops=[Count("counters", "n", 1)])
+    too_big = Commit(ops=[AddTo("big", "n", 2 ** 60)])
     assert any_bus.commit("", [bad_counter]) == [Outcome.REFUSED] and "not an integer" in bad_counter.refusal
     assert any_bus.commit("", [too_big]) == [Outcome.REFUSED] and "range" in too_big.refusal
 
@@ -277,13 +288,13 @@ def test_counters_read_once_a_batch_still_see_every_write_of_the_batch(any_bus):
     same batch is checked against what the earlier ones left, not what the first read said."""
     near = 2 ** 50 - 1
     any_bus.client.hset("totals", mapping={"n": near, "m": "1"})
-    up = Commit(ops=[("COUNT", "totals", "n", 2)])
-    over = Commit(ops=[("COUNT", "totals", "n", 2)])        # from near + 2 > 2**50: out of range
+    up = Commit(ops=[Count("totals", "n", 2)])
+    over = Commit(ops=[Count("totals", "n", 2)])        # from near + 2 > 2**50: out of range
     assert any_bus.commit("", [up, over]) == [Outcome.APPLIED, Outcome.REFUSED]
     assert "range" in over.refusal
-    spoil = Commit(ops=[("HSET", "totals", "m", "abc")])    # an HSET may store anything
-    add = Commit(ops=[("COUNT", "totals", "m", 1)])
-    assert any_bus.commit("", [Commit(ops=[("COUNT", "totals", "m", 1)]), spoil, add]) == \
+    spoil = Commit(ops=[SetFields("totals", {"m": "abc"})])    # an HSET may store anything
+    add = Commit(ops=[Count("totals", "m", 1)])
+    assert any_bus.commit("", [Commit(ops=[Count("totals", "m", 1)]), spoil, add]) == \
         [Outcome.APPLIED, Outcome.APPLIED, Outcome.REFUSED]
     assert "not an integer" in add.refusal
     assert any_bus.read_hashes(["totals"])[0] | {"_v": "?"} == {"n": str(near + 2), "m": "abc", "_v": "?"}
@@ -291,12 +302,12 @@ def test_counters_read_once_a_batch_still_see_every_write_of_the_batch(any_bus):
 
 def test_a_checked_key_is_known_to_be_a_hash_or_absent_and_nothing_more(any_bus):
     """Its version read (HGET) tells hash-or-absent; a list write to it still asks Redis."""
-    both = Commit(checks={"fresh": "0"}, ops=[("HSET", "fresh", "a", "1")])
+    both = Commit(checks={"fresh": "0"}, ops=[SetFields("fresh", {"a": "1"})])
     assert any_bus.commit("", [both]) == [Outcome.APPLIED]
-    listy = Commit(checks={"empty": "0"}, ops=[("RPUSH", "empty", "v")])
+    listy = Commit(checks={"empty": "0"}, ops=[Append("empty", "v")])
     assert any_bus.commit("", [listy]) == [Outcome.APPLIED]
     assert any_bus.client.lrange("empty", 0, -1) == ["v"]
-    mixed = Commit(checks={"fresh": "1"}, ops=[("RPUSH", "fresh", "v")])
+    mixed = Commit(checks={"fresh": "1"}, ops=[Append("fresh", "v")])
     assert any_bus.commit("", [mixed]) == [Outcome.REFUSED] and "fresh holds a hash" in mixed.refusal
 
 

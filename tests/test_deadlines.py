@@ -7,6 +7,7 @@ import json
 import time
 
 from bus.envelope import Envelope
+from bus.ops import Count, SetFields
 from choreo.cli import main
 from tests.helpers import wait_for
 from tests.test_handlers import handle
@@ -29,8 +30,7 @@ def test_deadline_before_booking_cancels_shipping_with_shipping_failed():
     passed = Envelope.new("DeadlinePassed", "7", "order", {})
     uow = handle(SERVICES["shipping"], passed)
     assert [e.type for e in uow.emitted] == ["ShippingFailed"]
-    assert ("HSET", keys.shipment("7"), "status", "CANCELLED", "reason",
-            "deadline passed before shipping") in uow.ops
+    assert SetFields(keys.shipment("7"), {"status": "CANCELLED", "reason": "deadline passed before shipping"}) in uow.ops
 
 
 def test_deadline_after_booking_changes_nothing():
@@ -41,7 +41,7 @@ def test_deadline_after_booking_changes_nothing():
 def test_payment_told_of_a_failure_before_charging_never_charges():
     failed = Envelope.new("ShippingFailed", "7", "shipping", {"reason": "deadline passed before shipping"})
     uow = handle(SERVICES["payment"], failed)
-    assert uow.ops[0][:4] == ("HSET", keys.payment("7"), "status", "CANCELLED")
+    assert (uow.ops[0].key, uow.ops[0].fields["status"]) == (keys.payment("7"), "CANCELLED")
     checked = Envelope.new("InventoryChecked", "7", "inventory",
                            {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999})
     assert handle(SERVICES["payment"], checked, {"payment:7": {"status": "CANCELLED"}}).ops == []
@@ -123,4 +123,4 @@ def test_payment_refuses_to_charge_an_order_past_its_deadline():
                             "deadline_at_ms": 1_700_000_000_000})   # handle()'s clock: due now
     uow = handle(SERVICES["payment"], checked)
     assert [(e.type, e.data["reason"]) for e in uow.emitted] == [("PaymentFailed", "deadline passed before payment")]
-    assert not any(op[0] == "COUNT" for op in uow.ops)            # nothing charged
+    assert not any(isinstance(op, Count) for op in uow.ops)            # nothing charged

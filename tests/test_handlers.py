@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bus.envelope import Envelope
+from bus.ops import AddTo, Count, SetFields
 from config.catalogue import CATALOGUE, RULES
 from workers import SERVICES, keys, order
 from workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
@@ -29,8 +30,8 @@ def handle(service, event, hashes=None):
     return uow
 
 
-def writes(uow, op="HSET"):
-    return [o for o in uow.ops if o[0] == op]
+def writes(uow, op=SetFields):
+    return [o for o in uow.ops if isinstance(o, op)]
 
 
 def created(order_id="1", product=101, qty=2):
@@ -42,8 +43,8 @@ def created(order_id="1", product=101, qty=2):
 def test_reserve_stock_moves_available_to_reserved_and_emits_checked():
     uow = handle(SERVICES["inventory"], created(qty=2), {"stock:101": {"available": "10", "_v": "3"}})
     assert [e.type for e in uow.emitted] == ["InventoryChecked"]
-    assert ("HINCRBY", "stock:101", "available", -2) in uow.ops
-    assert ("HINCRBY", "stock:101", "reserved", 2) in uow.ops
+    assert AddTo("stock:101", "available", -2) in uow.ops
+    assert AddTo("stock:101", "reserved", 2) in uow.ops
     assert uow.checks["stock:101"] == "3"           # the commit is guarded by the version read
     assert uow.emitted[0].causation_id == uow.cause.id
 
@@ -51,7 +52,7 @@ def test_reserve_stock_moves_available_to_reserved_and_emits_checked():
 def test_reserve_stock_rejects_when_short_and_changes_no_stock():
     uow = handle(SERVICES["inventory"], created(qty=5), {"stock:101": {"available": "4"}})
     assert [e.type for e in uow.emitted] == ["InventoryRejected"]
-    assert not writes(uow, "HINCRBY")
+    assert not writes(uow, AddTo)
     assert "101" in uow.emitted[0].data["reason"]
 
 
@@ -64,8 +65,8 @@ def test_release_returns_reserved_stock_and_is_a_no_op_when_repeated():
     lines = json.dumps([{"product_id": 101, "quantity": 2}])
     failed = Envelope.new("PaymentFailed", "1", "payment", {"reason": "declined"})
     uow = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RESERVED", "lines": lines}})
-    assert ("HINCRBY", "stock:101", "available", 2) in uow.ops
-    assert ("HINCRBY", "stock:101", "reserved", -2) in uow.ops
+    assert AddTo("stock:101", "available", 2) in uow.ops
+    assert AddTo("stock:101", "reserved", -2) in uow.ops
     again = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RELEASED", "lines": lines}})
     assert again.ops == []
 
@@ -73,15 +74,15 @@ def test_release_returns_reserved_stock_and_is_a_no_op_when_repeated():
 def test_compensation_before_reservation_blocks_a_late_reservation():
     failed = Envelope.new("ShippingFailed", "1", "shipping", {})
     uow = handle(SERVICES["inventory"], failed, {})
-    assert writes(uow)[0][:4] == ("HSET", "reservation:1", "status", "RELEASED")
+    assert (writes(uow)[0].key, writes(uow)[0].fields["status"]) == ("reservation:1", "RELEASED")
 
 
 def test_shipping_arranged_turns_reservation_into_sale():
     lines = json.dumps([{"product_id": 101, "quantity": 2}])
     arranged = Envelope.new("ShippingArranged", "1", "shipping", {"tracking_id": "T"})
     uow = handle(SERVICES["inventory"], arranged, {"reservation:1": {"status": "RESERVED", "lines": lines}})
-    assert ("HINCRBY", "stock:101", "sold", 2) in uow.ops
-    assert ("HINCRBY", "stock:101", "reserved", -2) in uow.ops
+    assert AddTo("stock:101", "sold", 2) in uow.ops
+    assert AddTo("stock:101", "reserved", -2) in uow.ops
 
 
 def test_payment_charges_total_in_cents_and_counts_it():
@@ -89,7 +90,7 @@ def test_payment_charges_total_in_cents_and_counts_it():
                            {"lines": [{"product_id": 101, "quantity": 2}], "total_cents": 3998})
     uow = handle(SERVICES["payment"], checked)
     assert [e.type for e in uow.emitted] == ["PaymentProcessed"]
-    assert ("COUNT", keys.PAYMENT_TOTALS, "charged_cents", 3998) in uow.ops
+    assert Count(keys.PAYMENT_TOTALS, "charged_cents", 3998) in uow.ops
 
 
 def test_payment_over_card_limit_is_declined_as_an_event_not_an_exception():
@@ -97,13 +98,13 @@ def test_payment_over_card_limit_is_declined_as_an_event_not_an_exception():
                            {"lines": [], "total_cents": RULES.card_limit_cents + 1})
     uow = handle(SERVICES["payment"], checked)
     assert [e.type for e in uow.emitted] == ["PaymentFailed"]
-    assert not writes(uow, "COUNT")
+    assert not writes(uow, Count)
 
 
 def test_refund_only_a_charged_payment():
     failed = Envelope.new("ShippingFailed", "1", "shipping", {"reason": "too big"})
     uow = handle(SERVICES["payment"], failed, {"payment:1": {"status": "CHARGED", "amount_cents": "500"}})
-    assert ("COUNT", keys.PAYMENT_TOTALS, "refunded_cents", 500) in uow.ops
+    assert Count(keys.PAYMENT_TOTALS, "refunded_cents", 500) in uow.ops
     assert handle(SERVICES["payment"], failed, {"payment:1": {"status": "REFUNDED"}}).ops == []
 
 
@@ -127,7 +128,7 @@ def test_shipping_fails_for_an_oversized_parcel():
 def test_order_ends_in_one_terminal_state_and_stays_there(event_type, status):
     event = Envelope.new(event_type, "1", "x", {})
     uow = handle(SERVICES["order"], event, {"order:1": {"status": "PENDING"}})
-    assert ("COUNT", keys.ORDERS_BY_STATUS, status, 1) in uow.ops
+    assert Count(keys.ORDERS_BY_STATUS, status, 1) in uow.ops
     late = handle(SERVICES["order"], event, {"order:1": {"status": "COMPLETED" if status != "COMPLETED" else "CANCELLED"}})
     assert late.ops == []
 
@@ -151,7 +152,7 @@ def test_emitting_an_undeclared_event_is_refused():
 def test_batch_view_sees_earlier_writes_with_bumped_versions():
     view = BatchView(DictBus({"stock:101": {"available": "5", "_v": "2"}}))
     view.get("stock:101")
-    view.apply([("HINCRBY", "stock:101", "available", -3), ("HSET", "stock:101", "x", "y")])
+    view.apply([AddTo("stock:101", "available", -3), SetFields("stock:101", {"x": "y"})])
     assert view.get("stock:101") == {"available": "2", "x": "y", "_v": "3"}    # one bump a commit
 
 
@@ -159,3 +160,16 @@ def test_every_consumed_stream_has_a_producer_that_declares_it():
     emitted = {t for s in SERVICES.values() for t in (*s.emits, *s.creates)}
     consumed = {t for s in SERVICES.values() for t in s.consumes}
     assert consumed == emitted
+
+
+def test_a_counter_on_a_hash_the_handler_read_is_refused_as_it_would_race_unseen():
+    """count() writes no version: on a hash a handler read, a racing commit that read the old
+    value would pass its check. add() is the versioned one."""
+    from workers.unit_of_work import UncheckedCounter
+    uow = UnitOfWork("inventory", (), BatchView(DictBus({"stock:101": {"available": "5"}})))
+    uow.read("stock:101")
+    with pytest.raises(UncheckedCounter):
+        uow.count("stock:101", "available", -1)
+    uow.add("stock:101", "available", -1)
+    uow.count("orders:by_status", "PENDING", 1)
+    assert uow.ops == [AddTo("stock:101", "available", -1), Count("orders:by_status", "PENDING", 1)]

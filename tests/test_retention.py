@@ -9,6 +9,7 @@ import pytest
 from bus import keys as bus_keys
 from bus.contract import Commit, Outcome
 from bus.envelope import Envelope
+from bus.ops import Expire, Publish, SetFields
 from bus.trim import Index, prune_index, trim_streams
 from choreo.audit import run_audit
 from choreo.cli import main
@@ -56,8 +57,7 @@ def lasting_keys(bus) -> set[str]:
 
 def publish(bus, event: Envelope) -> None:
     """A late event: a new entry (new event id), as a publisher's retry or a slow producer makes."""
-    fields = [x for kv in event.fields().items() for x in kv]
-    assert bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), "", "", *fields)])]) \
+    assert bus.commit("", [Commit(ops=[Publish(bus_keys.stream(event.type), event.fields())])]) \
         == [Outcome.APPLIED]
 
 
@@ -157,9 +157,9 @@ def test_pruning_keeps_every_id_whose_order_still_exists(real_bus):
 
 
 def test_an_expire_op_sets_a_ttl_and_a_bad_one_is_refused_untouched(any_bus):
-    assert any_bus.commit("", [Commit(ops=[("HSET", "k", "f", "1"), ("EXPIRE", "k", "60")])]) \
+    assert any_bus.commit("", [Commit(ops=[SetFields("k", {"f": "1"}), Expire("k", "60")])]) \
         == [Outcome.APPLIED]
     assert 0 < any_bus.client.ttl("k") <= 60
-    bad = Commit(ops=[("HSET", "j", "f", "1"), ("EXPIRE", "j", "soon")])
+    bad = Commit(ops=[SetFields("j", {"f": "1"}), Expire("j", "soon")])
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
     assert "not whole seconds" in bad.refusal and not any_bus.client.exists("j")

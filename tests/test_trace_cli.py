@@ -9,6 +9,7 @@ import time
 from bus import keys as bus_keys
 from bus.contract import Commit
 from bus.envelope import Envelope
+from bus.ops import Publish
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from config.settings import Settings
@@ -79,8 +80,8 @@ def test_trace_marks_compensations(real_bus, redis_url, capsys):
 
 def _publish(bus, event: Envelope) -> None:
     """Publish as a service does: XADD plus the order's trace list, in one commit."""
-    flat = [x for kv in event.fields().items() for x in kv]
-    bus.commit("", [Commit(ops=[("PUBLISH", bus_keys.stream(event.type), bus_keys.trace(event.order_id), "", *flat)])])
+    bus.commit("", [Commit(ops=[Publish(bus_keys.stream(event.type), event.fields(),
+                                        trace=bus_keys.trace(event.order_id))])])
 
 
 def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):

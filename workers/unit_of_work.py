@@ -10,6 +10,8 @@ from typing import Callable, Collection
 from bus import keys as bus_keys
 from bus.contract import Bus, Commit
 from bus.envelope import Envelope
+from bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
+                     SetFields)
 
 VERSION = "_v"
 DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
@@ -17,6 +19,10 @@ DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's
 
 class UndeclaredEvent(Exception):
     """A handler emitted an event type its service does not declare in `emits`."""
+
+
+class UncheckedCounter(Exception):
+    """A handler used count() (no version) on a hash it read: a racing commit would go unseen."""
 
 
 @dataclass(frozen=True)
@@ -48,19 +54,19 @@ class BatchView:
         for key, fields in zip(missing, self._bus.read_hashes(missing)):
             self._hashes[key] = fields
 
-    def apply(self, ops: list[tuple]) -> None:
+    def apply(self, ops: list[Op]) -> None:
         """Mirror commit.lua's effect on the hashes this view holds: one commit's ops, after which
         each hash it wrote has its version bumped once."""
         written = set()
-        for op, key, *args in ops:
-            if op not in ("HSET", "HINCRBY") or key not in self._hashes:
+        for op in ops:
+            if not isinstance(op, VERSIONED) or op.key not in self._hashes:
                 continue
-            h = self._hashes[key]
-            if op == "HSET":
-                h.update(zip(args[0::2], (str(v) for v in args[1::2])))
+            h = self._hashes[op.key]
+            if isinstance(op, SetFields):
+                h.update((k, str(v)) for k, v in op.fields.items())
             else:
-                h[args[0]] = str(int(h.get(args[0], 0)) + int(args[1]))
-            written.add(key)
+                h[op.field] = str(int(h.get(op.field, 0)) + int(op.amount))
+            written.add(op.key)
         for key in written:
             h = self._hashes[key]
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
@@ -82,7 +88,7 @@ class UnitOfWork:
         self.cause = cause
         self.clock = clock
         self.checks: dict[str, str] = {}
-        self.ops: list[tuple] = []
+        self.ops: list[Op] = []
         self.emitted: list[Envelope] = []
         self.timers: list[Timer] = []
         self.disarmed: list[str] = []         # job ids of timers no longer needed
@@ -94,26 +100,29 @@ class UnitOfWork:
         return {k: v for k, v in fields.items() if k != VERSION}
 
     def set(self, key: str, **fields) -> None:
-        flat = [x for kv in fields.items() for x in (kv[0], str(kv[1]))]
-        self.ops.append(("HSET", key, *flat))
+        self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
 
     def add(self, key: str, field: str, amount: int) -> None:
-        self.ops.append(("HINCRBY", key, field, int(amount)))
+        """Adjust an integer field of a hash handlers read (stock): bumps its version."""
+        self.ops.append(AddTo(key, field, int(amount)))
 
     def count(self, key: str, field: str, amount: int) -> None:
-        """Adjust an aggregate counter (no version bump): only for hashes no handler reads."""
-        self.ops.append(("COUNT", key, field, int(amount)))
+        """Adjust an aggregate counter (no version bump): only for hashes no handler reads, which
+        is checked here for this handler: a counter it read would race unseen."""
+        if key in self.checks:
+            raise UncheckedCounter(f"{key} was read by this handler: use add(), which is versioned")
+        self.ops.append(Count(key, field, int(amount)))
 
     def append(self, key: str, value: str) -> None:
-        self.ops.append(("RPUSH", key, value))
+        self.ops.append(Append(key, value))
 
     def index(self, key: str, score: float, member: str) -> None:
-        self.ops.append(("ZADD", key, score, member))
+        self.ops.append(Index(key, score, member))
 
     def expire(self, key: str, after_s: float = 0) -> None:
         """Let the key vanish retention_s (+ after_s) from now: its owner's part of the order is
         final. Until then it still guards against late events (see README "Retention")."""
-        self.ops.append(("EXPIRE", key, int(self.retention_s + max(0, after_s))))
+        self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
 
     def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",
              **data) -> Envelope:
@@ -125,8 +134,8 @@ class UnitOfWork:
             event = Envelope.new(event_type, str(order_id), self.producer, data,
                                  causation_id=causation_id, clock=self.clock)
         self.emitted.append(event)
-        self.ops.append(("PUBLISH", bus_keys.stream(event_type), bus_keys.trace(event.order_id), "",
-                         *[x for kv in event.fields().items() for x in kv]))
+        self.ops.append(Publish(bus_keys.stream(event_type), event.fields(),
+                                trace=bus_keys.trace(event.order_id)))
         return event
 
     def publish_later(self, event_type: str, at_ms: int) -> Timer:

@@ -1,0 +1,105 @@
+"""What a commit writes: typed operations, each encoded as the words bus/commit.lua reads.
+
+A handler never builds these itself: workers.unit_of_work.UnitOfWork does (set, add, count, append,
+index, expire, emit), so the choice that matters is made by name — `add` (AddTo) for an integer
+field of a hash some handler reads, which bumps the hash's version so a racing commit that read
+the old value is refused; `count` (Count) for an aggregate no handler reads, which does not.
+
+Every op has `words()`: its name then its arguments, as strings or numbers; bus.redis_streams
+sends them to the script, which checks every one before it writes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Union
+
+
+class Op(Protocol):
+    def words(self) -> tuple: ...
+
+
+def _flat(fields: Mapping[str, str]) -> list[str]:
+    return [x for kv in fields.items() for x in (kv[0], str(kv[1]))]
+
+
+@dataclass(frozen=True, slots=True)
+class SetFields:
+    """HSET fields of a hash; the hash's version goes up once per commit that writes it."""
+    key: str
+    fields: Mapping[str, str]
+
+    def words(self) -> tuple:
+        return ("HSET", self.key, *_flat(self.fields))
+
+
+@dataclass(frozen=True, slots=True)
+class AddTo:
+    """HINCRBY an integer field of a hash handlers read (stock): versioned like SetFields."""
+    key: str
+    field: str
+    amount: int
+
+    def words(self) -> tuple:
+        return ("HINCRBY", self.key, self.field, int(self.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """HINCRBY an aggregate counter no handler reads (orders by status, payment totals): no
+    version, so commits of many orders never conflict on it. Never for a hash a handler reads."""
+    key: str
+    field: str
+    amount: int
+
+    def words(self) -> tuple:
+        return ("COUNT", self.key, self.field, int(self.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """RPUSH a value to a list (an order's history)."""
+    key: str
+    value: str
+
+    def words(self) -> tuple:
+        return ("RPUSH", self.key, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """ZADD a member with a score (the orders index, by creation time)."""
+    key: str
+    score: float
+    member: str
+
+    def words(self) -> tuple:
+        return ("ZADD", self.key, self.score, self.member)
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """EXPIRE a key of any type that many seconds from now (retention of a settled part)."""
+    key: str
+    seconds: int
+
+    def words(self) -> tuple:
+        return ("EXPIRE", self.key, self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """XADD an event's fields to its stream; with `trace`, also RPUSH "<stream> <id>" to that list;
+    with `max_len`, trim the stream to exactly its newest max_len entries (XADD MAXLEN)."""
+    stream: str
+    fields: Mapping[str, str]
+    trace: str = ""
+    max_len: int | None = None
+
+    def words(self) -> tuple:
+        return ("PUBLISH", self.stream, self.trace, "" if self.max_len is None else str(self.max_len),
+                *_flat(self.fields))
+
+
+VERSIONED = (SetFields, AddTo)          # the ops after which a hash's version is bumped
+AnyOp = Union[SetFields, AddTo, Count, Append, Index, Expire, Publish]
