@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
+import msgspec
+
 SCHEMA_VERSION = "1"
 # Order ids become parts of key names (order:<id>, trace:<id>) and rq job ids (no ':' allowed), so
 # they are kept to a plain alphabet: an id like "1:history" could otherwise name another key.
 ORDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
 _DATA = json.JSONEncoder(separators=(",", ":"), sort_keys=True)     # made once: the hot path
+_decode = msgspec.json.Decoder().decode
 
 
 def new_id() -> str:
@@ -87,8 +90,8 @@ class Envelope:
         if not ORDER_ID.fullmatch(raw["order_id"]):
             raise MalformedEntry(f"order_id {raw['order_id'][:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
         try:
-            data = json.loads(raw["data"])
-        except ValueError as exc:
+            data = _decode(raw["data"])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:   # strict: no NaN, no 1e400
             raise MalformedEntry(f"data is not JSON: {exc}") from None
         except RecursionError:
             raise MalformedEntry("data is nested too deeply to parse") from None

@@ -159,7 +159,7 @@ def test_a_hostile_entry_read_by_two_groups_leaves_two_small_copies(procs, real_
     assert "entry (truncated copy, " in out and f"of {len(whole)} bytes; replay reads the original" in out
     assert main(["dlq", "replay", "inventory", "--all", "--redis-url", procs.url]) == 1
     refused = capsys.readouterr().err            # the original, read back, is as malformed as ever
-    assert f"{ref}: refused, the entry is malformed: OrderCreated data: missing or invalid lines" in refused
+    assert f"{ref}: refused, the entry is malformed: OrderCreated data: Object missing required field `lines`" in refused
     assert c.xlen(bus_keys.stream("OrderCreated")) == 4 and c.xlen(bus_keys.dead_letters("inventory")) == 2
     assert main(["trace", "13", "--redis-url", procs.url]) == 0
     assert capsys.readouterr().out.count("DEAD LETTER") == 2

@@ -165,7 +165,7 @@ def test_replay_refuses_an_entry_its_event_schema_refuses(real_bus, redis_url, c
 
     assert (code, out) == (1, "")
     assert err.strip() == (f"choreo: inventory/{dlq_id}: refused, the entry is malformed: "
-                           f"OrderCreated data: missing or invalid lines")
+                           f"OrderCreated data: Expected `array` of length >= 1 - at `$.lines`")
     assert c.xlen("events:OrderCreated") == 1 and c.xlen("dlq:inventory") == 1     # the original only
 
 
