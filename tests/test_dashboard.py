@@ -258,6 +258,14 @@ def test_a_quiet_live_consumer_is_live_and_a_dead_one_with_history_is_not(real_b
     assert (consumers["inventory-killed-1"].stale, consumers["inventory-killed-1"].state) == (True, "gone")
     quiet.end()
     assert gather(real_bus, redis_url).groups[0].state == "NO CONSUMERS"
+    # Alive but wedged: its heartbeat thread renews, its loop last read a minute ago.
+    wedged = Heartbeat(real_bus, "inventory", "inventory-wedged-1", every_s=5)
+    wedged.last_read = time.time() - 60
+    wedged.beat()
+    s = gather(real_bus, redis_url)
+    assert (s.groups[0].live_consumers, s.groups[0].state) == (0, "NO CONSUMERS")
+    (row_,) = [c for c in s.consumers if c.name == "inventory-wedged-1"]
+    assert row_.stale and row_.read_age_s >= 60
 
 
 def test_gather_unknown_lag_and_no_consumers(real_bus, redis_url):
