@@ -7,8 +7,8 @@ It may carry secrets; redact() is the only form of it ever printed or logged.
 
 from __future__ import annotations
 
+import logging
 import ssl
-import sys
 from urllib.parse import unquote_plus, urlsplit
 
 import redis
@@ -105,11 +105,11 @@ def _why_unusable(url: str, exc: Exception) -> str:
 
 def open_bus(url: str | None, check: bool = True) -> RedisStreamsBus:
     """A bus on `url` (None: embedded). With check, a PING proves the server answers now.
-    A URL that leaves TLS unverified is said on stderr, once per bus opened."""
+    A URL that leaves TLS unverified is logged as a warning, once per bus opened."""
     client = client_for(url)
     warning = tls_warning(client)
     if warning:
-        print(warning, file=sys.stderr, flush=True)
+        logging.getLogger("choreo.cli").warning(warning)
     if check:
         try:
             with translated_errors():

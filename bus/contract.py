@@ -127,4 +127,10 @@ class Bus(Protocol):
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         """Apply commits in order, atomically each, in one round trip (see module doc)."""
 
+    def beat(self, service: str, consumer: str, fields: dict[str, str], ttl_ms: int) -> None:
+        """Renew the heartbeat hash of (service, consumer) with these fields, living ttl_ms."""
+
+    def end_beat(self, service: str, consumer: str) -> None:
+        """Delete that heartbeat now (a clean stop)."""
+
     def close(self) -> None: ...

@@ -214,3 +214,52 @@ def hash_fields(bus: RedisStreamsBus, keys_: list[str], fields: list[str]) -> li
         for key in keys_:
             pipe.hmget(key, fields)
         return pipe.execute()
+
+
+# -- liveness ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeartbeatInfo:
+    """One live heartbeat (bus.heartbeat). Ages are by the server's clock where they can be: the
+    time since the last renewal is the TTL spent; the last read is dated against that renewal."""
+    service: str
+    consumer: str
+    host: str
+    pid: str
+    version: str
+    state: str
+    handled: int
+    beat_age_s: float              # since the heartbeat was last renewed
+    read_age_s: float | None       # since the consumer loop last read; None: it never has
+
+
+def _int(value, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
+    """The live heartbeats of one service (or of the timers process), by consumer name. Two round
+    trips: the index, then each hash with its remaining TTL; an expired one is simply absent. The
+    hash is input like any other: odd fields read as unknown, never as an error."""
+    with translated_errors():
+        names = bus.client.zrange(keys.heartbeats(service), 0, -1)
+        pipe = bus.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.heartbeat(service, name))
+            pipe.pttl(keys.heartbeat(service, name))
+        replies = pipe.execute() if names else []
+    found = []
+    for name, beat, pttl in zip(names, replies[::2], replies[1::2]):
+        if not beat or not isinstance(beat, dict) or pttl < 0:
+            continue
+        beat_age_ms = max(0, _int(beat.get("ttl_ms")) - pttl)
+        last_read = _int(beat.get("last_read_ms"), -1)
+        read_age = None if last_read < 0 else \
+            max(0.0, (beat_age_ms + _int(beat.get("beat_ms")) - last_read) / 1000)
+        found.append(HeartbeatInfo(service, name, beat.get("host", "?"), beat.get("pid", "?"),
+                                   beat.get("version", "?"), beat.get("state", "?"),
+                                   _int(beat.get("handled")), beat_age_ms / 1000, read_age))
+    return found

@@ -27,3 +27,15 @@ def seen(group: str) -> str:
 def trace(order_id: str) -> str:
     """List of "<stream> <entry-id>" for every event published about one order, in commit order."""
     return f"trace:{order_id}"
+
+
+def heartbeat(service: str, consumer: str) -> str:
+    """A live process's hash (service, consumer, host, pid, version, state, ...), with a TTL of a
+    few renewal periods: it exists only while the process keeps renewing it (bus.heartbeat)."""
+    return f"heartbeat:{service}:{consumer}"
+
+
+def heartbeats(service: str) -> str:
+    """Sorted set of the consumer names that renewed a heartbeat of `service` lately, scored by
+    the epoch ms of their last renewal: where readers find the heartbeat keys without a SCAN."""
+    return f"heartbeats:{service}"

@@ -9,8 +9,14 @@ from typing import Iterable, Sequence
 
 import redis
 
+from bus import keys
 from bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
                           PermissionsMissing)
+
+
+# A heartbeat's name stays in heartbeats:<service> this long after its last renewal (by the
+# writer's clock: an hour absorbs any skew between hosts); the heartbeat key itself decides liveness.
+HEARTBEAT_INDEX_MS = 3_600_000
 
 
 def _lua(name: str) -> str:
@@ -184,6 +190,28 @@ class RedisStreamsBus:
         counts = pipe.execute()
         return [dataclasses.replace(d, deliveries=rows[0]["times_delivered"])
                 for d, rows in zip(found, counts) if rows]
+
+    # -- liveness (bus.heartbeat) ---------------------------------------------------------------
+    def beat(self, service: str, consumer: str, fields: dict[str, str], ttl_ms: int) -> None:
+        """Renew a heartbeat: the hash and its TTL in one MULTI (never a hash without a TTL), and
+        its name in the service's index, which forgets names not renewed for HEARTBEAT_INDEX_MS."""
+        key, index = keys.heartbeat(service, consumer), keys.heartbeats(service)
+        now_ms = int(fields.get("beat_ms") or 0)
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, mapping=fields)
+            pipe.pexpire(key, ttl_ms)
+            pipe.zadd(index, {consumer: now_ms})
+            pipe.zremrangebyscore(index, "-inf", now_ms - HEARTBEAT_INDEX_MS)
+            pipe.pexpire(index, HEARTBEAT_INDEX_MS)
+            pipe.execute()
+
+    def end_beat(self, service: str, consumer: str) -> None:
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(keys.heartbeat(service, consumer))
+            pipe.zrem(keys.heartbeats(service), consumer)
+            pipe.execute()
 
     def allocate_ids(self, sequence: str, n: int) -> range:
         """n fresh integers from a counter (INCRBY), e.g. order ids."""

@@ -8,6 +8,7 @@ job, so a redelivered entry arms its timer once.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -22,12 +23,14 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
+from bus.heartbeat import Heartbeat
 from bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
 RETRY_S = (1, 5, 15, 60, 300)           # a job that fails (Redis gone while it ran) is retried
 FAILURE_TTL_S = 7 * 24 * 3600
 JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+LOG = logging.getLogger("choreo.timers")        # workers.logs.TIMERS; bus/ does not import workers
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def allowing(functions: Collection[str]) -> type[Job]:
     return TimerJob
 
 
-def sweep_due(queue: Queue, functions: Collection[str], log, now: float | None = None) -> int:
+def sweep_due(queue: Queue, functions: Collection[str], now: float | None = None) -> int:
     """Move the timers that are due from the scheduled registry to the queue, each one alone and
     re-made from its function name and string arguments only. rq's own scheduler fetches every
     due job together, so one malformed job hash (anyone who may arm a timer may write one) would
@@ -121,7 +124,7 @@ def sweep_due(queue: Queue, functions: Collection[str], log, now: float | None =
         try:
             func, args, retries = checked_timer(queue.connection, job_id, functions)
         except Exception as exc:        # whatever a hostile hash makes rq raise
-            log(f"timers: refused scheduled job {job_id[:80]!r}: {type(exc).__name__}: {exc}")
+            LOG.error(f"timers: refused scheduled job {job_id[:80]!r}: {type(exc).__name__}: {exc}")
             if JOB_ID.fullmatch(job_id):
                 queue.connection.delete(Job.key_for(job_id))
             continue
@@ -146,31 +149,55 @@ def checked_timer(connection, job_id: str, functions: Collection[str]) -> tuple[
     return job.func_name, args, retries
 
 
-def _sweeping(queue: Queue, functions: Collection[str], log, every_s: float = 0.5) -> None:
+def _sweeping(queue: Queue, functions: Collection[str], heartbeat: Heartbeat | None,
+              every_s: float = 0.5) -> None:
+    """The sweeper's reads of the due registry are the timers process's "reads": its heartbeat's
+    last read says the sweeper is going."""
     while True:
         try:
-            sweep_due(queue, functions, log)
+            moved = sweep_due(queue, functions)
+            if heartbeat:
+                heartbeat.state, heartbeat.handled = "reading", heartbeat.handled + moved
+                heartbeat.read_done()
         except Exception as exc:        # Redis gone: the worker loop reports it; try again
-            log(f"timers: moving due timers failed, will retry: {type(exc).__name__}: {exc}")
+            if heartbeat:
+                heartbeat.state = "backing-off"
+            LOG.warning(f"timers: moving due timers failed, will retry: {type(exc).__name__}: {exc}")
         time.sleep(every_s)
 
 
-def run_timers(client: redis.Redis, name: str, functions: Collection[str], log=print) -> None:
+def run_timers(client: redis.Redis, name: str, functions: Collection[str],
+               heartbeat: Heartbeat | None = None, level: str = "WARNING") -> None:
     """The rq worker for QUEUE in this process, jobs run without fork and only jobs calling one of
     `functions`; due timers are moved to the queue by sweep_due (in a thread), not by rq's
     scheduler. rq installs its own SIGTERM/SIGINT handlers: a warm shutdown after the job in hand.
-    rq's worker quits on an error of its own (a job hash it cannot read): it is started again."""
+    rq's worker quits on an error of its own (a job hash it cannot read): it is started again.
+    `heartbeat`, when given, is kept from a thread of its own and ended on a clean stop; rq logs
+    at `level` or above, but never its per-job INFO lines."""
     job_class = allowing(functions)
     connection = same_server(client, decode=False)
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
-    threading.Thread(target=_sweeping, args=(queue, frozenset(functions), log), daemon=True).start()
+    threading.Thread(target=_sweeping, args=(queue, frozenset(functions), heartbeat), daemon=True).start()
+    stop = threading.Event()
+    if heartbeat:
+        heartbeat.start(stop)
+    rq_level = level if logging.getLevelName(level) > logging.INFO else "WARNING"
+    try:
+        _work(queue, connection, name, job_class, rq_level)
+    finally:
+        stop.set()
+        if heartbeat:
+            heartbeat.end()
+
+
+def _work(queue: Queue, connection, name: str, job_class, level: str) -> None:
     for life in range(1, 1_000_000):
         # worker_ttl 20: rq blocks on the queue for ttl - 15 = 5 s, inside the client's 10 s
         # socket timeout (its default 405 s read would time out and back off while idle).
         worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer,
                               name=f"{name}-{life}", job_class=job_class, worker_ttl=20)
-        worker.work(with_scheduler=False, logging_level="WARNING")
+        worker.work(with_scheduler=False, logging_level=level)
         if worker._shutdown_requested_date is not None:     # SIGTERM/SIGINT, seen by rq's handler
             return
-        log("timers: the rq worker quit on an error (logged above); starting it again in 1 s")
+        LOG.error("timers: the rq worker quit on an error (logged above); starting it again in 1 s")
         time.sleep(1)

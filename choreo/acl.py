@@ -49,6 +49,19 @@ TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrang
 DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("script|flush"),
              sample("function|flush"), sample("move", "*"))
 TRACES = bus_keys.trace("*")
+# Liveness (bus.heartbeat): a process renews its own heartbeat hash and its name in the index.
+HEARTBEAT = ("hset", "pexpire", "del")
+HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
+
+
+def heartbeat_grants(service: str) -> list[Grant]:
+    """Only the heartbeats of `service`: a worker cannot pose as another service's live one."""
+    return [Grant(HEARTBEAT, (bus_keys.heartbeat(service, "*"),)),
+            Grant(HEARTBEAT_INDEX, (bus_keys.heartbeats(service),))]
+
+
+def heartbeat_refusals(service: str) -> list[tuple[str, ...]]:
+    return [sample("hset", bus_keys.heartbeat(service, "*")), sample("zadd", bus_keys.heartbeats(service))]
 
 
 def publishes(service: Service) -> tuple[str, ...]:
@@ -76,7 +89,7 @@ def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
     own = [bus_keys.stream(t) for t in publishes(service)]
     grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
               Grant(CONSUME, tuple(service.streams)),
-              Grant(SEEN, (bus_keys.seen(service.name),))]
+              Grant(SEEN, (bus_keys.seen(service.name),)), *heartbeat_grants(service.name)]
     if own or expires_traces(service):
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
@@ -97,6 +110,8 @@ def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, .
             out.append(sample("xadd", bus_keys.dead_letters(other.name)))
             out.append(sample("zadd", bus_keys.seen(other.name)))
             out += [sample(c, pattern) for pattern in other.owns for c in ("hset", "expire")]
+            out += heartbeat_refusals(other.name)
+    out += heartbeat_refusals(TIMERS)
     for stream in service.streams[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
     if arms_timers(service):
@@ -115,7 +130,7 @@ def roles(services: Sequence[Service]) -> list[Role]:
         *(service_role(s, services) for s in services),
         Role("timers", "runs the rq worker that fires timers (order deadlines)",
              (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
-              Grant(SEEN, (bus_keys.seen(TIMERS),)),
+              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS),
               Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
@@ -123,7 +138,8 @@ def roles(services: Sequence[Service]) -> list[Role]:
                    "-renamenx", "+info", *CLIENT, "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
              refuses=(*(sample("xadd", s) for s in streams if s != bus_keys.stream(TIMER_EVENT)),
-                      *(sample("hset", p) for p in owners), *DANGEROUS)),
+                      *(sample("hset", p) for p in owners),
+                      *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
         Role("trimmer", "trims the declared streams as far as every group allows; prunes "
              "expired orders from the index",
              (Grant(TRIM, tuple(streams)), Grant(PRUNE, (keys.ORDERS_INDEX,)),
@@ -136,8 +152,12 @@ def roles(services: Sequence[Service]) -> list[Role]:
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",
                    "+acl|whoami", "%R~*"),
              needs=(sample("xrange", streams[0]), sample("hgetall", owners[0]), sample("info"),
-                    sample("scan", "events:*"), sample("xinfo|groups", streams[0])),
-             refuses=(*writes, sample("xtrim", streams[0]), *DANGEROUS)),
+                    sample("scan", "events:*"), sample("xinfo|groups", streams[0]),
+                    sample("zrange", bus_keys.heartbeats(services[0].name)),
+                    sample("hgetall", bus_keys.heartbeat(services[0].name, "*")),
+                    sample("pttl", bus_keys.heartbeat(services[0].name, "*"))),
+             refuses=(*writes, sample("xtrim", streams[0]), *heartbeat_refusals(services[0].name),
+                      *DANGEROUS)),
         Role("admin", "setup, dlq replay and purge, acl check: everything",
              root=("+@all", "~*", "&*"),
              needs=(sample("xadd", streams[0]), sample("xtrim", streams[0]),

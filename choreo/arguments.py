@@ -59,6 +59,8 @@ keep_entries = Bounded(0, 10 ** 9, int)
 retention = Bounded(1, 3650 * 24 * 3600, int)      # as CHOREO_RETENTION_S
 seen_ttl = Bounded(60, 3650 * 24 * 3600, int)      # as CHOREO_SEEN_TTL_S
 keep_seconds = Bounded(0, 3650 * 24 * 3600, int)    # ten years
+max_silence = Bounded(0.1, 24 * 3600)           # seconds: `choreo health`
+max_pending_age = Bounded(0.1, 30 * 24 * 3600)  # seconds: `choreo health`
 product_id = Bounded(1, 10 ** 9, int)
 
 

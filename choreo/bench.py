@@ -138,7 +138,9 @@ def worker_env(row: Row, url: str, slot: int, extra: dict[str, str] | None = Non
     # Per-role URLs (REDIS_URL_<ROLE>) would point a worker elsewhere than the bench's server.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("REDIS_URL_") and k != "HONCHO_PROCESS_NAME"}
-    return {**env, **(extra or {}), "REDIS_URL": url, "CHOREO_SLOT": str(slot),
+    # Logs go to stderr, which is the process's log file: per-event lines (INFO) would only cost
+    # time and disk; retries, dead letters and reconnects (WARNING and up) stay.
+    return {"CHOREO_LOG_LEVEL": "WARNING", **env, **(extra or {}), "REDIS_URL": url, "CHOREO_SLOT": str(slot),
             "PYTHONUNBUFFERED": "1", "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
 
 

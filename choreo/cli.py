@@ -4,6 +4,7 @@ unreachable or refusing server or a failed run, 0 otherwise."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -12,10 +13,13 @@ from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.scenarios import SCENARIOS
-from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
-                          cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
-from config.settings import Settings, SettingsError
+from choreo.logs import configure as configure_logging
+from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_health, cmd_load,
+                          cmd_place_order, cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
+from bus.heartbeat import version
+from config.settings import LOG_LEVELS, Settings, SettingsError
 from workers import SERVICES
+from workers.logs import CLI
 from workers.order import OrderRejected
 
 
@@ -45,12 +49,12 @@ def _add_dlq_verbs(sub, common) -> None:
     p.set_defaults(run=cmd_dlq, role="admin")
 
 
-def _add_ops_verbs(sub, common) -> None:
+def _add_ops_verbs(sub, common, logs) -> None:
     p = sub.add_parser("audit", parents=[common], help="check the saga's invariants in Redis")
     p.add_argument("--strict", action="store_true",
                    help="after a drained run: anything still in flight is a violation")
     p.set_defaults(run=cmd_audit, role="dashboard")
-    p = sub.add_parser("trim", parents=[common], help="trim streams as far as every group allows")
+    p = sub.add_parser("trim", parents=[logs], help="trim streams as far as every group allows")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     p.add_argument("--keep-entries", type=arg.keep_entries, default=0,
                    help=f"also keep this many newest entries per stream ({arg.keep_entries.bounds})")
@@ -60,6 +64,17 @@ def _add_ops_verbs(sub, common) -> None:
                    help=f"keep running (until SIGTERM), trimming every SECONDS ({arg.trim_every.bounds}); "
                         "retention then defaults to $CHOREO_TRIM_KEEP_ENTRIES and $CHOREO_TRIM_KEEP_SECONDS")
     p.set_defaults(run=cmd_trim, role="trimmer")
+    p = sub.add_parser("health", parents=[common],
+                       help="exit 0 if SERVICE is alive and keeping up, else 1, with one line why")
+    p.add_argument("service", choices=[*SERVICES, "timers"])
+    p.add_argument("--max-silence", type=arg.max_silence, default=10.0, metavar="SECONDS",
+                   help="a live consumer must have read within this, "
+                        f"{arg.max_silence.bounds} (default: 10)")
+    p.add_argument("--max-pending-age", type=arg.max_pending_age, default=60.0, metavar="SECONDS",
+                   help="the oldest entry pending in the service's groups must be younger, "
+                        f"{arg.max_pending_age.bounds} (default: 60)")
+    p.add_argument("--json", action="store_true", help="the verdict and its figures as JSON")
+    p.set_defaults(run=cmd_health, role="dashboard")
     p = sub.add_parser("acl", parents=[common], help="least-privilege Redis users: render, check")
     asub = p.add_subparsers(dest="acl_verb", required=True, parser_class=Parser)
     q = asub.add_parser("render", parents=[common], help="print an ACL file for redis-server --aclfile")
@@ -114,7 +129,16 @@ def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL or "
                         "redis://localhost:6379/0; the demo runs embedded when neither is set)")
+    logs = Parser(add_help=False, parents=[common])          # the long-running processes'
+    logs.add_argument("--log-format", choices=("plain", "json"),
+                      help="plain: the service's words, then key=value context; json: one object "
+                           "per line with time, level, service, consumer, msg and the context "
+                           "(default: $CHOREO_LOG_FORMAT or plain)")
+    logs.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                      help="WARNING drops the per-event lines, keeping retries, dead letters and "
+                           "reconnects (default: $CHOREO_LOG_LEVEL or INFO)")
     parser = Parser(prog="choreo", description="An order saga choreographed over Redis Streams.")
+    parser.add_argument("--version", action="version", version=f"choreo {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
 
     p = sub.add_parser("demo", parents=[common], help="run the tutorial's order 1 end to end")
@@ -122,12 +146,9 @@ def build_parser() -> Parser:
                    help="an unhappy path to watch, compensations included, and its end state "
                         "(default: the tutorial's happy path)")
     p.set_defaults(run=cmd_demo)
-    p = sub.add_parser("worker", parents=[common], help="run one service's consumer loop")
+    p = sub.add_parser("worker", parents=[logs], help="run one service's consumer loop")
     p.add_argument("service", choices=list(SERVICES))
     p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")
-    p.add_argument("--log-format", choices=("plain", "json"),
-                   help="one line per handled event: the service's words, then key=value context "
-                        "(plain) or one JSON object (default: $CHOREO_LOG_FORMAT or plain)")
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
@@ -155,7 +176,7 @@ def build_parser() -> Parser:
                    help=f"each order's deadline, {arg.deadline.bounds} (30 days; "
                         "default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_load, role="order")
-    sub.add_parser("timers", parents=[common], help="run the rq worker that fires order deadlines") \
+    sub.add_parser("timers", parents=[logs], help="run the rq worker that fires order deadlines") \
         .set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
     p.add_argument("--refresh", type=arg.refresh, default=1.0, metavar="SECONDS",
@@ -169,7 +190,7 @@ def build_parser() -> Parser:
                    help="text (default), a Mermaid flowchart or a Graphviz dot graph")
     p.set_defaults(run=cmd_topology)
     _add_dlq_verbs(sub, common)
-    _add_ops_verbs(sub, common)
+    _add_ops_verbs(sub, common, logs)
     _add_bench_verb(sub, common)
     return parser
 
@@ -178,17 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
-                                     log_format=getattr(args, "log_format", None))
+                                     log_format=getattr(args, "log_format", None),
+                                     log_level=getattr(args, "log_level", None))
     except (UsageError, SettingsError) as exc:
         print(f"choreo: {exc}" if isinstance(exc, SettingsError) else str(exc), file=sys.stderr)
         return 2
+    except SystemExit as exc:           # --version, --help: printed, and done
+        return exc.code if isinstance(exc.code, int) else 0
+    # Once per run, here and nowhere else. The demo tells the story itself: its four workers'
+    # per-event lines would only interleave with it.
+    configure_logging(settings.log_format, settings.log_level, service=role_of(args) or args.verb,
+                      events=args.verb != "demo")
+    log = logging.getLogger(CLI)
     try:
         return args.run(args, settings)
     except (BusError, OrderRejected) as exc:
-        print(f"choreo: {exc}", file=sys.stderr)
+        log.error(f"choreo: {exc}")
         return 1
     except (SettingsError, UnusableUrl) as exc:   # read when the worker starts or the bus opens
-        print(f"choreo: {exc}", file=sys.stderr)
+        log.error(f"choreo: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -61,7 +61,7 @@ def _table(*columns: str, flex: tuple[str, ...] = ()) -> Table:
     return table
 
 
-_LEFT = {"group", "consumer", "stream", "type", "state", "newest error", "status", "service", "order"}
+_LEFT = {"group", "consumer", "host:pid", "stream", "type", "state", "newest error", "status", "service", "order"}
 
 
 def _row(table: Table, *cells: str | Text, **options) -> None:
@@ -105,10 +105,13 @@ def groups_table(s: Snapshot) -> Table | Text:
 def consumers_table(s: Snapshot) -> Table | Text:
     if not s.consumers:
         return Text("no consumers yet", style="dim")
-    table = _table("group", "consumer", "pending", "idle", "state")
+    # host:pid gives way on a narrow screen; the state never does.
+    table = _table("group", "consumer", "pending", "read", "state", "host:pid", flex=("host:pid",))
     for r in s.consumers:
-        _row(table, r.group, r.name, str(r.pending), _age(r.idle_s),
-                      Text("STALE", style="bold red") if r.stale else Text("live", style="green"))
+        # The state is the heartbeat's own word (input, like every value from Redis): escaped.
+        state = "GONE" if r.state == "gone" else "STALE" if r.stale else r.state
+        _row(table, r.group, r.name, str(r.pending), _age(r.read_age_s),
+             text((state, "bold red" if r.stale else "green")), f"{r.host}:{r.pid}")
     return table
 
 

@@ -24,9 +24,8 @@ def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None
              full_state: bool = False) -> int:
     """Run one order through the saga and tell it; 0 when it ends as the scenario expects. With
     full_state, the end also shows the order's reason, payment and shipment (a scenario's end)."""
-    worker_log: list[str] = []      # the workers' own lines; the demo prints the causal story
-    workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", log=worker_log.append,
-                            publishers=PUBLISHERS)
+    # The demo prints the causal story; the workers' own lines go to logging (choreo.logs).
+    workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", publishers=PUBLISHERS)
                for name, s in SERVICES.items()}
     for w in workers.values():
         w.start()

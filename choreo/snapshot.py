@@ -18,8 +18,10 @@ from workers import SERVICES, keys
 from workers.order import COMPLETED
 from workers.service import Service
 
-# A live worker reads (and so resets its consumers' idle time) at least every block_ms <= 1 s;
-# idle far past that means the process is gone or wedged.
+# Liveness comes from heartbeats (bus.heartbeat), never from XINFO CONSUMERS idle times: those
+# count from the last delivery, and a quiet worker gets none. A live worker's loop reads at least
+# every block_ms <= 1 s and its heartbeat says when; a heartbeat whose last read is older than
+# this belongs to a wedged loop, and does not count as a live consumer.
 STALE_AFTER_S = 10.0
 # Entries idle this long since their last delivery are past the workers' claim idle (15 s by
 # default) twice over: nobody is finishing them.
@@ -58,11 +60,14 @@ class GroupRow:
 
 @dataclass(frozen=True)
 class ConsumerRow:
-    group: str
+    group: str                     # the service
     name: str
+    host: str                      # from its heartbeat ("-": it has none)
+    pid: str
+    state: str                     # reading, handling, backing-off, ...; "gone": no heartbeat
     pending: int                   # summed over the streams the consumer reads
-    idle_s: float                  # the least idle of its streams
-    stale: bool
+    read_age_s: float | None       # since its loop last read (heartbeat); None: never, or gone
+    stale: bool                    # no live heartbeat, or one whose loop stopped reading
 
 
 @dataclass(frozen=True)
@@ -128,12 +133,13 @@ def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = No
     infos = [i for i in (inspect.stream_info(bus, s) for s in declared_streams(services)) if i]
     groups = [(i, g) for i in infos for g in inspect.groups(bus, i.stream)]
     consumers = [c for i, g in groups for c in inspect.consumers(bus, i.stream, g.group)]
+    beats = {name: inspect.heartbeats(bus, name) for name in services}
     return Snapshot(
         url=redact(url), server_version=server.version, ping_ms=server.ping_ms,
         server_time_ms=now_ms, taken_at=clock(),
         streams=[stream_row(i, now_ms, prev) for i in infos],
-        groups=[group_row(bus, i, g, consumers, now_ms) for i, g in groups],
-        consumers=consumer_rows(consumers),
+        groups=[group_row(bus, i, g, beats.get(g.group, []), now_ms) for i, g in groups],
+        consumers=consumer_rows(consumers, beats),
         orders=orders_view(bus, now_ms, prev),
         dead_letters=[dead_letter_row(bus, s, now_ms) for s in services],
         events=recent_events(bus, [i.stream for i in infos]))
@@ -162,11 +168,16 @@ def stream_row(info: inspect.StreamInfo, now_ms: int, prev: Snapshot | None) -> 
                      _per_s(added, before, now_ms, prev), _age_s(now_ms, info.last_id), info.last_id)
 
 
+def reading(beat: inspect.HeartbeatInfo) -> bool:
+    return beat.read_age_s is not None and beat.read_age_s < STALE_AFTER_S
+
+
 def group_row(bus: RedisStreamsBus, info: inspect.StreamInfo, g: inspect.GroupInfo,
-              consumers: list[inspect.ConsumerInfo], now_ms: int) -> GroupRow:
+              beats: list[inspect.HeartbeatInfo], now_ms: int) -> GroupRow:
+    """Every worker of a service reads all of its streams: the group's live consumers are the
+    service's heartbeats whose loop is reading."""
     p = inspect.pending(bus, info.stream, g.group)
-    live = sum(1 for c in consumers if c.stream == info.stream and c.group == g.group
-               and c.idle_ms < STALE_AFTER_S * 1000)
+    live = sum(1 for b in beats if reading(b))
     behind = _id_tuple(g.last_delivered_id) < _id_tuple(info.last_id)
     return GroupRow(info.stream, g.group, g.consumers, live, p.count, g.lag,
                     _age_s(now_ms, p.oldest_id), p.max_deliveries, p.max_idle_ms / 1000,
@@ -189,14 +200,20 @@ def group_state(live_consumers: int, pending: int, max_idle_s: float, behind: bo
     return "LAGGING" if behind else "OK"
 
 
-def consumer_rows(consumers: list[inspect.ConsumerInfo]) -> list[ConsumerRow]:
-    """One row per consumer process: a worker reads all its streams under one name."""
-    merged: dict[tuple[str, str], tuple[int, int]] = {}
+def consumer_rows(consumers: list[inspect.ConsumerInfo],
+                  beats: dict[str, list[inspect.HeartbeatInfo]]) -> list[ConsumerRow]:
+    """One row per consumer process (a worker reads all its streams under one name): every live
+    heartbeat, and every consumer the groups know that has none (gone, perhaps holding entries)."""
+    pending: dict[tuple[str, str], int] = {}
     for c in consumers:
-        pending, idle = merged.get((c.group, c.name), (0, c.idle_ms))
-        merged[(c.group, c.name)] = (pending + c.pending, min(idle, c.idle_ms))
-    return [ConsumerRow(g, n, p, i / 1000, i >= STALE_AFTER_S * 1000)
-            for (g, n), (p, i) in sorted(merged.items())]
+        pending[(c.group, c.name)] = pending.get((c.group, c.name), 0) + c.pending
+    rows = {(b.service, b.consumer): ConsumerRow(b.service, b.consumer, b.host, b.pid, b.state,
+                                                 pending.get((b.service, b.consumer), 0),
+                                                 b.read_age_s, not reading(b))
+            for found in beats.values() for b in found}
+    for (group, name), count in pending.items():
+        rows.setdefault((group, name), ConsumerRow(group, name, "-", "-", "gone", count, None, True))
+    return [rows[k] for k in sorted(rows)]
 
 
 def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> OrdersView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from bus.connect import open_bus, redact
 from choreo.plain import plain
 from config.settings import Settings
 from workers import PUBLISHERS, SERVICES, TIMER_JOBS, keys
+from workers.logs import TIMERS, TRIMMER, WORKER, bound
 
 
 def _out(line: str = "") -> None:
@@ -55,18 +57,20 @@ def cmd_worker(args, settings: Settings) -> int:
     from workers.runtime import Worker, consumer_name
     service = SERVICES[args.service]
     consumer = args.consumer or consumer_name(service.name)
+    log = bound(WORKER, service.name, consumer)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
-    _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
-         f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
+    log.info(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
+             f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service)
-    worker = Worker(service, bus, settings, consumer, log=_show, check=lambda: require(bus, role),
+    worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
                     publishers=PUBLISHERS)
     try:
         return worker.run(stop)
     finally:
+        worker.heartbeat.end()          # also when run() raised: the key goes now, not a TTL later
         bus.close()
-        _out(f"{service.voice}: {consumer} stopped")
+        log.info(f"{service.voice}: {consumer} stopped")
 
 
 def _deadline(args, settings: Settings) -> float:
@@ -75,18 +79,27 @@ def _deadline(args, settings: Settings) -> float:
 
 def cmd_timers(args, settings: Settings) -> int:
     """The rq worker that fires scheduled events (order deadlines) when due."""
-    import socket
+    from bus.heartbeat import Heartbeat
     from bus.scheduler import run_timers
     from bus.acl import require
     from choreo.acl import roles
+    name = timers_name()
+    log = bound(TIMERS, "timers", name)
     bus = open_bus(settings.url)
-    _out(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
+    log.info(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
         require(bus, next(r for r in roles(list(SERVICES.values())) if r.user == "timers"))
-        run_timers(bus.client, f"timers-{socket.gethostname()}-{os.getpid()}", TIMER_JOBS, log=_show)
+        run_timers(bus.client, name, TIMER_JOBS, level=settings.log_level,
+                   heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s))
         return 0
     finally:
         bus.close()
+        log.info(f"timers: {name} stopped")
+
+
+def timers_name() -> str:
+    import socket
+    return f"timers-{socket.gethostname()}-{os.getpid()}"
 
 
 def cmd_place_order(args, settings: Settings) -> int:
@@ -192,6 +205,18 @@ def cmd_topology(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args, settings: Settings) -> int:
+    from choreo.health import check
+    streams = list(SERVICES[args.service].streams) if args.service in SERVICES else []
+    with open_bus(settings.url) as bus:
+        verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
+    if args.json:
+        _out(verdict.to_json())
+    else:
+        _show(verdict.line())           # consumer names and states come from Redis
+    return 0 if verdict.healthy else 1
+
+
 def cmd_dlq(args, settings: Settings) -> int:
     from choreo import dlq
     if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *SERVICES):
@@ -256,21 +281,23 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
     something was trimmed or its blocked state changed; a failure is logged and retried."""
     from bus.contract import BusError
     from bus.trim import trim_streams
-    _out(f"trimmer: every {every_s:g}s, keeping {retention.keep_entries} entries / "
-         f"{retention.keep_seconds:g}s of acknowledged history")
+    log = logging.getLogger(TRIMMER)
+    log.info(f"trimmer: every {every_s:g}s, keeping {retention.keep_entries} entries / "
+             f"{retention.keep_seconds:g}s of acknowledged history")
     blocked: dict[str, tuple] = {}
     while True:
         try:
             for report in trim_streams(bus, SERVICES.values(), retention):
                 if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
-                    _out(f"trimmer: {report.line()}")
+                    log.info(f"trimmer: {report.line()}")
                 blocked[report.stream] = report.blocked_by
             pruned = _prune_orders(bus, settings)
             if pruned:
-                _out(f"trimmer: {_pruned_line(pruned, settings)}")
+                log.info(f"trimmer: {_pruned_line(pruned, settings)}")
         except BusError as exc:
-            _out(f"trimmer: trimming failed, will retry: {exc}")
+            log.warning(f"trimmer: trimming failed, will retry: {exc}")
         if stop.wait(every_s):
+            log.info("trimmer: stopped")
             return 0
 
 

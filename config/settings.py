@@ -45,8 +45,14 @@ class Settings:
     max_entry_bytes: int = 64 * 1024
     # Reconnect backoff: 0.5 s doubling up to this cap.
     reconnect_max_s: float = 5.0
-    # "plain" or "json".
+    # "plain" or "json" (choreo.logs).
     log_format: str = "plain"
+    # DEBUG, INFO, WARNING, ERROR or CRITICAL: WARNING drops the per-event lines (INFO), keeping
+    # retries, dead letters and reconnects.
+    log_level: str = "INFO"
+    # A worker (and the timers process) renews its heartbeat key this often; the key lives three
+    # periods, so a stopped or frozen process stops counting as live within 3 * this.
+    heartbeat_every_s: float = 1.5
     # An order not completed this long after it was placed is cancelled (unless already shipped).
     # Armed as an rq job by the order service; 0 places orders without a deadline.
     order_deadline_s: float = 300.0
@@ -82,6 +88,9 @@ class Settings:
                 if raw:
                     values[f.name], used[f.name] = _coerce(name, raw, f.default), name
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        for given in (values, overrides):
+            if isinstance(given.get("log_level"), str):
+                given["log_level"] = given["log_level"].upper()
         settings = replace(cls(**values), **overrides)
         settings.validate({**used, **{k: f"--{k.replace('_', '-')}" for k in overrides}})
         return settings
@@ -101,6 +110,9 @@ class Settings:
                                 f"{shown('retry_max_ms')} ({self.retry_max_ms})")
         if self.log_format not in ("plain", "json"):
             raise SettingsError(f"log format must be plain or json, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"{shown('log_level')} must be one of {', '.join(LOG_LEVELS)}, "
+                                f"got {self.log_level[:40]!r}")
 
 
 DAY_S = 24 * 3600
@@ -127,7 +139,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "commit_delay_ms": (0, 60 * 1000),
     "dlq_max_entries": (1, 10 ** 9),
     "retention_s": (1, 3650 * DAY_S),           # seconds are for tests; production wants days
+    "heartbeat_every_s": (0.05, 60),
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def plain_number(number: float) -> str:

@@ -56,7 +56,7 @@ def poison(bus) -> None:
 
 def run(bus, orders: int, rounds: int) -> list[Worker]:
     host = socket.gethostname()
-    workers = [Worker(s, bus, Settings(), f"{s.name}-{host}-1", log=lambda line: None)
+    workers = [Worker(s, bus, Settings(), f"{s.name}-{host}-1")
                for s in SERVICES.values()]
     for w in workers:
         w.start()

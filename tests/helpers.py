@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -20,6 +21,16 @@ ShippingService: Shipping arranged for order 1""".splitlines()
 # `choreo load`'s last line of stdout: orders, completed, ..., outages (count) and outage_s.
 FIGURES = re.compile(r"^orders=(\d+) completed=(\d+) elapsed_s=[\d.]+ orders_per_s=[\d.]+ "
                      r"p50_ms=[\d.]+ p99_ms=[\d.]+ outages=(\d+) outage_s=([\d.]+)$")
+
+
+def log_lines(caplog, level: int = logging.DEBUG, logger: str | None = None) -> list[str]:
+    """The lines a worker logged (of `level` or above, on `logger` or any), as the plain format
+    prints them (choreo.logs): set caplog.set_level(logging.INFO) first, or the per-event lines
+    never reach the capture."""
+    from choreo.logs import PlainFormatter
+    plain = PlainFormatter()
+    return [plain.format(r) for r in caplog.records
+            if r.levelno >= level and logger in (None, r.name)]
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):

@@ -11,7 +11,7 @@ from workers.runtime import Worker
 
 
 def start_workers(bus, settings: Settings | None = None, names=tuple(SERVICES)) -> list[Worker]:
-    workers = [Worker(SERVICES[n], bus, settings or Settings(), f"{n}-test-1", log=lambda line: None)
+    workers = [Worker(SERVICES[n], bus, settings or Settings(), f"{n}-test-1")
                for n in names]
     for w in workers:
         w.start()

@@ -81,7 +81,7 @@ class Simulation:
     def __init__(self, orders: list[Order]):
         self.clock = Clock()
         self.bus = SimBus()
-        self.workers = {n: Worker(SERVICES[n], self.bus, SETTINGS, f"{n}-sim", log=lambda _: None,
+        self.workers = {n: Worker(SERVICES[n], self.bus, SETTINGS, f"{n}-sim",
                                   clock=self.clock, publishers=PUBLISHERS) for n in NAMES}
         for w in self.workers.values():
             w.start()

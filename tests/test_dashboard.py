@@ -34,8 +34,9 @@ def busy() -> Snapshot:
                 GroupRow("events:OrderCreated", "order", 1, 1, 3, 0, 95.0, 4, 45.0, "STUCK"),
                 GroupRow("events:PaymentFailed", "inventory", 1, 0, 0, 0, None, 0, 0.0, "NO CONSUMERS"),
                 GroupRow("events:InventoryChecked", "payment", 1, 1, 0, 12, None, 0, 0.0, "OK")],
-        consumers=[ConsumerRow("inventory", "inventory-web1-1", 5, 0.2, False),
-                   ConsumerRow("inventory", "inventory-web1-2", 2, 75.0, True)],
+        consumers=[ConsumerRow("inventory", "inventory-web1-1", "web1", "4242", "reading", 5, 0.2, False),
+                   ConsumerRow("inventory", "inventory-web1-2", "web1", "4243", "handling", 2, 75.0, True),
+                   ConsumerRow("inventory", "inventory-web2-1", "-", "-", "gone", 1, None, True)],
         orders=OrdersView({"CANCELLED": 5, "COMPLETED": 1180, "PENDING": 15}, 240.5, 112.0, 480.0, 500),
         dead_letters=[DeadLetterRow("order", "dlq:order", 0, "", None),
                       DeadLetterRow("inventory", "dlq:inventory", 2,
@@ -90,8 +91,11 @@ def test_render_groups_with_unknown_lag_stuck_and_no_consumers():
 
 def test_render_consumers_and_recent_events():
     text = screen(busy())
-    assert row(text, "inventory", "inventory-web1-1") == ["inventory", "inventory-web1-1", "5", "0.2s", "live"]
-    assert row(text, "inventory", "inventory-web1-2") == ["inventory", "inventory-web1-2", "2", "1m15s", "STALE"]
+    assert row(text, "inventory", "inventory-web1-1") == \
+        ["inventory", "inventory-web1-1", "5", "0.2s", "reading", "web1:4242"]
+    assert row(text, "inventory", "inventory-web1-2") == \
+        ["inventory", "inventory-web1-2", "2", "1m15s", "STALE", "web1:4243"]
+    assert row(text, "inventory", "inventory-web2-1") == ["inventory", "inventory-web2-1", "1", "-", "GONE", "-:-"]
     assert row(text, "22:13:20.100") == ["22:13:20.100", "events:OrderCreated", "OrderCreated", "1200"]
     assert row(text, "22:13:19.900")[-1] == "1187"
 
@@ -176,6 +180,8 @@ def test_gather_after_real_orders(real_bus, redis_url):
     # 101 Gadgets cost 5,048.99: over the card limit, so PaymentFailed cancels the order.
     place_orders(real_bus, [OrderRequest("4", [{"product_id": 102, "quantity": 101}])])
     drain(workers)
+    for w in workers:
+        w.heartbeat.beat()          # what Worker.run's heartbeat thread does; drain() only polls
     s = gather(real_bus, redis_url)
     assert s.orders.by_status == {"COMPLETED": 3, "CANCELLED": 1}
     orders = real_bus.read_hashes([keys.order(i) for i in ("1", "2", "3")])
@@ -189,8 +195,8 @@ def test_gather_after_real_orders(real_bus, redis_url):
     declared = {(bus_keys.stream(t), n) for n, svc in SERVICES.items() for t in svc.consumes}
     assert {(g.stream, g.group) for g in s.groups} == declared
     assert all((g.pending, g.lag, g.state, g.live_consumers) == (0, 0, "OK", 1) for g in s.groups)
-    assert [(c.group, c.name, c.pending, c.stale) for c in s.consumers] == \
-        sorted((n, f"{n}-test-1", 0, False) for n in SERVICES)
+    assert [(c.group, c.name, c.pending, c.stale, c.state) for c in s.consumers] == \
+        sorted((n, f"{n}-test-1", 0, False, "reading") for n in SERVICES)
     every = sorted((tuple(map(int, entry_id.split("-"))), stream) for stream in lengths
                    for entry_id, _ in real_bus.client.xrange(stream))
     assert [(tuple(map(int, e.entry_id.split("-"))), e.stream) for e in s.events] == \
@@ -198,32 +204,26 @@ def test_gather_after_real_orders(real_bus, redis_url):
     assert all(e.type == bus_keys.event_type_of(e.stream) and e.order_id in "1234" for e in s.events)
 
 
-def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url, monkeypatch):
-    monkeypatch.setattr(snapshot, "STALE_AFTER_S", 0.3)     # instead of waiting 10 s
+def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url):
+    from bus.heartbeat import Heartbeat
     c = real_bus.client
     created = bus_keys.stream("OrderCreated")
     real_bus.ensure_groups("inventory", [created])
     real_bus.ensure_groups("order", [created])
     ids = _add(c, created, 5)
     # A consumer that read three entries and died: its pending entries have waited 60 s and been
-    # delivered four times (XCLAIM sets both, as a long outage would).
+    # delivered four times (XCLAIM sets both, as a long outage would). It has no heartbeat.
     c.xreadgroup("inventory", "inventory-dead-1", {created: ">"}, count=3)
     c.xclaim(created, "inventory", "inventory-dead-1", 0, ids[:3], idle=60_000, retrycount=4)
     c.xreadgroup("order", "order-live-1", {created: ">"})
     c.xack(created, "order", *ids)
-    wait_for(lambda: consumer_idle_ms(c, created, "inventory", "inventory-dead-1") >= 300,
-             what="the dead consumer idle past the stale threshold")
     _add(c, created, 2)                                      # the order group falls 2 behind
     c.xreadgroup("inventory", "inventory-live-2", {created: ">"}, count=1)
-
-    def seen_alive() -> Snapshot | None:
-        """A snapshot taken within 0.3 s of the live consumers' last reads, as a live worker's
-        blocking reads are always recent: they read again (nothing new) before each try."""
-        c.xreadgroup("inventory", "inventory-live-2", {created: ids[3]})   # nothing after its own
-        c.xreadgroup("order", "order-live-1", {created: "0"})              # own history: nothing
-        s = gather(real_bus, redis_url)
-        return s if not any(x.stale for x in s.consumers if "live" in x.name) else None
-    s = wait_for(seen_alive, timeout=10, what="a snapshot with the live consumers seen alive")
+    for group, name in (("inventory", "inventory-live-2"), ("order", "order-live-1")):
+        beat = Heartbeat(real_bus, group, name, every_s=5)      # as their heartbeat threads would
+        beat.read_done()
+        beat.beat()
+    s = gather(real_bus, redis_url)
     groups = {g.group: g for g in s.groups}
     inv, order = groups["inventory"], groups["order"]
     assert (inv.consumers, inv.live_consumers, inv.pending, inv.lag) == (2, 1, 4, 3)
@@ -232,8 +232,40 @@ def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url, monkeyp
     assert inv.state == "STUCK"
     assert (order.pending, order.lag, order.live_consumers, order.state) == (0, 2, 1, "LAGGING")
     consumers = {c.name: c for c in s.consumers}
-    assert (consumers["inventory-dead-1"].pending, consumers["inventory-dead-1"].stale) == (3, True)
+    assert (consumers["inventory-dead-1"].pending, consumers["inventory-dead-1"].stale,
+            consumers["inventory-dead-1"].state) == (3, True, "gone")
     assert (consumers["inventory-live-2"].pending, consumers["inventory-live-2"].stale) == (1, False)
+
+
+def test_a_quiet_live_consumer_is_live_and_a_dead_one_with_history_is_not(real_bus, redis_url):
+    """The old bug: XINFO idle counts from the last delivery, so a worker with nothing to read
+    looked dead, and one killed just after a delivery looked alive. Heartbeats say which is which."""
+    from bus.heartbeat import Heartbeat
+    c = real_bus.client
+    created = bus_keys.stream("OrderCreated")
+    real_bus.ensure_groups("inventory", [created])
+    ids = _add(c, created, 1)
+    c.xreadgroup("inventory", "inventory-killed-1", {created: ">"})    # just delivered: idle 0
+    c.xack(created, "inventory", *ids)
+    quiet = Heartbeat(real_bus, "inventory", "inventory-quiet-1", every_s=5)
+    quiet.read_done()       # an empty XREADGROUP: Redis does not even create the consumer
+    quiet.beat()
+    s = gather(real_bus, redis_url)
+    (g,) = s.groups
+    assert (g.consumers, g.live_consumers, g.state) == (1, 1, "OK")
+    consumers = {c.name: c for c in s.consumers}
+    assert consumers["inventory-quiet-1"].stale is False
+    assert (consumers["inventory-killed-1"].stale, consumers["inventory-killed-1"].state) == (True, "gone")
+    quiet.end()
+    assert gather(real_bus, redis_url).groups[0].state == "NO CONSUMERS"
+    # Alive but wedged: its heartbeat thread renews, its loop last read a minute ago.
+    wedged = Heartbeat(real_bus, "inventory", "inventory-wedged-1", every_s=5)
+    wedged.last_read = time.time() - 60
+    wedged.beat()
+    s = gather(real_bus, redis_url)
+    assert (s.groups[0].live_consumers, s.groups[0].state) == (0, "NO CONSUMERS")
+    (row_,) = [c for c in s.consumers if c.name == "inventory-wedged-1"]
+    assert row_.stale and row_.read_age_s >= 60
 
 
 def test_gather_unknown_lag_and_no_consumers(real_bus, redis_url):

@@ -53,7 +53,7 @@ def test_once_and_json_during_a_load_run(procs, redis_server):
     assert {g["state"] for g in snap["groups"]} <= {"OK", "LAGGING", "STUCK", "NO CONSUMERS"}
     host = socket.gethostname()
     assert {c["name"] for c in snap["consumers"]} == {f"{n}-{host}-1" for n in SERVICES}
-    assert not any(c["stale"] for c in snap["consumers"])
+    assert not any(c["stale"] for c in snap["consumers"]), [(c["state"], c["read_age_s"]) for c in snap["consumers"] if c["stale"]]
 
     frame = procs.run("dashboard", "--once", "--refresh", "0.2", timeout=30)
     assert frame.returncode == 0, frame.stderr

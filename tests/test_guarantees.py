@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 
 import pytest
@@ -14,7 +15,8 @@ import redis
 from bus import keys as bus_keys
 from choreo.orders import OrderRequest, place_orders
 from config.settings import Settings
-from tests.helpers import pending_count, wait_for
+from tests.helpers import log_lines, pending_count, wait_for
+from workers.logs import EVENTS
 from tests.inprocess import drain
 from workers import SERVICES, keys
 from workers.runtime import Worker
@@ -59,7 +61,7 @@ def test_an_entry_that_kills_its_worker_every_time_is_given_up_after_3_x_max_del
     while not real_bus.client.exists(dlq):
         assert lives < 10, "still handing the entry to a worker it kills"
         # The same process slot restarted: its own pending entry is the first thing it reads.
-        worker = Worker(service, real_bus, settings, CONSUMER, log=lambda _: None)
+        worker = Worker(service, real_bus, settings, CONSUMER)
         worker.start()
         with contextlib.suppress(WorkerKilled):
             worker.poll(block_ms=5)
@@ -72,18 +74,18 @@ def test_an_entry_that_kills_its_worker_every_time_is_given_up_after_3_x_max_del
     assert reserved(real_bus, "1") == [False]
 
 
-def test_a_restarted_consumer_handles_its_own_pending_entries_before_anything_new(real_bus):
+def test_a_restarted_consumer_handles_its_own_pending_entries_before_anything_new(real_bus, caplog):
+    caplog.set_level(logging.INFO)
     place(real_bus, "1", "2")
     real_bus.ensure_groups("inventory", [CREATED])
     # A previous life of this consumer read them and died before committing.
     assert len(real_bus.read_new("inventory", CONSUMER, [CREATED], 10, 10)) == 2
     place(real_bus, "3", "4")
-    log: list[str] = []
-    worker = Worker(SERVICES["inventory"], real_bus, out_of_reach(), CONSUMER, log=log.append)
+    worker = Worker(SERVICES["inventory"], real_bus, out_of_reach(), CONSUMER)
     worker.start()
     assert worker.poll(block_ms=5) == 2
     assert reserved(real_bus, "1", "2", "3", "4") == [True, True, False, False]
-    assert sum("deliveries=2" in line for line in log) == 2              # re-read, not re-claimed
+    assert sum("deliveries=2" in line for line in log_lines(caplog)) == 2              # re-read, not re-claimed
     drain([worker])
     assert reserved(real_bus, "3", "4") == [True, True]
 
@@ -98,9 +100,9 @@ TALLY = Service("tally", "TallyService", {"OrderCreated": On(tally, "Counting or
                 emits=())
 
 
-def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_bus):
-    log: list[str] = []
-    worker = Worker(TALLY, real_bus, out_of_reach(), "tally-test-1", log=log.append)
+def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_bus, caplog):
+    caplog.set_level(logging.INFO)
+    worker = Worker(TALLY, real_bus, out_of_reach(), "tally-test-1")
     worker.start()
     place(real_bus, "1")
     (_, fields), = real_bus.client.xrange(CREATED)
@@ -109,15 +111,15 @@ def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_
     worker.poll(block_ms=5)
     assert real_bus.client.hget("tally", "handled") == "1"
     assert pending_count(real_bus.client, CREATED, "tally") == 0          # both acked
-    assert [("duplicate=ignored" in line) for line in log] == [False, True]
+    assert [("duplicate=ignored" in line) for line in log_lines(caplog, logger=EVENTS)] == [False, True]
 
 
-def test_a_slow_handlers_entries_are_not_taken_over_while_it_works(real_bus):
+def test_a_slow_handlers_entries_are_not_taken_over_while_it_works(real_bus, caplog):
+    caplog.set_level(logging.INFO)
     """The lease thread renews entries in hand every claim_idle_ms / 3, so another consumer's
     XAUTOCLAIM never finds them idle; without it they would be idle 0.7 s half-way through."""
-    log: list[str] = []
     worker = Worker(TALLY, real_bus, out_of_reach(claim_idle_ms=150, commit_delay_ms=1500),
-                    "tally-slow-1", log=log.append)
+                    "tally-slow-1")
     place(real_bus, "1")
     stop = threading.Event()
     running = threading.Thread(target=worker.run, args=(stop,))
@@ -134,7 +136,7 @@ def test_a_slow_handlers_entries_are_not_taken_over_while_it_works(real_bus):
         stop.set()
         running.join(5)
     assert taken == []
-    (handled,) = log
+    (handled,) = log_lines(caplog, logger=EVENTS)
     assert "Counting order 1" in handled and "deliveries=1 " in handled
     assert real_bus.client.hget("tally", "handled") == "1"
 

@@ -5,6 +5,7 @@ real processes running, and checks every worker is still alive afterwards."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime, timezone
 
@@ -15,7 +16,7 @@ from rq.serializers import JSONSerializer
 from bus import keys as bus_keys
 from bus.envelope import Envelope
 from bus.scheduler import QUEUE
-from tests.helpers import wait_for
+from tests.helpers import log_lines, wait_for
 from tests.saga_run import settle, start_workers
 from workers import SERVICES, keys
 
@@ -76,22 +77,20 @@ def test_housekeeping_reads_non_utf8_entries_without_stopping(real_bus):
     assert {r.stream for r in reports} >= {bus_keys.stream("OrderCreated")}
 
 
-def test_a_failing_housekeeping_step_is_logged_and_the_loop_goes_on(fake_bus):
+def test_a_failing_housekeeping_step_is_logged_and_the_loop_goes_on(fake_bus, caplog):
     from config.settings import Settings
     from workers.runtime import Worker
-    lines = []
 
     def broken(*_):
         raise RuntimeError("XINFO exploded on some key")
 
     fake_bus.forget_idle_consumers = broken
-    worker = Worker(SERVICES["inventory"], fake_bus, Settings(housekeeping_every_s=0.001), "c-1",
-                    log=lines.append)
+    worker = Worker(SERVICES["inventory"], fake_bus, Settings(housekeeping_every_s=0.001), "c-1")
     worker.start()
     for _ in range(3):
         worker.poll(1)
         time.sleep(0.002)
-    failures = [l for l in lines if "forgetting idle consumers on events:" in l and "failed, will retry" in l]
+    failures = [l for l in log_lines(caplog, logging.WARNING) if "forgetting idle consumers on events:" in l and "failed, will retry" in l]
     assert len(failures) >= 2 and "XINFO exploded on some key" in failures[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from bus import keys as bus_keys
 from bus.envelope import Envelope, FIELDS
 from config.settings import Settings
 from workers import SERVICES, keys
+from tests.helpers import log_lines
 from workers.runtime import Worker
 from workers.service import On
 from choreo.orders import OrderRequest, place_orders
@@ -58,24 +60,25 @@ def fast(**kw) -> Settings:
     return Settings(**{"retry_base_ms": 20, "retry_max_ms": 200, "claim_idle_ms": 60_000, **kw})
 
 
-def test_handler_failing_twice_then_succeeding_is_applied_once_on_delivery_3(real_bus):
+def test_handler_failing_twice_then_succeeding_is_applied_once_on_delivery_3(real_bus, caplog):
+    caplog.set_level(logging.INFO)
     service, calls = flaky_payment(failures=2)
-    log: list[str] = []
-    worker = Worker(service, real_bus, fast(), "payment-test-1", log=log.append)
+    worker = Worker(service, real_bus, fast(), "payment-test-1")
     worker.start()
     xadd(real_bus, checked_event())
     run_until([worker], lambda: real_bus.client.exists(keys.payment("1")))
     assert calls["n"] == 3
     assert real_bus.client.hget(keys.PAYMENT_TOTALS, "charged_cents") == "3998"
     assert real_bus.client.xpending(CHECKED, "payment")["pending"] == 0
+    log = log_lines(caplog)
     assert any("Processing payment for order 1" in l and "deliveries=3" in l for l in log)
-    assert sum("handler failed" in l for l in log) == 2
+    assert sum("handler failed" in l for l in log_lines(caplog, logging.WARNING)) == 2
     assert real_bus.client.xlen(bus_keys.dead_letters("payment")) == 0
 
 
 def test_handler_always_failing_is_dead_lettered_after_max_deliveries_and_nothing_else_changes(real_bus):
     service, calls = flaky_payment(failures=10**6)
-    worker = Worker(service, real_bus, fast(max_deliveries=3), "payment-test-1", log=lambda _: None)
+    worker = Worker(service, real_bus, fast(max_deliveries=3), "payment-test-1")
     worker.start()
     xadd(real_bus, checked_event())
     dlq = bus_keys.dead_letters("payment")
@@ -90,7 +93,7 @@ def test_handler_always_failing_is_dead_lettered_after_max_deliveries_and_nothin
 
 
 def test_an_event_delivered_twice_has_no_second_effect(real_bus):
-    workers = [Worker(s, real_bus, fast(), f"{s.name}-test-1", log=lambda _: None)
+    workers = [Worker(s, real_bus, fast(), f"{s.name}-test-1")
                for s in SERVICES.values()]
     for w in workers:
         w.start()
@@ -131,8 +134,7 @@ CONSUMED = [(name, event_type) for name, s in SERVICES.items() for event_type in
 def test_any_field_map_ends_handled_or_dead_lettered_with_a_reason(real_bus, fields, where):
     real_bus.client.flushall()
     service, event_type = where
-    worker = Worker(SERVICES[service], real_bus, fast(max_deliveries=2), f"{service}-prop-1",
-                    log=lambda _: None)
+    worker = Worker(SERVICES[service], real_bus, fast(max_deliveries=2), f"{service}-prop-1")
     worker.start()
     stream = bus_keys.stream(event_type)
     entry_id = real_bus.raw.xadd(stream, fields or {"empty": ""}).decode()
@@ -146,7 +148,7 @@ def test_any_field_map_ends_handled_or_dead_lettered_with_a_reason(real_bus, fie
 
 
 def test_an_entry_redis_refuses_is_dead_lettered_alone_and_the_rest_go_on(real_bus):
-    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1", log=lambda _: None)
+    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1")
     worker.start()
     real_bus.client.delete(keys.stock(102))
     real_bus.client.set(keys.stock(102), "not a hash")         # someone broke one product's key
@@ -164,7 +166,7 @@ def test_an_entry_redis_refuses_is_dead_lettered_alone_and_the_rest_go_on(real_b
 
 def test_lost_commit_replies_do_not_use_up_the_delivery_budget(real_bus, monkeypatch):
     from bus.contract import BusUnavailable
-    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1", log=lambda _: None)
+    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1")
     worker.start()
     place_orders(real_bus, [OrderRequest(str(i), [{"product_id": 101, "quantity": 1}]) for i in (1, 2, 3)])
     real_commit, failures = real_bus.commit, {"left": 6}
@@ -187,7 +189,7 @@ def test_lost_commit_replies_do_not_use_up_the_delivery_budget(real_bus, monkeyp
     assert real_bus.client.xlen(bus_keys.dead_letters("inventory")) == 0
 
 
-def test_the_lease_thread_outlives_redis_errors():
+def test_the_lease_thread_outlives_redis_errors(caplog):
     import threading
     from bus.contract import Delivery, GroupMissing
 
@@ -197,8 +199,7 @@ def test_the_lease_thread_outlives_redis_errors():
         def renew(self, group, consumer, deliveries):
             LeaseBus.calls += 1
             raise GroupMissing("NOGROUP (test)") if LeaseBus.calls == 1 else RuntimeError("odd (test)")
-    log: list[str] = []
-    worker = Worker(SERVICES["order"], LeaseBus(), fast(claim_idle_ms=30), "order-test-1", log=log.append)
+    worker = Worker(SERVICES["order"], LeaseBus(), fast(claim_idle_ms=30), "order-test-1")
     worker._in_hand = (time.monotonic() - 1, [Delivery("s", "1-0", {})])
     stop = threading.Event()
     thread = threading.Thread(target=worker.keep_lease, args=(stop,))
@@ -206,13 +207,13 @@ def test_the_lease_thread_outlives_redis_errors():
     time.sleep(0.2)
     stop.set()
     thread.join(1)
-    assert LeaseBus.calls >= 3 and any("lease renewal failed" in l for l in log)
+    assert LeaseBus.calls >= 3 and any("lease renewal failed" in l for l in log_lines(caplog, logging.ERROR))
 
 
 def test_a_broken_dead_letter_stream_is_reported_not_looped_on(real_bus):
     import signal
     from bus.contract import BusError
-    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1", log=lambda _: None)
+    worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1")
     worker.start()
     real_bus.client.set(bus_keys.dead_letters("inventory"), "not a stream")
     real_bus.client.xadd(bus_keys.stream("OrderCreated"), {"not": "an event"})

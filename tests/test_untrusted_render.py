@@ -67,7 +67,8 @@ def hostile_snapshot() -> Snapshot:
         taken_at=1.0,
         streams=[StreamRow("events:OrderCreated", 1, 1, None, 0.1, "1-0")],
         groups=[GroupRow("events:OrderCreated", evil, 1, 1, 1, 0, 1.0, 1, 1.0, "OK")],
-        consumers=[ConsumerRow(evil, CLEAR + C1_CSI, 1, 0.1, False)],
+        consumers=[ConsumerRow(evil, CLEAR + C1_CSI, TITLE, C1_CSI, MARKUP + CLEAR, 1, 0.1, False),
+                   ConsumerRow(evil, MARKUP, TITLE, CLEAR, CLEAR + C1_CSI, 1, 0.1, True)],
         orders=OrdersView({evil: 3}),
         dead_letters=[DeadLetterRow("inventory", "dlq:inventory", 1, TITLE + CLEAR, 1.0)],
         events=[EventRow("00:00:00.001", "events:OrderCreated", MARKUP, CLEAR, "1-0")])

@@ -9,7 +9,7 @@ one that failed max_deliveries times, goes to dlq:<service> in the same commit a
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import socket
 import threading
@@ -22,13 +22,13 @@ from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, Group
                           PermissionsMissing, reconnect_delay_s)
 from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
+from bus.heartbeat import Heartbeat
 from config.settings import Settings
 from workers.events import check_data
 from workers.service import Service
 from workers.deadlines import scheduled_call
+from workers.logs import EVENTS, WORKER, bound
 from workers.unit_of_work import BatchView, Timer, UnitOfWork
-
-Log = Callable[[str], None]
 
 
 def consumer_name(service: str, env=None, host: str | None = None) -> str:
@@ -47,7 +47,7 @@ class Unhandleable(Exception):
 class Handled:
     delivery: Delivery
     commit: Commit
-    line: str                       # what to log once the commit is applied
+    line: str                       # what to log once the commit is applied (no context)
     event: Envelope | None
     started: float
     timers: list[Timer] = field(default_factory=list)
@@ -56,14 +56,17 @@ class Handled:
 
 class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
-                 log: Log = print, clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time,
                  check: Callable[[], None] | None = None,
                  publishers: Mapping[str, Collection[str]] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
         self.consumer = consumer
-        self.log = log
+        # Lines go through logging (workers.logs): operational ones on choreo.worker, one INFO
+        # line per handled entry on choreo.events, so the latter can be turned down alone.
+        self.log = bound(WORKER, service.name, consumer)
+        self.events = bound(EVENTS, service.name, consumer)
         self.clock = clock
         # Run at every (re)start, before anything else: raises PermissionsMissing when the
         # server would refuse something this service needs (see bus.acl).
@@ -77,6 +80,7 @@ class Worker:
         self._in_hand: tuple[float, list[Delivery]] | None = None
         self._trimmed_seen = 0
         self.handled = 0
+        self.heartbeat = Heartbeat(bus, service.name, consumer, settings.heartbeat_every_s, clock)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +100,7 @@ class Worker:
         """Until `stop` is set; returns 0 after committing the batch in hand."""
         lease = threading.Thread(target=self.keep_lease, args=(stop,), daemon=True)
         lease.start()
+        self.heartbeat.start(stop)
         failures, started = 0, False
         while not stop.is_set():
             try:
@@ -105,7 +110,7 @@ class Worker:
                 self.poll(self.settings.block_ms)
                 failures = 0
             except GroupMissing as exc:
-                self.log(f"{self.service.voice}: group missing ({exc}); recreating")
+                self.log.warning(f"{self.service.voice}: group missing ({exc}); recreating")
                 started = False
             except PermissionsMissing:
                 raise                       # no retry can grant it: refuse to run, naming it
@@ -114,21 +119,28 @@ class Worker:
                 # entry provoked: back off and go on. An entry that keeps provoking it is
                 # redelivered until the crash guard dead-letters it; the worker never dies of it.
                 failures += 1
+                self.heartbeat.state = "backing-off"
                 delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
-                self.log(f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
-                         f"{exc}); retry {failures} in {delay:.1f}s")
+                self.log.log(logging.WARNING if isinstance(exc, BusError) else logging.ERROR,
+                             f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
+                             f"{exc}); retry {failures} in {delay:.1f}s")
                 stop.wait(delay)
                 started = False             # re-ensure groups before reading again
+        self.heartbeat.end()
         return 0
 
     def poll(self, block_ms: int) -> int:
+        self.heartbeat.state = "reading"
         deliveries = self.next_deliveries(block_ms)
+        self.heartbeat.read_done()
         if deliveries:
+            self.heartbeat.state = "handling"
             self._in_hand = (time.monotonic(), deliveries)
             try:
                 self.commit_batch(deliveries)
             finally:
                 self._in_hand = None
+                self.heartbeat.handled = self.handled
         self.tidy()
         return len(deliveries)
 
@@ -275,8 +287,10 @@ class Worker:
         if d.deliveries >= self.settings.max_deliveries:
             return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
         self._last_error[d.entry_id] = error
-        self.log(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
-                 f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): {error}")
+        self.log.warning(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
+                         f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): "
+                         f"{error}", extra={"data": {"stream": d.stream, "entry_id": d.entry_id,
+                                                      "deliveries": d.deliveries}})
         return None
 
     def dead_letter(self, d: Delivery, reason: str, started: float) -> Handled:
@@ -297,7 +311,10 @@ class Worker:
         }
         if outcome is Outcome.DUPLICATE:
             context["duplicate"] = "ignored"
-        self.log(format_line(h.line, context, self.settings.log_format))
+        if h.event is None:                 # a dead letter: never silenced with the event lines
+            self.log.error(h.line, extra={"context": context})
+        else:
+            self.events.info(h.line, extra={"context": context})
 
     # -- keeping things tidy -------------------------------------------------------------------
     def keep_lease(self, stop: threading.Event) -> None:
@@ -312,13 +329,13 @@ class Worker:
                 except BusError:
                     pass                # the main loop reports, reconnects, recreates groups
                 except Exception as exc:    # never let the lease die silently
-                    self.log(f"{self.service.voice}: lease renewal failed: {type(exc).__name__}: {exc}")
+                    self.log.error(f"{self.service.voice}: lease renewal failed: {type(exc).__name__}: {exc}")
 
     def tidy(self) -> None:
         trimmed = getattr(self.bus, "trimmed_while_pending", 0)
         if trimmed > self._trimmed_seen:
-            self.log(f"{self.service.voice}: {trimmed - self._trimmed_seen} pending entries were "
-                     f"trimmed before they were handled (XAUTOCLAIM reported them deleted)")
+            self.log.warning(f"{self.service.voice}: {trimmed - self._trimmed_seen} pending entries "
+                             f"were trimmed before they were handled (XAUTOCLAIM reported them deleted)")
             self._trimmed_seen = trimmed
         if not self._is_due("housekeeping", self.settings.housekeeping_every_s):
             return
@@ -328,7 +345,7 @@ class Worker:
     def forget_idle(self, stream: str) -> None:
         for name in self.bus.forget_idle_consumers(self.service.name, [stream],
                                                    self.settings.stale_consumer_ms):
-            self.log(f"{self.service.voice}: removed idle consumer {name} (nothing pending)")
+            self.log.info(f"{self.service.voice}: removed idle consumer {name} (nothing pending)")
 
     def guarded(self, what: str, job: Callable, *args) -> None:
         """Housekeeping never stops or slows the consumer loop: a failure is logged with what it
@@ -338,7 +355,7 @@ class Worker:
         except (BusUnavailable, GroupMissing):
             raise
         except Exception as exc:
-            self.log(f"{self.service.voice}: {what} failed, will retry: {type(exc).__name__}: {exc}")
+            self.log.warning(f"{self.service.voice}: {what} failed, will retry: {type(exc).__name__}: {exc}")
 
 
 def failure_kind(exc: Exception) -> str:
@@ -362,9 +379,3 @@ def parse_delivery(d: Delivery, max_bytes: int, service: Service,
         raise MalformedEntry(f"producer {event.producer[:40]!r} does not publish {event.type}")
     check_data(event)
     return event
-
-
-def format_line(line: str, context: dict, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps({"msg": line, **context})
-    return line + "  " + " ".join(f"{k}={v}" for k, v in context.items())

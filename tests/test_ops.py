@@ -1,0 +1,174 @@
+"""What production tooling reads: log lines (plain and JSON, by level), heartbeats, `choreo health`
+and `choreo --version`, against real worker processes on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope
+from choreo.cli import main
+from choreo.dashboard import gather
+from tests.helpers import wait_for
+
+HOST = socket.gethostname()
+PAYMENT = f"payment-{HOST}-1"
+CHECKED = bus_keys.stream("InventoryChecked")
+FAST = {"CHOREO_HEARTBEAT_EVERY_S": 0.2}        # TTL 0.6 s: a frozen worker is gone that soon
+
+
+def lines(proc) -> list[str]:
+    return open(proc.log_path).read().splitlines()
+
+
+def records(proc) -> list[dict]:
+    return [json.loads(line) for line in lines(proc)]       # every line one object, or this fails
+
+
+def checked_event(order_id: str, total_cents) -> dict:
+    return Envelope.new("InventoryChecked", order_id, "inventory",
+                        {"total_cents": total_cents, "lines": [{"product_id": 101, "quantity": 1}]}).fields()
+
+
+def stop(proc) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(10)
+
+
+def test_version_exits_0_naming_the_package_version():
+    from importlib.metadata import version
+    done = subprocess.run([sys.executable, "-m", "choreo", "--version"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, f"choreo {version('choreo')}")
+
+
+def test_json_logs_every_line_an_object_start_to_stop(procs, redis_server):
+    r = redis_server.client()
+    worker = procs.worker("payment", **FAST, CHOREO_LOG_FORMAT="json")
+    wait_for(lambda: r.exists(bus_keys.heartbeat("payment", PAYMENT)), what="worker up")
+    r.xadd(CHECKED, checked_event("1", 1999))
+    wait_for(lambda: any("Processing payment for order 1" in l for l in lines(worker)), what="handled")
+    assert stop(worker) == 0
+    found = records(worker)
+    assert len(found) >= 3
+    for record in found:
+        assert {"time", "level", "service", "consumer", "msg"} <= set(record)
+        assert (record["service"], record["consumer"]) == ("payment", PAYMENT)
+        assert record["time"].endswith("Z") and len(record["time"]) == len("2026-01-01T00:00:00.000Z")
+    assert found[0]["msg"].startswith(f"PaymentService: {PAYMENT} on ") and found[0]["level"] == "INFO"
+    assert found[-1]["msg"] == f"PaymentService: {PAYMENT} stopped"
+    handled = next(x for x in found if x["msg"] == "PaymentService: Processing payment for order 1")
+    assert handled["level"] == "INFO" and handled["order_id"] == "1" and handled["stream"] == CHECKED
+    assert {"event_id", "entry_id", "deliveries", "ms"} <= set(handled)
+
+
+def test_log_level_warning_drops_event_lines_and_keeps_dead_letters(procs, redis_server):
+    r = redis_server.client()
+    worker = procs.start("worker", "payment", "--log-level", "warning", name="payment.1",
+                         CHOREO_SLOT=1, **FAST)
+    wait_for(lambda: r.exists(bus_keys.heartbeat("payment", PAYMENT)), what="worker up")
+    r.xadd(CHECKED, checked_event("1", 1999))
+    bad = r.xadd(CHECKED, {**checked_event("2", 1999), "v": "9"})  # malformed: dead-lettered
+    wait_for(lambda: r.xlen(bus_keys.dead_letters("payment")) == 1 and r.exists("payment:1"),
+             what="one handled, one dead-lettered")
+    assert stop(worker) == 0
+    out = lines(worker)
+    assert any("dead-lettered" in l and "unknown schema version" in l and f"entry_id={bad}" in l for l in out), out
+    assert not any("Processing payment" in l or " on redis://" in l for l in out), out
+
+
+def test_plain_per_event_line_is_the_tutorials_words_then_context(procs, redis_server):
+    r = redis_server.client()
+    worker = procs.worker("payment", **FAST)
+    wait_for(lambda: r.exists(bus_keys.heartbeat("payment", PAYMENT)), what="worker up")
+    entry = r.xadd(CHECKED, checked_event("1", 1999))
+    wait_for(lambda: any("Processing payment" in l for l in lines(worker)), what="handled")
+    line = next(l for l in lines(worker) if "Processing payment" in l)
+    assert line.startswith(f"PaymentService: Processing payment for order 1  event_id=")
+    assert f" order_id=1 stream={CHECKED} entry_id={entry} deliveries=1 ms=" in line
+
+
+def health(procs, *args: str) -> subprocess.CompletedProcess:
+    return procs.run("health", "payment", *args, timeout=30)
+
+
+def test_heartbeat_frozen_worker_expires_and_comes_back_and_health_says_so(procs, redis_server, redis_url):
+    from bus.connect import open_bus
+    r = redis_server.client()
+    key = bus_keys.heartbeat("payment", PAYMENT)
+    assert health(procs).returncode == 1 and "no live heartbeat" in health(procs).stdout
+    worker = procs.worker("payment", **FAST)
+    wait_for(lambda: r.hget(key, "last_read_ms"), what="a heartbeat after a first read")
+    beat = r.hgetall(key)
+    assert (beat["service"], beat["consumer"], beat["host"], beat["pid"]) == ("payment", PAYMENT, HOST, str(worker.pid))
+    assert 0 < r.pttl(key) <= 600
+    time.sleep(1.5)                     # a quiet worker (nothing to read) stays live: the old bug
+    ok = health(procs, "--max-silence", "2")
+    assert ok.returncode == 0 and ok.stdout.startswith("payment: healthy:"), ok.stdout + ok.stderr
+    with open_bus(redis_url) as bus:
+        assert {g.state for g in gather(bus, redis_url).groups if g.group == "payment"} == {"OK"}
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not r.exists(key), timeout=3, what="the frozen worker's heartbeat expired")
+            s = gather(bus, redis_url)
+            assert {g.state for g in s.groups if g.group == "payment"} == {"NO CONSUMERS"}
+            assert all(c.stale for c in s.consumers if c.group == "payment")
+            down = health(procs)
+            assert down.returncode == 1 and "no live heartbeat" in down.stdout
+            assert len(down.stdout.splitlines()) == 1
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        wait_for(lambda: r.exists(key), timeout=3, what="the heartbeat back")
+        wait_for(lambda: health(procs).returncode == 0, timeout=5, what="healthy again")
+    assert stop(worker) == 0
+    assert not r.exists(key)                # a clean stop deletes it at once
+
+
+def test_health_fails_on_an_old_pending_entry_and_json_parses(procs, redis_server):
+    r = redis_server.client()
+    # An entry read by a consumer that died holding it: pending, and older than the threshold
+    # (the live worker claims it only after CHOREO_CLAIM_IDLE_MS, 15 s).
+    r.xgroup_create(CHECKED, "payment", id="0", mkstream=True)
+    r.xadd(CHECKED, checked_event("1", 1999), id=f"{int(time.time() * 1000) - 120_000}-0")
+    r.xreadgroup("payment", "payment-dead-1", {CHECKED: ">"})
+    worker = procs.worker("payment", **FAST)
+    wait_for(lambda: r.hget(bus_keys.heartbeat("payment", PAYMENT), "last_read_ms"), what="a first read")
+    answer = health(procs, "--max-pending-age", "60", "--json")
+    assert answer.returncode == 1
+    verdict = json.loads(answer.stdout)
+    assert verdict["healthy"] is False and verdict["oldest_pending_stream"] == CHECKED
+    assert 119 < verdict["oldest_pending_age_s"] < 200 and "oldest pending entry" in verdict["reason"]
+    assert [c["consumer"] for c in verdict["consumers"]] == [PAYMENT]
+    line = health(procs, "--max-pending-age", "60")
+    assert line.returncode == 1 and line.stdout.startswith("payment: unhealthy: oldest pending entry on ")
+    assert health(procs, "--max-pending-age", "600").returncode == 0
+    stop(worker)
+
+
+def test_health_bad_arguments_one_line_exit_2(capsys):
+    for argv in (["health", "nobody"], ["health", "payment", "--max-silence", "nan"],
+                 ["health", "payment", "--max-pending-age", "-1"]):
+        assert main(argv) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_health_unreachable_redis_one_line_exit_1(capsys):
+    from tests.redis_server import free_port
+    assert main(["health", "payment", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("choreo: cannot reach Redis at")
+
+
+def test_timers_keep_a_heartbeat(procs, redis_server):
+    r = redis_server.client()
+    timers = procs.start("timers", **FAST)
+    wait_for(lambda: r.zcard(bus_keys.heartbeats("timers")) == 1, what="timers heartbeat")
+    (name,) = r.zrange(bus_keys.heartbeats("timers"), 0, -1)
+    assert name == f"timers-{HOST}-{timers.pid}"
+    wait_for(lambda: procs.run("health", "timers", timeout=30).returncode == 0, timeout=5, what="healthy")
+    assert stop(timers) == 0
+    assert not r.exists(bus_keys.heartbeat("timers", name))
