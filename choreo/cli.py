@@ -15,7 +15,7 @@ from choreo.arguments import Parser, UsageError
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
 from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_health, cmd_load,
-                          cmd_place_order, cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
+                          cmd_place_order, cmd_schema, cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from bus.heartbeat import version
 from config.settings import LOG_LEVELS, Settings, SettingsError
 from workers import SERVICES
@@ -189,6 +189,11 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text",
                    help="text (default), a Mermaid flowchart or a Graphviz dot graph")
     p.set_defaults(run=cmd_topology)
+    p = sub.add_parser("schema", parents=[common], help="the JSON Schema of every event type's data")
+    p.add_argument("--format", choices=("json-schema", "asyncapi"), default="json-schema",
+                   help="json-schema (default): each type's data under $defs; asyncapi: an "
+                        "AsyncAPI 2.6 document of the streams, who publishes and consumes them")
+    p.set_defaults(run=cmd_schema)
     _add_dlq_verbs(sub, common)
     _add_ops_verbs(sub, common, logs)
     _add_bench_verb(sub, common)

@@ -205,6 +205,17 @@ def cmd_topology(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_schema(args, settings: Settings) -> int:
+    """Each event type's data as JSON Schema, or the streams and messages as AsyncAPI."""
+    import json
+    from importlib.metadata import version
+    from workers.events import asyncapi, json_schema
+    doc = (asyncapi(SERVICES, "choreo order saga", version("choreo")) if args.format == "asyncapi"
+           else json_schema())
+    _out(json.dumps(doc, indent=2))
+    return 0
+
+
 def cmd_health(args, settings: Settings) -> int:
     from choreo.health import check
     streams = list(SERVICES[args.service].streams) if args.service in SERVICES else []

@@ -109,9 +109,56 @@ def valid_lines(value) -> bool:
 
 
 def json_schema(events: Mapping[str, type[Struct]] = EVENTS) -> dict:
-    """One JSON Schema document: each event type's data under $defs, by its name."""
-    (refs, defs) = msgspec.json.schema_components(list(events.values()),
-                                                  ref_template="#/$defs/{name}")
+    """One JSON Schema document: each event type's data under $defs, by its name (which schema
+    applies is the envelope's `type`, so the document has no top-level union)."""
+    _, defs = msgspec.json.schema_components(list(events.values()), ref_template="#/$defs/{name}")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "choreo event data", "$defs": defs,
-            "oneOf": [{"$ref": r["$ref"]} for r in refs]}
+            "title": "choreo event data: validate data of type T against #/$defs/T", "$defs": defs}
+
+
+ENVELOPE_FIELDS = {
+    "id": "unique event id, 32 hex digits",
+    "type": "the event type, also the stream name's suffix",
+    "order_id": "the saga instance the event belongs to",
+    "causation_id": "id of the event whose handling emitted this one (empty for a command)",
+    "producer": "the service that published it",
+    "at": "publication time, ISO 8601 UTC with milliseconds",
+    "v": "schema version of the envelope",
+    "data": "the payload, a JSON object as the event type's schema says, as a string",
+}
+
+
+def asyncapi(services, title: str, version: str, events: Mapping[str, type[Struct]] = EVENTS) -> dict:
+    """An AsyncAPI 2.6 document: one channel per stream, who publishes and who consumes it, each
+    message the flat envelope whose `data` field holds the event type's JSON object."""
+    from bus import keys as bus_keys
+    schema = json_schema(events)
+    envelope = {"type": "object", "required": list(ENVELOPE_FIELDS),
+                "properties": {name: {"type": "string", "description": text}
+                               for name, text in ENVELOPE_FIELDS.items()}}
+    channels = {}
+    for name in events:
+        producers = [s.name for s in services.values() if name in (*s.emits, *s.creates)]
+        consumers = [s.name for s in services.values() if name in s.consumes]
+        channels[bus_keys.stream(name)] = {
+            "description": f"published by {', '.join(producers) or 'nobody'}; "
+                           f"consumed by {', '.join(consumers) or 'nobody'} (one consumer group each)",
+            "subscribe": {"message": {"$ref": f"#/components/messages/{name}"}},
+            "x-producers": producers, "x-consumers": consumers}
+    messages = {name: {"name": name, "contentType": "application/json",
+                       "description": (model.__doc__ or "").strip(),
+                       "payload": {**envelope, "x-data-schema": {"$ref": f"#/components/schemas/{name}"}}}
+                for name, model in events.items()}
+    return {"asyncapi": "2.6.0", "info": {"title": title, "version": version},
+            "defaultContentType": "application/json", "channels": channels,
+            "components": {"messages": messages,
+                           "schemas": {k: _refs_to_components(v) for k, v in schema["$defs"].items()}}}
+
+
+def _refs_to_components(node):
+    if isinstance(node, dict):
+        return {k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _refs_to_components(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_refs_to_components(v) for v in node]
+    return node
