@@ -18,22 +18,22 @@ from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo
                           cmd_place_order, cmd_schema, cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from bus.heartbeat import version
 from config.settings import LOG_LEVELS, Settings, SettingsError
-from workers import SERVICES
+from workers.app import DEFAULT as APP_DEFAULT, App, AppError, load_app
 from workers.logs import CLI
 from workers.order import OrderRejected
 
 
-def _add_dlq_verbs(sub, common) -> None:
+def _add_dlq_verbs(sub, common, services) -> None:
     p = sub.add_parser("dlq", parents=[common], help="list, show, replay or purge dead letters")
     dsub = p.add_subparsers(dest="dlq_verb", required=True, parser_class=Parser)
     q = dsub.add_parser("list", parents=[common], help="dead letters of one service or all")
     q.set_defaults(role="dashboard")
-    q.add_argument("service", nargs="?", choices=list(SERVICES))
+    q.add_argument("service", nargs="?", choices=services)
     q = dsub.add_parser("show", parents=[common], help="one dead letter in full")
     q.set_defaults(role="dashboard")
     q.add_argument("entry", type=arg.entry_id, help="<service>/<dlq entry id>, or the bare id")
     q = dsub.add_parser("replay", parents=[common], help="put dead letters back on their stream")
-    q.add_argument("service", choices=list(SERVICES))
+    q.add_argument("service", choices=services)
     which = q.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=arg.entry_id, help="the dlq entry id to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
@@ -43,13 +43,13 @@ def _add_dlq_verbs(sub, common) -> None:
                    help="replay the dead letter's own copy when the original entry was trimmed "
                         "(the copy was written by the service's own user: trust it only if you do)")
     q = dsub.add_parser("purge", parents=[common], help="delete a service's dead letters")
-    q.add_argument("service", choices=list(SERVICES))
+    q.add_argument("service", choices=services)
     q.add_argument("--yes", action="store_true",
                    help="really delete them (without it: print how many, delete nothing, exit 2)")
     p.set_defaults(run=cmd_dlq, role="admin")
 
 
-def _add_ops_verbs(sub, common, logs) -> None:
+def _add_ops_verbs(sub, common, logs, services) -> None:
     p = sub.add_parser("audit", parents=[common], help="check the saga's invariants in Redis")
     p.add_argument("--strict", action="store_true",
                    help="after a drained run: anything still in flight is a violation")
@@ -66,7 +66,7 @@ def _add_ops_verbs(sub, common, logs) -> None:
     p.set_defaults(run=cmd_trim, role="trimmer")
     p = sub.add_parser("health", parents=[common],
                        help="exit 0 if SERVICE is alive and keeping up, else 1, with one line why")
-    p.add_argument("service", choices=[*SERVICES, "timers"])
+    p.add_argument("service", choices=[*services, "timers"])
     p.add_argument("--max-silence", type=arg.max_silence, default=10.0, metavar="SECONDS",
                    help="a live consumer must have read within this, "
                         f"{arg.max_silence.bounds} (default: 10)")
@@ -110,7 +110,7 @@ def _add_bench_verb(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     # --redis-url here means: run on that (empty) database instead of a throwaway redis-server;
     # $REDIS_URL is not used, so a bench never flushes a server by accident.
-    p.set_defaults(run=cmd_bench)
+    p.set_defaults(run=cmd_bench, orders_only=True)
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -125,10 +125,16 @@ def role_of(args) -> str | None:
     return args.service if role == SERVICE_ROLE else role
 
 
-def build_parser() -> Parser:
+def build_parser(app: App | None = None) -> Parser:
+    """The parser for one application's commands: services are choices of its services."""
+    app = app or load_app(None)
+    services = list(app.by_name)
     common = Parser(add_help=False)
     common.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL or "
                         "redis://localhost:6379/0; the demo runs embedded when neither is set)")
+    common.add_argument("--app", metavar="MODULE:ATTRIBUTE",
+                        help=f"the application whose services and events to use (default: "
+                             f"$CHOREO_APP or {APP_DEFAULT}, the order saga)")
     logs = Parser(add_help=False, parents=[common])          # the long-running processes'
     logs.add_argument("--log-format", choices=("plain", "json"),
                       help="plain: the service's words, then key=value context; json: one object "
@@ -145,9 +151,9 @@ def build_parser() -> Parser:
     p.add_argument("--scenario", choices=list(SCENARIOS),
                    help="an unhappy path to watch, compensations included, and its end state "
                         "(default: the tutorial's happy path)")
-    p.set_defaults(run=cmd_demo)
+    p.set_defaults(run=cmd_demo, orders_only=True)
     p = sub.add_parser("worker", parents=[logs], help="run one service's consumer loop")
-    p.add_argument("service", choices=list(SERVICES))
+    p.add_argument("service", choices=services)
     p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
@@ -157,12 +163,12 @@ def build_parser() -> Parser:
     p.add_argument("--deadline", type=arg.deadline, metavar="SECONDS",
                    help=f"cancel unless shipped by then, {arg.deadline.bounds} (30 days; "
                         "default: $CHOREO_ORDER_DEADLINE_S or 300)")
-    p.set_defaults(run=cmd_place_order, role="order")
+    p.set_defaults(run=cmd_place_order, role="order", orders_only=True)
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
         p = sub.add_parser(verb, parents=[common], help=text)
         p.add_argument("order_id")
-        p.set_defaults(run=fn, role="dashboard")
+        p.set_defaults(run=fn, role="dashboard", orders_only=verb == "status")
     p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")
     p.add_argument("--orders", type=arg.orders, required=True, help=arg.orders.bounds)
@@ -175,7 +181,7 @@ def build_parser() -> Parser:
     p.add_argument("--deadline", type=arg.deadline, metavar="SECONDS",
                    help=f"each order's deadline, {arg.deadline.bounds} (30 days; "
                         "default: $CHOREO_ORDER_DEADLINE_S or 300)")
-    p.set_defaults(run=cmd_load, role="order")
+    p.set_defaults(run=cmd_load, role="order", orders_only=True)
     sub.add_parser("timers", parents=[logs], help="run the rq worker that fires order deadlines") \
         .set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
@@ -194,15 +200,35 @@ def build_parser() -> Parser:
                    help="json-schema (default): each type's data under $defs; asyncapi: an "
                         "AsyncAPI 2.6 document of the streams, who publishes and consumes them")
     p.set_defaults(run=cmd_schema)
-    _add_dlq_verbs(sub, common)
-    _add_ops_verbs(sub, common, logs)
+    _add_dlq_verbs(sub, common, services)
+    _add_ops_verbs(sub, common, logs, services)
     _add_bench_verb(sub, common)
     return parser
 
 
+def app_spec(argv: list[str]) -> str | None:
+    """--app's value if given (anywhere: it is an option of every verb), else $CHOREO_APP."""
+    for i, word in enumerate(argv):
+        if word == "--app" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith("--app="):
+            return word.partition("=")[2]
+    return os.environ.get("CHOREO_APP") or None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        app = load_app(app_spec(argv))
+    except AppError as exc:
+        print(f"choreo: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args = build_parser(app).parse_args(argv)
+        args.app = app
+        if getattr(args, "orders_only", False) and not app.orders:
+            raise UsageError(f"choreo {args.verb}: a command of the order saga; app {app.name!r} "
+                             f"has no orders")
         settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
                                      log_format=getattr(args, "log_format", None),
                                      log_level=getattr(args, "log_level", None))

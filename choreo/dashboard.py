@@ -23,6 +23,7 @@ from rich.text import Text
 
 from bus.redis_streams import RedisStreamsBus
 from choreo.plain import text
+from workers import SERVICES
 __all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
            "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
            "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]
@@ -199,22 +200,24 @@ def keypresses():
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run_live(bus: RedisStreamsBus, url: str | None, refresh_s: float, console: Console) -> int:
+def run_live(bus: RedisStreamsBus, url: str | None, refresh_s: float, console: Console,
+             services=SERVICES) -> int:
     from rich.live import Live
     snapshot = None
     with keypresses() as wait, Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
-            snapshot = gather_or_keep(bus, url, snapshot)
+            snapshot = gather_or_keep(bus, url, snapshot, services)
             live.update(render(snapshot), refresh=True)
             if (wait(refresh_s) or "").lower() == "q":
                 return 0
 
 
-def sample_twice(bus: RedisStreamsBus, url: str | None, interval_s: float) -> Snapshot:
+def sample_twice(bus: RedisStreamsBus, url: str | None, interval_s: float,
+                 services=SERVICES) -> Snapshot:
     """For --once and --json: two reads `interval_s` apart, so the rates are real figures."""
-    first = gather(bus, url)
+    first = gather(bus, url, services=services)
     time.sleep(interval_s)
-    return gather(bus, url, first)
+    return gather(bus, url, first, services=services)
 
 
 def print_once(snapshot: Snapshot, console: Console) -> None:

@@ -27,7 +27,8 @@ from bus.contract import Delivery
 from bus.dead_letters import DeadLetter, DeadLetterError
 from bus.envelope import MalformedEntry
 from bus.redis_streams import RedisStreamsBus
-from workers import PUBLISHERS
+from workers import APP
+from workers.app import App
 from workers.runtime import parse_delivery
 from workers.service import Service
 
@@ -46,7 +47,7 @@ def find(bus: RedisStreamsBus, ref: str, services: Iterable[str]) -> DeadLetter:
 
 
 def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_entry_bytes: int,
-               trust_copy: bool = False) -> tuple[str, dict[str, str]]:
+               trust_copy: bool = False, app: App = APP) -> tuple[str, dict[str, str]]:
     """(stream, fields) to publish again: the original entry, read back from its stream and
     matched with the letter's sha256 (the letter itself was written with the service's own
     credentials, so it proves nothing); the letter's copy only when the original was trimmed and
@@ -62,7 +63,7 @@ def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_e
         raise DeadLetterError(f"{letter.ref}: refused, {exc}") from None
     try:
         parse_delivery(Delivery(letter.stream, letter.entry_id, fields), max_entry_bytes, service,
-                       PUBLISHERS)
+                       app.publishers, app.events)
     except (MalformedEntry, RecursionError) as exc:
         raise DeadLetterError(f"{letter.ref}: refused, the entry is malformed: {exc}") from None
     return letter.stream, fields
@@ -105,7 +106,7 @@ def show_cmd(bus: RedisStreamsBus, ref: str, services: list[str], out: Out) -> i
 
 
 def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq_id: str | None,
-               dry_run: bool, out: Out, err: Out, trust_copy: bool = False) -> int:
+               dry_run: bool, out: Out, err: Out, trust_copy: bool = False, app: App = APP) -> int:
     """Replay one dead letter (dlq_id) or all of them; 1 if any was refused. The refused ones stay
     where they are, so nothing is lost by trying. dry_run: say what would be replayed, write
     nothing."""
@@ -114,7 +115,7 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
     refused = 0
     for letter in letters:
         try:
-            stream, fields = replayable(bus, letter, service, max_entry_bytes, trust_copy)
+            stream, fields = replayable(bus, letter, service, max_entry_bytes, trust_copy, app)
             if dry_run:
                 out(f"would replay {letter.ref} to {stream}: {fields['type']} {fields['id']} "
                     f"for order {fields['order_id']}")

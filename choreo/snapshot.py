@@ -257,10 +257,11 @@ def _clock_time(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
-def gather_or_keep(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None) -> Snapshot:
+def gather_or_keep(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None,
+                   services: dict[str, Service] = SERVICES) -> Snapshot:
     """A snapshot that never raises: while Redis is down, the last figures marked disconnected."""
     try:
-        return gather(bus, url, previous)
+        return gather(bus, url, previous, services)
     except BusUnavailable as exc:
         base = previous or Snapshot(url=redact(url))
         return dataclasses.replace(base, connected=False, error=str(exc), taken_at=time.time())

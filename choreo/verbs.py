@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 
-from bus import inspect, keys as bus_keys
+from bus import inspect
 from bus.connect import open_bus, redact
 from choreo.plain import plain
 from config.settings import Settings
-from workers import PUBLISHERS, SERVICES, TIMER_JOBS, keys
+from workers import keys
 from workers.logs import TIMERS, TRIMMER, WORKER, bound
 
 
@@ -55,7 +55,7 @@ def cmd_worker(args, settings: Settings) -> int:
     from bus.acl import require
     from choreo.acl import service_role
     from workers.runtime import Worker, consumer_name
-    service = SERVICES[args.service]
+    service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
     log = bound(WORKER, service.name, consumer)
     stop = _stop_flag()
@@ -64,7 +64,7 @@ def cmd_worker(args, settings: Settings) -> int:
              f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service)
     worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
-                    publishers=PUBLISHERS)
+                    publishers=args.app.publishers, events=args.app.events)
     try:
         return worker.run(stop)
     finally:
@@ -88,8 +88,8 @@ def cmd_timers(args, settings: Settings) -> int:
     bus = open_bus(settings.url)
     log.info(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
-        require(bus, next(r for r in roles(list(SERVICES.values())) if r.user == "timers"))
-        run_timers(bus.client, name, TIMER_JOBS, level=settings.log_level,
+        require(bus, next(r for r in roles(list(args.app.services)) if r.user == "timers"))
+        run_timers(bus.client, name, args.app.timer_jobs, level=settings.log_level,
                    heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s))
         return 0
     finally:
@@ -145,12 +145,12 @@ def cmd_trace(args, settings: Settings) -> int:
     from choreo.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
     with open_bus(settings.url) as bus:
         events = load_events(bus, args.order_id)
-        dead = order_dead_letters(bus, args.order_id)
+        dead = order_dead_letters(bus, args.order_id, args.app.by_name)
         if not events and not dead:
             _show(_not_found(args.order_id, settings))
             return 1
         status = bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
-        nodes = build_trace(bus, events, dead)
+        nodes = build_trace(bus, events, dead, args.app.by_name)
         if args.json:
             _out(trace_json(args.order_id, status, nodes, dead, events))
         else:
@@ -181,7 +181,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
     from choreo.dashboard import print_once, run_live, sample_twice
     if args.once or args.json:
         with open_bus(settings.url) as bus:
-            snapshot = sample_twice(bus, settings.url, args.refresh)
+            snapshot = sample_twice(bus, settings.url, args.refresh, args.app.by_name)
             if args.json:
                 _out(snapshot.to_json())
             else:
@@ -191,7 +191,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
             return 0
     bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
     try:
-        return run_live(bus, settings.url, args.refresh, Console())
+        return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name)
     except KeyboardInterrupt:
         return 0                                  # Ctrl-C is how one leaves a live view
     finally:
@@ -201,7 +201,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
 def cmd_topology(args, settings: Settings) -> int:
     """The choreography map, from the declarations the workers run on."""
     from choreo.topology import render
-    _out(render(SERVICES, args.format))
+    _out(render(args.app.by_name, args.format))
     return 0
 
 
@@ -210,15 +210,16 @@ def cmd_schema(args, settings: Settings) -> int:
     import json
     from importlib.metadata import version
     from workers.events import asyncapi, json_schema
-    doc = (asyncapi(SERVICES, "choreo order saga", version("choreo")) if args.format == "asyncapi"
-           else json_schema())
+    app = args.app
+    doc = (asyncapi(app.by_name, app.name, version("choreo"), app.events) if args.format == "asyncapi"
+           else json_schema(app.events))
     _out(json.dumps(doc, indent=2))
     return 0
 
 
 def cmd_health(args, settings: Settings) -> int:
     from choreo.health import check
-    streams = list(SERVICES[args.service].streams) if args.service in SERVICES else []
+    streams = list(args.app.by_name[args.service].streams) if args.service in args.app.by_name else []
     with open_bus(settings.url) as bus:
         verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
     if args.json:
@@ -230,21 +231,22 @@ def cmd_health(args, settings: Settings) -> int:
 
 def cmd_dlq(args, settings: Settings) -> int:
     from choreo import dlq
-    if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *SERVICES):
-        _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(SERVICES)})")
+    services = args.app.by_name
+    if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *services):
+        _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(services)})")
         return 2
     bus = open_bus(settings.url)
     try:
         if args.dlq_verb == "list":
-            return dlq.list_cmd(bus, [args.service] if args.service else list(SERVICES), _show)
+            return dlq.list_cmd(bus, [args.service] if args.service else list(services), _show)
         if args.dlq_verb == "show":
-            return dlq.show_cmd(bus, args.entry, list(SERVICES), _show)
+            return dlq.show_cmd(bus, args.entry, list(services), _show)
         if args.dlq_verb == "replay":
             # The limits the service's own workers apply (CHOREO_MAX_ENTRY_BYTES_<SERVICE>).
             limits = Settings.from_env(service=args.service, redis_url=args.redis_url)
-            return dlq.replay_cmd(bus, SERVICES[args.service], limits.max_entry_bytes,
+            return dlq.replay_cmd(bus, services[args.service], limits.max_entry_bytes,
                                   None if args.all else args.id, args.dry_run, _show, _show_err,
-                                  trust_copy=args.trust_copy)
+                                  trust_copy=args.trust_copy, app=args.app)
         return dlq.purge_cmd(bus, args.service, args.yes, _show, _show_err)
     except dlq.DeadLetterError as exc:
         _show_err(f"choreo: {exc}")
@@ -256,7 +258,7 @@ def cmd_dlq(args, settings: Settings) -> int:
 def cmd_audit(args, settings: Settings) -> int:
     from choreo.audit import run_audit
     with open_bus(settings.url) as bus:
-        return run_audit(bus, SERVICES.values(), args.strict, _show, _show_err,
+        return run_audit(bus, args.app.services, args.strict, _show, _show_err,
                          settings.retention_s)
 
 
@@ -265,14 +267,14 @@ def cmd_trim(args, settings: Settings) -> int:
     with open_bus(settings.url) as bus:
         if args.every is None:
             retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
-            for report in trim_streams(bus, SERVICES.values(), retention, dry_run=args.dry_run):
+            for report in trim_streams(bus, args.app.services, retention, dry_run=args.dry_run):
                 _out(report.line())
             if not args.dry_run:
                 _out(_pruned_line(_prune_orders(bus, settings), settings))
             return 0
         retention = Retention(args.keep_entries or settings.trim_keep_entries,
                               args.keep_seconds or settings.trim_keep_seconds)
-        return _trim_every(bus, retention, args.every, _stop_flag(), settings)
+        return _trim_every(bus, retention, args.every, _stop_flag(), settings, args.app)
 
 
 def _prune_orders(bus, settings: Settings) -> int:
@@ -287,7 +289,8 @@ def _pruned_line(pruned: int, settings: Settings) -> str:
             f"(orders are kept {settings.retention_s} s after they end)")
 
 
-def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings: Settings) -> int:
+def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings: Settings,
+                app) -> int:
     """The trimmer process: trim, wait, repeat until SIGTERM. A stream is logged only when
     something was trimmed or its blocked state changed; a failure is logged and retried."""
     from bus.contract import BusError
@@ -298,7 +301,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
     blocked: dict[str, tuple] = {}
     while True:
         try:
-            for report in trim_streams(bus, SERVICES.values(), retention):
+            for report in trim_streams(bus, app.services, retention):
                 if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
                     log.info(f"trimmer: {report.line()}")
                 blocked[report.stream] = report.blocked_by
@@ -315,7 +318,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
 def cmd_acl(args, settings: Settings) -> int:
     from bus.acl import check, render
     from choreo.acl import passwords, roles
-    every = roles(list(SERVICES.values()))
+    every = roles(list(args.app.services))
     if args.acl_verb == "render":
         try:
             secret = passwords([r.user for r in every], file=args.password_file)

@@ -1,18 +1,22 @@
-"""The worker runtime and the four services. SERVICES is the whole choreography, as data."""
+"""The worker runtime and the order saga, the reference application: APP is the whole
+choreography, as data (see workers.app)."""
 
 from workers import deadlines, inventory, order, payment, shipping
+from workers.app import App
+from workers.events import EVENTS
 from workers.service import On, Service
 
 SERVICES: dict[str, Service] = {s.name: s for s in (
     order.SERVICE, inventory.SERVICE, payment.SERVICE, shipping.SERVICE)}
 
-# Who may publish each event type (what it emits or creates): an entry claiming another producer
-# is dead-lettered. ACLs (choreo acl render) make the claim itself unforgeable.
-PUBLISHERS: dict[str, frozenset[str]] = {
-    t: frozenset(s.name for s in SERVICES.values() if t in (*s.emits, *s.creates))
-    for t in {t for s in SERVICES.values() for t in (*s.emits, *s.creates)}}
-
 # The only functions `choreo timers` will run; anything else in its queue is refused.
 TIMER_JOBS: tuple[str, ...] = (deadlines.JOB,)
 
-__all__ = ["PUBLISHERS", "SERVICES", "TIMER_JOBS", "On", "Service"]
+APP = App("order saga", services=SERVICES.values(), events=EVENTS, timer_jobs=TIMER_JOBS,
+          timer_events=(deadlines.EVENT,), orders=True)
+
+# Who may publish each event type (what it emits or creates): an entry claiming another producer
+# is dead-lettered. ACLs (choreo acl render) make the claim itself unforgeable.
+PUBLISHERS: dict[str, frozenset[str]] = APP.publishers
+
+__all__ = ["APP", "PUBLISHERS", "SERVICES", "TIMER_JOBS", "App", "On", "Service"]

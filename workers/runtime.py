@@ -24,7 +24,7 @@ from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from bus.heartbeat import Heartbeat
 from config.settings import Settings
-from workers.events import check_data
+from workers.events import EVENTS as MODELS, check_data
 from workers.service import Service
 from workers.deadlines import scheduled_call
 from workers.logs import EVENTS, WORKER, bound
@@ -58,7 +58,8 @@ class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
                  clock: Callable[[], float] = time.time,
                  check: Callable[[], None] | None = None,
-                 publishers: Mapping[str, Collection[str]] | None = None):
+                 publishers: Mapping[str, Collection[str]] | None = None,
+                 events: Mapping[str, type] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -72,6 +73,7 @@ class Worker:
         # server would refuse something this service needs (see bus.acl).
         self.check = check
         self.publishers = publishers        # event type -> services that may publish it
+        self.models = MODELS if events is None else events      # event type -> its data's model
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
         self._started_once = False
@@ -245,7 +247,8 @@ class Worker:
             last = self._last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
             return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}")
         try:
-            return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers)
+            return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers,
+                                  self.models)
         except MalformedEntry as exc:
             return Unhandleable(f"malformed: {exc}")
         except Exception as exc:    # RecursionError, MemoryError-free surprises: still input's fault
@@ -365,7 +368,8 @@ def failure_kind(exc: Exception) -> str:
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service,
-                   publishers: Mapping[str, Collection[str]] | None = None) -> Envelope:
+                   publishers: Mapping[str, Collection[str]] | None = None,
+                   events: Mapping[str, type] = MODELS) -> Envelope:
     if d.error:
         raise MalformedEntry(d.error)
     if not d.fields:
@@ -377,5 +381,5 @@ def parse_delivery(d: Delivery, max_bytes: int, service: Service,
         raise MalformedEntry(f"{service.name} does not handle {event.type}")
     if publishers is not None and event.producer not in publishers.get(event.type, ()):
         raise MalformedEntry(f"producer {event.producer[:40]!r} does not publish {event.type}")
-    check_data(event)
+    check_data(event, events)
     return event

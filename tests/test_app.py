@@ -1,0 +1,67 @@
+"""Any choreography, not only the order saga: `--app module:attribute` (or CHOREO_APP) gives every
+command its services and event types (workers.app)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus import keys as bus_keys
+from bus.envelope import Envelope
+from choreo.cli import main
+from tests.apps.ping import app as PING
+from tests.helpers import wait_for
+from workers.app import App, AppError, load_app
+from workers.service import On, Service, confirm
+
+SPEC = "tests.apps.ping:app"
+
+
+def test_load_app_finds_the_saga_by_default_and_a_users_module_by_name():
+    from workers import APP
+    assert load_app(None) is APP and load_app(SPEC) is PING
+    for bad, why in (("nocolon", "not module:attribute"), ("no_such_module:app", "cannot import"),
+                     ("tests.apps.ping:PINGER", "has no App named")):
+        with pytest.raises(AppError, match=why):
+            load_app(bad)
+
+
+def test_an_app_naming_an_undeclared_event_type_is_refused_with_the_reason():
+    lonely = Service("lonely", "Lonely", consumes={"Nope": On(confirm, "x")}, emits=())
+    with pytest.raises(AppError, match="lonely names event type 'Nope', which the app does not declare"):
+        App("bad", services=[lonely], events={})
+
+
+def test_every_command_takes_the_app(capsys, monkeypatch):
+    assert main(["topology", "--app", SPEC]) == 0
+    out = capsys.readouterr().out
+    assert "pinger" in out and "events:Ping" in out and "order" not in out
+    monkeypatch.setenv("CHOREO_APP", SPEC)
+    assert main(["schema"]) == 0
+    assert set(__import__("json").loads(capsys.readouterr().out)["$defs"]) == {"Ping", "Pong"}
+
+
+def test_a_bad_app_or_an_order_command_on_another_app_is_one_line_and_exit_2(capsys):
+    assert main(["topology", "--app", "no_such_module:app"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--app", SPEC]) == 2
+    assert "has no orders" in capsys.readouterr().err
+    assert main(["worker", "inventory", "--app", SPEC]) == 2      # not one of its services
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_users_service_handles_its_own_event_types_on_a_real_server(procs, real_bus):
+    """The issue's report: a service consuming a new type `Ping` had every entry dead-lettered as
+    an unknown type. With its app given, it handles them and publishes what it declares."""
+    procs.start("worker", "ponger", "--app", SPEC, name="ponger")
+    c = real_bus.client
+    wait_for(lambda: c.exists(bus_keys.stream("Ping")), what="ponger's group")
+    ping = Envelope.new("Ping", "7", "pinger", {"n": 3})
+    c.xadd(bus_keys.stream("Ping"), ping.fields())
+    wait_for(lambda: c.hget("pong:7", "n") == "3", what="the Pong written")
+    [(_, pong)] = c.xrange(bus_keys.stream("Pong"))
+    assert pong["type"] == "Pong" and pong["causation_id"] == ping.id and pong["data"] == '{"n":3}'
+    bad = Envelope.new("Ping", "8", "pinger", {"n": "three"})
+    c.xadd(bus_keys.stream("Ping"), bad.fields())
+    wait_for(lambda: c.xlen(bus_keys.dead_letters("ponger")) == 1, what="the bad Ping dead-lettered")
+    [(_, letter)] = c.xrange(bus_keys.dead_letters("ponger"))
+    assert "Ping data: Expected `int`, got `str` - at `$.n`" in letter["error"]
