@@ -60,6 +60,7 @@ retention = Bounded(1, 3650 * 24 * 3600, int)      # as CHOREO_RETENTION_S
 seen_ttl = Bounded(60, 3650 * 24 * 3600, int)      # as CHOREO_SEEN_TTL_S
 keep_seconds = Bounded(0, 3650 * 24 * 3600, int)    # ten years
 product_id = Bounded(1, 10 ** 9, int)
+port = Bounded(0, 65535, int)                   # a TCP port to serve /metrics on; 0: none
 
 
 def product(text: str) -> int:

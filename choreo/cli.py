@@ -11,8 +11,10 @@ from bus.connect import UnusableUrl
 from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
+from choreo.metrics import MetricsUnavailable
 from choreo.scenarios import SCENARIOS
-from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_load, cmd_place_order,
+from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
+                          cmd_dlq, cmd_exporter, cmd_load, cmd_place_order,
                           cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from config.settings import Settings, SettingsError
 from workers import SERVICES
@@ -128,6 +130,9 @@ def build_parser() -> Parser:
     p.add_argument("--log-format", choices=("plain", "json"),
                    help="one line per handled event: the service's words, then key=value context "
                         "(plain) or one JSON object (default: $CHOREO_LOG_FORMAT or plain)")
+    p.add_argument("--metrics-port", type=arg.port, metavar="PORT",
+                   help="serve Prometheus metrics on http://<host>:PORT/metrics (needs "
+                        "choreo[metrics]; default: $CHOREO_METRICS_PORT, or none)")
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
@@ -164,6 +169,12 @@ def build_parser() -> Parser:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.set_defaults(run=cmd_dashboard, role="dashboard")
+    p = sub.add_parser("exporter", parents=[common],
+                       help="serve the dashboard's fleet view as Prometheus metrics (read-only)")
+    p.add_argument("--port", type=arg.port, default=EXPORTER_PORT,
+                   help=f"serve http://<host>:PORT/metrics (default: {EXPORTER_PORT})")
+    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default: all)")
+    p.set_defaults(run=cmd_exporter, role="dashboard")
     sub.add_parser("topology", parents=[common], help="which service consumes and emits what") \
         .set_defaults(run=cmd_topology)
     _add_dlq_verbs(sub, common)
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
-                                     log_format=getattr(args, "log_format", None))
+                                     log_format=getattr(args, "log_format", None),
+                                     metrics_port=getattr(args, "metrics_port", None))
     except (UsageError, SettingsError) as exc:
         print(f"choreo: {exc}" if isinstance(exc, SettingsError) else str(exc), file=sys.stderr)
         return 2
@@ -188,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UnusableUrl) as exc:   # read when the worker starts or the bus opens
         print(f"choreo: {exc}", file=sys.stderr)
         return 2
+    except MetricsUnavailable as exc:             # the extra missing (2) or the port taken (1)
+        print(f"choreo: {exc}", file=sys.stderr)
+        return 1 if exc.port_taken else 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

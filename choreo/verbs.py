@@ -55,18 +55,31 @@ def cmd_worker(args, settings: Settings) -> int:
     from workers.runtime import Worker, consumer_name
     service = SERVICES[args.service]
     consumer = args.consumer or consumer_name(service.name)
+    observer = _worker_observer(service, consumer, settings)     # before Redis: fail fast
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
          f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service)
     worker = Worker(service, bus, settings, consumer, log=_show, check=lambda: require(bus, role),
-                    publishers=PUBLISHERS)
+                    publishers=PUBLISHERS, observer=observer)
     try:
         return worker.run(stop)
     finally:
         bus.close()
         _out(f"{service.voice}: {consumer} stopped")
+
+
+def _worker_observer(service, consumer: str, settings: Settings):
+    """The worker's metrics hooks, /metrics already served; the no-op ones when metrics are off."""
+    from workers.observer import NO_OBSERVER
+    if not settings.metrics_port:
+        return NO_OBSERVER
+    from choreo.metrics import worker_observer
+    observer = worker_observer(service.name, consumer, service.streams, settings.metrics_port,
+                               settings.metrics_addr)
+    _out(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
+    return observer
 
 
 def _deadline(args, settings: Settings) -> float:
@@ -181,6 +194,24 @@ def cmd_dashboard(args, settings: Settings) -> int:
         return run_live(bus, settings.url, args.refresh, Console())
     except KeyboardInterrupt:
         return 0                                  # Ctrl-C is how one leaves a live view
+    finally:
+        bus.close()
+
+
+EXPORTER_PORT = 9464
+
+
+def cmd_exporter(args, settings: Settings) -> int:
+    """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
+    from choreo.exporter import serve_exporter
+    stop = _stop_flag()
+    bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
+    try:
+        serve_exporter(bus, settings.url, args.port, args.addr, on_error=_show_err)
+        _out(f"exporter: fleet metrics of {redact(settings.url)} on "
+             f"http://{args.addr}:{args.port}/metrics")
+        stop.wait()
+        return 0
     finally:
         bus.close()
 

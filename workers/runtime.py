@@ -24,6 +24,8 @@ from bus.dead_letters import DeadLetter
 from bus.envelope import Envelope, MalformedEntry, iso_ms
 from config.settings import Settings
 from workers.events import check_data
+from workers.observer import (APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, NO_OBSERVER, REFUSED,
+                              Observer)
 from workers.service import Service
 from workers.deadlines import scheduled_call
 from workers.unit_of_work import BatchView, Timer, UnitOfWork
@@ -58,7 +60,8 @@ class Worker:
     def __init__(self, service: Service, bus: Bus, settings: Settings, consumer: str,
                  log: Log = print, clock: Callable[[], float] = time.time,
                  check: Callable[[], None] | None = None,
-                 publishers: Mapping[str, Collection[str]] | None = None):
+                 publishers: Mapping[str, Collection[str]] | None = None,
+                 observer: Observer = NO_OBSERVER):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -69,6 +72,7 @@ class Worker:
         # server would refuse something this service needs (see bus.acl).
         self.check = check
         self.publishers = publishers        # event type -> services that may publish it
+        self.observer = observer            # metrics hooks (workers.observer); no-op by default
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
         self._started_once = False
@@ -114,6 +118,7 @@ class Worker:
                 # entry provoked: back off and go on. An entry that keeps provoking it is
                 # redelivered until the crash guard dead-letters it; the worker never dies of it.
                 failures += 1
+                self.observer.reconnecting(failures)
                 delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
                 self.log(f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
                          f"{exc}); retry {failures} in {delay:.1f}s")
@@ -124,6 +129,7 @@ class Worker:
     def poll(self, block_ms: int) -> int:
         deliveries = self.next_deliveries(block_ms)
         if deliveries:
+            self.observer.read(len(deliveries))
             self._in_hand = (time.monotonic(), deliveries)
             try:
                 self.commit_batch(deliveries)
@@ -149,6 +155,7 @@ class Worker:
             stale = self.bus.claim_stale(group, self.consumer, self.streams,
                                          self.settings.claim_idle_ms, size)
             if stale:
+                self.observer.claimed(len(stale))
                 return stale
         return self.bus.read_new(group, self.consumer, self.streams, size, block_ms)
 
@@ -206,10 +213,16 @@ class Worker:
         if self.settings.commit_delay_ms:
             time.sleep(self.settings.commit_delay_ms / 1000)
         again, disarmed = [], []
-        for h, outcome in zip(ready, self.bus.commit(self.service.name, [h.commit for h in ready])):
+        began = time.perf_counter()
+        outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
+        if ready:
+            self.observer.committed(len(ready), time.perf_counter() - began)
+        for h, outcome in zip(ready, outcomes):
             if outcome is Outcome.CONFLICT:
+                self.observer.finished(h.delivery.stream, CONFLICT)
                 again.append((h.delivery, self.parse(h.delivery)))
             elif outcome is Outcome.REFUSED:
+                self.observer.finished(h.delivery.stream, REFUSED)
                 if h.event is None:             # the dead letter itself: dlq:<service> is broken
                     raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
@@ -265,6 +278,7 @@ class Worker:
             view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
+        self.observer.handler_ran(d.stream, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name), seen_id=event.id,
                                seen_ttl_s=self.settings.seen_ttl_s)
@@ -275,6 +289,7 @@ class Worker:
         if d.deliveries >= self.settings.max_deliveries:
             return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
         self._last_error[d.entry_id] = error
+        self.observer.handler_failed(d.stream)
         self.log(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
                  f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): {error}")
         return None
@@ -288,6 +303,8 @@ class Worker:
 
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1
+        self.observer.finished(h.delivery.stream, DUPLICATE if outcome is Outcome.DUPLICATE
+                               else APPLIED if h.event else DEAD_LETTERED)
         self._last_error.pop(h.delivery.entry_id, None)
         context = {
             "event_id": h.event.id if h.event else "", "order_id": h.event.order_id if h.event else "",
