@@ -12,6 +12,7 @@ from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.metrics import MetricsUnavailable
+from workers.tracing import TracingUnavailable
 from choreo.scenarios import SCENARIOS
 from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
                           cmd_dlq, cmd_exporter, cmd_load, cmd_place_order,
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsUnavailable as exc:             # the extra missing (2) or the port taken (1)
         print(f"choreo: {exc}", file=sys.stderr)
         return 1 if exc.port_taken else 2
+    except TracingUnavailable as exc:             # CHOREO_TRACING=1 without what it needs
+        print(f"choreo: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

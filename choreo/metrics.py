@@ -98,17 +98,17 @@ class PrometheusObserver(Observer):
     def claimed(self, entries: int) -> None:
         self._claims.inc(entries)
 
-    def handler_ran(self, stream: str, seconds: float) -> None:
+    def handler_ran(self, d, seconds: float) -> None:
         self._handler.observe(seconds)
 
-    def handler_failed(self, stream: str) -> None:
+    def handler_failed(self, d, error: str) -> None:
         self._retries.inc()
 
-    def committed(self, entries: int, seconds: float) -> None:
+    def committed(self, deliveries, seconds: float) -> None:
         self._commit.observe(seconds)
 
-    def finished(self, stream: str, outcome: str) -> None:
-        self._entries[(stream, outcome)].inc()
+    def finished(self, d, outcome: str) -> None:
+        self._entries[(d.stream, outcome)].inc()
 
     def reconnecting(self, failures: int) -> None:
         self._reconnects.inc()

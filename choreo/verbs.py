@@ -52,10 +52,13 @@ def _stop_flag() -> threading.Event:
 def cmd_worker(args, settings: Settings) -> int:
     from bus.acl import require
     from choreo.acl import service_role
+    from workers.observer import NO_OBSERVER, combined
     from workers.runtime import Worker, consumer_name
+    from workers.tracing import tracing_for
     service = SERVICES[args.service]
     consumer = args.consumer or consumer_name(service.name)
-    observer = _worker_observer(service, consumer, settings)     # before Redis: fail fast
+    observer = combined(_worker_observer(service, consumer, settings),     # before Redis: fail fast
+                        tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     _out(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
@@ -104,11 +107,13 @@ def cmd_timers(args, settings: Settings) -> int:
 
 def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
+    from workers.tracing import tracing_for
+    tracing = tracing_for("order", settings.tracing, os.environ)
     with open_bus(settings.url) as bus:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
-                     deadline_s=_deadline(args, settings))
+                     deadline_s=_deadline(args, settings), tracing=tracing)
         _out(order_id)
         return 0
 

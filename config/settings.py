@@ -64,6 +64,9 @@ class Settings:
     metrics_port: int = 0
     # The address /metrics listens on (all interfaces by default, for a Prometheus elsewhere).
     metrics_addr: str = "0.0.0.0"
+    # OpenTelemetry trace context on events, a span per handling and commit (needs choreo[tracing];
+    # README "Tracing"). Off: nothing of OpenTelemetry is imported, events carry no traceparent.
+    tracing: bool = False
 
     @property
     def url(self) -> str:

@@ -1,12 +1,18 @@
 """What the worker runtime tells whoever watches it: how each entry ended, how long handling and
-committing took, retries, claims, reconnects. The runtime calls these hooks and nothing else; a
-metrics exporter (choreo.metrics) implements them. The default, NO_OBSERVER, does nothing, so a
+committing took, retries, claims, reconnects. The runtime calls these hooks and nothing else;
+metrics (choreo.metrics) and tracing (workers.tracing) implement them. The default, NO_OBSERVER, does nothing, so a
 worker without metrics pays one empty method call per hook and imports nothing.
 
 Hooks must be cheap and must not raise: they run on the consumer loop, between a read and a commit.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from bus.contract import Delivery
+    from bus.envelope import Envelope
 
 # How a handled entry ended, one per commit outcome (bus.contract.Outcome) plus the dead letter.
 APPLIED = "applied"            # its effects and events committed, entry acknowledged
@@ -26,20 +32,69 @@ class Observer:
     def claimed(self, entries: int) -> None:
         """`entries` (> 0) were taken over from other consumers (XAUTOCLAIM)."""
 
-    def handler_ran(self, stream: str, seconds: float) -> None:
-        """A handler returned (its unit of work is ready to commit) after `seconds`."""
+    def handling(self, d: "Delivery", event: "Envelope") -> str:
+        """The entry's handler is about to run. Returns the traceparent the events it emits
+        carry ("" for none: no field on the wire)."""
+        return ""
 
-    def handler_failed(self, stream: str) -> None:
-        """A handler raised; the entry stays pending for a retry with backoff."""
+    def handler_ran(self, d: "Delivery", seconds: float) -> None:
+        """The handler returned (its unit of work is ready to commit) after `seconds`."""
 
-    def committed(self, entries: int, seconds: float) -> None:
-        """One commit round trip of `entries` commits took `seconds`."""
+    def handler_failed(self, d: "Delivery", error: str) -> None:
+        """The handler raised; the entry stays pending for a retry with backoff."""
 
-    def finished(self, stream: str, outcome: str) -> None:
-        """An entry of `stream` came out of a commit as `outcome` (one of OUTCOMES)."""
+    def committed(self, deliveries: Sequence["Delivery"], seconds: float) -> None:
+        """One commit round trip for these entries (handled or dead-lettered) took `seconds`."""
+
+    def finished(self, d: "Delivery", outcome: str) -> None:
+        """The entry came out of a commit as `outcome` (one of OUTCOMES)."""
 
     def reconnecting(self, failures: int) -> None:
         """The run loop lost Redis (or hit a fault) `failures` times in a row and backs off."""
 
 
 NO_OBSERVER = Observer()
+
+
+class Observers(Observer):
+    """Several observers as one (metrics and tracing): each hook goes to each, in order."""
+
+    def __init__(self, *observers: Observer):
+        self.observers = observers
+
+    def read(self, entries):
+        for o in self.observers:
+            o.read(entries)
+
+    def claimed(self, entries):
+        for o in self.observers:
+            o.claimed(entries)
+
+    def handling(self, d, event):
+        return next((t for t in [o.handling(d, event) for o in self.observers] if t), "")
+
+    def handler_ran(self, d, seconds):
+        for o in self.observers:
+            o.handler_ran(d, seconds)
+
+    def handler_failed(self, d, error):
+        for o in self.observers:
+            o.handler_failed(d, error)
+
+    def committed(self, deliveries, seconds):
+        for o in self.observers:
+            o.committed(deliveries, seconds)
+
+    def finished(self, d, outcome):
+        for o in self.observers:
+            o.finished(d, outcome)
+
+    def reconnecting(self, failures):
+        for o in self.observers:
+            o.reconnecting(failures)
+
+
+def combined(*observers: Observer) -> Observer:
+    """The observers that do something, as one; NO_OBSERVER when none does."""
+    active = [o for o in observers if o is not NO_OBSERVER]
+    return active[0] if len(active) == 1 else Observers(*active) if active else NO_OBSERVER

@@ -216,13 +216,13 @@ class Worker:
         began = time.perf_counter()
         outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
         if ready:
-            self.observer.committed(len(ready), time.perf_counter() - began)
+            self.observer.committed([h.delivery for h in ready], time.perf_counter() - began)
         for h, outcome in zip(ready, outcomes):
             if outcome is Outcome.CONFLICT:
-                self.observer.finished(h.delivery.stream, CONFLICT)
+                self.observer.finished(h.delivery, CONFLICT)
                 again.append((h.delivery, self.parse(h.delivery)))
             elif outcome is Outcome.REFUSED:
-                self.observer.finished(h.delivery.stream, REFUSED)
+                self.observer.finished(h.delivery, REFUSED)
                 if h.event is None:             # the dead letter itself: dlq:<service> is broken
                     raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
@@ -273,12 +273,13 @@ class Worker:
             return self.dead_letter(d, str(event), started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s)
+        uow.traceparent = self.observer.handling(d, event)
         try:
             self.service.consumes[event.type].handle(event, uow)
             view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
-        self.observer.handler_ran(d.stream, time.perf_counter() - started)
+        self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name), seen_id=event.id,
                                seen_ttl_s=self.settings.seen_ttl_s)
@@ -289,7 +290,7 @@ class Worker:
         if d.deliveries >= self.settings.max_deliveries:
             return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
         self._last_error[d.entry_id] = error
-        self.observer.handler_failed(d.stream)
+        self.observer.handler_failed(d, error)
         self.log(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
                  f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): {error}")
         return None
@@ -303,7 +304,7 @@ class Worker:
 
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1
-        self.observer.finished(h.delivery.stream, DUPLICATE if outcome is Outcome.DUPLICATE
+        self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
                                else APPLIED if h.event else DEAD_LETTERED)
         self._last_error.pop(h.delivery.entry_id, None)
         context = {
