@@ -8,6 +8,8 @@
     at            publication time, ISO 8601 UTC with milliseconds
     v             schema version of the envelope
     data          JSON object, the event's payload
+    traceparent   optional: W3C trace context of the span that published it (see workers.tracing);
+                  absent unless tracing is on, and ignored (never dead-lettered) when malformed
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
+# W3C Trace Context `traceparent`: version-trace id-parent id-flags, lowercase hex; version ff and
+# all-zero ids are invalid (https://www.w3.org/TR/trace-context/#traceparent-header).
+TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str) -> str:
+    """The value if it is a well-formed traceparent, else "": a bad one only loses the trace."""
+    return value if TRACEPARENT.fullmatch(value) else ""
+
+
 class MalformedEntry(ValueError):
     """A stream entry that can never be handled; the message is the reason kept in the DLQ."""
 
@@ -54,24 +66,31 @@ class Envelope:
     id: str = field(default_factory=new_id)
     at: str = ""
     v: str = SCHEMA_VERSION
+    traceparent: str = ""
 
     @classmethod
     def new(cls, type: str, order_id: str, producer: str, data: dict | None = None,
-            causation_id: str = "", clock: Callable[[], float] = time.time) -> "Envelope":
+            causation_id: str = "", clock: Callable[[], float] = time.time,
+            traceparent: str = "") -> "Envelope":
         return cls(type=type, order_id=str(order_id), producer=producer, data=dict(data or {}),
-                   causation_id=causation_id, at=iso_ms(clock()))
+                   causation_id=causation_id, at=iso_ms(clock()), traceparent=traceparent)
 
     def caused(self, type: str, producer: str, data: dict | None = None,
-               clock: Callable[[], float] = time.time) -> "Envelope":
-        """A follow-on event of this one: same order, causation pointing here."""
-        return Envelope.new(type, self.order_id, producer, data, causation_id=self.id, clock=clock)
+               clock: Callable[[], float] = time.time, traceparent: str = "") -> "Envelope":
+        """A follow-on event of this one: same order, causation pointing here; traceparent is
+        the span that handled this one, not this one's own."""
+        return Envelope.new(type, self.order_id, producer, data, causation_id=self.id, clock=clock,
+                            traceparent=traceparent)
 
     def fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "id": self.id, "type": self.type, "order_id": self.order_id,
             "causation_id": self.causation_id, "producer": self.producer, "at": self.at,
             "v": self.v, "data": _DATA.encode(self.data),
         }
+        if self.traceparent:            # no empty field on the wire when tracing is off
+            fields["traceparent"] = self.traceparent
+        return fields
 
     @classmethod
     def parse(cls, raw: Mapping[str, str], max_bytes: int = 64 * 1024) -> "Envelope":
@@ -98,4 +117,5 @@ class Envelope:
         if not isinstance(data, dict):
             raise MalformedEntry(f"data must be a JSON object, got {type(data).__name__}")
         return cls(type=raw["type"], order_id=raw["order_id"], producer=raw["producer"], data=data,
-                   causation_id=raw["causation_id"], id=raw["id"], at=raw["at"], v=raw["v"])
+                   causation_id=raw["causation_id"], id=raw["id"], at=raw["at"], v=raw["v"],
+                   traceparent=valid_traceparent(raw.get("traceparent", "")))

@@ -62,6 +62,7 @@ keep_seconds = Bounded(0, 3650 * 24 * 3600, int)    # ten years
 max_silence = Bounded(0.1, 24 * 3600)           # seconds: `choreo health`
 max_pending_age = Bounded(0.1, 30 * 24 * 3600)  # seconds: `choreo health`
 product_id = Bounded(1, 10 ** 9, int)
+port = Bounded(0, 65535, int)                   # a TCP port to serve /metrics on; 0: none
 
 
 def product(text: str) -> int:

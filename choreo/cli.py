@@ -12,10 +12,13 @@ from bus.connect import UnusableUrl
 from bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
+from choreo.metrics import MetricsUnavailable
+from workers.tracing import TracingUnavailable
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
-from choreo.verbs import (cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo, cmd_dlq, cmd_health, cmd_load,
-                          cmd_place_order, cmd_schema, cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
+from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
+                          cmd_dlq, cmd_exporter, cmd_health, cmd_load, cmd_place_order, cmd_schema,
+                          cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
 from bus.heartbeat import version
 from config.settings import LOG_LEVELS, Settings, SettingsError
 from workers.app import DEFAULT as APP_DEFAULT, App, AppError, load_app
@@ -155,6 +158,9 @@ def build_parser(app: App | None = None) -> Parser:
     p = sub.add_parser("worker", parents=[logs], help="run one service's consumer loop")
     p.add_argument("service", choices=services)
     p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")
+    p.add_argument("--metrics-port", type=arg.port, metavar="PORT",
+                   help="serve Prometheus metrics on http://<host>:PORT/metrics (needs "
+                        "choreo[metrics]; default: $CHOREO_METRICS_PORT, or none)")
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
@@ -191,6 +197,12 @@ def build_parser(app: App | None = None) -> Parser:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.set_defaults(run=cmd_dashboard, role="dashboard")
+    p = sub.add_parser("exporter", parents=[common],
+                       help="serve the dashboard's fleet view as Prometheus metrics (read-only)")
+    p.add_argument("--port", type=arg.port, default=EXPORTER_PORT,
+                   help=f"serve http://<host>:PORT/metrics (default: {EXPORTER_PORT})")
+    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default: all)")
+    p.set_defaults(run=cmd_exporter, role="dashboard")
     p = sub.add_parser("topology", parents=[common], help="which service consumes and emits what")
     p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text",
                    help="text (default), a Mermaid flowchart or a Graphviz dot graph")
@@ -231,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"has no orders")
         settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
                                      log_format=getattr(args, "log_format", None),
-                                     log_level=getattr(args, "log_level", None))
+                                     log_level=getattr(args, "log_level", None),
+                                     metrics_port=getattr(args, "metrics_port", None))
     except (UsageError, SettingsError) as exc:
         print(f"choreo: {exc}" if isinstance(exc, SettingsError) else str(exc), file=sys.stderr)
         return 2
@@ -249,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (SettingsError, UnusableUrl) as exc:   # read when the worker starts or the bus opens
         log.error(f"choreo: {exc}")
+        return 2
+    except MetricsUnavailable as exc:             # the extra missing (2) or the port taken (1)
+        print(f"choreo: {exc}", file=sys.stderr)
+        return 1 if exc.port_taken else 2
+    except TracingUnavailable as exc:             # CHOREO_TRACING=1 without what it needs
+        print(f"choreo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -21,20 +21,26 @@ class OrderRequest:
 
 
 def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadline_s: float = 0,
-                 clock: Callable[[], float] = time.time) -> list[str]:
+                 clock: Callable[[], float] = time.time, tracing=None) -> list[str]:
     """Create orders and publish their OrderCreated events in one round trip; returns the ids.
     Raises OrderRejected if any cannot be placed: none is checked invalid after some were written,
-    but an id taken concurrently stops the batch there (those before it stay placed)."""
+    but an id taken concurrently stops the batch there (those before it stay placed).
+    With `tracing` (workers.tracing.Tracing), each order's trace starts here."""
     view = BatchView(bus)
     view.prefetch([keys.order(r.order_id) for r in requests])
     order = SERVICES["order"]
-    commits = []
+    commits, spans = [], []
     for r in requests:
         uow = UnitOfWork(order.name, order.creates, view, clock=clock)
+        if tracing is not None:
+            span, uow.traceparent = tracing.placing(r.order_id)
+            spans.append(span)
         create_order(uow, r.order_id, r.lines, deadline_s)
         view.apply(uow.ops)
         commits.append(uow.to_commit())
     outcomes = bus.commit("", commits)
+    for span, o in zip(spans, outcomes):
+        tracing.placed(span, o is Outcome.APPLIED, o.name)
     placed = [r.order_id for r, o in zip(requests, outcomes) if o is Outcome.APPLIED]
     if len(placed) < len(requests):
         failed = commits[len(placed)]

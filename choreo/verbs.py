@@ -54,23 +54,39 @@ def _stop_flag() -> threading.Event:
 def cmd_worker(args, settings: Settings) -> int:
     from bus.acl import require
     from choreo.acl import service_role
+    from workers.observer import NO_OBSERVER, combined
     from workers.runtime import Worker, consumer_name
+    from workers.tracing import tracing_for
     service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
     log = bound(WORKER, service.name, consumer)
+    observer = combined(_worker_observer(service, consumer, settings),     # before Redis: fail fast
+                        tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     log.info(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
              f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service)
     worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
-                    publishers=args.app.publishers, events=args.app.events)
+                    publishers=args.app.publishers, events=args.app.events, observer=observer)
     try:
         return worker.run(stop)
     finally:
         worker.heartbeat.end()          # also when run() raised: the key goes now, not a TTL later
         bus.close()
         log.info(f"{service.voice}: {consumer} stopped")
+
+
+def _worker_observer(service, consumer: str, settings: Settings):
+    """The worker's metrics hooks, /metrics already served; the no-op ones when metrics are off."""
+    from workers.observer import NO_OBSERVER
+    if not settings.metrics_port:
+        return NO_OBSERVER
+    from choreo.metrics import worker_observer
+    observer = worker_observer(service.name, consumer, service.streams, settings.metrics_port,
+                               settings.metrics_addr)
+    _out(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
+    return observer
 
 
 def _deadline(args, settings: Settings) -> float:
@@ -104,11 +120,13 @@ def timers_name() -> str:
 
 def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
+    from workers.tracing import tracing_for
+    tracing = tracing_for("order", settings.tracing, os.environ)
     with open_bus(settings.url) as bus:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
-                     deadline_s=_deadline(args, settings))
+                     deadline_s=_deadline(args, settings), tracing=tracing)
         _out(order_id)
         return 0
 
@@ -194,6 +212,24 @@ def cmd_dashboard(args, settings: Settings) -> int:
         return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name)
     except KeyboardInterrupt:
         return 0                                  # Ctrl-C is how one leaves a live view
+    finally:
+        bus.close()
+
+
+EXPORTER_PORT = 9464
+
+
+def cmd_exporter(args, settings: Settings) -> int:
+    """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
+    from choreo.exporter import serve_exporter
+    stop = _stop_flag()
+    bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
+    try:
+        serve_exporter(bus, settings.url, args.port, args.addr, on_error=_show_err)
+        _out(f"exporter: fleet metrics of {redact(settings.url)} on "
+             f"http://{args.addr}:{args.port}/metrics")
+        stop.wait()
+        return 0
     finally:
         bus.close()
 

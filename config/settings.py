@@ -65,6 +65,14 @@ class Settings:
     # (README "Retention"). It is also how late an event may arrive and still find the state that
     # makes it a no-op: keep it longer than any service may be down or behind.
     retention_s: int = 86400
+    # A worker serves Prometheus metrics on this port (`--metrics-port`; needs choreo[metrics]);
+    # 0 serves none. CHOREO_METRICS_PORT_<SERVICE> gives each service its own.
+    metrics_port: int = 0
+    # The address /metrics listens on (all interfaces by default, for a Prometheus elsewhere).
+    metrics_addr: str = "0.0.0.0"
+    # OpenTelemetry trace context on events, a span per handling and commit (needs choreo[tracing];
+    # README "Tracing"). Off: nothing of OpenTelemetry is imported, events carry no traceparent.
+    tracing: bool = False
 
     @property
     def url(self) -> str:
@@ -140,6 +148,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "dlq_max_entries": (1, 10 ** 9),
     "retention_s": (1, 3650 * DAY_S),           # seconds are for tests; production wants days
     "heartbeat_every_s": (0.05, 60),
+    "metrics_port": (0, 65535),                 # 0: no metrics
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

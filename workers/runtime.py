@@ -25,6 +25,8 @@ from bus.envelope import Envelope, MalformedEntry, iso_ms
 from bus.heartbeat import Heartbeat
 from config.settings import Settings
 from workers.events import EVENTS as MODELS, check_data
+from workers.observer import (APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, NO_OBSERVER, REFUSED,
+                              Observer)
 from workers.service import Service
 from workers.deadlines import scheduled_call
 from workers.logs import EVENTS, WORKER, bound
@@ -59,7 +61,8 @@ class Worker:
                  clock: Callable[[], float] = time.time,
                  check: Callable[[], None] | None = None,
                  publishers: Mapping[str, Collection[str]] | None = None,
-                 events: Mapping[str, type] | None = None):
+                 events: Mapping[str, type] | None = None,
+                 observer: Observer = NO_OBSERVER):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -74,6 +77,7 @@ class Worker:
         self.check = check
         self.publishers = publishers        # event type -> services that may publish it
         self.models = MODELS if events is None else events      # event type -> its data's model
+        self.observer = observer            # metrics hooks (workers.observer); no-op by default
         self.streams = service.streams
         self._cursor: dict[str, str] | None = None   # own-pending recovery position, None = done
         self._started_once = False
@@ -122,6 +126,7 @@ class Worker:
                 # redelivered until the crash guard dead-letters it; the worker never dies of it.
                 failures += 1
                 self.heartbeat.state = "backing-off"
+                self.observer.reconnecting(failures)
                 delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
                 self.log.log(logging.WARNING if isinstance(exc, BusError) else logging.ERROR,
                              f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
@@ -137,6 +142,7 @@ class Worker:
         self.heartbeat.read_done()
         if deliveries:
             self.heartbeat.state = "handling"
+            self.observer.read(len(deliveries))
             self._in_hand = (time.monotonic(), deliveries)
             try:
                 self.commit_batch(deliveries)
@@ -163,6 +169,7 @@ class Worker:
             stale = self.bus.claim_stale(group, self.consumer, self.streams,
                                          self.settings.claim_idle_ms, size)
             if stale:
+                self.observer.claimed(len(stale))
                 return stale
         return self.bus.read_new(group, self.consumer, self.streams, size, block_ms)
 
@@ -220,10 +227,16 @@ class Worker:
         if self.settings.commit_delay_ms:
             time.sleep(self.settings.commit_delay_ms / 1000)
         again, disarmed = [], []
-        for h, outcome in zip(ready, self.bus.commit(self.service.name, [h.commit for h in ready])):
+        began = time.perf_counter()
+        outcomes = self.bus.commit(self.service.name, [h.commit for h in ready])
+        if ready:
+            self.observer.committed([h.delivery for h in ready], time.perf_counter() - began)
+        for h, outcome in zip(ready, outcomes):
             if outcome is Outcome.CONFLICT:
+                self.observer.finished(h.delivery, CONFLICT)
                 again.append((h.delivery, self.parse(h.delivery)))
             elif outcome is Outcome.REFUSED:
+                self.observer.finished(h.delivery, REFUSED)
                 if h.event is None:             # the dead letter itself: dlq:<service> is broken
                     raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
@@ -275,11 +288,13 @@ class Worker:
             return self.dead_letter(d, str(event), started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s)
+        uow.traceparent = self.observer.handling(d, event)
         try:
             self.service.consumes[event.type].handle(event, uow)
             view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
+        self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name), seen_id=event.id,
                                seen_ttl_s=self.settings.seen_ttl_s)
@@ -290,6 +305,7 @@ class Worker:
         if d.deliveries >= self.settings.max_deliveries:
             return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
         self._last_error[d.entry_id] = error
+        self.observer.handler_failed(d, error)
         self.log.warning(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
                          f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): "
                          f"{error}", extra={"data": {"stream": d.stream, "entry_id": d.entry_id,
@@ -305,6 +321,8 @@ class Worker:
 
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1
+        self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
+                               else APPLIED if h.event else DEAD_LETTERED)
         self._last_error.pop(h.delivery.entry_id, None)
         context = {
             "event_id": h.event.id if h.event else "", "order_id": h.event.order_id if h.event else "",

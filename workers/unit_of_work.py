@@ -92,6 +92,7 @@ class UnitOfWork:
         self.emitted: list[Envelope] = []
         self.timers: list[Timer] = []
         self.disarmed: list[str] = []         # job ids of timers no longer needed
+        self.traceparent = ""                 # set by the runtime when tracing: events it emits carry it
 
     def read(self, key: str) -> dict[str, str]:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
@@ -129,10 +130,12 @@ class UnitOfWork:
         if event_type not in self._emits:
             raise UndeclaredEvent(f"{self.producer} does not declare that it emits {event_type}")
         if self.cause is not None:
-            event = self.cause.caused(event_type, self.producer, data, clock=self.clock)
+            event = self.cause.caused(event_type, self.producer, data, clock=self.clock,
+                                      traceparent=self.traceparent)
         else:
             event = Envelope.new(event_type, str(order_id), self.producer, data,
-                                 causation_id=causation_id, clock=self.clock)
+                                 causation_id=causation_id, clock=self.clock,
+                                 traceparent=self.traceparent)
         self.emitted.append(event)
         self.ops.append(Publish(bus_keys.stream(event_type), event.fields(),
                                 trace=bus_keys.trace(event.order_id)))
