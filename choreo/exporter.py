@@ -91,8 +91,11 @@ def fleet_metrics(s: snap.Snapshot) -> Iterator:
     c = ["group", "consumer"]
     yield _gauge("choreo_consumer_pending", "Entries pending on the consumer, over its streams.", c,
                  [((r.group, r.name), r.pending) for r in s.consumers])
-    yield _gauge("choreo_consumer_idle_seconds", "Since the consumer last read (its least idle stream).",
-                 c, [((r.group, r.name), r.idle_s) for r in s.consumers])
+    yield _gauge("choreo_consumer_read_age_seconds", "Since the consumer's loop last read, from its "
+                 "heartbeat (absent: no live heartbeat).", c,
+                 [((r.group, r.name), r.read_age_s) for r in s.consumers if r.read_age_s is not None])
+    yield _gauge("choreo_consumer_live", "1 while the consumer has a live heartbeat and keeps reading.",
+                 c, [((r.group, r.name), int(not r.stale)) for r in s.consumers])
     yield _gauge("choreo_dead_letters", "Entries in dlq:<service> (kept up to CHOREO_DLQ_MAX_ENTRIES).",
                  ["service"], [((r.service,), r.count) for r in s.dead_letters])
     yield _gauge("choreo_dead_letter_newest_age_seconds", "Age of the newest dead letter.", ["service"],

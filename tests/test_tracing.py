@@ -31,7 +31,7 @@ def in_memory() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 
 def run_saga(bus, provider=None, order_id="1") -> list[Worker]:
-    workers = [Worker(s, bus, Settings(), f"{n}-test-1", log=lambda _: None,
+    workers = [Worker(s, bus, Settings(), f"{n}-test-1",
                       **({"observer": Tracing(n, provider)} if provider else {}))
                for n, s in SERVICES.items()]
     for w in workers:
@@ -103,7 +103,7 @@ def test_a_malformed_traceparent_is_ignored_not_dead_lettered(fake_bus):
     # A worker given such an event handles it, starting a new trace for it.
     provider, exporter = in_memory()
     worker = Worker(SERVICES["inventory"], fake_bus, Settings(), "inventory-test-1",
-                    log=lambda _: None, observer=Tracing("inventory", provider))
+                    observer=Tracing("inventory", provider))
     worker.start()
     event = Envelope.new("OrderCreated", "7", "order",
                          {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999,
