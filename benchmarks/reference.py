@@ -118,7 +118,7 @@ def run(client: redis.Redis, service: str, mode: str, consumer: str, stop: threa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.reference", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="choreo.benchmarks.reference", description=__doc__.splitlines()[0])
     ap.add_argument("service", choices=list(CONSUMES))
     ap.add_argument("--mode", choices=MODES, default="plain")
     ap.add_argument("--redis-url", required=True)

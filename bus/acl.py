@@ -18,8 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from bus.contract import BusError, PermissionsMissing
-from bus.redis_streams import RedisStreamsBus, translated_errors
+from choreo.bus.contract import BusError, PermissionsMissing
+from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
 
 SAMPLE_KEY = "acl-check"            # stands for the `*` of a key pattern in a sample command
 

@@ -15,8 +15,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bus.contract import BusUnavailable
-from bus.redis_streams import RedisStreamsBus, translated_errors
+from choreo.bus.contract import BusUnavailable
+from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
 
 EMBEDDED = "embedded (in-memory fakeredis)"
 # Query parameters redis-py reads as secrets: the AUTH password and the client key's passphrase.

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 
-from bus.ops import Op
+from choreo.bus.ops import Op
 
 if TYPE_CHECKING:
-    from bus.scheduler import ScheduledCall
+    from choreo.bus.scheduler import ScheduledCall
 
 
 class BusError(Exception):

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping
 
-from bus.ops import Publish
-from bus import keys
-from bus.contract import Delivery
-from bus.envelope import FIELDS
-from bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
+from choreo.bus.ops import Publish
+from choreo.bus import keys
+from choreo.bus.contract import Delivery
+from choreo.bus.envelope import FIELDS
+from choreo.bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
 
 # Above the largest valid event (an OrderCreated of 100 lines is about 5 KB as a copy), so the
 # dead letter of an event that could ever be handled is kept whole and can be replayed.

@@ -19,7 +19,7 @@ import time
 from importlib import metadata
 from typing import Callable
 
-from bus.contract import BusError
+from choreo.bus.contract import BusError
 
 STATES = ("starting", "reading", "handling", "backing-off", "stopping")
 TTL_PERIODS = 3

@@ -9,9 +9,9 @@ from typing import Mapping, Sequence
 
 import redis
 
-from bus import keys
-from bus.contract import Delivery
-from bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
+from choreo.bus import keys
+from choreo.bus.contract import Delivery
+from choreo.bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
 
 
 @dataclass(frozen=True)

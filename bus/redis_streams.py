@@ -9,8 +9,8 @@ from typing import Iterable, Sequence
 
 import redis
 
-from bus import keys
-from bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
+from choreo.bus import keys
+from choreo.bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
                           PermissionsMissing)
 
 
@@ -20,7 +20,7 @@ HEARTBEAT_INDEX_MS = 3_600_000
 
 
 def _lua(name: str) -> str:
-    return resources.files("bus").joinpath(name).read_text()
+    return resources.files("choreo.bus").joinpath(name).read_text()
 
 
 @contextlib.contextmanager
@@ -89,15 +89,15 @@ class RedisStreamsBus:
         self._timers = None                 # the rq queue, made on first use
 
     def schedule(self, calls) -> None:
-        from bus.scheduler import schedule
+        from choreo.bus.scheduler import schedule
         schedule(self._timer_queue(), calls)
 
     def unschedule(self, job_ids) -> None:
-        from bus.scheduler import unschedule
+        from choreo.bus.scheduler import unschedule
         unschedule(self._timer_queue(), job_ids)
 
     def _timer_queue(self):
-        from bus.scheduler import timer_queue
+        from choreo.bus.scheduler import timer_queue
         if self._timers is None:
             self._timers = timer_queue(self.client)
         return self._timers

@@ -23,8 +23,8 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from bus.heartbeat import Heartbeat
-from bus.redis_streams import RedisStreamsBus, same_server, translated_errors
+from choreo.bus.heartbeat import Heartbeat
+from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
 RETRY_S = (1, 5, 15, 60, 300)           # a job that fails (Redis gone while it ran) is retried

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
-from bus.redis_streams import RedisStreamsBus, _lua, translated_errors
+from choreo.bus.redis_streams import RedisStreamsBus, _lua, translated_errors
 
 NOTHING = (0, 0)        # MINID 0-0 removes nothing: every real id is above it
 MAX_SEQ = 2 ** 64 - 1

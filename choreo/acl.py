@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from bus import keys as bus_keys
-from bus.acl import Grant, Role, Verdict, sample
-from bus.scheduler import armed_keys
-from workers import keys
-from workers.deadlines import EVENT as TIMER_EVENT, TIMERS
-from workers.service import Service
-from workers.unit_of_work import timer_id
+from choreo.bus import keys as bus_keys
+from choreo.bus.acl import Grant, Role, Verdict, sample
+from choreo.bus.scheduler import armed_keys
+from choreo.workers import keys
+from choreo.workers.deadlines import EVENT as TIMER_EVENT, TIMERS
+from choreo.workers.service import Service
+from choreo.workers.unit_of_work import timer_id
 
 # What every client of ours runs without keys: the connection, scripts (Redis checks each command
 # a script runs against the caller), pipelines, and its own permission check at start.

@@ -8,10 +8,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from bus.envelope import ORDER_ID
-from config.catalogue import CATALOGUE
-from config.settings import MAX_DEADLINE_S, plain_number
-from workers.events import MAX_QUANTITY
+from choreo.bus.envelope import ORDER_ID
+from choreo.config.catalogue import CATALOGUE
+from choreo.config.settings import MAX_DEADLINE_S, plain_number
+from choreo.workers.events import MAX_QUANTITY
 
 
 class UsageError(Exception):
@@ -93,7 +93,7 @@ replica_count = Bounded(1, 16, int)             # processes of one service in `c
 
 def replicas(text: str) -> dict[str, int]:
     """`inventory=2,payment=3`: processes per service (the others run one)."""
-    from workers import SERVICES
+    from choreo.workers import SERVICES
     counts: dict[str, int] = {}
     for pair in filter(None, text.split(",")):
         service, eq, count = pair.partition("=")

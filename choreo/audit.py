@@ -27,11 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bus import keys as bus_keys
-from bus.redis_streams import RedisStreamsBus, translated_errors
-from bus.trim import after, declared_groups, parse_id
-from workers import keys
-from workers.order import PENDING, TERMINAL
+from choreo.bus import keys as bus_keys
+from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
+from choreo.bus.trim import after, declared_groups, parse_id
+from choreo.workers import keys
+from choreo.workers.order import PENDING, TERMINAL
 
 CHUNK = 2000
 # The hashes keyed by one id, by kind; their key patterns come from workers.keys.

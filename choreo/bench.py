@@ -22,11 +22,11 @@ from typing import Callable, Iterator
 
 import redis
 
-from benchmarks import reference
-from bus.connect import redact
+from choreo.benchmarks import reference
+from choreo.bus.connect import redact
 from choreo.load import percentile
 from choreo.redis_server import RedisServer, find_redis_server
-from workers import keys
+from choreo.workers import keys
 
 SERVICES = ("order", "inventory", "payment", "shipping")
 PRODUCT, QUANTITY = 101, 1      # every order: one widget, as `choreo load` places by default
@@ -128,7 +128,7 @@ class Proc:
 def worker_command(row: Row, service: str, url: str, slot: int) -> list[str]:
     # sys.executable -m: works from an installed package, and the pid is the worker's own.
     if row.kind == "reference":
-        return [sys.executable, "-m", "benchmarks.reference", service, "--mode", row.mode,
+        return [sys.executable, "-m", "choreo.benchmarks.reference", service, "--mode", row.mode,
                 "--redis-url", url, "--slot", str(slot)]
     return [sys.executable, "-m", "choreo", "worker", service]
 
@@ -356,7 +356,7 @@ def _read_completions(client: redis.Redis, cursor: str, block_ms: int | None, pl
 
 def load_choreo(url: str, orders: int, rate: float | None, timeout_s: float, deadline_s: float) -> Latency:
     """`choreo load`'s own machinery, in this process: what the saga's users run."""
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     from choreo.load import LoadPlan, run_load
     plan = LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate, deadline_s=deadline_s)
     with open_bus(url) as bus:

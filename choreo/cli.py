@@ -8,22 +8,22 @@ import logging
 import os
 import sys
 
-from bus.connect import UnusableUrl
-from bus.contract import BusError
+from choreo.bus.connect import UnusableUrl
+from choreo.bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.metrics import MetricsUnavailable
-from workers.tracing import TracingUnavailable
+from choreo.workers.tracing import TracingUnavailable
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
 from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
                           cmd_dlq, cmd_exporter, cmd_health, cmd_load, cmd_place_order, cmd_schema,
                           cmd_status, cmd_timers, cmd_topology, cmd_trace, cmd_trim, cmd_worker)
-from bus.heartbeat import version
-from config.settings import LOG_LEVELS, Settings, SettingsError
-from workers.app import DEFAULT as APP_DEFAULT, App, AppError, load_app
-from workers.logs import CLI
-from workers.order import OrderRejected
+from choreo.bus.heartbeat import version
+from choreo.config.settings import LOG_LEVELS, Settings, SettingsError
+from choreo.workers.app import DEFAULT as APP_DEFAULT, App, AppError, load_app
+from choreo.workers.logs import CLI
+from choreo.workers.order import OrderRejected
 
 
 def _add_dlq_verbs(sub, common, services) -> None:

@@ -21,9 +21,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.plain import text
-from workers import SERVICES
+from choreo.workers import SERVICES
 __all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
            "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
            "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]

@@ -6,17 +6,17 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from bus import inspect
-from bus.redis_streams import RedisStreamsBus
-from config.catalogue import CATALOGUE
-from config.settings import Settings
+from choreo.bus import inspect
+from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.config.catalogue import CATALOGUE
+from choreo.config.settings import Settings
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
 from choreo.scenarios import HAPPY, SCENARIOS, Scenario
 from choreo.trace import load_events, story_with_compensations
-from workers import PUBLISHERS, SERVICES, keys
-from workers.deadlines import fire_deadline
-from workers.order import OrderRejected
-from workers.runtime import Worker, consumer_name
+from choreo.workers import PUBLISHERS, SERVICES, keys
+from choreo.workers.deadlines import fire_deadline
+from choreo.workers.order import OrderRejected
+from choreo.workers.runtime import Worker, consumer_name
 
 
 def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None] = print,

@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable
 
-from bus import dead_letters as store, keys as bus_keys
-from bus.contract import Delivery
-from bus.dead_letters import DeadLetter, DeadLetterError
-from bus.envelope import MalformedEntry
-from bus.redis_streams import RedisStreamsBus
-from workers import APP
-from workers.app import App
-from workers.runtime import parse_delivery
-from workers.service import Service
+from choreo.bus import dead_letters as store, keys as bus_keys
+from choreo.bus.contract import Delivery
+from choreo.bus.dead_letters import DeadLetter, DeadLetterError
+from choreo.bus.envelope import MalformedEntry
+from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.workers import APP
+from choreo.workers.app import App
+from choreo.workers.runtime import parse_delivery
+from choreo.workers.service import Service
 
 # Prints one line. The CLI's escapes control characters (choreo.plain): lines here carry Redis values.
 Out = Callable[[str], None]

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
-from bus import inspect
-from bus import keys as bus_keys
-from bus.contract import Delivery
-from bus.redis_streams import RedisStreamsBus
-from workers.order import ending_events
+from choreo.bus import inspect
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Delivery
+from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.workers.order import ending_events
 
 # Entries per stream per read: a large load's backlog comes in a few round trips.
 READ_COUNT = 10_000

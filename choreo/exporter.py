@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
-from bus.contract import BusError
+from choreo.bus.contract import BusError
 from choreo import snapshot as snap
 
 STATES = ("OK", "LAGGING", "STUCK", "NO CONSUMERS")

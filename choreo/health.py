@@ -16,9 +16,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from bus import inspect
-from bus.contract import GroupMissing
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus import inspect
+from choreo.bus.contract import GroupMissing
+from choreo.bus.redis_streams import RedisStreamsBus
 
 
 @dataclass(frozen=True)

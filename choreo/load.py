@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.endings import EndingWatch
 from choreo.orders import (OrderRequest, existing_orders, is_terminal, new_order_ids, place_orders,
                            read_orders)

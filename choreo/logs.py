@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 
 from choreo.plain import plain
-from workers.logs import EVENTS
+from choreo.workers.logs import EVENTS
 
 
 def _fields(record: logging.LogRecord, name: str) -> dict:

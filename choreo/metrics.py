@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.observer import OUTCOMES, Observer
+from choreo.workers.observer import OUTCOMES, Observer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from bus import inspect
-from bus.contract import Outcome
-from bus.redis_streams import RedisStreamsBus
-from workers import SERVICES, keys
-from workers.order import OrderRejected, TERMINAL, create_order
-from workers.unit_of_work import BatchView, UnitOfWork
+from choreo.bus import inspect
+from choreo.bus.contract import Outcome
+from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.workers import SERVICES, keys
+from choreo.workers.order import OrderRejected, TERMINAL, create_order
+from choreo.workers.unit_of_work import BatchView, UnitOfWork
 
 
 @dataclass(frozen=True)

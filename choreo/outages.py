@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from bus.contract import BusError, BusUnavailable, reconnect_delay_s
+from choreo.bus.contract import BusError, BusUnavailable, reconnect_delay_s
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.catalogue import CATALOGUE, RULES
-from workers.order import CANCELLED, COMPLETED, REJECTED
+from choreo.config.catalogue import CATALOGUE, RULES
+from choreo.workers.order import CANCELLED, COMPLETED, REJECTED
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from bus import dead_letters, inspect, keys as bus_keys
-from bus.connect import redact
-from bus.contract import BusUnavailable, GroupMissing
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus import dead_letters, inspect, keys as bus_keys
+from choreo.bus.connect import redact
+from choreo.bus.contract import BusUnavailable, GroupMissing
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.load import percentile
-from workers import SERVICES, keys
-from workers.order import COMPLETED
-from workers.service import Service
+from choreo.workers import SERVICES, keys
+from choreo.workers.order import COMPLETED
+from choreo.workers.service import Service
 
 # Liveness comes from heartbeats (bus.heartbeat), never from XINFO CONSUMERS idle times: those
 # count from the last delivery, and a quiet worker gets none. A live worker's loop reads at least

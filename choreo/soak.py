@@ -20,11 +20,11 @@ from pathlib import Path
 
 import redis
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from choreo.bench import (PRODUCT, QUANTITY, ROWS, SETTLE_TIMEOUT_S, BenchError, Plan, Proc,
                           check_alive, refuse_non_empty, running_row, say, server_version,
                           settled, start_process, wait_for, worker_env)
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 ROW = ROWS["choreo"]            # no deadlines: an rq timer per order would measure rq, not choreo
 CALIBRATION_ORDERS = 2000       # placed up front to learn the machine's maximum, when no --rate
@@ -173,7 +173,7 @@ def interval_for(orders: int, rate: float) -> float:
 
 def place(url: str, orders: int, rate: float | None, timeout_s: float, progress=None):
     """`choreo load`'s own machinery, in this process, without deadlines."""
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     from choreo.load import LoadPlan, run_load
     with open_bus(url) as bus:
         return run_load(bus, LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from bus import keys as bus_keys
-from workers.service import Service
+from choreo.bus import keys as bus_keys
+from choreo.workers.service import Service
 
 FORMATS = ("text", "mermaid", "dot")
 

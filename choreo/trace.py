@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 from rich.text import Text
 from rich.tree import Tree
 
-from bus import dead_letters, inspect, keys as bus_keys
-from bus.dead_letters import DeadLetter
-from bus.envelope import Envelope, MalformedEntry
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus import dead_letters, inspect, keys as bus_keys
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import Envelope, MalformedEntry
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.plain import text
-from workers import SERVICES
-from workers.service import Service
+from choreo.workers import SERVICES
+from choreo.workers.service import Service
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ import signal
 import sys
 import threading
 
-from bus import inspect
-from bus.connect import open_bus, redact
+from choreo.bus import inspect
+from choreo.bus.connect import open_bus, redact
 from choreo.plain import plain
-from config.settings import Settings
-from workers import keys
-from workers.logs import TIMERS, TRIMMER, WORKER, bound
+from choreo.config.settings import Settings
+from choreo.workers import keys
+from choreo.workers.logs import TIMERS, TRIMMER, WORKER, bound
 
 
 def _out(line: str = "") -> None:
@@ -52,11 +52,11 @@ def _stop_flag() -> threading.Event:
 
 
 def cmd_worker(args, settings: Settings) -> int:
-    from bus.acl import require
+    from choreo.bus.acl import require
     from choreo.acl import service_role
-    from workers.observer import NO_OBSERVER, combined
-    from workers.runtime import Worker, consumer_name
-    from workers.tracing import tracing_for
+    from choreo.workers.observer import NO_OBSERVER, combined
+    from choreo.workers.runtime import Worker, consumer_name
+    from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
     log = bound(WORKER, service.name, consumer)
@@ -79,7 +79,7 @@ def cmd_worker(args, settings: Settings) -> int:
 
 def _worker_observer(service, consumer: str, settings: Settings):
     """The worker's metrics hooks, /metrics already served; the no-op ones when metrics are off."""
-    from workers.observer import NO_OBSERVER
+    from choreo.workers.observer import NO_OBSERVER
     if not settings.metrics_port:
         return NO_OBSERVER
     from choreo.metrics import worker_observer
@@ -95,9 +95,9 @@ def _deadline(args, settings: Settings) -> float:
 
 def cmd_timers(args, settings: Settings) -> int:
     """The rq worker that fires scheduled events (order deadlines) when due."""
-    from bus.heartbeat import Heartbeat
-    from bus.scheduler import run_timers
-    from bus.acl import require
+    from choreo.bus.heartbeat import Heartbeat
+    from choreo.bus.scheduler import run_timers
+    from choreo.bus.acl import require
     from choreo.acl import roles
     name = timers_name()
     log = bound(TIMERS, "timers", name)
@@ -120,7 +120,7 @@ def timers_name() -> str:
 
 def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
-    from workers.tracing import tracing_for
+    from choreo.workers.tracing import tracing_for
     tracing = tracing_for("order", settings.tracing, os.environ)
     with open_bus(settings.url) as bus:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
@@ -245,7 +245,7 @@ def cmd_schema(args, settings: Settings) -> int:
     """Each event type's data as JSON Schema, or the streams and messages as AsyncAPI."""
     import json
     from importlib.metadata import version
-    from workers.events import asyncapi, json_schema
+    from choreo.workers.events import asyncapi, json_schema
     app = args.app
     doc = (asyncapi(app.by_name, app.name, version("choreo"), app.events) if args.format == "asyncapi"
            else json_schema(app.events))
@@ -299,7 +299,7 @@ def cmd_audit(args, settings: Settings) -> int:
 
 
 def cmd_trim(args, settings: Settings) -> int:
-    from bus.trim import Retention, trim_streams
+    from choreo.bus.trim import Retention, trim_streams
     with open_bus(settings.url) as bus:
         if args.every is None:
             retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
@@ -315,7 +315,7 @@ def cmd_trim(args, settings: Settings) -> int:
 
 def _prune_orders(bus, settings: Settings) -> int:
     """orders:index loses the ids of orders whose keys have expired (README "Retention")."""
-    from bus.trim import Index, prune_index
+    from choreo.bus.trim import Index, prune_index
     return prune_index(bus, Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order),
                        settings.retention_s)
 
@@ -329,8 +329,8 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
                 app) -> int:
     """The trimmer process: trim, wait, repeat until SIGTERM. A stream is logged only when
     something was trimmed or its blocked state changed; a failure is logged and retried."""
-    from bus.contract import BusError
-    from bus.trim import trim_streams
+    from choreo.bus.contract import BusError
+    from choreo.bus.trim import trim_streams
     log = logging.getLogger(TRIMMER)
     log.info(f"trimmer: every {every_s:g}s, keeping {retention.keep_entries} entries / "
              f"{retention.keep_seconds:g}s of acknowledged history")
@@ -352,7 +352,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
 
 
 def cmd_acl(args, settings: Settings) -> int:
-    from bus.acl import check, render
+    from choreo.bus.acl import check, render
     from choreo.acl import passwords, roles
     every = roles(list(args.app.services))
     if args.acl_verb == "render":

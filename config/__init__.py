@@ -1,6 +1,6 @@
 """Settings and the product catalogue: everything a deployment may change, in one place."""
 
-from config.catalogue import CATALOGUE, Product, BusinessRules, RULES
-from config.settings import Settings
+from choreo.config.catalogue import CATALOGUE, Product, BusinessRules, RULES
+from choreo.config.settings import Settings
 
 __all__ = ["CATALOGUE", "Product", "BusinessRules", "RULES", "Settings"]

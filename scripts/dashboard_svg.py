@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console  # noqa: E402
 
-from bus import keys as bus_keys  # noqa: E402
-from bus.connect import open_bus  # noqa: E402
-from bus.envelope import Envelope  # noqa: E402
+from choreo.bus import keys as bus_keys  # noqa: E402
+from choreo.bus.connect import open_bus  # noqa: E402
+from choreo.bus.envelope import Envelope  # noqa: E402
 from choreo.dashboard import gather, heights, render  # noqa: E402
 from choreo.orders import OrderRequest, new_order_ids, place_orders  # noqa: E402
-from config.settings import Settings  # noqa: E402
-from workers import SERVICES  # noqa: E402
-from workers.runtime import Worker  # noqa: E402
+from choreo.config.settings import Settings  # noqa: E402
+from choreo.workers import SERVICES  # noqa: E402
+from choreo.workers.runtime import Worker  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.svg"
 

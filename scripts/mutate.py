@@ -7,7 +7,9 @@
 The working tree (without .git, .venv and caches) is copied once to a scratch directory. Each
 mutation is applied there alone, its tests run with this project's .venv python from the copy, and
 reverted. The project is installed editable in .venv, so the copy goes first on PYTHONPATH (which
-`choreo` subprocesses inherit too) and the imports are checked to come from it before anything runs.
+`choreo` subprocesses inherit too), its choreo/ gets links to the folders pyproject.toml maps into
+the namespace (choreo/bus -> ../bus, ...), and the imports are checked to come from it before
+anything runs.
 Prints one line per mutation, caught or SURVIVED; exits 1 if any survived, 2 if the list is wrong
 (a text not found exactly once, a test that fails with no mutation, a run that errors).
 """
@@ -29,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LIST = Path(__file__).with_name("mutations.toml")
 PYTHON = ROOT / ".venv" / "bin" / "python"
 NOT_COPIED = (".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build")
-PACKAGES = ("bus", "workers", "config", "choreo", "tests")
+PACKAGES = ("choreo.bus", "choreo.workers", "choreo.config", "choreo", "tests")
+MAPPED = ("bus", "workers", "config", "benchmarks")     # [tool.setuptools.package-dir] in pyproject
 
 
 class ListError(Exception):
@@ -77,6 +80,8 @@ class Scratch:
     def __init__(self, parent: Path):
         self.root = parent / "repo"
         shutil.copytree(ROOT, self.root, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        for name in MAPPED:         # choreo.bus found in the copy, before the editable install's map
+            (self.root / "choreo" / name).symlink_to(Path("..") / name)
         path = os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")]))
         self.env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -85,7 +90,7 @@ class Scratch:
                 "; ".join(f"print({name}.__file__)" for name in PACKAGES)
         out = subprocess.run([str(PYTHON), "-c", probe], cwd=self.root, env=self.env,
                              capture_output=True, text=True, check=True).stdout.split()
-        strays = [f for f in out if not Path(f).is_relative_to(self.root)]
+        strays = [f for f in out if not Path(os.path.realpath(f)).is_relative_to(self.root.resolve())]
         if strays:
             raise ListError(f"imported from outside the scratch copy: {strays}")
 

@@ -20,7 +20,7 @@ hypothesis_settings.register_profile("default", deadline=None, max_examples=100)
 hypothesis_settings.register_profile("thorough", deadline=None, max_examples=3000)
 hypothesis_settings.load_profile("default")
 
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus.redis_streams import RedisStreamsBus
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def own_redis(tmp_path):
 
 @pytest.fixture
 def real_bus(redis_url):
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     bus = open_bus(redis_url)
     yield bus
     bus.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from config.settings import Settings
-from workers import SERVICES
-from workers.runtime import Worker
+from choreo.config.settings import Settings
+from choreo.workers import SERVICES
+from choreo.workers.runtime import Worker
 
 
 def start_workers(bus, settings: Settings | None = None, names=tuple(SERVICES)) -> list[Worker]:

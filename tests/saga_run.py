@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bus.trim import declared_groups
+from choreo.bus.trim import declared_groups
 from tests.helpers import wait_for
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 # One order for each way a saga ends: (product, quantity) -> the status it must end in.
 MIX = (

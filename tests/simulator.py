@@ -28,17 +28,17 @@ from dataclasses import dataclass
 
 import fakeredis
 
-from bus import keys as bus_keys
-from bus.contract import Delivery
-from bus.redis_streams import RedisStreamsBus, decode_entry
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Delivery
+from choreo.bus.redis_streams import RedisStreamsBus, decode_entry
 from choreo.orders import OrderRequest, place_orders
-from config.catalogue import CATALOGUE
-from config.settings import Settings
-from workers import PUBLISHERS, SERVICES, keys
-from workers.deadlines import fire_deadline
-from workers.order import TERMINAL
-from workers.runtime import Worker
-from workers.unit_of_work import BatchView
+from choreo.config.catalogue import CATALOGUE
+from choreo.config.settings import Settings
+from choreo.workers import PUBLISHERS, SERVICES, keys
+from choreo.workers.deadlines import fire_deadline
+from choreo.workers.order import TERMINAL
+from choreo.workers.runtime import Worker
+from choreo.workers.unit_of_work import BatchView
 
 NAMES = list(SERVICES)
 START = 1_800_000_000.0

@@ -9,14 +9,14 @@ import subprocess
 import pytest
 import redis
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
-from bus.ops import Publish, SetFields
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import Publish, SetFields
 from choreo.acl import roles
 from tests.conftest import BIN, ROOT, Processes
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 
 USERS = [r.user for r in roles(list(SERVICES.values()))]
 PASSWORDS = {u: f"pw-{u}-0123456789" for u in USERS}
@@ -148,8 +148,8 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
     applied and the XADD refused, with no ack. Now commit.lua asks Redis (acl_check_cmd) about
     every write before the first: nothing is applied, the entry stays pending, and the caller is
     told which permission is missing."""
-    from bus.connect import open_bus
-    from bus.contract import Commit, PermissionsMissing
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, PermissionsMissing
     admin = redis_server.client()
     admin.execute_command("ACL", "SETUSER", "halfway", "on", ">pw", "+@all", "-@dangerous",
                           "~stock:*", "~events:OrderCreated", "%R~events:*", "~seen:*")
@@ -176,8 +176,8 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
 def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, redis_url):
     """Every HSET also bumps the hash's `_v` with HINCRBY: a hand-made user allowed the one but
     not the other is refused before the HSET, not after it."""
-    from bus.connect import open_bus
-    from bus.contract import Commit, PermissionsMissing
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, PermissionsMissing
     admin = redis_server.client()
     admin.execute_command("ACL", "SETUSER", "nobump", "on", ">pw", "+@all", "-@dangerous", "-hincrby", "~*")
     try:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
 from choreo.cli import main
 from tests.apps.ping import app as PING
 from tests.helpers import wait_for
-from workers.app import App, AppError, load_app
-from workers.service import On, Service, confirm
+from choreo.workers.app import App, AppError, load_app
+from choreo.workers.service import On, Service, confirm
 
 SPEC = "tests.apps.ping:app"
 
 
 def test_load_app_finds_the_saga_by_default_and_a_users_module_by_name():
-    from workers import APP
+    from choreo.workers import APP
     assert load_app(None) is APP and load_app(SPEC) is PING
     for bad, why in (("nocolon", "not module:attribute"), ("no_such_module:app", "cannot import"),
                      ("tests.apps.ping:PINGER", "has no App named")):

@@ -13,7 +13,7 @@ from choreo.audit import audit, gather
 from choreo.cli import main
 from tests.conftest import Processes
 from tests.saga_run import place_mix, settle, start_workers
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def count_round_trips(monkeypatch) -> dict[str, int]:
 def test_an_id_pruned_while_the_audit_reads_the_index_is_counted_once(redis_server, redis_url):
     """The trimmer moves an id from orders:index to orders:expired between the audit's reads:
     the audit reads again rather than count it in both."""
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     from choreo.audit import index_and_pruned
     client = redis_server.client()
     client.zadd("orders:index", {"1": 1.0, "2": 2.0})

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import reference
+from choreo.benchmarks import reference
 from choreo.cli import main
 from tests.conftest import BIN
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 ROWS = ("reference-plain", "reference-atomic", "choreo", "choreo+deadlines")
 HAPPY = ("OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged")

@@ -7,10 +7,10 @@ import pytest
 
 from importlib import resources
 
-from bus.contract import Commit, Outcome
-from bus.envelope import Envelope
-from bus.ops import AddTo, Append, Count, Expire, Publish, SetFields
-from bus import keys
+from choreo.bus.contract import Commit, Outcome
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import AddTo, Append, Count, Expire, Publish, SetFields
+from choreo.bus import keys
 
 S = keys.stream("OrderCreated")
 
@@ -238,7 +238,7 @@ def test_forget_consumer_script_itself_refuses_a_consumer_holding_entries(any_bu
     """The script's own guard, without the Python pre-filter: between XINFO and the script the
     consumer may have read, and DELCONSUMER would drop what it holds."""
     forget = any_bus.client.register_script(
-        resources.files("bus").joinpath("forget_consumer.lua").read_text())
+        resources.files("choreo.bus").joinpath("forget_consumer.lua").read_text())
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])
     any_bus.read_new("g", "holder", [S], 10, 10)

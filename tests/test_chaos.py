@@ -9,10 +9,10 @@ import signal
 import subprocess
 import time
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from tests.conftest import BIN, ROOT
 from tests.helpers import wait_for
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 CHAOS_ENV = {"CHOREO_CLAIM_IDLE_MS": 1500, "CHOREO_CLAIM_EVERY_S": 0.5, "CHOREO_BATCH_SIZE": 20}
 

@@ -164,7 +164,7 @@ def test_topology_prints_every_service():
 
 
 def test_topology_is_the_declarations(capsys):
-    from workers import SERVICES
+    from choreo.workers import SERVICES
     assert main(["topology"]) == 0
     out = capsys.readouterr().out
     for s in SERVICES.values():
@@ -210,7 +210,7 @@ def test_readme_embeds_the_diagram_the_topology_command_draws(capsys):
 @pytest.mark.parametrize("fmt", ["mermaid", "dot"])
 def test_topology_diagrams_draw_every_declared_edge_and_no_other(capsys, fmt):
     import re
-    from workers import SERVICES
+    from choreo.workers import SERVICES
     assert main(["topology", "--format", fmt]) == 0
     out = capsys.readouterr().out
     arrow = r"\s*(svc|evt)_(\w+) (?:-->|==>|-\.->|->) (svc|evt)_(\w+)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.connect import EMBEDDED, UnusableUrl, client_for, redact, tls_warning
+from choreo.bus.connect import EMBEDDED, UnusableUrl, client_for, redact, tls_warning
 from choreo.cli import main
 
 

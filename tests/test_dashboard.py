@@ -10,14 +10,14 @@ import time
 import pytest
 from rich.console import Console
 
-from bus import inspect, keys as bus_keys
-from bus.envelope import Envelope
+from choreo.bus import inspect, keys as bus_keys
+from choreo.bus.envelope import Envelope
 from choreo import dashboard, snapshot
 from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, gather, group_state, groups_table, heights, render)
 from choreo.load import percentile
 from choreo.orders import OrderRequest, place_orders
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 from tests.helpers import wait_for
 from tests.inprocess import drain, start_workers
 
@@ -205,7 +205,7 @@ def test_gather_after_real_orders(real_bus, redis_url):
 
 
 def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url):
-    from bus.heartbeat import Heartbeat
+    from choreo.bus.heartbeat import Heartbeat
     c = real_bus.client
     created = bus_keys.stream("OrderCreated")
     real_bus.ensure_groups("inventory", [created])
@@ -240,7 +240,7 @@ def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url):
 def test_a_quiet_live_consumer_is_live_and_a_dead_one_with_history_is_not(real_bus, redis_url):
     """The old bug: XINFO idle counts from the last delivery, so a worker with nothing to read
     looked dead, and one killed just after a delivery looked alive. Heartbeats say which is which."""
-    from bus.heartbeat import Heartbeat
+    from choreo.bus.heartbeat import Heartbeat
     c = real_bus.client
     created = bus_keys.stream("OrderCreated")
     real_bus.ensure_groups("inventory", [created])
@@ -310,7 +310,7 @@ def test_gather_rates_over_the_interval(real_bus, redis_url):
 
 
 def test_gather_or_keep_marks_disconnected(own_redis):
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     bus = open_bus(own_redis.url)
     try:
         first = dashboard.gather_or_keep(bus, own_redis.url, None)

@@ -17,13 +17,13 @@ import termios
 import threading
 import time
 
-from bus import keys as bus_keys
-from bus.connect import open_bus
+from choreo.bus import keys as bus_keys
+from choreo.bus.connect import open_bus
 from choreo.orders import OrderRequest, new_order_ids, place_orders
 from tests.conftest import BIN, ROOT
 from tests.helpers import order_statuses, wait_for
 from tests.redis_server import free_port
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 ALT_SCREEN_ON, ALT_SCREEN_OFF, SHOW_CURSOR = "\x1b[?1049h", "\x1b[?1049l", "\x1b[?25h"
 

@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from bus import dead_letters, keys as bus_keys
-from bus.contract import Delivery
-from bus.dead_letters import ENTRY_COPY_BYTES, ERROR_CHARS, DeadLetter, DeadLetterError, cut_copy
-from bus.envelope import Envelope
+from choreo.bus import dead_letters, keys as bus_keys
+from choreo.bus.contract import Delivery
+from choreo.bus.dead_letters import ENTRY_COPY_BYTES, ERROR_CHARS, DeadLetter, DeadLetterError, cut_copy
+from choreo.bus.envelope import Envelope
 from choreo.cli import main
-from config.settings import Settings
+from choreo.config.settings import Settings
 from tests.helpers import wait_for
 from tests.inprocess import drain, start_workers
-from workers.events import MAX_CENTS, MAX_QUANTITY, check_data
+from choreo.workers.events import MAX_CENTS, MAX_QUANTITY, check_data
 
 AT = "2024-01-01T00:00:00.000Z"
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import time
 
-from bus.envelope import Envelope
-from bus.ops import Count, SetFields
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import Count, SetFields
 from choreo.cli import main
 from tests.helpers import wait_for
 from tests.test_handlers import handle
-from workers import SERVICES, keys
-from workers.deadlines import scheduled_call
-from workers.unit_of_work import Timer
+from choreo.workers import SERVICES, keys
+from choreo.workers.deadlines import scheduled_call
+from choreo.workers.unit_of_work import Timer
 
 
 def test_order_confirmation_arms_the_deadline_carried_by_the_event():

@@ -9,7 +9,7 @@ from choreo import scenarios
 from choreo.cli import main
 from choreo.scenarios import Scenario
 from tests.helpers import EIGHT
-from workers.order import REJECTED
+from choreo.workers.order import REJECTED
 
 CREATED_AND_CHECKED = EIGHT[:4]
 PAID = EIGHT[:6]

@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from bus import dead_letters
-from bus.contract import Delivery
-from bus.dead_letters import DeadLetter
-from bus.envelope import Envelope
+from choreo.bus import dead_letters
+from choreo.bus.contract import Delivery
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import Envelope
 from choreo import dlq
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from tests.helpers import wait_for
 from tests.saga_run import place_mix, settle, start_workers
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 
 def letter_for(client, service: str, stream: str, entry_id: str, fields: dict,

@@ -8,10 +8,10 @@ import subprocess
 
 import redis
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from tests.conftest import BIN, ROOT
 from tests.helpers import FIGURES, wait_for
-from workers import keys
+from choreo.workers import keys
 
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bus.envelope import FIELDS, Envelope, MalformedEntry
+from choreo.bus.envelope import FIELDS, Envelope, MalformedEntry
 
 
 def test_fields_are_flat_strings_and_round_trip():

@@ -9,12 +9,12 @@ import json
 
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from bus import keys as bus_keys
-from bus.envelope import FIELDS, Envelope
-from bus.trim import declared_groups
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import FIELDS, Envelope
+from choreo.bus.trim import declared_groups
 from tests.helpers import wait_for
 from tests.saga_run import drained, start_workers
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 
 STREAMS = sorted(declared_groups(SERVICES.values()))
 READERS = declared_groups(SERVICES.values())

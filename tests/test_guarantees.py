@@ -12,15 +12,15 @@ import threading
 import pytest
 import redis
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from choreo.orders import OrderRequest, place_orders
-from config.settings import Settings
+from choreo.config.settings import Settings
 from tests.helpers import log_lines, pending_count, wait_for
-from workers.logs import EVENTS
+from choreo.workers.logs import EVENTS
 from tests.inprocess import drain
-from workers import SERVICES, keys
-from workers.runtime import Worker
-from workers.service import On, Service
+from choreo.workers import SERVICES, keys
+from choreo.workers.runtime import Worker
+from choreo.workers.service import On, Service
 
 CREATED = bus_keys.stream("OrderCreated")
 CONSUMER = "inventory-test-1"

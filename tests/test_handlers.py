@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.ops import AddTo, Count, SetFields
-from config.catalogue import CATALOGUE, RULES
-from workers import SERVICES, keys, order
-from workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import AddTo, Count, SetFields
+from choreo.config.catalogue import CATALOGUE, RULES
+from choreo.workers import SERVICES, keys, order
+from choreo.workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
 
 
 class DictBus:
@@ -165,7 +165,7 @@ def test_every_consumed_stream_has_a_producer_that_declares_it():
 def test_a_counter_on_a_hash_the_handler_read_is_refused_as_it_would_race_unseen():
     """count() writes no version: on a hash a handler read, a racing commit that read the old
     value would pass its check. add() is the versioned one."""
-    from workers.unit_of_work import UncheckedCounter
+    from choreo.workers.unit_of_work import UncheckedCounter
     uow = UnitOfWork("inventory", (), BatchView(DictBus({"stock:101": {"available": "5"}})))
     uow.read("stock:101")
     with pytest.raises(UncheckedCounter):

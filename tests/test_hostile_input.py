@@ -13,12 +13,12 @@ from rq import Callback, Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
-from bus.scheduler import QUEUE
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
+from choreo.bus.scheduler import QUEUE
 from tests.helpers import log_lines, wait_for
 from tests.saga_run import settle, start_workers
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 
 
 def _valid_order(order_id: str) -> dict:
@@ -69,7 +69,7 @@ def test_bytes_that_are_not_utf8_are_dead_lettered_and_every_reader_copes(procs,
 def test_housekeeping_reads_non_utf8_entries_without_stopping(real_bus):
     """Trimming with retention reads whole entries (XREVRANGE): bytes that are not UTF-8 come
     back escaped, never as a UnicodeDecodeError out of the worker's housekeeping."""
-    from bus.trim import Retention, trim_streams
+    from choreo.bus.trim import Retention, trim_streams
     real_bus.raw.xadd(bus_keys.stream("OrderCreated"), {b"junk": b"\xff\xfe"})
     for service in SERVICES.values():
         real_bus.ensure_groups(service.name, service.streams)
@@ -78,8 +78,8 @@ def test_housekeeping_reads_non_utf8_entries_without_stopping(real_bus):
 
 
 def test_a_failing_housekeeping_step_is_logged_and_the_loop_goes_on(fake_bus, caplog):
-    from config.settings import Settings
-    from workers.runtime import Worker
+    from choreo.config.settings import Settings
+    from choreo.workers.runtime import Worker
 
     def broken(*_):
         raise RuntimeError("XINFO exploded on some key")
@@ -140,7 +140,7 @@ def test_a_malformed_timer_is_refused_and_the_others_still_fire(procs, redis_ser
     assert procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", "1").returncode == 0
     evil = Queue(QUEUE, connection=raw, serializer=JSONSerializer)
     for name in ("DeadlinePassed-evil", "DeadlinePassed-evil2"):
-        evil.enqueue_at(datetime.now(timezone.utc), "workers.deadlines.pass_deadline", "1", "c", job_id=name)
+        evil.enqueue_at(datetime.now(timezone.utc), "choreo.workers.deadlines.pass_deadline", "1", "c", job_id=name)
     r.hset("rq:job:DeadlinePassed-evil", "timeout", "abc")
     r.hset("rq:job:DeadlinePassed-evil2", "created_at", "garbage")
     wait_for(lambda: r.xlen("events:DeadlinePassed") == 1, timeout=20, what="the real deadline fired")
@@ -148,7 +148,7 @@ def test_a_malformed_timer_is_refused_and_the_others_still_fire(procs, redis_ser
     wait_for(lambda: "refused scheduled job 'DeadlinePassed-evil2'" in log(), what="the bad ones refused")
     assert "refused scheduled job 'DeadlinePassed-evil'" in log()
 
-    pushed = Job.create("workers.deadlines.pass_deadline", args=("1", "c"), connection=raw,
+    pushed = Job.create("choreo.workers.deadlines.pass_deadline", args=("1", "c"), connection=raw,
                         serializer=JSONSerializer, origin=QUEUE)
     pushed.save()
     r.hset(f"rq:job:{pushed.id}", "timeout", "abc")

@@ -11,7 +11,7 @@ import subprocess
 
 from tests.conftest import BIN, ROOT
 from tests.helpers import FIGURES
-from workers import SERVICES
+from choreo.workers import SERVICES
 
 
 

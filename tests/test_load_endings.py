@@ -8,14 +8,14 @@ import time
 import fakeredis
 import pytest
 
-from bus import keys as bus_keys
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus import keys as bus_keys
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.endings import EndingWatch
 from choreo.load import SETTLE_S, LoadPlan, run_load
 from choreo.outages import RideThrough
 from tests.test_load_outages import FakeTime, arranged
-from workers import keys
-from workers.order import ending_events
+from choreo.workers import keys
+from choreo.workers.order import ending_events
 
 SHIPPED = bus_keys.stream("ShippingArranged")
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from bus import keys as bus_keys
-from bus.contract import BusUnavailable
-from bus.envelope import Envelope
-from bus.redis_streams import RedisStreamsBus
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import BusUnavailable
+from choreo.bus.envelope import Envelope
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.load import LoadPlan, place_once, run_load
 from choreo.orders import OrderRequest
 from choreo.outages import GaveUp, RideThrough
-from workers import keys
-from workers.order import OrderRejected
+from choreo.workers import keys
+from choreo.workers.order import OrderRejected
 
 
 class FakeTime:

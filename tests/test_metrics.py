@@ -11,19 +11,19 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus import keys as bus_keys
-from bus.contract import BusUnavailable, Commit, Delivery
-from bus.dead_letters import DeadLetter
-from bus.envelope import iso_ms
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import BusUnavailable, Commit, Delivery
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import iso_ms
 from choreo.metrics import PrometheusObserver, new_registry
 from choreo.orders import OrderRequest, place_orders
 from choreo.redis_server import free_port
 from tests.helpers import wait_for
 from tests.saga_run import place_mix, settle
 from tests.test_reliability import checked_event, fast, flaky_payment, run_until, xadd
-from workers import SERVICES
-from workers.observer import OUTCOMES
-from workers.runtime import Worker
+from choreo.workers import SERVICES
+from choreo.workers.observer import OUTCOMES
+from choreo.workers.runtime import Worker
 
 ORDER_CREATED = bus_keys.stream("OrderCreated")
 

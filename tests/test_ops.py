@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
 from choreo.cli import main
 from choreo.dashboard import gather
 from tests.helpers import wait_for
@@ -97,7 +97,7 @@ def health(procs, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_heartbeat_frozen_worker_expires_and_comes_back_and_health_says_so(procs, redis_server, redis_url):
-    from bus.connect import open_bus
+    from choreo.bus.connect import open_bus
     r = redis_server.client()
     key = bus_keys.heartbeat("payment", PAYMENT)
     assert health(procs).returncode == 1 and "no live heartbeat" in health(procs).stdout

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from choreo.dashboard import declared_streams
-from config.catalogue import CATALOGUE
-from workers import SERVICES, keys
+from choreo.config.catalogue import CATALOGUE
+from choreo.workers import SERVICES, keys
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 REDIS_CLI = "/usr/bin/redis-cli"

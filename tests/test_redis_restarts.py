@@ -6,14 +6,14 @@ from __future__ import annotations
 import subprocess
 import time
 
-from bus import keys as bus_keys
-from bus.connect import open_bus
+from choreo.bus import keys as bus_keys
+from choreo.bus.connect import open_bus
 from choreo.orders import OrderRequest, place_orders
 from tests.conftest import BIN, ROOT
 from tests.helpers import FIGURES, wait_for
 from tests.redis_server import RedisServer
 from tests.saga_run import drained
-from workers import keys
+from choreo.workers import keys
 
 SERVICES = ("order", "inventory", "payment", "shipping")
 
@@ -23,7 +23,7 @@ def start_workers(procs, url):
 
 
 def all_groups_exist(r) -> bool:
-    from workers import SERVICES as DECLARED
+    from choreo.workers import SERVICES as DECLARED
     for service in DECLARED.values():
         for stream in service.streams:
             if not r.exists(stream) or service.name not in {g["name"] for g in r.xinfo_groups(stream)}:

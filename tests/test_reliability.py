@@ -11,13 +11,13 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope, FIELDS
-from config.settings import Settings
-from workers import SERVICES, keys
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope, FIELDS
+from choreo.config.settings import Settings
+from choreo.workers import SERVICES, keys
 from tests.helpers import log_lines
-from workers.runtime import Worker
-from workers.service import On
+from choreo.workers.runtime import Worker
+from choreo.workers.service import On
 from choreo.orders import OrderRequest, place_orders
 
 CHECKED = bus_keys.stream("InventoryChecked")
@@ -165,7 +165,7 @@ def test_an_entry_redis_refuses_is_dead_lettered_alone_and_the_rest_go_on(real_b
 
 
 def test_lost_commit_replies_do_not_use_up_the_delivery_budget(real_bus, monkeypatch):
-    from bus.contract import BusUnavailable
+    from choreo.bus.contract import BusUnavailable
     worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1")
     worker.start()
     place_orders(real_bus, [OrderRequest(str(i), [{"product_id": 101, "quantity": 1}]) for i in (1, 2, 3)])
@@ -191,7 +191,7 @@ def test_lost_commit_replies_do_not_use_up_the_delivery_budget(real_bus, monkeyp
 
 def test_the_lease_thread_outlives_redis_errors(caplog):
     import threading
-    from bus.contract import Delivery, GroupMissing
+    from choreo.bus.contract import Delivery, GroupMissing
 
     class LeaseBus:
         calls = 0
@@ -212,7 +212,7 @@ def test_the_lease_thread_outlives_redis_errors(caplog):
 
 def test_a_broken_dead_letter_stream_is_reported_not_looped_on(real_bus):
     import signal
-    from bus.contract import BusError
+    from choreo.bus.contract import BusError
     worker = Worker(SERVICES["inventory"], real_bus, fast(), "inventory-test-1")
     worker.start()
     real_bus.client.set(bus_keys.dead_letters("inventory"), "not a stream")

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from bus import keys as bus_keys
-from bus.contract import Commit, Outcome
-from bus.envelope import Envelope
-from bus.ops import Expire, Publish, SetFields
-from bus.trim import Index, prune_index, trim_streams
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit, Outcome
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import Expire, Publish, SetFields
+from choreo.bus.trim import Index, prune_index, trim_streams
 from choreo.audit import run_audit
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
-from config.settings import Settings
+from choreo.config.settings import Settings
 from tests.helpers import wait_for
 from tests.inprocess import drain, start_workers
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 
 RETENTION_S = 2
 # One order per way to end: completed, rejected (out of stock), declined (card limit), shipping

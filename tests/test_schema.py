@@ -11,10 +11,10 @@ import json
 import jsonschema
 import pytest
 
-from bus.envelope import Envelope, MalformedEntry
+from choreo.bus.envelope import Envelope, MalformedEntry
 from choreo.cli import main
-from workers import SERVICES
-from workers.events import EVENTS, check_data
+from choreo.workers import SERVICES
+from choreo.workers.events import EVENTS, check_data
 
 
 def printed(capsys, *args) -> dict:

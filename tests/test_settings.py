@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import BOUNDS, Settings, SettingsError, plain_number
+from choreo.config.settings import BOUNDS, Settings, SettingsError, plain_number
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from tests.conftest import Processes
 from tests.helpers import wait_for
 from tests.redis_server import Certificates, RedisServer
-from workers import SERVICES, keys
+from choreo.workers import SERVICES, keys
 
 PASSWORD = "tls-s3cret"
 

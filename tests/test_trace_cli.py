@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import time
 
-from bus import keys as bus_keys
-from bus.contract import Commit
-from bus.envelope import Envelope
-from bus.ops import Publish
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import Publish
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
-from config.settings import Settings
+from choreo.config.settings import Settings
 from tests.helpers import EIGHT
 from tests.inprocess import drain, start_workers
-from workers import keys
+from choreo.workers import keys
 
 
 

@@ -10,15 +10,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bus import keys as bus_keys
-from bus.envelope import FIELDS, Envelope
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import FIELDS, Envelope
 from choreo.orders import OrderRequest, place_orders
-from config.settings import Settings
+from choreo.config.settings import Settings
 from tests.helpers import wait_for
 from tests.inprocess import drain
-from workers import SERVICES, keys
-from workers.runtime import Worker
-from workers.tracing import Tracing
+from choreo.workers import SERVICES, keys
+from choreo.workers.runtime import Worker
+from choreo.workers.tracing import Tracing
 
 GOOD = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

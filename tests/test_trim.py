@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bus.trim import Retention, after, format_id, parse_id, trim_stream, trim_streams
+from choreo.bus.trim import Retention, after, format_id, parse_id, trim_stream, trim_streams
 from choreo.cli import main
 from tests.helpers import wait_for
 from tests.saga_run import place_mix, settle

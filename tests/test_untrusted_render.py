@@ -15,14 +15,14 @@ import re
 import pytest
 from rich.console import Console
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
 from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, heights, render)
 from choreo.cli import main
 from choreo.plain import plain, text
 from choreo.trace import DeadLetter, Reaction, TracedEvent, TraceNode, render_tree
-from workers import keys
+from choreo.workers import keys
 
 MARKUP = "[/oops]"
 TITLE = "\x1b]0;pwned\x07"

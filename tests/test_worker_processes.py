@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from bus import keys as bus_keys
+from choreo.bus import keys as bus_keys
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from tests.helpers import order_statuses, pending_count, wait_for
-from workers import keys
+from choreo.workers import keys
 
 ORDER_CREATED = bus_keys.stream("OrderCreated")
 

@@ -1,10 +1,10 @@
 """The worker runtime and the order saga, the reference application: APP is the whole
 choreography, as data (see workers.app)."""
 
-from workers import deadlines, inventory, order, payment, shipping
-from workers.app import App
-from workers.events import EVENTS
-from workers.service import On, Service
+from choreo.workers import deadlines, inventory, order, payment, shipping
+from choreo.workers.app import App
+from choreo.workers.events import EVENTS
+from choreo.workers.service import On, Service
 
 SERVICES: dict[str, Service] = {s.name: s for s in (
     order.SERVICE, inventory.SERVICE, payment.SERVICE, shipping.SERVICE)}

@@ -1,12 +1,12 @@
 """An application: a choreography declared as data — its services and its event types.
 
 Every command reads the application it is given (`--app module:attribute`, or `CHOREO_APP`; the
-order saga, `workers:APP`, by default): `choreo worker` runs one of its services, and the payload
+order saga, `choreo.workers:APP`, by default): `choreo worker` runs one of its services, and the payload
 checks, dead-letter reasons, `topology`, `schema`, `trace`, the dashboard, `dlq`, `audit`, `trim`
 and the ACL users all come from it, never from lists elsewhere.
 
-    from workers.app import App
-    from workers.service import On, Service
+    from choreo.workers.app import App
+    from choreo.workers.service import On, Service
 
     app = App("signup", services=[ACCOUNTS, MAILER], events={"SignedUp": SignedUp, ...})
 """
@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Mapping
 
 from msgspec import Struct
 
-from workers.service import Service
+from choreo.workers.service import Service
 
-DEFAULT = "workers:APP"
+DEFAULT = "choreo.workers:APP"
 # Names become parts of keys, stream names, consumer groups and ACL users.
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 EVENT_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")

@@ -11,12 +11,12 @@ whose deadline has passed, even when DeadlinePassed has not reached them yet.
 
 from __future__ import annotations
 
-from bus.scheduler import ScheduledCall, job_bus
-from workers import keys
-from bus import keys as bus_keys
-from workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id
+from choreo.bus.scheduler import ScheduledCall, job_bus
+from choreo.workers import keys
+from choreo.bus import keys as bus_keys
+from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id
 
-JOB = "workers.deadlines.pass_deadline"
+JOB = "choreo.workers.deadlines.pass_deadline"
 TIMERS = "timers"                           # the group-like name of the timers' dedup markers
 FIRED_TTL_S = 31 * 24 * 3600                # longer than any deadline (30 days at most)
 EVENT = "DeadlinePassed"                    # published by the timers process, not by a worker
@@ -47,7 +47,7 @@ def carried(event) -> dict:
 def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     """Publish DeadlinePassed for an order still PENDING (read through a unit of work: published
     only if the order did not move since)."""
-    from workers.order import PENDING, SERVICE as ORDER
+    from choreo.workers.order import PENDING, SERVICE as ORDER
     uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus), **({"clock": clock} if clock else {}))
     status = uow.read(keys.order(order_id)).get("status")
     if status != PENDING:

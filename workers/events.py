@@ -17,7 +17,7 @@ from typing import Annotated, Mapping, Optional
 import msgspec
 from msgspec import Meta, Struct
 
-from bus.envelope import Envelope, MalformedEntry
+from choreo.bus.envelope import Envelope, MalformedEntry
 
 # Bounds keep every counter a handler adds to far inside what Redis (int64) and the commit
 # script (exact up to 2^50) can hold, and times inside what a datetime can represent.
@@ -131,7 +131,7 @@ ENVELOPE_FIELDS = {
 def asyncapi(services, title: str, version: str, events: Mapping[str, type[Struct]] = EVENTS) -> dict:
     """An AsyncAPI 2.6 document: one channel per stream, who publishes and who consumes it, each
     message the flat envelope whose `data` field holds the event type's JSON object."""
-    from bus import keys as bus_keys
+    from choreo.bus import keys as bus_keys
     schema = json_schema(events)
     envelope = {"type": "object", "required": list(ENVELOPE_FIELDS),
                 "properties": {name: {"type": "string", "description": text}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from bus.contract import Bus
-from config.catalogue import CATALOGUE
-from workers import keys
-from workers.deadlines import carried
-from workers.service import On, Service, confirm
-from workers.unit_of_work import BatchView, UnitOfWork
+from choreo.bus.contract import Bus
+from choreo.config.catalogue import CATALOGUE
+from choreo.workers import keys
+from choreo.workers.deadlines import carried
+from choreo.workers.service import On, Service, confirm
+from choreo.workers.unit_of_work import BatchView, UnitOfWork
 
 RESERVED, REJECTED, RELEASED, SOLD = "RESERVED", "REJECTED", "RELEASED", "SOLD"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from bus.contract import Delivery
-    from bus.envelope import Envelope
+    from choreo.bus.contract import Delivery
+    from choreo.bus.envelope import Envelope
 
 # How a handled entry ended, one per commit outcome (bus.contract.Outcome) plus the dead letter.
 APPLIED = "applied"            # its effects and events committed, entry acknowledged

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from bus import keys as bus_keys
-from config.catalogue import CATALOGUE
-from workers import keys
-from workers.events import MAX_QUANTITY, valid_lines
-from workers.service import On, Service
-from workers.unit_of_work import UnitOfWork
+from choreo.bus import keys as bus_keys
+from choreo.config.catalogue import CATALOGUE
+from choreo.workers import keys
+from choreo.workers.events import MAX_QUANTITY, valid_lines
+from choreo.workers.service import On, Service
+from choreo.workers.unit_of_work import UnitOfWork
 
 PENDING, COMPLETED, REJECTED, CANCELLED = "PENDING", "COMPLETED", "REJECTED", "CANCELLED"
 TERMINAL = (COMPLETED, REJECTED, CANCELLED)

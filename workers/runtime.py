@@ -17,20 +17,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
-from bus import keys as bus_keys
-from bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import (Bus, BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
                           PermissionsMissing, reconnect_delay_s)
-from bus.dead_letters import DeadLetter
-from bus.envelope import Envelope, MalformedEntry, iso_ms
-from bus.heartbeat import Heartbeat
-from config.settings import Settings
-from workers.events import EVENTS as MODELS, check_data
-from workers.observer import (APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, NO_OBSERVER, REFUSED,
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
+from choreo.bus.heartbeat import Heartbeat
+from choreo.config.settings import Settings
+from choreo.workers.events import EVENTS as MODELS, check_data
+from choreo.workers.observer import (APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, NO_OBSERVER, REFUSED,
                               Observer)
-from workers.service import Service
-from workers.deadlines import scheduled_call
-from workers.logs import EVENTS, WORKER, bound
-from workers.unit_of_work import BatchView, Timer, UnitOfWork
+from choreo.workers.service import Service
+from choreo.workers.deadlines import scheduled_call
+from choreo.workers.logs import EVENTS, WORKER, bound
+from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork
 
 
 def consumer_name(service: str, env=None, host: str | None = None) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from bus import keys as bus_keys
-from bus.envelope import Envelope
-from workers.unit_of_work import UnitOfWork
+from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import Envelope
+from choreo.workers.unit_of_work import UnitOfWork
 
 Handler = Callable[[Envelope, UnitOfWork], None]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from config.catalogue import RULES
-from workers import keys
-from workers.deadlines import passed, remaining_s
-from workers.service import On, Service, confirm
-from workers.unit_of_work import UnitOfWork
+from choreo.config.catalogue import RULES
+from choreo.workers import keys
+from choreo.workers.deadlines import passed, remaining_s
+from choreo.workers.service import On, Service, confirm
+from choreo.workers.unit_of_work import UnitOfWork
 
 BOOKED, FAILED, CANCELLED = "BOOKED", "FAILED", "CANCELLED"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from workers.observer import DEAD_LETTERED, REFUSED, Observer
+from choreo.workers.observer import DEAD_LETTERED, REFUSED, Observer
 
 INSTALL = "pip install 'choreo[tracing]'"
 

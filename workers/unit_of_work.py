@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection
 
-from bus import keys as bus_keys
-from bus.contract import Bus, Commit
-from bus.envelope import Envelope
-from bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Bus, Commit
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
                      SetFields)
 
 VERSION = "_v"

@@ -2,8 +2,8 @@
 
 from msgspec import Struct
 
-from workers.app import App
-from workers.service import On, Service, confirm
+from choreo.workers.app import App
+from choreo.workers.service import On, Service, confirm
 
 
 class Ping(Struct):
