@@ -1,4 +1,4 @@
-"""README's "Inspect with redis-cli" section, run: every command in it answers without error
+"""docs/keys.md's "Inspect with redis-cli" section, run: every command in it answers without error
 against a real redis-server after `choreo demo`, and the section covers every stream, group,
 dead-letter stream and domain key the code declares, so the guide cannot rot."""
 
@@ -15,7 +15,7 @@ from choreo.dashboard import declared_streams
 from choreo.config.catalogue import CATALOGUE
 from choreo.workers import SERVICES, keys
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+KEYS_DOC = Path(__file__).resolve().parent.parent / "docs" / "keys.md"
 REDIS_CLI = "/usr/bin/redis-cli"
 # Keys that hold something after one demo order: reading them must show it, not just "no error".
 FILLED = (keys.order("1"), keys.order_history("1"), bus_keys.trace("1"), keys.ORDER_SEQ,
@@ -25,7 +25,7 @@ FILLED = (keys.order("1"), keys.order_history("1"), bus_keys.trace("1"), keys.OR
 
 def guide_commands() -> list[str]:
     """Lines starting `redis-cli ` inside the section's code blocks."""
-    section = README.read_text().split("\n## Inspect with redis-cli\n", 1)[1].split("\n## ", 1)[0]
+    section = KEYS_DOC.read_text().split("\n## Inspect with redis-cli\n", 1)[1].split("\n## ", 1)[0]
     blocks = section.split("```")[1::2]
     return [line for block in blocks for line in block.splitlines() if line.startswith("redis-cli ")]
 

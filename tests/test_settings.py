@@ -5,7 +5,7 @@ import pytest
 
 from choreo.config.settings import BOUNDS, Settings, SettingsError, plain_number
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def test_defaults_and_environment():
@@ -79,7 +79,7 @@ def test_every_number_is_bounded_and_every_default_is_within_its_bounds():
                                "CHOREO_RETRY_BASE_MS": "1", "CHOREO_RETRY_MAX_MS": "3600000"})
 
 
-def test_readme_states_every_bound():
-    text = " ".join(README.read_text().split())
+def test_the_configuration_doc_states_every_bound():
+    text = " ".join(CONFIGURATION_DOC.read_text().split())
     for name, (least, most) in BOUNDS.items():
         assert f"`{name.upper()}` {plain_number(least)}..{plain_number(most)}" in text, name
