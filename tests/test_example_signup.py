@@ -112,3 +112,12 @@ def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
     finally:
         procs.stop_all()
         server.stop()
+
+
+def test_the_diagram_in_the_walkthrough_is_what_topology_draws(capsys):
+    from pathlib import Path
+    from choreo.cli import main
+    assert main(["topology", "--app", APP, "--format", "mermaid"]) == 0
+    page = (Path(__file__).resolve().parent.parent / "docs" / "own-service.md").read_text()
+    embedded = page.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert embedded == capsys.readouterr().out
