@@ -61,11 +61,9 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     return f"order {order_id}: DeadlinePassed {outcome.name}"
 
 
-def pass_deadline(order_id: str, causation_id: str, producer: str = "order",
-                  event_type: str = EVENT) -> str:
+def pass_deadline(order_id: str, causation_id: str) -> str:
     """The rq job (run by `choreo timers`). It uses the connection rq ran it with; no connection
-    details travel in the job. Called as every timer job is (workers.timers.scheduled_call); it
-    knows its producer and event, and ignores those arguments."""
+    details travel in the job."""
     bus = job_bus()
     try:
         return fire_deadline(bus, order_id, causation_id)

@@ -9,7 +9,7 @@ still matters. A timer that fires late, or after the outcome it was racing, must
 there; one that fires twice (re-armed by a redelivery after it ran) publishes once, deduplicated by
 its id in seen:timers, as the saga's deadlines are (workers.deadlines).
 
-Every timer job is called with (instance id, causation id, producer, event type): the arguments
+The generic job is called with (instance id, causation id, producer, event type): the arguments
 are strings in the queue, which anyone who may arm a timer may write. The timers' Redis user may
 publish only the app's timer events (choreo.acl), and the consuming worker dead-letters an entry
 whose producer does not create its type (App.publishers).
@@ -27,10 +27,13 @@ FIRED_TTL_S = 31 * 24 * 3600                # longer than any timer should be ar
 
 
 def scheduled_call(timer: Timer) -> ScheduledCall:
-    """The rq call that fires `timer`: its own job (the generic one unless the handler chose
-    another, as the saga's deadline does) with the arguments every timer job takes."""
-    return ScheduledCall(timer.job_id, timer.at_ms, timer.job,
-                         (timer.order_id, timer.causation_id, timer.producer, timer.event_type))
+    """The rq call that fires `timer`: the generic job with (instance id, causation id, producer,
+    event type); a job of the app's own (the saga's deadline) with (instance id, causation id),
+    as the saga's deadline jobs always were."""
+    args = (timer.order_id, timer.causation_id)
+    if timer.job == JOB:
+        args += (timer.producer, timer.event_type)
+    return ScheduledCall(timer.job_id, timer.at_ms, timer.job, args)
 
 
 def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: str,
