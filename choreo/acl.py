@@ -22,7 +22,7 @@ from choreo.bus import keys as bus_keys
 from choreo.bus.acl import Grant, Role, Verdict, sample
 from choreo.bus.scheduler import armed_keys
 from choreo.workers import keys
-from choreo.workers.deadlines import EVENT as TIMER_EVENT, TIMERS
+from choreo.workers.deadlines import EVENT as DEADLINE_EVENT, TIMERS
 from choreo.workers.service import Service
 from choreo.workers.unit_of_work import timer_id
 
@@ -52,6 +52,8 @@ TRACES = bus_keys.trace("*")
 # Liveness (bus.heartbeat): a process renews its own heartbeat hash and its name in the index.
 HEARTBEAT = ("hset", "pexpire", "del")
 HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
+# The order saga's timer events (App.timer_events of choreo.workers:APP), when none are given.
+SAGA_TIMER_EVENTS = (DEADLINE_EVENT,)
 
 
 def heartbeat_grants(service: str) -> list[Grant]:
@@ -64,14 +66,19 @@ def heartbeat_refusals(service: str) -> list[tuple[str, ...]]:
     return [sample("hset", bus_keys.heartbeat(service, "*")), sample("zadd", bus_keys.heartbeats(service))]
 
 
-def publishes(service: Service) -> tuple[str, ...]:
+def publishes(service: Service, timer_events=SAGA_TIMER_EVENTS) -> tuple[str, ...]:
     """Event types the service's own user XADDs: what its handlers emit and what it creates on a
-    command; events a timer publishes go out under the timers user."""
-    return tuple(t for t in (*service.emits, *service.creates) if t != TIMER_EVENT)
+    command; events a timer publishes (the app's timer_events) go out under the timers user."""
+    return tuple(t for t in (*service.emits, *service.creates) if t not in timer_events)
 
 
-def arms_timers(service: Service) -> bool:
-    return TIMER_EVENT in service.creates
+def armed_timers(service: Service, timer_events=SAGA_TIMER_EVENTS) -> tuple[str, ...]:
+    """The timer events this service arms (publish_later): rq job ids `<EventType>-*`."""
+    return tuple(t for t in service.creates if t in timer_events)
+
+
+def arms_timers(service: Service, timer_events=SAGA_TIMER_EVENTS) -> bool:
+    return bool(armed_timers(service, timer_events))
 
 
 def expires_traces(service: Service) -> bool:
@@ -84,9 +91,11 @@ def all_streams(services: Sequence[Service]) -> list[str]:
     return [bus_keys.stream(t) for t in sorted(types)]
 
 
-def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
-    """The user of one service; `services` (the whole choreography) adds what it must be refused."""
-    own = [bus_keys.stream(t) for t in publishes(service)]
+def service_role(service: Service, services: Sequence[Service] = (),
+                 timer_events=SAGA_TIMER_EVENTS) -> Role:
+    """The user of one service; `services` (the whole choreography) adds what it must be refused;
+    `timer_events` are the app's (App.timer_events)."""
+    own = [bus_keys.stream(t) for t in publishes(service, timer_events)]
     grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
               Grant(CONSUME, tuple(service.streams)),
               Grant(SEEN, (bus_keys.seen(service.name),)), *heartbeat_grants(service.name)]
@@ -94,15 +103,16 @@ def service_role(service: Service, services: Sequence[Service] = ()) -> Role:
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
-    if arms_timers(service):
-        grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(TIMER_EVENT, "*")))]
+    for event in armed_timers(service, timer_events):
+        grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(event, "*")))]
     return Role(service.name, f"the {service.name} service", tuple(grants), CLIENT,
-                refuses=tuple(refusals(service, services)))
+                refuses=tuple(refusals(service, services, timer_events)))
 
 
-def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, ...]]:
+def refusals(service: Service, services: Sequence[Service],
+             timer_events=SAGA_TIMER_EVENTS) -> list[tuple[str, ...]]:
     streams = all_streams(services)
-    mine = {bus_keys.stream(t) for t in publishes(service)}
+    mine = {bus_keys.stream(t) for t in publishes(service, timer_events)}
     out = [sample("xadd", s) for s in streams if s not in mine]
     out += [sample("xreadgroup", s, service.name) for s in streams if s not in service.streams]
     for other in services:
@@ -114,22 +124,26 @@ def refusals(service: Service, services: Sequence[Service]) -> list[tuple[str, .
     out += heartbeat_refusals(TIMERS)
     for stream in service.streams[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
-    if arms_timers(service):
-        _, registry, queues = armed_keys(timer_id(TIMER_EVENT, "*"))
+    if arms_timers(service, timer_events):
+        _, registry, queues = armed_keys(timer_id(armed_timers(service, timer_events)[0], "*"))
         out += [sample("del", registry), sample("del", queues), sample("hset", registry)]
     return out + list(DANGEROUS)
 
 
-def roles(services: Sequence[Service]) -> list[Role]:
+def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[Role]:
+    """Every user of the choreography; `timer_events` are the app's (App.timer_events)."""
     owners = [p for s in services for p in s.owns]
     streams = all_streams(services)
     writes = [sample("xadd", streams[0]), sample("hset", owners[0]), sample("del", owners[0]),
               sample("xack", streams[0], "g")]
-    order_keys = next((s.owns for s in services if TIMER_EVENT in s.creates), ())
+    # The saga's deadline job reads the order before publishing; generic timers read nothing.
+    order_keys = next((s.owns for s in services if DEADLINE_EVENT in s.creates
+                       and DEADLINE_EVENT in timer_events), ())
+    fired = tuple(bus_keys.stream(t) for t in timer_events)
     return [
-        *(service_role(s, services) for s in services),
-        Role("timers", "runs the rq worker that fires timers (order deadlines)",
-             (Grant(PUBLISH, (bus_keys.stream(TIMER_EVENT),)), Grant(TRACE, (TRACES,)),
+        *(service_role(s, services, timer_events) for s in services),
+        Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
+             (Grant(PUBLISH, fired), Grant(TRACE, (TRACES,)),
               Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS),
               Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
@@ -137,7 +151,7 @@ def roles(services: Sequence[Service]) -> list[Role]:
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
                    "-renamenx", "+info", *CLIENT, "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
-             refuses=(*(sample("xadd", s) for s in streams if s != bus_keys.stream(TIMER_EVENT)),
+             refuses=(*(sample("xadd", s) for s in streams if s not in fired),
                       *(sample("hset", p) for p in owners),
                       *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
         Role("trimmer", "trims the declared streams as far as every group allows; prunes "

@@ -66,7 +66,7 @@ def cmd_worker(args, settings: Settings) -> int:
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
     log.info(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
              f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
-    role = service_role(service)
+    role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
                     publishers=args.app.publishers, events=args.app.events, observer=observer)
     try:
@@ -104,7 +104,7 @@ def cmd_timers(args, settings: Settings) -> int:
     bus = open_bus(settings.url)
     log.info(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
     try:
-        require(bus, next(r for r in roles(list(args.app.services)) if r.user == "timers"))
+        require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
         run_timers(bus.client, name, args.app.timer_jobs, level=settings.log_level,
                    heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s))
         return 0
@@ -354,7 +354,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
 def cmd_acl(args, settings: Settings) -> int:
     from choreo.bus.acl import check, render
     from choreo.acl import passwords, roles
-    every = roles(list(args.app.services))
+    every = roles(list(args.app.services), args.app.timer_events)
     if args.acl_verb == "render":
         try:
             secret = passwords([r.user for r in every], file=args.password_file)

@@ -6,7 +6,7 @@ import json
 
 from choreo.bus import keys as bus_keys
 from choreo.config.catalogue import CATALOGUE
-from choreo.workers import keys
+from choreo.workers import deadlines, keys
 from choreo.workers.events import MAX_QUANTITY, valid_lines
 from choreo.workers.service import On, Service
 from choreo.workers.unit_of_work import UnitOfWork
@@ -42,7 +42,7 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
 def arm_deadline(event, uow: UnitOfWork) -> None:
     """Confirming OrderCreated: the order is durable; start its clock (see workers.deadlines)."""
     if "deadline_at_ms" in event.data:
-        uow.publish_later("DeadlinePassed", event.data["deadline_at_ms"])
+        uow.publish_later("DeadlinePassed", event.data["deadline_at_ms"], job=deadlines.JOB)
 
 
 def _finish(status: str):

@@ -28,7 +28,7 @@ from choreo.workers.events import EVENTS as MODELS, check_data
 from choreo.workers.observer import (APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, NO_OBSERVER, REFUSED,
                               Observer)
 from choreo.workers.service import Service
-from choreo.workers.deadlines import scheduled_call
+from choreo.workers.timers import scheduled_call
 from choreo.workers.logs import EVENTS, WORKER, bound
 from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork
 

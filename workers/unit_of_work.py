@@ -15,6 +15,8 @@ from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, 
 
 VERSION = "_v"
 DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
+# The generic timer job (workers.timers): publishes the event when due, whatever the state.
+PUBLISH_DUE = "choreo.workers.timers.publish_due"
 
 
 class UndeclaredEvent(Exception):
@@ -34,6 +36,8 @@ class Timer:
     event_type: str
     order_id: str
     causation_id: str
+    producer: str = ""                      # the service that armed it: the event's producer
+    job: str = PUBLISH_DUE                  # the timers' function that fires it (App.timer_jobs)
 
 
 class BatchView:
@@ -141,13 +145,14 @@ class UnitOfWork:
                                 trace=bus_keys.trace(event.order_id)))
         return event
 
-    def publish_later(self, event_type: str, at_ms: int) -> Timer:
+    def publish_later(self, event_type: str, at_ms: int, job: str = PUBLISH_DUE) -> Timer:
         """Arrange for `event_type` (one the service `creates`) to be published at at_ms, caused
-        by the event in hand. Arming twice (a redelivery) arms the same job once."""
+        by the event in hand, by `job` (workers.timers: the generic one publishes it whatever
+        the state; the consumer decides). Arming twice (a redelivery) arms the same job once."""
         if event_type not in self._creates:
             raise UndeclaredEvent(f"{self.producer} does not declare that it creates {event_type}")
         timer = Timer(timer_id(event_type, self.cause.order_id), int(at_ms), event_type,
-                      self.cause.order_id, self.cause.id)
+                      self.cause.order_id, self.cause.id, self.producer, job)
         self.timers.append(timer)
         return timer
 

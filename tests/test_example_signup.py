@@ -1,0 +1,123 @@
+"""The sign-up example (examples/signup) end to end, as a user runs it: `choreo worker` and
+`choreo timers` processes with --app, on a real redis-server; then the dead letters, the
+diagram and the dashboard of that app. (Its handler and embedded-Redis tests are beside it.)"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from choreo.bus import keys as bus_keys
+from examples.signup.app import email_claim
+from examples.signup.commands import confirm_email, sign_up, status
+from tests.helpers import wait_for
+
+APP = "examples.signup.app:app"
+
+
+@pytest.fixture
+def signup(procs, real_bus):
+    """Both services and the timers, the mailer retrying fast and giving up after 2 deliveries."""
+    procs.base_env.update(CHOREO_APP=APP, CHOREO_RETRY_BASE_MS="100", CHOREO_MAX_DELIVERIES="2")
+    for service in ("accounts", "mailer"):
+        procs.worker(service)
+    procs.start("timers", name="timers")
+    return real_bus
+
+
+def ended(bus, account_id, timeout=20):
+    wait_for(lambda: status(bus, account_id).get("status") not in (None, "PENDING"),
+             timeout=timeout, what=f"account {account_id} ended")
+    return status(bus, account_id)
+
+
+def test_the_four_endings_on_a_real_server(signup, procs):
+    bus = signup
+    happy, code = sign_up(bus, "ada@example.com", verify_within_s=30)
+    bounced, _ = sign_up(bus, "gone@bounce.test", verify_within_s=30)
+    down, _ = sign_up(bus, "x@down.test", verify_within_s=30)
+    late, late_code = sign_up(bus, "bob@example.com", verify_within_s=1)
+    wait_for(lambda: status(bus, happy).get("message_id"), what="the email sent")
+    confirm_email(bus, happy, code)
+    assert ended(bus, happy)["status"] == "ACTIVE"
+    assert ended(bus, bounced)["status"] == "FAILED"
+    assert bus.client.hget(email_claim("gone@bounce.test"), "account") == ""     # freed
+    assert ended(bus, late)["status"] == "EXPIRED"                # by the timers process
+    confirm_email(bus, late, late_code)                           # too late: changes nothing
+    # The transient failure: retried, then dead-lettered; the account waits for its timer.
+    wait_for(lambda: bus.client.xlen(bus_keys.dead_letters("mailer")) == 1, what="dead letter")
+    listed = procs.run("dlq", "list")
+    assert listed.returncode == 0 and "events:SignUpRequested" in listed.stdout
+    assert "TransientFailure" in listed.stdout, listed.stdout
+    assert status(bus, down)["status"] == "PENDING"
+    assert bus.client.xlen(bus_keys.stream("VerificationExpired")) == 1
+    wait_for(lambda: bus.client.xlen(bus_keys.stream("EmailVerified")) == 2, what="late verify")
+    wait_for(lambda: not bus.client.xpending(bus_keys.stream("EmailVerified"), "accounts")["pending"],
+             what="the late verification handled")
+    assert status(bus, late)["status"] == "EXPIRED"
+
+
+def test_the_diagram_and_the_dashboard_show_the_example(signup, procs):
+    drawn = procs.run("topology", "--format", "mermaid")
+    assert drawn.returncode == 0
+    assert "svc_mailer ==> evt_EmailFailed" in drawn.stdout
+    assert "evt_VerificationExpired --> svc_accounts" in drawn.stdout
+    assert "order" not in drawn.stdout.lower()
+    account_id, _ = sign_up(signup, "ada@example.com")
+    wait_for(lambda: status(signup, account_id).get("message_id"), what="the email sent")
+    shown = procs.run("dashboard", "--json", "--refresh", "0.1")
+    assert shown.returncode == 0, shown.stderr
+    text = json.dumps(json.loads(shown.stdout))
+    for name in ("accounts", "mailer", "events:SignUpRequested", "events:VerificationEmailSent"):
+        assert name in text
+    assert "inventory" not in text
+
+
+def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
+    """Every process on its own user, from `choreo acl render --app`: accounts arms the expiry
+    timer (rq's keys for VerificationExpired-*), only the timers user publishes the event, and
+    `choreo acl check --app` finds no mismatch."""
+    from choreo.acl import roles
+    from choreo.bus.connect import open_bus
+    from examples.signup.app import app
+    from tests.conftest import BIN, ROOT, Processes
+    from tests.redis_server import RedisServer
+    import subprocess
+    passwords = {r.user: f"pw-{r.user}-0123456789" for r in roles(list(app.services), app.timer_events)}
+    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in passwords.items()}
+    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render", "--app", APP], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30,
+                              env={"PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **env})
+    assert rendered.returncode == 0, rendered.stderr
+    (tmp_path / "users.acl").write_text(rendered.stdout)
+    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
+                         auth=("admin", passwords["admin"])).start()
+    procs = Processes(server.url_for("admin", passwords["admin"]), tmp_path)
+    try:
+        procs.base_env.pop("REDIS_URL")
+        procs.base_env.update({f"REDIS_URL_{u.upper()}": server.url_for(u, p) for u, p in passwords.items()},
+                              CHOREO_APP=APP)
+        for service in ("accounts", "mailer"):
+            procs.worker(service)
+        procs.start("timers", name="timers")
+        with open_bus(server.url_for("accounts", passwords["accounts"])) as bus:
+            account_id, _ = sign_up(bus, "bob@example.com", verify_within_s=1)
+            assert ended(bus, account_id)["status"] == "EXPIRED"
+            [(_, fired)] = server.client().xrange(bus_keys.stream("VerificationExpired"))
+            assert fired["producer"] == "accounts"
+        checked = procs.run("acl", "check", REDIS_URL=server.url_for("admin", passwords["admin"]))
+        assert checked.returncode == 0 and ", 0 mismatches" in checked.stdout, checked.stdout[-2000:]
+    finally:
+        procs.stop_all()
+        server.stop()
+
+
+def test_the_diagram_in_the_walkthrough_is_what_topology_draws(capsys):
+    from pathlib import Path
+    from choreo.cli import main
+    assert main(["topology", "--app", APP, "--format", "mermaid"]) == 0
+    page = (Path(__file__).resolve().parent.parent / "docs" / "own-service.md").read_text()
+    embedded = page.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert embedded == capsys.readouterr().out

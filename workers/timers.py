@@ -1,0 +1,56 @@
+"""Generic timers: "publish this event later". A handler calls uow.publish_later(EventType, at_ms)
+for an event its service declares in `creates` (and the app lists in `timer_events`); the runtime
+arms an rq job under the id `<EventType>-<instance id>` before its commit, and `choreo timers`
+runs `publish_due` when it is due, which publishes the event for the instance, as the service
+that armed it, caused by the event that armed it.
+
+The timer does not look at any state: the consumer decides from its own state whether the event
+still matters. A timer that fires late, or after the outcome it was racing, must change nothing
+there; one that fires twice (re-armed by a redelivery after it ran) publishes once, deduplicated by
+its id in seen:timers, as the saga's deadlines are (workers.deadlines).
+
+The generic job is called with (instance id, causation id, producer, event type): the arguments
+are strings in the queue, which anyone who may arm a timer may write. The timers' Redis user may
+publish only the app's timer events (choreo.acl), and the consuming worker dead-letters an entry
+whose producer does not create its type (App.publishers).
+"""
+
+from __future__ import annotations
+
+from choreo.bus import keys as bus_keys
+from choreo.bus.scheduler import ScheduledCall, job_bus
+from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
+
+JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it
+TIMERS = "timers"                           # the dedup markers' name: bus_keys.seen(TIMERS)
+FIRED_TTL_S = 31 * 24 * 3600                # longer than any timer should be armed for
+
+
+def scheduled_call(timer: Timer) -> ScheduledCall:
+    """The rq call that fires `timer`: the generic job with (instance id, causation id, producer,
+    event type); a job of the app's own (the saga's deadline) with (instance id, causation id),
+    as the saga's deadline jobs always were."""
+    args = (timer.order_id, timer.causation_id)
+    if timer.job == JOB:
+        args += (timer.producer, timer.event_type)
+    return ScheduledCall(timer.job_id, timer.at_ms, timer.job, args)
+
+
+def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: str,
+         clock=None) -> str:
+    """Publish event_type for the instance, as producer, once per timer id."""
+    uow = UnitOfWork(producer, (event_type,), BatchView(bus), **({"clock": clock} if clock else {}))
+    uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
+    commit = uow.to_commit(seen=bus_keys.seen(TIMERS), seen_id=timer_id(event_type, instance_id),
+                           seen_ttl_s=FIRED_TTL_S)
+    outcome = bus.commit("", [commit])[0]
+    return f"{producer} {instance_id}: {event_type} {outcome.name}"
+
+
+def publish_due(instance_id: str, causation_id: str, producer: str, event_type: str) -> str:
+    """The rq job (run by `choreo timers`), on the connection rq ran it with."""
+    bus = job_bus()
+    try:
+        return fire(bus, instance_id, causation_id, producer, event_type)
+    finally:
+        bus.close()
