@@ -1,5 +1,5 @@
 """What the dashboard shows, read from Redis: a Snapshot of dataclasses, gathered read-only through
-bus.inspect. Rendering is choreo.dashboard's business; nothing here draws."""
+bus.inspect. Rendering is choreo.ops.dashboard's business; nothing here draws."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from choreo.bus import dead_letters, inspect, keys as bus_keys
 from choreo.bus.connect import redact
 from choreo.bus.contract import BusUnavailable, GroupMissing
 from choreo.bus.redis_streams import RedisStreamsBus
-from choreo.load import percentile
+from choreo.measure.load import percentile
 from choreo.workers import SERVICES, keys
 from choreo.workers.order import COMPLETED
 from choreo.workers.service import Service
