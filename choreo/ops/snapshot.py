@@ -237,13 +237,11 @@ def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
 
 
 def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLetterRow:
+    newest, count = dead_letters.newest_and_count(bus, service)
     stream = bus_keys.dead_letters(service)
-    info = inspect.stream_info(bus, stream)
-    newest = dead_letters.read_newest(bus, service, 1) if info and info.length else []
-    if not newest:
+    if newest is None:
         return DeadLetterRow(service, stream, 0, "", None)
-    return DeadLetterRow(service, stream, info.length, newest[0].error,
-                         _age_s(now_ms, newest[0].dlq_id))
+    return DeadLetterRow(service, stream, count, newest.error, _age_s(now_ms, newest.dlq_id))
 
 
 def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_EVENTS) -> list[EventRow]:
