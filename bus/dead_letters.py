@@ -1,6 +1,7 @@
 """Dead letters: the record kept on `dlq:<service>`, and every Redis call made on those streams.
-The worker writes it, `choreo dlq`, trace and the dashboard read it: this module is the only one
-that knows its fields.
+The worker writes it (in one place, workers.handling's dead_letter, as a commit op); `choreo dlq`,
+trace, the dashboard and audit read it through the functions below: this module is the only one
+that knows its fields, and the only one that reads dlq:<service>.
 
     stream, entry_id   where the original entry was
     group              the service that gave up on it
@@ -25,6 +26,8 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping
+
+import redis
 
 from choreo.bus.ops import Publish
 from choreo.bus import keys
@@ -186,6 +189,19 @@ def read_one(bus: RedisStreamsBus, service: str, dlq_id: str) -> DeadLetter | No
     with translated_errors():
         found = _letters(service, bus.raw.xrange(keys.dead_letters(service), dlq_id, dlq_id))
     return found[0] if found else None
+
+
+def newest_and_count(bus: RedisStreamsBus, service: str) -> tuple[DeadLetter | None, int]:
+    """A service's newest dead letter and how many it has, as the dashboard shows them; (None, 0)
+    when it has none, or dlq:<service> is not a stream (a view never fails on what it shows)."""
+    stream = keys.dead_letters(service)
+    with translated_errors():
+        try:
+            length = bus.client.xinfo_stream(stream)["length"]
+        except redis.ResponseError:
+            return None, 0
+    newest = read_newest(bus, service, 1) if length else []
+    return (newest[0], length) if newest else (None, 0)
 
 
 def count(bus: RedisStreamsBus, service: str) -> int:

@@ -105,7 +105,7 @@ def replicas(text: str) -> dict[str, int]:
 
 
 def bench_rows(text: str) -> tuple[str, ...]:
-    from choreo.bench import ROWS
+    from choreo.measure.bench import ROWS
     rows = tuple(filter(None, text.split(",")))
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:

@@ -12,7 +12,7 @@ from choreo.bus.connect import UnusableUrl
 from choreo.bus.contract import BusError
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
-from choreo.metrics import MetricsUnavailable
+from choreo.ops.metrics import MetricsUnavailable
 from choreo.workers.tracing import TracingUnavailable
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
@@ -89,7 +89,7 @@ def _add_ops_verbs(sub, common, logs, services) -> None:
 
 
 def _add_bench_verb(sub, common) -> None:
-    from choreo.bench import ROWS
+    from choreo.measure.bench import ROWS
     p = sub.add_parser("bench", parents=[common],
                        help="measure choreo against plain redis-py references, in one run")
     p.add_argument("--orders", type=arg.orders, default=5000, help=f"per row, {arg.orders.bounds} (default: 5000)")

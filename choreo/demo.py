@@ -12,7 +12,7 @@ from choreo.config.catalogue import CATALOGUE
 from choreo.config.settings import Settings
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
 from choreo.scenarios import HAPPY, SCENARIOS, Scenario
-from choreo.trace import load_events, story_with_compensations
+from choreo.ops.trace import load_events, story_with_compensations
 from choreo.workers import PUBLISHERS, SERVICES, keys
 from choreo.workers.deadlines import fire_deadline
 from choreo.workers.order import OrderRejected

@@ -53,7 +53,7 @@ def _stop_flag() -> threading.Event:
 
 def cmd_worker(args, settings: Settings) -> int:
     from choreo.bus.acl import require
-    from choreo.acl import service_role
+    from choreo.ops.acl import service_role
     from choreo.workers.observer import NO_OBSERVER, combined
     from choreo.workers.runtime import Worker, consumer_name
     from choreo.workers.tracing import tracing_for
@@ -82,7 +82,7 @@ def _worker_observer(service, consumer: str, settings: Settings):
     from choreo.workers.observer import NO_OBSERVER
     if not settings.metrics_port:
         return NO_OBSERVER
-    from choreo.metrics import worker_observer
+    from choreo.ops.metrics import worker_observer
     observer = worker_observer(service.name, consumer, service.streams, settings.metrics_port,
                                settings.metrics_addr)
     _out(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
@@ -98,7 +98,7 @@ def cmd_timers(args, settings: Settings) -> int:
     from choreo.bus.heartbeat import Heartbeat
     from choreo.bus.scheduler import run_timers
     from choreo.bus.acl import require
-    from choreo.acl import roles
+    from choreo.ops.acl import roles
     name = timers_name()
     log = bound(TIMERS, "timers", name)
     bus = open_bus(settings.url)
@@ -160,7 +160,7 @@ def cmd_status(args, settings: Settings) -> int:
 
 def cmd_trace(args, settings: Settings) -> int:
     from rich.console import Console
-    from choreo.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
+    from choreo.ops.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
     with open_bus(settings.url) as bus:
         events = load_events(bus, args.order_id)
         dead = order_dead_letters(bus, args.order_id, args.app.by_name)
@@ -180,7 +180,7 @@ def cmd_trace(args, settings: Settings) -> int:
 
 def cmd_load(args, settings: Settings) -> int:
     from rich.console import Console
-    from choreo.load import LoadPlan, rich_progress, run_load, summary_table
+    from choreo.measure.load import LoadPlan, rich_progress, run_load, summary_table
     plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
                     deadline_s=_deadline(args, settings))
     with open_bus(settings.url) as bus:
@@ -196,7 +196,7 @@ def cmd_load(args, settings: Settings) -> int:
 
 def cmd_dashboard(args, settings: Settings) -> int:
     from rich.console import Console
-    from choreo.dashboard import print_once, run_live, sample_twice
+    from choreo.ops.dashboard import print_once, run_live, sample_twice
     if args.once or args.json:
         with open_bus(settings.url) as bus:
             snapshot = sample_twice(bus, settings.url, args.refresh, args.app.by_name)
@@ -221,7 +221,7 @@ EXPORTER_PORT = 9464
 
 def cmd_exporter(args, settings: Settings) -> int:
     """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
-    from choreo.exporter import serve_exporter
+    from choreo.ops.exporter import serve_exporter
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
     try:
@@ -254,7 +254,7 @@ def cmd_schema(args, settings: Settings) -> int:
 
 
 def cmd_health(args, settings: Settings) -> int:
-    from choreo.health import check
+    from choreo.ops.health import check
     streams = list(args.app.by_name[args.service].streams) if args.service in args.app.by_name else []
     with open_bus(settings.url) as bus:
         verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
@@ -266,7 +266,7 @@ def cmd_health(args, settings: Settings) -> int:
 
 
 def cmd_dlq(args, settings: Settings) -> int:
-    from choreo import dlq
+    from choreo.ops import dlq
     services = args.app.by_name
     if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *services):
         _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(services)})")
@@ -292,7 +292,7 @@ def cmd_dlq(args, settings: Settings) -> int:
 
 
 def cmd_audit(args, settings: Settings) -> int:
-    from choreo.audit import run_audit
+    from choreo.ops.audit import run_audit
     with open_bus(settings.url) as bus:
         return run_audit(bus, args.app.services, args.strict, _show, _show_err,
                          settings.retention_s)
@@ -353,7 +353,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
 
 def cmd_acl(args, settings: Settings) -> int:
     from choreo.bus.acl import check, render
-    from choreo.acl import passwords, roles
+    from choreo.ops.acl import passwords, roles
     every = roles(list(args.app.services), args.app.timer_events)
     if args.acl_verb == "render":
         try:
@@ -366,7 +366,7 @@ def cmd_acl(args, settings: Settings) -> int:
     with open_bus(settings.url) as bus:
         verdicts = check(bus, every)
     from rich.console import Console
-    from choreo.acl import verdict_table
+    from choreo.ops.acl import verdict_table
     Console(width=None if sys.stdout.isatty() else 160).print(verdict_table(verdicts))
     wrong = [v for v in verdicts if not v.ok]
     _out(f"{len(verdicts)} checks, {len(wrong)} mismatches" + (": " + "; ".join(
@@ -385,7 +385,7 @@ def _bench_misuse(args) -> str:
 
 
 def cmd_bench(args, settings: Settings) -> int:
-    from choreo.bench import BenchError
+    from choreo.measure.bench import BenchError
     if misuse := _bench_misuse(args):
         _err(f"choreo bench: {misuse}")
         return 2
@@ -399,8 +399,8 @@ def cmd_bench(args, settings: Settings) -> int:
 
 
 def _bench(args) -> int:
-    from choreo.bench import ROWS, Plan, run_bench
-    from choreo.bench_report import render, to_json
+    from choreo.measure.bench import ROWS, Plan, run_bench
+    from choreo.measure.bench_report import render, to_json
     plan = Plan(args.orders, args.rows or tuple(ROWS), args.replicas, rate=args.rate,
                 timeout_s=args.timeout, curve=args.curve)
     run = run_bench(plan, args.redis_url)
@@ -409,8 +409,8 @@ def _bench(args) -> int:
 
 
 def _soak(args) -> int:
-    from choreo.soak import SoakPlan, run_soak
-    from choreo.soak_report import lines, sample_table, to_json
+    from choreo.measure.soak import SoakPlan, run_soak
+    from choreo.measure.soak_report import lines, sample_table, to_json
     plan = SoakPlan(args.soak, args.rate, args.retention or 30, args.seen_ttl or 60,
                     timeout_s=args.timeout, replicas=args.replicas)
     run = run_soak(plan, args.redis_url)

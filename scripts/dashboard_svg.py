@@ -25,7 +25,7 @@ from rich.console import Console  # noqa: E402
 from choreo.bus import keys as bus_keys  # noqa: E402
 from choreo.bus.connect import open_bus  # noqa: E402
 from choreo.bus.envelope import Envelope  # noqa: E402
-from choreo.dashboard import gather, heights, render  # noqa: E402
+from choreo.ops.dashboard import gather, heights, render  # noqa: E402
 from choreo.orders import OrderRequest, new_order_ids, place_orders  # noqa: E402
 from choreo.config.settings import Settings  # noqa: E402
 from choreo.workers import SERVICES  # noqa: E402

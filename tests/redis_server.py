@@ -1,4 +1,4 @@
 """The tests' throwaway redis-server: the same code `choreo bench` uses, which lives in the
-package (choreo.redis_server) so the installed command has it too."""
+package (choreo.measure.redis_server) so the installed command has it too."""
 
-from choreo.redis_server import Certificates, RedisServer, find_redis_server, free_port  # noqa: F401
+from choreo.measure.redis_server import Certificates, RedisServer, find_redis_server, free_port  # noqa: F401

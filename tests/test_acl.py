@@ -12,7 +12,7 @@ import redis
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
 from choreo.bus.ops import Publish, SetFields
-from choreo.acl import roles
+from choreo.ops.acl import roles
 from tests.conftest import BIN, ROOT, Processes
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer

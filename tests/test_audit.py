@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.connection import AbstractConnection
 
-from choreo.audit import audit, gather
+from choreo.ops.audit import audit, gather
 from choreo.cli import main
 from tests.conftest import Processes
 from tests.saga_run import place_mix, settle, start_workers
@@ -240,7 +240,7 @@ def test_an_id_pruned_while_the_audit_reads_the_index_is_counted_once(redis_serv
     """The trimmer moves an id from orders:index to orders:expired between the audit's reads:
     the audit reads again rather than count it in both."""
     from choreo.bus.connect import open_bus
-    from choreo.audit import index_and_pruned
+    from choreo.ops.audit import index_and_pruned
     client = redis_server.client()
     client.zadd("orders:index", {"1": 1.0, "2": 2.0})
     reads = []

@@ -12,10 +12,10 @@ from rich.console import Console
 
 from choreo.bus import inspect, keys as bus_keys
 from choreo.bus.envelope import Envelope
-from choreo import dashboard, snapshot
-from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
+from choreo.ops import dashboard, snapshot
+from choreo.ops.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, gather, group_state, groups_table, heights, render)
-from choreo.load import percentile
+from choreo.measure.load import percentile
 from choreo.orders import OrderRequest, place_orders
 from choreo.workers import SERVICES, keys
 from tests.helpers import wait_for

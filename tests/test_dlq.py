@@ -11,7 +11,7 @@ from choreo.bus import dead_letters
 from choreo.bus.contract import Delivery
 from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import Envelope
-from choreo import dlq
+from choreo.ops import dlq
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from tests.helpers import wait_for

@@ -79,7 +79,7 @@ def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
     """Every process on its own user, from `choreo acl render --app`: accounts arms the expiry
     timer (rq's keys for VerificationExpired-*), only the timers user publishes the event, and
     `choreo acl check --app` finds no mismatch."""
-    from choreo.acl import roles
+    from choreo.ops.acl import roles
     from choreo.bus.connect import open_bus
     from examples.signup.app import app
     from tests.conftest import BIN, ROOT, Processes

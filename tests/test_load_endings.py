@@ -1,4 +1,4 @@
-"""`choreo load` learning outcomes from the events that end an order (choreo.endings), with no
+"""`choreo load` learning outcomes from the events that end an order (choreo.measure.endings), with no
 server: an embedded Redis, a stand-in for the workers, and a fake clock where time matters."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.redis_streams import RedisStreamsBus
-from choreo.endings import EndingWatch
-from choreo.load import SETTLE_S, LoadPlan, run_load
-from choreo.outages import RideThrough
+from choreo.measure.endings import EndingWatch
+from choreo.measure.load import SETTLE_S, LoadPlan, run_load
+from choreo.measure.outages import RideThrough
 from tests.test_load_outages import FakeTime, arranged
 from choreo.workers import keys
 from choreo.workers.order import ending_events

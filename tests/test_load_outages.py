@@ -10,9 +10,9 @@ from choreo.bus import keys as bus_keys
 from choreo.bus.contract import BusUnavailable
 from choreo.bus.envelope import Envelope
 from choreo.bus.redis_streams import RedisStreamsBus
-from choreo.load import LoadPlan, place_once, run_load
+from choreo.measure.load import LoadPlan, place_once, run_load
 from choreo.orders import OrderRequest
-from choreo.outages import GaveUp, RideThrough
+from choreo.measure.outages import GaveUp, RideThrough
 from choreo.workers import keys
 from choreo.workers.order import OrderRejected
 

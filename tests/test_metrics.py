@@ -15,9 +15,9 @@ from choreo.bus import keys as bus_keys
 from choreo.bus.contract import BusUnavailable, Commit, Delivery
 from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import iso_ms
-from choreo.metrics import PrometheusObserver, new_registry
+from choreo.ops.metrics import PrometheusObserver, new_registry
 from choreo.orders import OrderRequest, place_orders
-from choreo.redis_server import free_port
+from choreo.measure.redis_server import free_port
 from tests.helpers import wait_for
 from tests.saga_run import place_mix, settle
 from tests.test_reliability import checked_event, fast, flaky_payment, run_until, xadd

@@ -13,7 +13,7 @@ import time
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
 from choreo.cli import main
-from choreo.dashboard import gather
+from choreo.ops.dashboard import gather
 from tests.helpers import wait_for
 
 HOST = socket.gethostname()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from choreo.bus import keys as bus_keys
-from choreo.dashboard import declared_streams
+from choreo.ops.dashboard import declared_streams
 from choreo.config.catalogue import CATALOGUE
 from choreo.workers import SERVICES, keys
 

@@ -11,7 +11,7 @@ from choreo.bus.contract import Commit, Outcome
 from choreo.bus.envelope import Envelope
 from choreo.bus.ops import Expire, Publish, SetFields
 from choreo.bus.trim import Index, prune_index, trim_streams
-from choreo.audit import run_audit
+from choreo.ops.audit import run_audit
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from choreo.config.settings import Settings

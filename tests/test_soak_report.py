@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from choreo.soak import Sample, SoakPlan, SoakRun, slope, trend
-from choreo.soak_report import shown, verdict
+from choreo.measure.soak import Sample, SoakPlan, SoakRun, slope, trend
+from choreo.measure.soak_report import shown, verdict
 
 PLAN = SoakPlan(orders=10_000, rate=50.0, retention_s=30, seen_ttl_s=60)
 

@@ -17,11 +17,11 @@ from rich.console import Console
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
-from choreo.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
+from choreo.ops.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow, OrdersView, Snapshot,
                               StreamRow, heights, render)
 from choreo.cli import main
 from choreo.plain import plain, text
-from choreo.trace import DeadLetter, Reaction, TracedEvent, TraceNode, render_tree
+from choreo.ops.trace import DeadLetter, Reaction, TracedEvent, TraceNode, render_tree
 from choreo.workers import keys
 
 MARKUP = "[/oops]"

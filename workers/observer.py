@@ -1,6 +1,6 @@
 """What the worker runtime tells whoever watches it: how each entry ended, how long handling and
 committing took, retries, claims, reconnects. The runtime calls these hooks and nothing else;
-metrics (choreo.metrics) and tracing (workers.tracing) implement them. The default, NO_OBSERVER, does nothing, so a
+metrics (choreo.ops.metrics) and tracing (workers.tracing) implement them. The default, NO_OBSERVER, does nothing, so a
 worker without metrics pays one empty method call per hook and imports nothing.
 
 Hooks must be cheap and must not raise: they run on the consumer loop, between a read and a commit.

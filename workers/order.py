@@ -102,5 +102,5 @@ SERVICE = Service(
 
 def ending_events(service: Service = SERVICE) -> dict[str, str]:
     """Each event type whose handling ends an order, with the status it ends it in, read from the
-    declaration above: `choreo load` learns outcomes from these streams (see choreo.load)."""
+    declaration above: `choreo load` learns outcomes from these streams (see choreo.measure.load)."""
     return {t: on.handle.ends for t, on in service.consumes.items() if hasattr(on.handle, "ends")}

@@ -11,7 +11,7 @@ its id in seen:timers, as the saga's deadlines are (workers.deadlines).
 
 The generic job is called with (instance id, causation id, producer, event type): the arguments
 are strings in the queue, which anyone who may arm a timer may write. The timers' Redis user may
-publish only the app's timer events (choreo.acl), and the consuming worker dead-letters an entry
+publish only the app's timer events (choreo.ops.acl), and the consuming worker dead-letters an entry
 whose producer does not create its type (App.publishers).
 """
 

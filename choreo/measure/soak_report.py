@@ -9,7 +9,7 @@ from dataclasses import asdict
 from rich import box
 from rich.table import Table
 
-from choreo.soak import MAX_ROWS, Sample, SoakRun, Trend
+from choreo.measure.soak import MAX_ROWS, Sample, SoakRun, Trend
 
 MIB = 1024 * 1024
 

@@ -24,8 +24,8 @@ import redis
 
 from choreo.benchmarks import reference
 from choreo.bus.connect import redact
-from choreo.load import percentile
-from choreo.redis_server import RedisServer, find_redis_server
+from choreo.measure.load import percentile
+from choreo.measure.redis_server import RedisServer, find_redis_server
 from choreo.workers import keys
 
 SERVICES = ("order", "inventory", "payment", "shipping")
@@ -357,7 +357,7 @@ def _read_completions(client: redis.Redis, cursor: str, block_ms: int | None, pl
 def load_choreo(url: str, orders: int, rate: float | None, timeout_s: float, deadline_s: float) -> Latency:
     """`choreo load`'s own machinery, in this process: what the saga's users run."""
     from choreo.bus.connect import open_bus
-    from choreo.load import LoadPlan, run_load
+    from choreo.measure.load import LoadPlan, run_load
     plan = LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate, deadline_s=deadline_s)
     with open_bus(url) as bus:
         result = run_load(bus, plan)

@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from choreo.bus import keys as bus_keys
-from choreo.bench import (PRODUCT, QUANTITY, ROWS, SETTLE_TIMEOUT_S, BenchError, Plan, Proc,
+from choreo.measure.bench import (PRODUCT, QUANTITY, ROWS, SETTLE_TIMEOUT_S, BenchError, Plan, Proc,
                           check_alive, refuse_non_empty, running_row, say, server_version,
                           settled, start_process, wait_for, worker_env)
 from choreo.workers import SERVICES
@@ -174,7 +174,7 @@ def interval_for(orders: int, rate: float) -> float:
 def place(url: str, orders: int, rate: float | None, timeout_s: float, progress=None):
     """`choreo load`'s own machinery, in this process, without deadlines."""
     from choreo.bus.connect import open_bus
-    from choreo.load import LoadPlan, run_load
+    from choreo.measure.load import LoadPlan, run_load
     with open_bus(url) as bus:
         return run_load(bus, LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate),
                         progress=progress)

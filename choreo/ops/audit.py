@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import dead_letters
 from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
 from choreo.bus.trim import after, declared_groups, parse_id
 from choreo.workers import keys
@@ -134,8 +134,8 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
         snap.by_status = bus.client.hgetall(keys.ORDERS_BY_STATUS)
         snap.totals = bus.client.hgetall(keys.PAYMENT_TOTALS)
         snap.orders_totals = bus.client.hgetall(keys.ORDERS_TOTALS)
-        snap.dead_letters = {name: bus.client.xlen(bus_keys.dead_letters(name))
-                             for name in sorted({g for _, gs in declared for g in gs})}
+    snap.dead_letters = {name: dead_letters.count(bus, name)
+                         for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
     return snap
 

@@ -1,5 +1,5 @@
 """What the dashboard shows, read from Redis: a Snapshot of dataclasses, gathered read-only through
-bus.inspect. Rendering is choreo.dashboard's business; nothing here draws."""
+bus.inspect. Rendering is choreo.ops.dashboard's business; nothing here draws."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from choreo.bus import dead_letters, inspect, keys as bus_keys
 from choreo.bus.connect import redact
 from choreo.bus.contract import BusUnavailable, GroupMissing
 from choreo.bus.redis_streams import RedisStreamsBus
-from choreo.load import percentile
+from choreo.measure.load import percentile
 from choreo.workers import SERVICES, keys
 from choreo.workers.order import COMPLETED
 from choreo.workers.service import Service
@@ -237,13 +237,11 @@ def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
 
 
 def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLetterRow:
+    newest, count = dead_letters.newest_and_count(bus, service)
     stream = bus_keys.dead_letters(service)
-    info = inspect.stream_info(bus, stream)
-    newest = dead_letters.read_newest(bus, service, 1) if info and info.length else []
-    if not newest:
+    if newest is None:
         return DeadLetterRow(service, stream, 0, "", None)
-    return DeadLetterRow(service, stream, info.length, newest[0].error,
-                         _age_s(now_ms, newest[0].dlq_id))
+    return DeadLetterRow(service, stream, count, newest.error, _age_s(now_ms, newest.dlq_id))
 
 
 def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_EVENTS) -> list[EventRow]:

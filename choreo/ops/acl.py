@@ -31,7 +31,7 @@ from choreo.workers.unit_of_work import timer_id
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
           "+discard", "+acl|whoami", "+acl|dryrun", "+time")
 # XREAD and XREVRANGE read what the group reads anyway: `choreo load`, as the order user, learns
-# outcomes by watching the streams that end orders without a group (choreo.load).
+# outcomes by watching the streams that end orders without a group (choreo.measure.load).
 CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "xpending",
            "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
 PUBLISH = ("xadd", "type")

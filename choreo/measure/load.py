@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field
 
 from choreo.bus.redis_streams import RedisStreamsBus
-from choreo.endings import EndingWatch
+from choreo.measure.endings import EndingWatch
 from choreo.orders import (OrderRequest, existing_orders, is_terminal, new_order_ids, place_orders,
                            read_orders)
-from choreo.outages import GaveUp, RideThrough
+from choreo.measure.outages import GaveUp, RideThrough
 
 CHUNK = 200
 READ_CHUNK = 1000           # orders whose records one pipeline reads at the end
@@ -83,9 +83,9 @@ def run_load(bus: RedisStreamsBus, plan: LoadPlan, progress=None, reconnect_max_
              ride: RideThrough | None = None) -> LoadResult:
     """progress(placed, completed, failed) is called as things move (e.g. to draw a bar);
     failed counts orders that ended other than COMPLETED (rejected, cancelled). Every Redis call
-    rides through outages (see choreo.outages) until the plan's timeout; the run keeps time by
+    rides through outages (see choreo.measure.outages) until the plan's timeout; the run keeps time by
     the ride's clock, so a test can pass one with a fake clock. The run ends when every order's
-    ending event has been published (choreo.endings); the figures then count what the orders'
+    ending event has been published (choreo.measure.endings); the figures then count what the orders'
     records say (see _settle)."""
     result = LoadResult(plan.orders)
     ride = ride or RideThrough(time.monotonic() + plan.timeout_s, reconnect_max_s, _say)

@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from choreo.bench import DEADLINE_S, REFERENCES, BenchRun, CurvePoint, RowResult
+from choreo.measure.bench import DEADLINE_S, REFERENCES, BenchRun, CurvePoint, RowResult
 
 NOTES = (
     "Latency: placed -> completed; for choreo, until its ShippingArranged was published (the order "

@@ -1,6 +1,6 @@
 """`choreo dashboard`: gather a Snapshot from Redis, render it (a pure function), refresh.
 
-gather() (choreo.snapshot) only reads, render() only draws (no I/O, tested through
+gather() (choreo.ops.snapshot) only reads, render() only draws (no I/O, tested through
 Console(record=True)), run_live() is the short loop between them. Stream, group and key names all
 come from the services' declarations (workers.SERVICES) and the key modules.
 """
@@ -27,8 +27,8 @@ from choreo.workers import SERVICES
 __all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
            "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
            "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]
-# The snapshot's names are re-exported: `choreo.dashboard` is the one place to import the view from.
-from choreo.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, DeadLetterRow,  # noqa: F401
+# The snapshot's names are re-exported: `choreo.ops.dashboard` is the one place to import the view from.
+from choreo.ops.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, DeadLetterRow,  # noqa: F401
                              EventRow, GroupRow, OrdersView, Snapshot, StreamRow, declared_streams,
                              gather, gather_or_keep, group_state)
 

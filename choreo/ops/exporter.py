@@ -1,4 +1,4 @@
-"""`choreo exporter`: the fleet view the dashboard gathers (choreo.snapshot), as Prometheus
+"""`choreo exporter`: the fleet view the dashboard gathers (choreo.ops.snapshot), as Prometheus
 metrics, read at scrape time. Read-only: it connects as the `dashboard` user and gathers exactly
 what `choreo dashboard --json` shows, so the two cannot disagree.
 
@@ -13,7 +13,7 @@ import time
 from typing import Callable, Iterator
 
 from choreo.bus.contract import BusError
-from choreo import snapshot as snap
+from choreo.ops import snapshot as snap
 
 STATES = ("OK", "LAGGING", "STUCK", "NO CONSUMERS")
 
@@ -110,7 +110,7 @@ def fleet_metrics(s: snap.Snapshot) -> Iterator:
 
 def serve_exporter(bus, url: str | None, port: int, addr: str, on_error) -> None:
     """Register the collector on a registry of its own and serve it; returns once serving."""
-    from choreo.metrics import new_registry, serve
+    from choreo.ops.metrics import new_registry, serve
     registry = new_registry()
     registry.register(FleetCollector(bus, url, on_error=on_error))
     serve(registry, port, addr)

@@ -1,0 +1,111 @@
+"""Committing a batch: handle every entry on one prefetched view, arm its timers, commit it in one
+bus.commit, and go round again for what the commit did not apply.
+
+Who acks: only bus.commit, in the same atomic step as the entry's effects (or its dead letter).
+Timers are armed before the commit and disarmed after it (arm_timers says why).
+"""
+
+from __future__ import annotations
+
+import time
+
+from choreo.bus.contract import Bus, BusError, BusUnavailable, Delivery, GroupMissing, Outcome, PermissionsMissing
+from choreo.bus.envelope import Envelope
+from choreo.config.settings import Settings
+from choreo.workers.timers import scheduled_call
+from choreo.workers.handling import Handled, Handling, Unhandleable
+from choreo.workers.logs import Bound
+from choreo.workers.observer import APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, REFUSED, Observer
+from choreo.workers.unit_of_work import BatchView
+
+
+class Committing:
+    def __init__(self, bus: Bus, group: str, settings: Settings, handling: Handling,
+                 observer: Observer, log: Bound, events: Bound):
+        self.bus = bus
+        self.group = group
+        self.settings = settings
+        self.handling = handling
+        self.observer = observer
+        self.log = log                      # choreo.worker: a dead letter's line
+        self.events = events                # choreo.events: an applied or duplicate entry's line
+        self.handled = 0
+
+    def commit_batch(self, deliveries: list[Delivery]) -> None:
+        self._commit_items([(d, self.handling.parse(d)) for d in deliveries])
+
+    def _commit_items(self, todo: list[tuple[Delivery, Envelope | Unhandleable]]) -> None:
+        """Handle and commit until nothing is left. When Redis refuses a read or a write of the
+        batch (say a key of the wrong type), the entries go one by one to find the culprit, and
+        that one is dead-lettered with Redis's error: the service never wedges on one entry."""
+        while todo:
+            try:
+                todo = self.commit_round(todo)
+            except (BusUnavailable, GroupMissing, PermissionsMissing):
+                raise
+            except BusError as exc:
+                if len(todo) > 1:
+                    for item in todo:
+                        self._commit_items([item])
+                    return
+                delivery, parsed = todo[0]
+                if isinstance(parsed, Unhandleable):
+                    raise                   # even its dead letter is refused: run() backs off, logs
+                todo = [(delivery, Unhandleable(f"refused by Redis: {exc}"))]
+
+    def commit_round(self, todo):
+        """One read-handle-commit round; returns what must go round again: entries from the first
+        CONFLICT on (handled again on fresh reads) and REFUSED ones (then dead-lettered)."""
+        handling = self.handling
+        view = BatchView(self.bus)
+        view.prefetch([key for _, event in todo if isinstance(event, Envelope)
+                       for key in handling.declared_reads(event)])
+        ready = [h for h in (handling.handle(d, event, view) for d, event in todo) if h is not None]
+        self.arm_timers(ready)
+        if self.settings.commit_delay_ms:
+            time.sleep(self.settings.commit_delay_ms / 1000)
+        again, disarmed = [], []
+        began = time.perf_counter()
+        outcomes = self.bus.commit(self.group, [h.commit for h in ready])
+        if ready:
+            self.observer.committed([h.delivery for h in ready], time.perf_counter() - began)
+        for h, outcome in zip(ready, outcomes):
+            if outcome is Outcome.CONFLICT:
+                self.observer.finished(h.delivery, CONFLICT)
+                again.append((h.delivery, handling.parse(h.delivery)))
+            elif outcome is Outcome.REFUSED:
+                self.observer.finished(h.delivery, REFUSED)
+                if h.event is None:             # the dead letter itself: dlq:<service> is broken
+                    raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
+                again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
+            else:
+                self.report(h, outcome)
+                disarmed += h.disarmed if outcome is Outcome.APPLIED else []
+        if disarmed:
+            self.bus.unschedule(disarmed)
+        return again
+
+    def arm_timers(self, ready: list[Handled]) -> None:
+        """Before the commit: a crash in between re-arms the same job ids on redelivery, while
+        arming after the commit could lose a timer for good."""
+        calls = [scheduled_call(t) for h in ready for t in h.timers]
+        if calls:
+            self.bus.schedule(calls)
+
+    def report(self, h: Handled, outcome: Outcome) -> None:
+        self.handled += 1
+        self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
+                               else APPLIED if h.event else DEAD_LETTERED)
+        self.handling.last_error.pop(h.delivery.entry_id, None)
+        context = {
+            "event_id": h.event.id if h.event else "", "order_id": h.event.order_id if h.event else "",
+            "stream": h.delivery.stream, "entry_id": h.delivery.entry_id,
+            "deliveries": h.delivery.deliveries,
+            "ms": round((time.perf_counter() - h.started) * 1000, 2),
+        }
+        if outcome is Outcome.DUPLICATE:
+            context["duplicate"] = "ignored"
+        if h.event is None:                 # a dead letter: never silenced with the event lines
+            self.log.error(h.line, extra={"context": context})
+        else:
+            self.events.info(h.line, extra={"context": context})

@@ -1,0 +1,140 @@
+"""From a delivery to what to commit: parse it, run its handler into a Commit (Handled), or write
+its dead letter instead.
+
+Three kinds of failure: a business outcome is an event (the handler emits it); a handler that
+raises leaves its entry pending (handle returns None), retried with backoff by times-delivered; a
+malformed entry, or one that failed max_deliveries times, becomes a dead letter (the record is
+bus.dead_letters'), committed with its XACK.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Mapping
+
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit, Delivery
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
+from choreo.config.settings import Settings
+from choreo.workers.events import EVENTS as MODELS, check_data
+from choreo.workers.logs import Bound
+from choreo.workers.observer import Observer
+from choreo.workers.service import Service
+from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork
+
+
+class Unhandleable(Exception):
+    """Why an entry goes to the dead-letter stream without (another) try: malformed, refused by
+    Redis, or given up on."""
+
+
+@dataclass
+class Handled:
+    delivery: Delivery
+    commit: Commit
+    line: str                       # what to log once the commit is applied (no context)
+    event: Envelope | None
+    started: float
+    timers: list[Timer] = field(default_factory=list)
+    disarmed: list[str] = field(default_factory=list)
+
+
+class Handling:
+    def __init__(self, service: Service, settings: Settings, clock: Callable[[], float],
+                 observer: Observer, log: Bound, backoff_ms: Callable[[int], int],
+                 publishers: Mapping[str, Collection[str]] | None, models: Mapping[str, type]):
+        self.service = service
+        self.settings = settings
+        self.clock = clock
+        self.observer = observer
+        self.log = log
+        self.backoff_ms = backoff_ms
+        self.publishers = publishers        # event type -> services that may publish it
+        self.models = models                # event type -> its data's model
+        self.last_error: dict[str, str] = {}    # entry id -> its handler's last error, until applied
+
+    def parse(self, d: Delivery) -> Envelope | Unhandleable:
+        """The event, or why the entry goes to the dead-letter stream unhandled."""
+        if d.deliveries > self.crash_guard:
+            last = self.last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
+            return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}")
+        try:
+            return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers,
+                                  self.models)
+        except MalformedEntry as exc:
+            return Unhandleable(f"malformed: {exc}")
+        except Exception as exc:    # RecursionError, MemoryError-free surprises: still input's fault
+            return Unhandleable(f"malformed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    @property
+    def crash_guard(self) -> int:
+        """Deliveries after which an entry that never raised is given up on: it keeps killing or
+        disconnecting the worker handling it. Handler errors dead-letter at max_deliveries."""
+        return 3 * self.settings.max_deliveries
+
+    def declared_reads(self, event: Envelope) -> list[str]:
+        """The keys to prefetch for an event; a declaration that trips on odd data prefetches
+        nothing, and the handler meets the same data where its failure is counted and retried."""
+        try:
+            return list(self.service.consumes[event.type].reads(event))
+        except Exception:
+            return []
+
+    def handle(self, d: Delivery, event: Envelope | Unhandleable, view: BatchView) -> Handled | None:
+        """Run the entry's handler into a Commit; None leaves it pending for a retry."""
+        started = time.perf_counter()
+        if isinstance(event, Unhandleable):
+            return self.dead_letter(d, str(event), started)
+        uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
+                         creates=self.service.creates, retention_s=self.settings.retention_s)
+        uow.traceparent = self.observer.handling(d, event)
+        try:
+            self.service.consumes[event.type].handle(event, uow)
+            view.apply(uow.ops)
+        except Exception as exc:    # transient failure or bug: retried until max_deliveries
+            return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
+        self.observer.handler_ran(d, time.perf_counter() - started)
+        commit = uow.to_commit(ack=(d.stream, d.entry_id),
+                               seen=bus_keys.seen(self.service.name), seen_id=event.id,
+                               seen_ttl_s=self.settings.seen_ttl_s)
+        return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
+                       uow.timers, uow.disarmed)
+
+    def handler_failed(self, d: Delivery, error: str, started: float) -> Handled | None:
+        if d.deliveries >= self.settings.max_deliveries:
+            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
+        self.last_error[d.entry_id] = error
+        self.observer.handler_failed(d, error)
+        self.log.warning(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
+                         f"(delivery {d.deliveries}, retry in {self.backoff_ms(d.deliveries)} ms): "
+                         f"{error}", extra={"data": {"stream": d.stream, "entry_id": d.entry_id,
+                                                      "deliveries": d.deliveries}})
+        return None
+
+    def dead_letter(self, d: Delivery, reason: str, started: float) -> Handled:
+        """The one place a dead letter is written: its record, committed with the entry's XACK."""
+        letter = DeadLetter.of(self.service.name, d, reason, iso_ms(self.clock()))
+        commit = Commit(ops=[letter.publish_op(self.settings.dlq_max_entries)],
+                        ack=(d.stream, d.entry_id))
+        return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
+                                  f"{reason}", None, started)
+
+
+def parse_delivery(d: Delivery, max_bytes: int, service: Service,
+                   publishers: Mapping[str, Collection[str]] | None = None,
+                   events: Mapping[str, type] = MODELS) -> Envelope:
+    if d.error:
+        raise MalformedEntry(d.error)
+    if not d.fields:
+        raise MalformedEntry("entry deleted (trimmed) while pending")
+    event = Envelope.parse(d.fields, max_bytes)
+    if event.type != bus_keys.event_type_of(d.stream):
+        raise MalformedEntry(f"type {event.type!r} does not belong on {d.stream}")
+    if event.type not in service.consumes:
+        raise MalformedEntry(f"{service.name} does not handle {event.type}")
+    if publishers is not None and event.producer not in publishers.get(event.type, ()):
+        raise MalformedEntry(f"producer {event.producer[:40]!r} does not publish {event.type}")
+    check_data(event, events)
+    return event
