@@ -295,7 +295,7 @@ def cmd_audit(args, settings: Settings) -> int:
     from choreo.ops.audit import run_audit
     with open_bus(settings.url) as bus:
         return run_audit(bus, args.app.services, args.strict, _show, _show_err,
-                         settings.retention_s)
+                         settings.retention_s, args.app)
 
 
 def cmd_trim(args, settings: Settings) -> int:

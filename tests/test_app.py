@@ -65,3 +65,22 @@ def test_a_users_service_handles_its_own_event_types_on_a_real_server(procs, rea
     wait_for(lambda: c.xlen(bus_keys.dead_letters("ponger")) == 1, what="the bad Ping dead-lettered")
     [(_, letter)] = c.xrange(bus_keys.dead_letters("ponger"))
     assert "Ping data: Expected `int`, got `str` - at `$.n`" in letter["error"]
+
+
+def test_audit_runs_the_apps_own_checks_and_the_stream_checks_not_the_sagas(procs, real_bus, capsys):
+    c = real_bus.client
+    for service in ("ponger", "pinger"):
+        procs.start("worker", service, "--app", SPEC, name=service)
+    wait_for(lambda: c.exists(bus_keys.stream("Ping"), bus_keys.stream("Pong")) == 2, what="the groups")
+    c.xadd(bus_keys.stream("Ping"), Envelope.new("Ping", "1", "pinger", {"n": 5}).fields())
+    wait_for(lambda: c.hget("pong:1", "n") == "5", what="the Pong written")
+    wait_for(lambda: main(["audit", "--strict", "--app", SPEC, "--redis-url", procs.url]) == 0,
+             what="the pinger confirmed the Pong")
+    capsys.readouterr()
+    c.hset("order:9", "status", "nonsense")         # the saga's checks would call this a violation
+    assert main(["audit", "--app", SPEC, "--redis-url", procs.url]) == 0
+    out = capsys.readouterr().out
+    assert "audit clean" in out and "orders" not in out and "stream groups" in out
+    c.hset("pong:1", "n", "five")
+    assert main(["audit", "--app", SPEC, "--redis-url", procs.url]) == 1
+    assert "VIOLATION pong:1: n='five' is not a number" in capsys.readouterr().out

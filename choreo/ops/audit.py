@@ -116,7 +116,7 @@ def hashes(bus: RedisStreamsBus, names: list[str]) -> list[dict]:
 
 
 def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
-           clock=time.time) -> Snapshot:
+           clock=time.time, orders: bool = True) -> Snapshot:
     """Streams first, domain state, then the streams' entries-added again: if nothing was
     drained-and-then-published in between, the domain reads saw no commit at all (a drained
     bus runs no handler), so the cross-key checks are comparing one consistent moment."""
@@ -125,6 +125,11 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
     snap = Snapshot(index=[])
     for stream, groups in declared:
         snap.groups += stream_groups(bus, stream, groups)
+    if not orders:                  # another app: its streams, groups and dead letters only
+        snap.dead_letters = {name: dead_letters.count(bus, name)
+                             for name in sorted({g for _, gs in declared for g in gs})}
+        snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
+        return snap
     gather_domain(bus, snap)
     # Taken once the hashes are read, not before: a key found missing at any moment of the reads
     # belongs to an order created before (that moment - retention), and the reads can take longer
@@ -428,17 +433,20 @@ class AuditReport:
     summary: str
 
 
-def audit(snap: Snapshot, strict: bool = False) -> AuditReport:
+def audit(snap: Snapshot, strict: bool = False, orders: bool = True) -> AuditReport:
+    """The saga's invariants (orders: True) and every app's: what its streams and groups hold."""
     settled = snap.quiet and not any(snap.in_flight)
-    violations = (check_orders(snap, strict) + check_stock(snap) + check_payments(snap)
-                  + check_streams(snap, strict))
-    if settled or strict:
-        violations += (check_counters(snap) + check_reserved(snap) + check_totals(snap)
-                       + check_settled(snap))
-    return AuditReport(violations, settled, summarize(snap, settled))
+    violations = check_streams(snap, strict)
+    if orders:
+        violations = (check_orders(snap, strict) + check_stock(snap) + check_payments(snap)
+                      + violations)
+        if settled or strict:
+            violations += (check_counters(snap) + check_reserved(snap) + check_totals(snap)
+                           + check_settled(snap))
+    return AuditReport(violations, settled, summarize(snap, settled, orders))
 
 
-def summarize(snap: Snapshot, settled: bool) -> str:
+def summarize(snap: Snapshot, settled: bool, orders: bool = True) -> str:
     statuses = Counter(o.get("status") for o in snap.orders.values())
     shown = " ".join(f"{s}={n}" for s, n in sorted(statuses.items(), key=lambda kv: str(kv[0])))
     pending_orders, unread, pending = snap.in_flight
@@ -447,13 +455,23 @@ def summarize(snap: Snapshot, settled: bool) -> str:
               f"entries{'' if snap.quiet else ', events published while auditing'} "
               f"(cross-key and settlement checks wait until drained)")
     dead = sum(snap.dead_letters.values())
+    if not orders:
+        return (f"{len(snap.groups)} stream groups; {dead} dead letters; " +
+                ("settled: nothing in flight" if settled else
+                 f"in flight: {unread} unread, {pending} pending entries"))
     return (f"{len(snap.orders)} orders ({shown or 'none'}); {len(snap.stocks)} products "
             f"conserved; {len(snap.groups)} stream groups; {dead} dead letters; {flight}")
 
 
 def run_audit(bus: RedisStreamsBus, services: Iterable, strict: bool, out, err,
-              retention_s: float = 86400) -> int:
-    report = audit(gather(bus, services, retention_s), strict)
+              retention_s: float = 86400, app=None) -> int:
+    """The saga's checks when the app is the saga (App.orders), every app's stream checks, and
+    the app's own (App.audit: a function of the bus returning violations, one line each)."""
+    orders = app.orders if app is not None else True
+    report = audit(gather(bus, services, retention_s, orders=orders), strict, orders)
+    if app is not None and app.audit is not None:
+        own = list(app.audit(bus))
+        report = AuditReport(report.violations + own, report.settled, report.summary)
     for line in report.violations:
         out(f"VIOLATION {line}")
     if report.violations:

@@ -24,4 +24,11 @@ PINGER = Service("pinger", "Pinger", consumes={"Pong": On(confirm, "Pong {order_
 PONGER = Service("ponger", "Ponger", consumes={"Ping": On(answer, "Ping {order_id} answered")},
                  emits=("Pong",), owns=("pong:*",))
 
-app = App("ping", services=[PINGER, PONGER], events={"Ping": Ping, "Pong": Pong})
+def pongs_are_numbers(bus) -> list[str]:
+    """This app's own invariant, checked by `choreo audit --app tests.apps.ping:app`."""
+    return [f"{key}: n={n!r} is not a number" for key in bus.client.scan_iter(match="pong:*")
+            if not (n := bus.client.hget(key, "n") or "").lstrip("-").isdigit()]
+
+
+app = App("ping", services=[PINGER, PONGER], events={"Ping": Ping, "Pong": Pong},
+          audit=pongs_are_numbers)
