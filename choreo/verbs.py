@@ -94,7 +94,7 @@ def _deadline(args, settings: Settings) -> float:
 
 
 def cmd_timers(args, settings: Settings) -> int:
-    """The rq worker that fires scheduled events (order deadlines) when due."""
+    """The rq worker that fires the app's timers (the saga's order deadlines) when due."""
     from choreo.bus.heartbeat import Heartbeat
     from choreo.bus.scheduler import run_timers
     from choreo.bus.acl import require
@@ -102,7 +102,7 @@ def cmd_timers(args, settings: Settings) -> int:
     name = timers_name()
     log = bound(TIMERS, "timers", name)
     bus = open_bus(settings.url)
-    log.info(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")
+    log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
     try:
         require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
         run_timers(bus.client, name, args.app.timer_jobs, level=settings.log_level,
@@ -305,7 +305,7 @@ def cmd_trim(args, settings: Settings) -> int:
             retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
             for report in trim_streams(bus, args.app.services, retention, dry_run=args.dry_run):
                 _out(report.line())
-            if not args.dry_run:
+            if not args.dry_run and args.app.orders:       # the saga's orders:index
                 _out(_pruned_line(_prune_orders(bus, settings), settings))
             return 0
         retention = Retention(args.keep_entries or settings.trim_keep_entries,
@@ -341,7 +341,7 @@ def _trim_every(bus, retention, every_s: float, stop: threading.Event, settings:
                 if report.trimmed or blocked.get(report.stream, ()) != report.blocked_by:
                     log.info(f"trimmer: {report.line()}")
                 blocked[report.stream] = report.blocked_by
-            pruned = _prune_orders(bus, settings)
+            pruned = _prune_orders(bus, settings) if app.orders else 0
             if pruned:
                 log.info(f"trimmer: {_pruned_line(pruned, settings)}")
         except BusError as exc:
