@@ -121,3 +121,37 @@ def test_the_diagram_in_the_walkthrough_is_what_topology_draws(capsys):
     page = (Path(__file__).resolve().parent.parent / "docs" / "own-service.md").read_text()
     embedded = page.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert embedded == capsys.readouterr().out
+
+
+def test_the_example_procfile_under_honcho_as_its_readme_says(procs, real_bus, tmp_path):
+    """From examples/: `honcho -f signup/Procfile start`, then the example's commands; every
+    process stops with 0 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    from tests.conftest import BIN, ROOT
+    examples = ROOT / "examples"
+    env = {**procs.env(), "CHOREO_RETRY_BASE_MS": "100"}
+    env.pop("CHOREO_APP", None)
+    log = open(tmp_path / "honcho.log", "w")
+    honcho = subprocess.Popen([str(BIN / "honcho"), "-f", "signup/Procfile", "start"], cwd=examples,
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        command = [sys.executable, "-m", "signup.commands"]
+        wait_for(lambda: real_bus.client.exists(bus_keys.stream("SignUpRequested")), timeout=30,
+                 what="the workers' groups")
+        done = subprocess.run([*command, "signup", "ada@example.com", "--verify-within", "60"],
+                              cwd=examples, env=env, capture_output=True, text=True, check=True)
+        account, code = done.stdout.split()[1].rstrip(":"), done.stdout.split()[-1]
+        wait_for(lambda: status(real_bus, account).get("message_id"), what="the email sent")
+        subprocess.run([*command, "verify", account, code], cwd=examples, env=env, check=True,
+                       capture_output=True)
+        assert ended(real_bus, account)["status"] == "ACTIVE"
+        shown = subprocess.run([*command, "status", account], cwd=examples, env=env,
+                               capture_output=True, text=True, check=True).stdout
+        assert "status=ACTIVE" in shown
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(15)
+    output = open(tmp_path / "honcho.log").read()
+    assert output.count("started (pid=") == 4 and output.count("stopped (rc=0)") == 4, output[-2000:]
