@@ -62,7 +62,7 @@ class Settings:
     # Dead letters kept per service: writing one trims dlq:<service> to its newest this many.
     dlq_max_entries: int = 10_000
     # How long an order's keys are kept once it has ended and each service's part of it is final
-    # (README "Retention"). It is also how late an event may arrive and still find the state that
+    # (docs/keys.md, "Retention"). It is also how late an event may arrive and still find the state that
     # makes it a no-op: keep it longer than any service may be down or behind.
     retention_s: int = 86400
     # A worker serves Prometheus metrics on this port (`--metrics-port`; needs choreo[metrics]);
@@ -71,7 +71,7 @@ class Settings:
     # The address /metrics listens on (all interfaces by default, for a Prometheus elsewhere).
     metrics_addr: str = "0.0.0.0"
     # OpenTelemetry trace context on events, a span per handling and commit (needs choreo[tracing];
-    # README "Tracing"). Off: nothing of OpenTelemetry is imported, events carry no traceparent.
+    # docs/operations.md, "Tracing"). Off: nothing of OpenTelemetry is imported, events carry no traceparent.
     tracing: bool = False
 
     @property

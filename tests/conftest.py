@@ -15,7 +15,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 # Property tests (the simulator above all) run a modest number of examples in the default suite;
-# `--hypothesis-profile=thorough` runs many more (README, "The simulator").
+# `--hypothesis-profile=thorough` runs many more (docs/guarantees.md, "The simulator").
 hypothesis_settings.register_profile("default", deadline=None, max_examples=100)
 hypothesis_settings.register_profile("thorough", deadline=None, max_examples=3000)
 hypothesis_settings.load_profile("default")

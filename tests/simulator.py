@@ -16,7 +16,7 @@ What a step can be, each a tuple (ignored when it cannot happen at that point):
 Indexes wrap around, so any tuple of small numbers is a valid step.
 
 After the plan, `settle` runs everything left (pending, new, timers) to quiescence; then
-`violations` checks DESIGN.md's invariants and the issue's: one terminal state per order, nothing
+`violations` checks the design's invariants (docs/design.md) and the issue's: one terminal state per order, nothing
 shipped or charged after its deadline, stock conserved and never negative, money conserved, nothing both
 shipped and refunded, every event type at most once per order (and the services agree).
 """

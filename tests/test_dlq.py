@@ -21,7 +21,7 @@ from choreo.workers import SERVICES
 
 def letter_for(client, service: str, stream: str, entry_id: str, fields: dict,
                error: str = "gave up after 5 deliveries: TimeoutError: card gateway") -> str:
-    """A dead letter as the runtime writes it (the fields README documents), for an entry that
+    """A dead letter as the runtime writes it (the fields docs/operations.md documents), for an entry that
     stands on its stream (written here unless it is there already), as replay requires."""
     if not client.xrange(stream, entry_id, entry_id):
         client.xadd(stream, fields, id=entry_id)

@@ -116,7 +116,7 @@ def test_timers_refuse_a_job_that_is_not_a_declared_timer(procs, redis_server, t
 
 
 def test_an_event_claiming_a_producer_that_does_not_publish_it_is_dead_lettered(procs, redis_server):
-    """Without ACLs, a writer can still forge the producer field (README, Security); what it
+    """Without ACLs, a writer can still forge the producer field (docs/security.md); what it
     cannot do is have a forged claim believed: the real order completes."""
     r = redis_server.client()
     start_workers(procs)

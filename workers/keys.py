@@ -1,4 +1,4 @@
-"""Every domain key, spelled once. README lists each pattern with the redis-cli command to read it.
+"""Every domain key, spelled once. docs/keys.md lists each pattern with the redis-cli command to read it.
 
 Hashes written through a unit of work carry a `_v` field: a version bumped on every write, which
 commits compare to detect that another worker changed the hash since it was read.

@@ -126,7 +126,7 @@ class UnitOfWork:
 
     def expire(self, key: str, after_s: float = 0) -> None:
         """Let the key vanish retention_s (+ after_s) from now: its owner's part of the order is
-        final. Until then it still guards against late events (see README "Retention")."""
+        final. Until then it still guards against late events (see docs/keys.md, "Retention")."""
         self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
 
     def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",

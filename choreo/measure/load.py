@@ -201,7 +201,7 @@ def _collect(orders: dict[str, dict[str, str]], watch: EndingWatch, ride: RideTh
             # ending the watch never saw (e.g. trimmed away before it was read).
             ending = watch.endings.get(order_id)
             ended = ending.at_ms if ending else int(order["ended_at_ms"])
-            # Time Redis was down is not the saga being slow (README, "choreo load").
+            # Time Redis was down is not the saga being slow (docs/benchmarks.md, "choreo load").
             result.latencies_ms.append(ended - created - ride.overlap_ms(created, ended))
 
 

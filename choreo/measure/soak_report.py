@@ -55,7 +55,7 @@ def settings_line(run: SoakRun) -> str:
 
 
 def lines(run: SoakRun) -> list[str]:
-    """Printed as plain lines under the table, never wrapped: scripts and the README quote them."""
+    """Printed as plain lines under the table, never wrapped: scripts and docs/benchmarks.md quote them."""
     return [settings_line(run), verdict(run), *run.audit_lines]
 
 

@@ -1,4 +1,4 @@
-"""`choreo audit`: check DESIGN.md's invariants against what is in Redis.
+"""`choreo audit`: check the design's invariants (docs/design.md) against what is in Redis.
 
 Gather (a few pipelined round trips, fast for 10k orders), then pure checks over the snapshot,
 each returning the violations it found as one line each.
@@ -11,7 +11,7 @@ refunded and released, charged - refunded = the completed orders' totals) are ch
 nothing is in flight: no PENDING order, no unread or pending entry. With --strict (for a run
 that has drained) everything is checked and anything still in flight is itself a violation.
 
-Ended orders expire (README "Retention"): once an order is older than the retention window its
+Ended orders expire (docs/keys.md, "Retention"): once an order is older than the retention window its
 keys, and its services' keys, may be gone. Such an absence is not a violation; what the checks
 compare then comes from aggregates that never expire: stock hashes, payments:totals,
 orders:totals (completed_cents) and orders:expired (ids pruned from the index). While no order is
