@@ -10,6 +10,7 @@ from choreo.bus import inspect
 from choreo.bus.contract import Outcome
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.workers import SERVICES, keys
+from choreo.workers.events import EVENTS
 from choreo.workers.order import OrderRejected, TERMINAL, create_order
 from choreo.workers.unit_of_work import BatchView, UnitOfWork
 
@@ -31,7 +32,7 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
     order = SERVICES["order"]
     commits, spans = [], []
     for r in requests:
-        uow = UnitOfWork(order.name, order.creates, view, clock=clock)
+        uow = UnitOfWork(order.name, order.creates, view, clock=clock, models=EVENTS)
         if tracing is not None:
             span, uow.traceparent = tracing.placing(r.order_id)
             spans.append(span)

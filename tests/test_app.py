@@ -20,7 +20,7 @@ def test_load_app_finds_the_saga_by_default_and_a_users_module_by_name():
     from choreo.workers import APP
     assert load_app(None) is APP and load_app(SPEC) is PING
     for bad, why in (("nocolon", "not module:attribute"), ("no_such_module:app", "cannot import"),
-                     ("tests.apps.ping:PINGER", "has no App named")):
+                     ("tests.apps.ping:PINGER", "is a Service, not an App")):
         with pytest.raises(AppError, match=why):
             load_app(bad)
 
@@ -84,3 +84,49 @@ def test_audit_runs_the_apps_own_checks_and_the_stream_checks_not_the_sagas(proc
     c.hset("pong:1", "n", "five")
     assert main(["audit", "--app", SPEC, "--redis-url", procs.url]) == 1
     assert "VIOLATION pong:1: n='five' is not a number" in capsys.readouterr().out
+
+
+def test_mistakes_in_an_app_are_refused_when_it_is_declared_or_run_not_later():
+    from msgspec import Struct
+    from choreo.bus.redis_streams import RedisStreamsBus  # noqa: F401  (the real one is not needed)
+    from choreo.config.settings import Settings
+    from choreo.workers.runtime import Worker
+    from tests.apps.ping import PONGER, Ping, Pong
+
+    class Seen(Struct):
+        n: int
+    odd = Service("odd", "Odd", consumes={"Seen": On(confirm, "Seen {invoice_id}")}, emits=())
+    with pytest.raises(AppError, match=r"odd's line for Seen 'Seen \{invoice_id\}' can only use \{order_id\}"):
+        App("odd", services=[odd], events={"Seen": Seen})
+    with pytest.raises(AppError, match="timer_events without timer_jobs"):
+        timed = Service("timed", "Timed", consumes={}, emits=(), creates={"Seen": "Seen {order_id}"})
+        App("timed", services=[timed], events={"Seen": Seen}, timer_events=("Seen",))
+    # A worker for another app's service, given without that app's event models: refused at once
+    # (it would dead-letter every entry as an unknown type).
+    with pytest.raises(TypeError, match="pass events=app.events"):
+        Worker(PONGER, object(), Settings(), "ponger-1")
+    Worker(PONGER, object(), Settings(), "ponger-1", events={"Ping": Ping, "Pong": Pong})
+
+
+def test_an_event_every_consumer_would_dead_letter_is_refused_when_emitted():
+    from choreo.workers.unit_of_work import BatchView, InvalidEvent, UnitOfWork
+    from tests.apps.ping import PINGER, app as ping
+
+    class NoBus:
+        def read_hashes(self, keys_):
+            return [{} for _ in keys_]
+    uow = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), models=ping.events)
+    with pytest.raises(InvalidEvent, match="instance id 'INV/2024:1' is not 1-64"):
+        uow.emit("Ping", order_id="INV/2024:1", n=1)
+    with pytest.raises(InvalidEvent, match=r"Ping data: Expected `int`, got `str` - at `\$.n`"):
+        uow.emit("Ping", order_id="7", n="1")
+    uow.emit("Ping", order_id="7", n=1)
+    assert [e.order_id for e in uow.emitted] == ["7"]
+
+
+def test_acl_users_of_another_app_get_nothing_of_the_sagas(tmp_path):
+    from choreo.ops.acl import roles
+    every = {r.user: r for r in roles(list(PING.services), PING.timer_events)}
+    rules = repr(every["trimmer"]) + repr(every["timers"])
+    assert "orders:index" not in rules and "order:*" not in rules
+    assert all(g.keys for g in every["timers"].grants)      # no selector without keys

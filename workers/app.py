@@ -67,6 +67,16 @@ class App:
         for t in self.timer_events:
             if not any(t in s.creates for s in services):
                 problems.append(f"timer event {t!r} is in no service's `creates`")
+        if self.timer_events and not self.timer_jobs:
+            problems.append("timer_events without timer_jobs: `choreo timers` would refuse every "
+                            "one (the generic job is choreo.workers.timers.JOB)")
+        for s in services:      # the lines a service logs: {order_id} (the instance) is all they get
+            for what, text in [*((t, on.says) for t, on in s.consumes.items()), *s.creates.items()]:
+                try:
+                    text.format(order_id="1")
+                except (KeyError, IndexError, ValueError) as exc:
+                    problems.append(f"{s.name}'s line for {what} {text!r} can only use {{order_id}} "
+                                    f"(the instance id): {type(exc).__name__}: {exc}")
         if problems:
             raise AppError(f"app {self.name!r}: " + "; ".join(problems))
 
@@ -102,7 +112,14 @@ def load_app(spec: str | None) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppError(f"cannot import app module {module_name!r}: {exc}") from None
-    app = getattr(module, attribute, None)
+    except Exception as exc:        # the user's module itself failed: say where, in one line
+        where = f" ({exc.filename}:{exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        raise AppError(f"importing app module {module_name!r} failed: {type(exc).__name__}: "
+                       f"{exc}{where}") from None
+    origin = getattr(module, "__file__", None) or "a built-in module"
+    if not hasattr(module, attribute):
+        raise AppError(f"{spec}: {module_name} ({origin}) has no attribute {attribute!r}")
+    app = getattr(module, attribute)
     if not isinstance(app, App):
-        raise AppError(f"{spec}: {module_name} has no App named {attribute!r}")
+        raise AppError(f"{spec}: {attribute} in {origin} is a {type(app).__name__}, not an App")
     return app

@@ -88,7 +88,8 @@ class Handling:
         if isinstance(event, Unhandleable):
             return self.dead_letter(d, str(event), started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
-                         creates=self.service.creates, retention_s=self.settings.retention_s)
+                         creates=self.service.creates, retention_s=self.settings.retention_s,
+                         models=self.models)
         uow.traceparent = self.observer.handling(d, event)
         try:
             self.service.consumes[event.type].handle(event, uow)

@@ -70,8 +70,13 @@ class Worker:
         self._in_hand: tuple[float, list[Delivery]] | None = None   # the batch the lease renews
         self.heartbeat = Heartbeat(bus, service.name, consumer, settings.heartbeat_every_s, clock)
         self.reading = ReadingPolicy(bus, service.name, consumer, self.streams, settings, clock, observer)
+        models = MODELS if events is None else events
+        unknown = [t for t in (*service.consumes, *service.emits) if t not in models]
+        if unknown:     # e.g. a service of another app given without its app's events
+            raise TypeError(f"{service.name} handles or emits {', '.join(unknown)}, which the event "
+                            f"models given do not declare: pass events=app.events")
         self.handling = Handling(service, settings, clock, observer, self.log, self.reading.backoff_ms,
-                                 publishers, MODELS if events is None else events)
+                                 publishers, models)
         self.committing = Committing(bus, service.name, settings, self.handling, observer, self.log,
                                      bound(EVENTS, service.name, consumer))
         self.keeping = Keeping(bus, service, consumer, settings, clock, self.log, lambda: self._in_hand)

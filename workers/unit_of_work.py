@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection
+from typing import Callable, Collection, Mapping
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Bus, Commit
-from choreo.bus.envelope import Envelope
+from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
                      SetFields)
+from choreo.workers.events import check_data
 
 VERSION = "_v"
 DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
@@ -21,6 +22,11 @@ PUBLISH_DUE = "choreo.workers.timers.publish_due"
 
 class UndeclaredEvent(Exception):
     """A handler emitted an event type its service does not declare in `emits`."""
+
+
+class InvalidEvent(ValueError):
+    """An emitted event every consumer would dead-letter: a bad instance id, or data that does
+    not fit its type's model."""
 
 
 class UncheckedCounter(Exception):
@@ -83,8 +89,13 @@ def timer_id(event_type: str, order_id: str) -> str:
 class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
                  cause: Envelope | None = None, clock: Callable[[], float] = time.time,
-                 creates: Collection[str] = (), retention_s: int = DEFAULT_RETENTION_S):
+                 creates: Collection[str] = (), retention_s: int = DEFAULT_RETENTION_S,
+                 models: Mapping[str, type] | None = None):
         self.producer = producer
+        # The app's event models (App.events): each emitted event's data is checked against its
+        # type's, so a handler or command that would publish what every consumer dead-letters
+        # fails here instead. None: the instance id is still checked, the data is not.
+        self.models = models
         self.retention_s = retention_s
         self._emits = emits
         self._creates = creates
@@ -140,6 +151,14 @@ class UnitOfWork:
             event = Envelope.new(event_type, str(order_id), self.producer, data,
                                  causation_id=causation_id, clock=self.clock,
                                  traceparent=self.traceparent)
+        if not ORDER_ID.fullmatch(event.order_id):
+            raise InvalidEvent(f"{event_type}: instance id {event.order_id[:80]!r} is not 1-64 of "
+                               f"A-Z a-z 0-9 _ . -")
+        if self.models is not None:
+            try:
+                check_data(event, self.models)
+            except MalformedEntry as exc:
+                raise InvalidEvent(str(exc)) from None
         self.emitted.append(event)
         self.ops.append(Publish(bus_keys.stream(event_type), event.fields(),
                                 trace=bus_keys.trace(event.order_id)))
@@ -158,7 +177,10 @@ class UnitOfWork:
 
     def disarm(self, event_type: str) -> None:
         """The timer for event_type on this order is no longer needed. Best effort, after the
-        commit: a timer that still fires must find nothing to do."""
+        commit: a timer that still fires must find nothing to do. Handling that timer's own
+        event, there is nothing to disarm: it fired (and rq is still finishing its job)."""
+        if self.cause is not None and self.cause.type == event_type:
+            return
         self.disarmed.append(timer_id(event_type, self.cause.order_id))
 
     def now_ms(self) -> int:

@@ -140,12 +140,16 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
     order_keys = next((s.owns for s in services if DEADLINE_EVENT in s.creates
                        and DEADLINE_EVENT in timer_events), ())
     fired = tuple(bus_keys.stream(t) for t in timer_events)
+    reads_orders = (Grant(("hget", "hgetall", "type"), order_keys, read_only=True),) if order_keys else ()
+    # The trimmer prunes the saga's orders:index; for another app it only trims streams.
+    saga = any(keys.order("*") in s.owns for s in services)
+    prune = ((Grant(PRUNE, (keys.ORDERS_INDEX,)), Grant(("incrby",), (keys.ORDERS_EXPIRED,)),
+              Grant(("exists",), (keys.order("*"),), read_only=True)) if saga else ())
     return [
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
-             (Grant(PUBLISH, fired), Grant(TRACE, (TRACES,)),
-              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS),
-              Grant(("hget", "hgetall", "type"), order_keys, read_only=True)),
+             (*((Grant(PUBLISH, fired), Grant(TRACE, (TRACES,))) if fired else ()),
+              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS), *reads_orders),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
@@ -154,11 +158,9 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
              refuses=(*(sample("xadd", s) for s in streams if s not in fired),
                       *(sample("hset", p) for p in owners),
                       *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
-        Role("trimmer", "trims the declared streams as far as every group allows; prunes "
-             "expired orders from the index",
-             (Grant(TRIM, tuple(streams)), Grant(PRUNE, (keys.ORDERS_INDEX,)),
-              Grant(("incrby",), (keys.ORDERS_EXPIRED,)),
-              Grant(("exists",), (keys.order("*"),), read_only=True)), CLIENT,
+        Role("trimmer", "trims the declared streams as far as every group allows"
+             + ("; prunes expired orders from the index" if saga else ""),
+             (Grant(TRIM, tuple(streams)), *prune), CLIENT,
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
                       sample("zrem", keys.ORDERS_BY_STATUS), sample("expire", owners[0]),
                       *DANGEROUS)),

@@ -20,13 +20,13 @@ from choreo.bus.contract import Outcome
 from choreo.config.settings import Settings
 from choreo.workers.unit_of_work import BatchView, UnitOfWork
 
-from .app import ACCOUNTS, SEQUENCE, SignUpRefused, account, request_sign_up, verify
+from .app import ACCOUNTS, SEQUENCE, SignUpRefused, account, app, request_sign_up, verify
 
 
 def _run(bus, command, *args, clock=time.time):
     """One command in one commit; SignUpRefused if it cannot be done, or if what it read
     changed before the commit (a racing sign-up of the same address)."""
-    uow = UnitOfWork(ACCOUNTS.name, ACCOUNTS.creates, BatchView(bus), clock=clock)
+    uow = UnitOfWork(ACCOUNTS.name, ACCOUNTS.creates, BatchView(bus), clock=clock, models=app.events)
     result = command(uow, *args)
     if bus.commit("", [uow.to_commit()])[0] is not Outcome.APPLIED:
         raise SignUpRefused("changed concurrently: try again")

@@ -94,7 +94,8 @@ def test_the_first_ending_event_decides_and_disarms_the_timer(event_type, data, 
     event = Envelope.new(event_type, "1", "mailer", data)
     uow = handle(ACCOUNTS, event, {account("1"): {"status": PENDING, "email": "Ada@example.com"}})
     assert written(uow, account("1"))["status"] == ends
-    assert uow.disarmed == ["VerificationExpired-1"]
+    # The timer's own event disarms nothing: it has fired (rq is still finishing its job).
+    assert uow.disarmed == ([] if event_type == "VerificationExpired" else ["VerificationExpired-1"])
     released = written(uow, email_claim("ada@example.com"))
     assert released == ({} if ends == "ACTIVE" else {"account": ""})     # the compensation
 
