@@ -13,7 +13,7 @@ from choreo.bus.connect import open_bus, redact
 from choreo.plain import plain
 from choreo.config.settings import Settings
 from choreo.workers import keys
-from choreo.workers.logs import TIMERS, TRIMMER, WORKER, bound
+from choreo.workers.logs import EXPORTER, TIMERS, TRIMMER, WORKER, bound
 
 
 def _out(line: str = "") -> None:
@@ -60,7 +60,7 @@ def cmd_worker(args, settings: Settings) -> int:
     service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
     log = bound(WORKER, service.name, consumer)
-    observer = combined(_worker_observer(service, consumer, settings),     # before Redis: fail fast
+    observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
@@ -77,7 +77,7 @@ def cmd_worker(args, settings: Settings) -> int:
         log.info(f"{service.voice}: {consumer} stopped")
 
 
-def _worker_observer(service, consumer: str, settings: Settings):
+def _worker_observer(service, consumer: str, settings: Settings, log):
     """The worker's metrics hooks, /metrics already served; the no-op ones when metrics are off."""
     from choreo.workers.observer import NO_OBSERVER
     if not settings.metrics_port:
@@ -85,7 +85,7 @@ def _worker_observer(service, consumer: str, settings: Settings):
     from choreo.ops.metrics import worker_observer
     observer = worker_observer(service.name, consumer, service.streams, settings.metrics_port,
                                settings.metrics_addr)
-    _out(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
+    log.info(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
     return observer
 
 
@@ -222,12 +222,13 @@ EXPORTER_PORT = 9464
 def cmd_exporter(args, settings: Settings) -> int:
     """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
     from choreo.ops.exporter import serve_exporter
+    log = logging.getLogger(EXPORTER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
     try:
-        serve_exporter(bus, settings.url, args.port, args.addr, on_error=_show_err)
-        _out(f"exporter: fleet metrics of {redact(settings.url)} on "
-             f"http://{args.addr}:{args.port}/metrics")
+        serve_exporter(bus, settings.url, args.port, args.addr, on_error=log.warning)
+        log.info(f"exporter: fleet metrics of {redact(settings.url)} on "
+                 f"http://{args.addr}:{args.port}/metrics")
         stop.wait()
         return 0
     finally:
