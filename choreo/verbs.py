@@ -10,6 +10,7 @@ import threading
 
 from choreo.bus import inspect
 from choreo.bus.connect import open_bus, redact
+from choreo.logs import name_process
 from choreo.plain import plain
 from choreo.config.settings import Settings
 from choreo.workers import keys
@@ -59,6 +60,7 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
+    name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)
     observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
@@ -100,6 +102,7 @@ def cmd_timers(args, settings: Settings) -> int:
     from choreo.bus.acl import require
     from choreo.ops.acl import roles
     name = timers_name()
+    name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
     bus = open_bus(settings.url)
     log.info(f"timers: rq worker on {redact(settings.url)} (order deadlines, JSON serializer)")

@@ -225,3 +225,27 @@ def test_json_startup_errors_are_one_json_line_with_their_exit_code(procs):
         (line,) = done.stderr.splitlines()
         record = json.loads(line)
         assert record["level"] == "ERROR" and record["msg"].startswith(msg), record
+
+
+def test_json_timers_lines_all_carry_the_consumer_rqs_and_refusals_included(procs, redis_server):
+    from datetime import datetime, timezone
+    from rq import Queue
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+    from choreo.bus.scheduler import QUEUE
+    r, raw = redis_server.client(), redis_server.client(decode=False)
+    timers = procs.start("timers", CHOREO_LOG_FORMAT="json", **FAST)
+    name = f"timers-{HOST}-{timers.pid}"
+    queue = Queue(QUEUE, connection=raw, serializer=JSONSerializer)
+    # rq's own error line (a job that is not a timer) and the sweeper's (a malformed timer).
+    foreign = queue.enqueue("os.system", "true")
+    queue.enqueue_at(datetime.now(timezone.utc), "choreo.workers.deadlines.pass_deadline", "1", "c",
+                     job_id="DeadlinePassed-evil")
+    r.hset("rq:job:DeadlinePassed-evil", "created_at", "garbage")
+    wait_for(lambda: Job.fetch(foreign.id, connection=raw, serializer=JSONSerializer).get_status()
+             == JobStatus.FAILED, timeout=20, what="the foreign job failed")
+    wait_for(lambda: "refused scheduled job" in open(timers.log_path).read(), what="the bad timer refused")
+    assert stop(timers) == 0
+    found = records(timers)
+    assert {"rq.worker", "choreo.timers"} <= {x["logger"] for x in found}
+    assert [x for x in found if (x["service"], x["consumer"]) != ("timers", name)] == []
