@@ -258,10 +258,16 @@ def cmd_schema(args, settings: Settings) -> int:
 
 
 def cmd_health(args, settings: Settings) -> int:
-    from choreo.ops.health import check
+    from choreo.bus.contract import BusError
+    from choreo.ops.health import Health, check
     streams = list(args.app.by_name[args.service].streams) if args.service in args.app.by_name else []
-    with open_bus(settings.url) as bus:
-        verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
+    try:
+        with open_bus(settings.url) as bus:
+            verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
+    except BusError as exc:
+        if args.json:       # a machine reading stdout gets a verdict too; stderr's line as ever
+            _out(Health(args.service, False, str(exc), args.max_silence, args.max_pending_age).to_json())
+        raise
     if args.json:
         _out(verdict.to_json())
     else:

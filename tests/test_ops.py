@@ -163,6 +163,16 @@ def test_health_unreachable_redis_one_line_exit_1(capsys):
     assert len(err) == 1 and err[0].startswith("choreo: cannot reach Redis at")
 
 
+def test_health_json_unreachable_redis_is_a_verdict_on_stdout_exit_1(capsys):
+    from tests.redis_server import free_port
+    assert main(["health", "payment", "--json", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]) == 1
+    out, err = capsys.readouterr()
+    verdict = json.loads(out)
+    assert (verdict["service"], verdict["healthy"]) == ("payment", False)
+    assert verdict["reason"].startswith("cannot reach Redis at") and verdict["consumers"] == []
+    assert len(err.strip().splitlines()) == 1 and err.startswith("choreo: cannot reach Redis at")
+
+
 def test_timers_keep_a_heartbeat(procs, redis_server):
     r = redis_server.client()
     timers = procs.start("timers", **FAST)
