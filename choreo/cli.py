@@ -197,12 +197,12 @@ def build_parser(app: App | None = None) -> Parser:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no alternate screen)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.set_defaults(run=cmd_dashboard, role="dashboard")
-    p = sub.add_parser("exporter", parents=[common],
+    p = sub.add_parser("exporter", parents=[logs],
                        help="serve the dashboard's fleet view as Prometheus metrics (read-only)")
     p.add_argument("--port", type=arg.port, default=EXPORTER_PORT,
                    help=f"serve http://<host>:PORT/metrics (default: {EXPORTER_PORT})")
     p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default: all)")
-    p.set_defaults(run=cmd_exporter, role="dashboard")
+    p.set_defaults(run=cmd_exporter, role="dashboard", log_service="exporter")
     p = sub.add_parser("topology", parents=[common], help="which service consumes and emits what")
     p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text",
                    help="text (default), a Mermaid flowchart or a Graphviz dot graph")
@@ -228,6 +228,24 @@ def app_spec(argv: list[str]) -> str | None:
     return os.environ.get("CHOREO_APP") or None
 
 
+def early_logging(args) -> tuple[str, str]:
+    """The log format and level as soon as the arguments are parsed, before the settings are
+    read: a bad setting (or anything after) is then said in the format asked for. A value
+    Settings will refuse falls back to the default here; Settings says why."""
+    role = role_of(args)
+
+    def env(base: str) -> str:          # CHOREO_<FIELD>_<ROLE> wins, as in Settings.from_env
+        return (role and os.environ.get(f"{base}_{role.upper()}")) or os.environ.get(base, "")
+    fmt = getattr(args, "log_format", None) or env("CHOREO_LOG_FORMAT")
+    level = (getattr(args, "log_level", None) or env("CHOREO_LOG_LEVEL")).upper()
+    return (fmt if fmt in ("plain", "json") else "plain", level if level in LOG_LEVELS else "INFO")
+
+
+def log_service(args) -> str:
+    """The `service` of the process's own lines (JSON): the worker's service, else the verb's."""
+    return getattr(args, "log_service", None) or role_of(args) or args.verb
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -241,20 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "orders_only", False) and not app.orders:
             raise UsageError(f"choreo {args.verb}: a command of the order saga; app {app.name!r} "
                              f"has no orders")
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except SystemExit as exc:           # --version, --help: printed, and done
+        return exc.code if isinstance(exc.code, int) else 0
+    # From here every line goes through logging. The demo tells the story itself: its four
+    # workers' per-event lines would only interleave with it.
+    fmt, level = early_logging(args)
+    configure_logging(fmt, level, service=log_service(args), events=args.verb != "demo")
+    log = logging.getLogger(CLI)
+    try:
         settings = Settings.from_env(service=role_of(args), redis_url=args.redis_url,
                                      log_format=getattr(args, "log_format", None),
                                      log_level=getattr(args, "log_level", None),
                                      metrics_port=getattr(args, "metrics_port", None))
-    except (UsageError, SettingsError) as exc:
-        print(f"choreo: {exc}" if isinstance(exc, SettingsError) else str(exc), file=sys.stderr)
+    except SettingsError as exc:
+        log.error(f"choreo: {exc}")
         return 2
-    except SystemExit as exc:           # --version, --help: printed, and done
-        return exc.code if isinstance(exc.code, int) else 0
-    # Once per run, here and nowhere else. The demo tells the story itself: its four workers'
-    # per-event lines would only interleave with it.
-    configure_logging(settings.log_format, settings.log_level, service=role_of(args) or args.verb,
-                      events=args.verb != "demo")
-    log = logging.getLogger(CLI)
     try:
         return args.run(args, settings)
     except (BusError, OrderRejected) as exc:
@@ -264,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error(f"choreo: {exc}")
         return 2
     except MetricsUnavailable as exc:             # the extra missing (2) or the port taken (1)
-        print(f"choreo: {exc}", file=sys.stderr)
+        log.error(f"choreo: {exc}")
         return 1 if exc.port_taken else 2
     except TracingUnavailable as exc:             # CHOREO_TRACING=1 without what it needs
-        print(f"choreo: {exc}", file=sys.stderr)
+        log.error(f"choreo: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

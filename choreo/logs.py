@@ -81,3 +81,12 @@ def configure(fmt: str = "plain", level: str = "INFO", service: str = "", consum
         handler.addFilter(lambda r: r.name != EVENTS or r.levelno >= logging.WARNING)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def name_process(service: str, consumer: str) -> None:
+    """Stamp `service` and `consumer` on every later line that carries none of its own (rq's, the
+    timers' sweeper's, the command's): a process knows its consumer name only once its verb runs,
+    after configure()."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Stderr) and isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.service, handler.formatter.consumer = service, consumer

@@ -10,10 +10,11 @@ import threading
 
 from choreo.bus import inspect
 from choreo.bus.connect import open_bus, redact
+from choreo.logs import name_process
 from choreo.plain import plain
 from choreo.config.settings import Settings
 from choreo.workers import keys
-from choreo.workers.logs import TIMERS, TRIMMER, WORKER, bound
+from choreo.workers.logs import EXPORTER, TIMERS, TRIMMER, WORKER, bound
 
 
 def _out(line: str = "") -> None:
@@ -59,8 +60,9 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
     consumer = args.consumer or consumer_name(service.name)
+    name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)
-    observer = combined(_worker_observer(service, consumer, settings),     # before Redis: fail fast
+    observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
@@ -77,7 +79,7 @@ def cmd_worker(args, settings: Settings) -> int:
         log.info(f"{service.voice}: {consumer} stopped")
 
 
-def _worker_observer(service, consumer: str, settings: Settings):
+def _worker_observer(service, consumer: str, settings: Settings, log):
     """The worker's metrics hooks, /metrics already served; the no-op ones when metrics are off."""
     from choreo.workers.observer import NO_OBSERVER
     if not settings.metrics_port:
@@ -85,7 +87,7 @@ def _worker_observer(service, consumer: str, settings: Settings):
     from choreo.ops.metrics import worker_observer
     observer = worker_observer(service.name, consumer, service.streams, settings.metrics_port,
                                settings.metrics_addr)
-    _out(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
+    log.info(f"{service.voice}: metrics on http://{settings.metrics_addr}:{settings.metrics_port}/metrics")
     return observer
 
 
@@ -100,6 +102,7 @@ def cmd_timers(args, settings: Settings) -> int:
     from choreo.bus.acl import require
     from choreo.ops.acl import roles
     name = timers_name()
+    name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
     bus = open_bus(settings.url)
     log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
@@ -222,12 +225,13 @@ EXPORTER_PORT = 9464
 def cmd_exporter(args, settings: Settings) -> int:
     """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
     from choreo.ops.exporter import serve_exporter
+    log = logging.getLogger(EXPORTER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
     try:
-        serve_exporter(bus, settings.url, args.port, args.addr, on_error=_show_err)
-        _out(f"exporter: fleet metrics of {redact(settings.url)} on "
-             f"http://{args.addr}:{args.port}/metrics")
+        serve_exporter(bus, settings.url, args.port, args.addr, on_error=log.warning)
+        log.info(f"exporter: fleet metrics of {redact(settings.url)} on "
+                 f"http://{args.addr}:{args.port}/metrics")
         stop.wait()
         return 0
     finally:
@@ -254,10 +258,16 @@ def cmd_schema(args, settings: Settings) -> int:
 
 
 def cmd_health(args, settings: Settings) -> int:
-    from choreo.ops.health import check
+    from choreo.bus.contract import BusError
+    from choreo.ops.health import Health, check
     streams = list(args.app.by_name[args.service].streams) if args.service in args.app.by_name else []
-    with open_bus(settings.url) as bus:
-        verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
+    try:
+        with open_bus(settings.url) as bus:
+            verdict = check(bus, args.service, streams, args.max_silence, args.max_pending_age)
+    except BusError as exc:
+        if args.json:       # a machine reading stdout gets a verdict too; stderr's line as ever
+            _out(Health(args.service, False, str(exc), args.max_silence, args.max_pending_age).to_json())
+        raise
     if args.json:
         _out(verdict.to_json())
     else:

@@ -3,10 +3,12 @@ the runtime's hooks in-process, and `choreo exporter`'s fleet view against a rea
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -245,3 +247,44 @@ def test_exporter_says_redis_is_down_without_stale_figures(procs):
     got = wait_for(lambda: _try_scrape(port), timeout=20, what="the exporter's /metrics")
     assert sample(got, "choreo_redis_up") == 0
     assert not [k for k in got if k[0].startswith(("choreo_group", "choreo_stream", "choreo_orders"))]
+
+
+# -- what docs/operations.md tells an operator to configure ----------------------------------------
+
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+def _fenced_after(text: str, marker: str) -> str:
+    """The first fenced block after `marker` in the page."""
+    return text.split(marker, 1)[1].split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_the_documented_alert_rules_name_series_choreo_serves(real_bus, redis_url):
+    from prometheus_client import generate_latest
+    from choreo.ops.exporter import FleetCollector
+    rules = _fenced_after(OPERATIONS.read_text(), "and alert rules:")
+    worker, fleet = new_registry(with_process=False), new_registry(with_process=False)
+    PrometheusObserver("payment", "payment-1", SERVICES["payment"].streams, worker)
+    fleet.register(FleetCollector(real_bus, redis_url))
+    served = generate_latest(worker).decode() + generate_latest(fleet).decode()
+    names = set(re.findall(r"^# TYPE (\w+)", served, re.M)) | set(re.findall(r"^(\w+)[{ ]", served, re.M))
+    named = set(re.findall(r"\b(choreo_\w+)", rules))
+    assert named and named - names == set()
+    # The dead-letter alert counts what the workers moved, not the capped, replayable dlq length.
+    assert 'increase(choreo_entries_total{outcome="dead_lettered"}[10m]) > 0' in rules
+    assert "delta(choreo_dead_letters" not in rules
+    assert 'outcome="dead_lettered"' in served
+
+
+def test_the_documented_procfile_edit_gives_the_scraped_ports():
+    from honcho.environ import expand_processes, parse_procfile
+    text = OPERATIONS.read_text()
+    edited = parse_procfile(_fenced_after(text, "give the four worker lines honcho's `$PORT`")).processes
+    shipped = parse_procfile((OPERATIONS.parent.parent / "Procfile").read_text()).processes
+    for name, command in edited.items():
+        assert command == f"{shipped[name]} --metrics-port $PORT"
+    ports = {p.name: p.env["PORT"] for p in expand_processes(shipped, concurrency={"inventory": 3}, port=5000)}
+    assert {n: ports[n] for n in ("order.1", "inventory.1", "inventory.3", "payment.1", "shipping.1")} == \
+        {"order.1": "5000", "inventory.1": "5100", "inventory.3": "5102", "payment.1": "5200", "shipping.1": "5300"}
+    targets = re.findall(r"worker-host:(\d+)", _fenced_after(text, "A Prometheus scrape config for that:"))
+    assert targets == ["5000", "5100", "5200", "5300"]

@@ -163,6 +163,16 @@ def test_health_unreachable_redis_one_line_exit_1(capsys):
     assert len(err) == 1 and err[0].startswith("choreo: cannot reach Redis at")
 
 
+def test_health_json_unreachable_redis_is_a_verdict_on_stdout_exit_1(capsys):
+    from tests.redis_server import free_port
+    assert main(["health", "payment", "--json", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]) == 1
+    out, err = capsys.readouterr()
+    verdict = json.loads(out)
+    assert (verdict["service"], verdict["healthy"]) == ("payment", False)
+    assert verdict["reason"].startswith("cannot reach Redis at") and verdict["consumers"] == []
+    assert len(err.strip().splitlines()) == 1 and err.startswith("choreo: cannot reach Redis at")
+
+
 def test_timers_keep_a_heartbeat(procs, redis_server):
     r = redis_server.client()
     timers = procs.start("timers", **FAST)
@@ -172,3 +182,80 @@ def test_timers_keep_a_heartbeat(procs, redis_server):
     wait_for(lambda: procs.run("health", "timers", timeout=30).returncode == 0, timeout=5, what="healthy")
     assert stop(timers) == 0
     assert not r.exists(bus_keys.heartbeat("timers", name))
+
+
+# -- every line after the arguments are parsed goes through logging -------------------------------
+
+def test_json_worker_with_metrics_says_where_in_json_and_warning_drops_it(procs, redis_server):
+    from choreo.measure.redis_server import free_port
+    r = redis_server.client()
+    port = free_port()
+    worker = procs.start("worker", "payment", "--metrics-port", str(port), "--log-format", "json",
+                         name="payment.1", CHOREO_SLOT=1, **FAST)
+    wait_for(lambda: r.exists(bus_keys.heartbeat("payment", PAYMENT)), what="worker up")
+    assert stop(worker) == 0
+    said = [x for x in records(worker) if "/metrics" in x["msg"]]
+    assert [(x["level"], x["logger"], x["consumer"]) for x in said] == [("INFO", "choreo.worker", PAYMENT)]
+    assert said[0]["msg"] == f"PaymentService: metrics on http://0.0.0.0:{port}/metrics"
+    quiet = procs.start("worker", "payment", "--metrics-port", str(free_port()), "--log-level",
+                        "WARNING", name="payment.quiet", CHOREO_SLOT=1, **FAST)
+    wait_for(lambda: r.exists(bus_keys.heartbeat("payment", PAYMENT)), what="worker up")
+    assert stop(quiet) == 0
+    assert lines(quiet) == []
+
+
+def test_json_exporter_start_and_unreadable_redis_are_json_lines(procs):
+    from choreo.measure.redis_server import free_port
+    from tests.test_metrics import _try_scrape
+    port = free_port()
+    exporter = procs.start("exporter", "--port", str(port), "--log-format", "json", "--redis-url",
+                           f"redis://127.0.0.1:{free_port()}/0", name="exporter")
+    wait_for(lambda: _try_scrape(port), timeout=20, what="the exporter's /metrics")
+    assert stop(exporter) == 0
+    found = records(exporter)
+    assert found[0]["level"] == "INFO" and found[0]["service"] == "exporter"
+    assert found[0]["msg"].startswith("exporter: fleet metrics of redis://127.0.0.1:")
+    assert any(x["level"] == "WARNING" and x["msg"].startswith("exporter: cannot read Redis: ")
+               for x in found[1:]), found
+
+
+def test_json_startup_errors_are_one_json_line_with_their_exit_code(procs):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = procs.run("worker", "inventory", "--metrics-port", str(port), "--log-format", "json",
+                           timeout=20)
+    bad_setting = procs.run("worker", "payment", "--log-format", "json", CHOREO_SEEN_TTL_S="-5")
+    bad_from_env = procs.run("timers", CHOREO_SEEN_TTL_S="-5", CHOREO_LOG_FORMAT="json")
+    for done, code, msg in ((in_use, 1, f"choreo: cannot serve metrics on 0.0.0.0:{port}: Address already in use"),
+                            (bad_setting, 2, "choreo: CHOREO_SEEN_TTL_S must be "),
+                            (bad_from_env, 2, "choreo: CHOREO_SEEN_TTL_S must be ")):
+        assert done.returncode == code and done.stdout == "", done
+        (line,) = done.stderr.splitlines()
+        record = json.loads(line)
+        assert record["level"] == "ERROR" and record["msg"].startswith(msg), record
+
+
+def test_json_timers_lines_all_carry_the_consumer_rqs_and_refusals_included(procs, redis_server):
+    from datetime import datetime, timezone
+    from rq import Queue
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+    from choreo.bus.scheduler import QUEUE
+    r, raw = redis_server.client(), redis_server.client(decode=False)
+    timers = procs.start("timers", CHOREO_LOG_FORMAT="json", **FAST)
+    name = f"timers-{HOST}-{timers.pid}"
+    queue = Queue(QUEUE, connection=raw, serializer=JSONSerializer)
+    # rq's own error line (a job that is not a timer) and the sweeper's (a malformed timer).
+    foreign = queue.enqueue("os.system", "true")
+    queue.enqueue_at(datetime.now(timezone.utc), "choreo.workers.deadlines.pass_deadline", "1", "c",
+                     job_id="DeadlinePassed-evil")
+    r.hset("rq:job:DeadlinePassed-evil", "created_at", "garbage")
+    wait_for(lambda: Job.fetch(foreign.id, connection=raw, serializer=JSONSerializer).get_status()
+             == JobStatus.FAILED, timeout=20, what="the foreign job failed")
+    wait_for(lambda: "refused scheduled job" in open(timers.log_path).read(), what="the bad timer refused")
+    assert stop(timers) == 0
+    found = records(timers)
+    assert {"rq.worker", "choreo.timers"} <= {x["logger"] for x in found}
+    assert [x for x in found if (x["service"], x["consumer"]) != ("timers", name)] == []

@@ -92,6 +92,26 @@ def test_handler_always_failing_is_dead_lettered_after_max_deliveries_and_nothin
     assert real_bus.client.xlen(bus_keys.stream("PaymentProcessed")) == 0
 
 
+def test_a_dead_letter_line_names_its_event_when_the_entry_parsed_and_not_otherwise(real_bus, caplog):
+    from choreo.logs import JsonFormatter
+    caplog.set_level(logging.INFO)
+    service, _ = flaky_payment(failures=10**6)
+    worker = Worker(service, real_bus, fast(max_deliveries=2), "payment-test-1")
+    worker.start()
+    event = checked_event("7")
+    xadd(real_bus, event)
+    real_bus.client.xadd(CHECKED, {**checked_event("8").fields(), "v": "9"})    # never parses
+    run_until([worker], lambda: real_bus.client.xlen(bus_keys.dead_letters("payment")) == 2)
+    dead = [r for r in caplog.records if r.levelno == logging.ERROR and "dead-lettered" in r.getMessage()]
+    assert len(dead) == 2
+    failed, malformed = sorted(dead, key=lambda r: "unknown schema version" in r.getMessage())
+    as_json = json.loads(JsonFormatter().format(failed))
+    assert (as_json["event_id"], as_json["order_id"]) == (event.id, "7")
+    plain = log_lines(caplog, logging.ERROR)
+    assert any(f"event_id={event.id} order_id=7 stream=" in l and "failed 2 times" in l for l in plain), plain
+    assert (malformed.context["event_id"], malformed.context["order_id"]) == ("", "")
+
+
 def test_an_event_delivered_twice_has_no_second_effect(real_bus):
     workers = [Worker(s, real_bus, fast(), f"{s.name}-test-1")
                for s in SERVICES.values()]

@@ -143,6 +143,13 @@ def test_tracing_without_opentelemetry_says_how_to_install_it(procs, tmp_path):
         "choreo: tracing needs OpenTelemetry: pip install 'choreo[tracing]'"]
 
 
+def test_console_spans_go_to_stderr_and_place_order_prints_only_the_order_id(procs, redis_server):
+    done = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", "o-77",
+                     timeout=30, CHOREO_TRACING=1, OTEL_TRACES_EXPORTER="console")
+    assert done.returncode == 0 and done.stdout == "o-77\n", done
+    assert '"name": "order place OrderCreated"' in done.stderr
+
+
 def test_across_processes_each_event_carries_the_trace_of_the_order(procs, redis_server):
     on = {"CHOREO_TRACING": 1, "OTEL_TRACES_EXPORTER": "none"}
     for name in SERVICES:

@@ -97,8 +97,9 @@ class Committing:
         self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
                                else APPLIED if h.event else DEAD_LETTERED)
         self.handling.last_error.pop(h.delivery.entry_id, None)
+        event = h.event or h.letter_of      # a dead letter of an event that parsed names it too
         context = {
-            "event_id": h.event.id if h.event else "", "order_id": h.event.order_id if h.event else "",
+            "event_id": event.id if event else "", "order_id": event.order_id if event else "",
             "stream": h.delivery.stream, "entry_id": h.delivery.entry_id,
             "deliveries": h.delivery.deliveries,
             "ms": round((time.perf_counter() - h.started) * 1000, 2),

@@ -35,10 +35,11 @@ class Handled:
     delivery: Delivery
     commit: Commit
     line: str                       # what to log once the commit is applied (no context)
-    event: Envelope | None
+    event: Envelope | None          # the event applied; None for a dead letter
     started: float
     timers: list[Timer] = field(default_factory=list)
     disarmed: list[str] = field(default_factory=list)
+    letter_of: Envelope | None = None   # a dead letter's event, when the entry parsed (its log line)
 
 
 class Handling:
@@ -95,7 +96,7 @@ class Handling:
             self.service.consumes[event.type].handle(event, uow)
             view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
-            return self.handler_failed(d, f"{type(exc).__name__}: {exc}", started)
+            return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started)
         self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name), seen_id=event.id,
@@ -103,9 +104,9 @@ class Handling:
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
                        uow.timers, uow.disarmed)
 
-    def handler_failed(self, d: Delivery, error: str, started: float) -> Handled | None:
+    def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float) -> Handled | None:
         if d.deliveries >= self.settings.max_deliveries:
-            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started)
+            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started, event)
         self.last_error[d.entry_id] = error
         self.observer.handler_failed(d, error)
         self.log.warning(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
@@ -114,13 +115,14 @@ class Handling:
                                                       "deliveries": d.deliveries}})
         return None
 
-    def dead_letter(self, d: Delivery, reason: str, started: float) -> Handled:
+    def dead_letter(self, d: Delivery, reason: str, started: float,
+                    event: Envelope | None = None) -> Handled:
         """The one place a dead letter is written: its record, committed with the entry's XACK."""
         letter = DeadLetter.of(self.service.name, d, reason, iso_ms(self.clock()))
         commit = Commit(ops=[letter.publish_op(self.settings.dlq_max_entries)],
                         ack=(d.stream, d.entry_id))
         return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
-                                  f"{reason}", None, started)
+                                  f"{reason}", None, started, letter_of=event)
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service,

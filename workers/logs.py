@@ -17,6 +17,7 @@ WORKER = "choreo.worker"    # start/stop, retries, dead letters, reconnects, hou
 EVENTS = "choreo.events"    # one INFO line per handled entry: turned down without losing the above
 TIMERS = "choreo.timers"    # the timers process
 TRIMMER = "choreo.trimmer"  # `choreo trim --every`
+EXPORTER = "choreo.exporter"  # `choreo exporter`: its start line, and scrapes that cannot read Redis
 CLI = "choreo.cli"          # the command's own error and warning lines
 
 

@@ -16,6 +16,7 @@ This is an Observer (workers.observer): the runtime's hooks open, end and link t
 
 from __future__ import annotations
 
+import sys
 from typing import Mapping
 
 from choreo.workers.observer import DEAD_LETTERED, REFUSED, Observer
@@ -136,7 +137,8 @@ def tracer_provider(service: str, env: Mapping[str, str]):
     provider = TracerProvider(resource=Resource.create({"service.name": f"choreo-{service}"}))
     kind = env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")[0].strip()
     if kind == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        # stderr: stdout is the command's answer (`id=$(choreo place-order …)`), never spans
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     elif kind == "otlp":
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
     elif kind != "none":
