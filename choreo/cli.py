@@ -122,7 +122,7 @@ SERVICE_ROLE = "<service>"          # a worker connects as the user of the servi
 
 
 def role_of(args) -> str | None:
-    """Whose credentials a verb uses: REDIS_URL_<ROLE> when set (see README, Security), else
+    """Whose credentials a verb uses: REDIS_URL_<ROLE> when set (see docs/security.md), else
     REDIS_URL. None (demo, topology) reads REDIS_URL alone."""
     role = getattr(args, "role", None)
     return args.service if role == SERVICE_ROLE else role
@@ -146,7 +146,8 @@ def build_parser(app: App | None = None) -> Parser:
     logs.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                       help="WARNING drops the per-event lines, keeping retries, dead letters and "
                            "reconnects (default: $CHOREO_LOG_LEVEL or INFO)")
-    parser = Parser(prog="choreo", description="An order saga choreographed over Redis Streams.")
+    parser = Parser(prog="choreo", description="Choreographies over Redis Streams: the order saga, or "
+                    "your own with --app.")
     parser.add_argument("--version", action="version", version=f"choreo {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
 
@@ -173,7 +174,7 @@ def build_parser(app: App | None = None) -> Parser:
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
         p = sub.add_parser(verb, parents=[common], help=text)
-        p.add_argument("order_id")
+        p.add_argument("order_id", metavar="ID", help="the order id (another app: the instance id, its events' order_id)")
         p.set_defaults(run=fn, role="dashboard", orders_only=verb == "status")
     p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")

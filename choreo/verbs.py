@@ -134,9 +134,12 @@ def cmd_place_order(args, settings: Settings) -> int:
         return 0
 
 
-def _not_found(order_id: str, settings: Settings) -> str:
+def _not_found(order_id: str, settings: Settings, orders: bool = True) -> str:
     """One line for an order Redis no longer (or never) had: after the retention window an
-    ended order's keys are gone, and this is what a user asking about it sees."""
+    ended order's keys are gone, and this is what a user asking about it sees. Another app's
+    instances: nothing on its trace list (trace:<id>) nor in its dead letters."""
+    if not orders:
+        return f"instance {order_id}: not found (no events on trace:{order_id}, no dead letters)"
     return (f"order {order_id}: not found — orders are kept CHOREO_RETENTION_S "
             f"({settings.retention_s} s) after they end; this one may have expired")
 
@@ -168,16 +171,17 @@ def cmd_trace(args, settings: Settings) -> int:
         events = load_events(bus, args.order_id)
         dead = order_dead_letters(bus, args.order_id, args.app.by_name)
         if not events and not dead:
-            _show(_not_found(args.order_id, settings))
+            _show(_not_found(args.order_id, settings, args.app.orders))
             return 1
-        status = bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
+        status = (bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
+                  if args.app.orders else "")
         nodes = build_trace(bus, events, dead, args.app.by_name)
         if args.json:
             _out(trace_json(args.order_id, status, nodes, dead, events))
         else:
             # A pipe gets whole lines (grep-able), not lines cut at rich's default 80 columns.
             wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-            Console(width=None if wide else 400).print(render_tree(args.order_id, status, nodes, dead))
+            Console(width=None if wide else 400).print(render_tree(args.order_id, status, nodes, dead, 'order' if args.app.orders else 'instance'))
         return 0
 
 
@@ -324,7 +328,7 @@ def cmd_trim(args, settings: Settings) -> int:
 
 
 def _prune_orders(bus, settings: Settings) -> int:
-    """orders:index loses the ids of orders whose keys have expired (README "Retention")."""
+    """orders:index loses the ids of orders whose keys have expired (docs/keys.md, "Retention")."""
     from choreo.bus.trim import Index, prune_index
     return prune_index(bus, Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order),
                        settings.retention_s)

@@ -84,6 +84,12 @@ def test_audit_runs_the_apps_own_checks_and_the_stream_checks_not_the_sagas(proc
     c.hset("pong:1", "n", "five")
     assert main(["audit", "--app", SPEC, "--redis-url", procs.url]) == 1
     assert "VIOLATION pong:1: n='five' is not a number" in capsys.readouterr().out
+    # trace speaks of the app's instances, not of orders
+    assert main(["trace", "1", "--app", SPEC, "--redis-url", procs.url]) == 0
+    shown = capsys.readouterr().out
+    assert "instance 1" in shown and "Pinger: Pong 1 back" in shown and "order" not in shown
+    assert main(["trace", "99", "--app", SPEC, "--redis-url", procs.url]) == 1
+    assert "instance 99: not found" in capsys.readouterr().out
 
 
 def test_mistakes_in_an_app_are_refused_when_it_is_declared_or_run_not_later():

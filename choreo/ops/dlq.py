@@ -118,7 +118,7 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
             stream, fields = replayable(bus, letter, service, max_entry_bytes, trust_copy, app)
             if dry_run:
                 out(f"would replay {letter.ref} to {stream}: {fields['type']} {fields['id']} "
-                    f"for order {fields['order_id']}")
+                    f"for {'order' if app.orders else 'instance'} {fields['order_id']}")
             else:
                 out(f"replayed {letter.ref} to {stream} as {store.republish(bus, letter, stream, fields)}")
         except DeadLetterError as exc:

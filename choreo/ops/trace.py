@@ -201,8 +201,12 @@ def _label(node: TraceNode) -> Text:
 _REACTION_STYLE = {"handled": "green", "dead-lettered": "bold red"}
 
 
-def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter]) -> Tree:
-    tree = Tree(text((f"order {order_id}", "bold"), f"  {status or 'unknown'}"))
+def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],
+                noun: str = "order") -> Tree:
+    """noun: what the instance is called, "order" in the saga, "instance" in another app (which
+    has no status record: none is shown)."""
+    head = f"  {status or 'unknown'}" if noun == "order" else ""
+    tree = Tree(text((f"{noun} {order_id}", "bold"), head))
     branches: list[Tree] = [tree]
     for node in nodes:
         del branches[node.depth + 1:]           # walk() is depth-first: pop back to the parent
