@@ -206,7 +206,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
     from choreo.ops.dashboard import print_once, run_live, sample_twice
     if args.once or args.json:
         with open_bus(settings.url) as bus:
-            snapshot = sample_twice(bus, settings.url, args.refresh, args.app.by_name)
+            snapshot = sample_twice(bus, settings.url, args.refresh, args.app.by_name, args.app.orders)
             if args.json:
                 _out(snapshot.to_json())
             else:
@@ -216,7 +216,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
             return 0
     bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
     try:
-        return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name)
+        return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name, args.app.orders)
     except KeyboardInterrupt:
         return 0                                  # Ctrl-C is how one leaves a live view
     finally:
@@ -233,7 +233,7 @@ def cmd_exporter(args, settings: Settings) -> int:
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
     try:
-        serve_exporter(bus, settings.url, args.port, args.addr, on_error=log.warning)
+        serve_exporter(bus, settings.url, args.port, args.addr, on_error=log.warning, app=args.app)
         log.info(f"exporter: fleet metrics of {redact(settings.url)} on "
                  f"http://{args.addr}:{args.port}/metrics")
         stop.wait()

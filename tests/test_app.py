@@ -136,3 +136,26 @@ def test_acl_users_of_another_app_get_nothing_of_the_sagas(tmp_path):
     rules = repr(every["trimmer"]) + repr(every["timers"])
     assert "orders:index" not in rules and "order:*" not in rules
     assert all(g.keys for g in every["timers"].grants)      # no selector without keys
+
+
+def test_the_dashboard_of_another_app_shows_its_streams_and_no_orders_panel(procs, real_bus, capsys):
+    import json
+    c = real_bus.client
+    procs.start("worker", "ponger", "--app", SPEC, name="ponger")
+    wait_for(lambda: c.exists(bus_keys.stream("Ping")), what="ponger's group")
+    assert main(["dashboard", "--json", "--refresh", "0.1", "--app", SPEC, "--redis-url", procs.url]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["orders"] is None
+    assert {s["stream"] for s in snap["streams"]} <= {"events:Ping", "events:Pong"}
+    assert "events:Ping" in {g["stream"] for g in snap["groups"]}
+    assert main(["dashboard", "--once", "--refresh", "0.1", "--app", SPEC, "--redis-url", procs.url]) == 0
+    frame = capsys.readouterr().out
+    assert "events:Ping" in frame and " orders " not in frame and "ponger" in frame
+
+
+def test_the_exporter_of_an_app_without_orders_exports_no_order_series():
+    from choreo.ops.exporter import fleet_metrics
+    from choreo.ops.snapshot import OrdersView, Snapshot
+    names = {m.name for m in fleet_metrics(Snapshot(url="redis://x", orders=None))}
+    assert "choreo_orders" not in names and "choreo_dead_letters" in names
+    assert "choreo_orders" in {m.name for m in fleet_metrics(Snapshot(url="redis://x", orders=OrdersView()))}

@@ -158,7 +158,8 @@ def _panel(title: str, body) -> Panel:
 
 def heights(s: Snapshot) -> tuple[int, int, int, int]:
     """Rows each band needs: header, streams/orders/dead letters, groups, consumers/events."""
-    top = max(len(s.streams), max(len(s.orders.by_status), 1) + 3, len(s.dead_letters))
+    orders = max(len(s.orders.by_status), 1) + 3 if s.orders is not None else 0
+    top = max(len(s.streams), orders, len(s.dead_letters))
     return 3, _height(top), _height(len(s.groups)), _height(max(len(s.consumers), len(s.events)))
 
 
@@ -172,7 +173,8 @@ def render(s: Snapshot) -> Layout:
                       Layout(name="bottom", ratio=1, minimum_size=h_bottom))
     # Streams and orders keep the width their figures need; dead letters' errors take the rest.
     root["top"].split_row(Layout(_panel("streams", streams_table(s)), size=STREAMS_WIDTH),
-                          Layout(_panel("orders", orders_table(s)), size=ORDERS_WIDTH),
+                          *([Layout(_panel("orders", orders_table(s)), size=ORDERS_WIDTH)]
+                            if s.orders is not None else []),     # an app without orders: none
                           Layout(_panel("dead letters", dead_letters_table(s)), ratio=1))
     root["bottom"].split_row(Layout(_panel("consumers", consumers_table(s)), ratio=1),
                              Layout(_panel("recent events", events_table(s)), ratio=1))
@@ -201,23 +203,23 @@ def keypresses():
 
 
 def run_live(bus: RedisStreamsBus, url: str | None, refresh_s: float, console: Console,
-             services=SERVICES) -> int:
+             services=SERVICES, orders: bool = True) -> int:
     from rich.live import Live
     snapshot = None
     with keypresses() as wait, Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
-            snapshot = gather_or_keep(bus, url, snapshot, services)
+            snapshot = gather_or_keep(bus, url, snapshot, services, orders)
             live.update(render(snapshot), refresh=True)
             if (wait(refresh_s) or "").lower() == "q":
                 return 0
 
 
 def sample_twice(bus: RedisStreamsBus, url: str | None, interval_s: float,
-                 services=SERVICES) -> Snapshot:
+                 services=SERVICES, orders: bool = True) -> Snapshot:
     """For --once and --json: two reads `interval_s` apart, so the rates are real figures."""
-    first = gather(bus, url, services=services)
+    first = gather(bus, url, services=services, orders=orders)
     time.sleep(interval_s)
-    return gather(bus, url, first, services=services)
+    return gather(bus, url, first, services=services, orders=orders)
 
 
 def print_once(snapshot: Snapshot, console: Console) -> None:

@@ -100,6 +100,8 @@ def fleet_metrics(s: snap.Snapshot) -> Iterator:
                  ["service"], [((r.service,), r.count) for r in s.dead_letters])
     yield _gauge("choreo_dead_letter_newest_age_seconds", "Age of the newest dead letter.", ["service"],
                  [((r.service,), r.newest_age_s) for r in s.dead_letters if r.newest_age_s is not None])
+    if s.orders is None:            # an app without orders
+        return
     yield _gauge("choreo_orders", "Orders by status (orders:by_status).", ["status"],
                  [((status,), n) for status, n in sorted(s.orders.by_status.items())])
     yield _gauge("choreo_order_latency_seconds", "Placed to completed, over the latest "
@@ -108,9 +110,13 @@ def fleet_metrics(s: snap.Snapshot) -> Iterator:
                   if ms is not None])
 
 
-def serve_exporter(bus, url: str | None, port: int, addr: str, on_error) -> None:
-    """Register the collector on a registry of its own and serve it; returns once serving."""
+def serve_exporter(bus, url: str | None, port: int, addr: str, on_error, app=None) -> None:
+    """Register the collector on a registry of its own and serve it; returns once serving.
+    app: whose streams, groups and services (the saga's when None)."""
+    import functools
     from choreo.ops.metrics import new_registry, serve
     registry = new_registry()
-    registry.register(FleetCollector(bus, url, on_error=on_error))
+    gather = (functools.partial(snap.gather, services=app.by_name, orders=app.orders) if app
+              else snap.gather)
+    registry.register(FleetCollector(bus, url, gather=gather, on_error=on_error))
     serve(registry, port, addr)

@@ -109,7 +109,7 @@ class Snapshot:
     streams: list[StreamRow] = field(default_factory=list)
     groups: list[GroupRow] = field(default_factory=list)
     consumers: list[ConsumerRow] = field(default_factory=list)
-    orders: OrdersView = field(default_factory=OrdersView)
+    orders: OrdersView | None = field(default_factory=OrdersView)   # None: an app without orders
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
 
@@ -125,7 +125,7 @@ def declared_streams(services: dict[str, Service] = SERVICES) -> list[str]:
 
 
 def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = None,
-           services: dict[str, Service] = SERVICES, clock=time.time) -> Snapshot:
+           services: dict[str, Service] = SERVICES, clock=time.time, orders: bool = True) -> Snapshot:
     """Read everything the dashboard shows. Rates are over the interval since `previous`."""
     server = inspect.server(bus)
     now_ms = server.time_ms
@@ -140,7 +140,7 @@ def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = No
         streams=[stream_row(i, now_ms, prev) for i in infos],
         groups=[group_row(bus, i, g, beats.get(g.group, []), now_ms) for i, g in groups],
         consumers=consumer_rows(consumers, beats),
-        orders=orders_view(bus, now_ms, prev),
+        orders=orders_view(bus, now_ms, prev) if orders else None,
         dead_letters=[dead_letter_row(bus, s, now_ms) for s in services],
         events=recent_events(bus, [i.stream for i in infos]))
 
@@ -220,7 +220,7 @@ def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> Ord
     by_status = {k: int(v) for k, v in bus.read_hashes([keys.ORDERS_BY_STATUS])[0].items()
                  if k != "_v" and int(v)}
     latencies = sorted(recent_latencies_ms(bus))
-    before = prev.orders.by_status.get(COMPLETED, 0) if prev else None
+    before = prev.orders.by_status.get(COMPLETED, 0) if prev and prev.orders else None
     return OrdersView(by_status, _per_s(by_status.get(COMPLETED, 0), before, now_ms, prev),
                       percentile(latencies, 50) if latencies else None,
                       percentile(latencies, 99) if latencies else None, len(latencies))
@@ -256,10 +256,10 @@ def _clock_time(ms: float) -> str:
 
 
 def gather_or_keep(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None,
-                   services: dict[str, Service] = SERVICES) -> Snapshot:
+                   services: dict[str, Service] = SERVICES, orders: bool = True) -> Snapshot:
     """A snapshot that never raises: while Redis is down, the last figures marked disconnected."""
     try:
-        return gather(bus, url, previous, services)
+        return gather(bus, url, previous, services, orders=orders)
     except BusUnavailable as exc:
         base = previous or Snapshot(url=redact(url))
         return dataclasses.replace(base, connected=False, error=str(exc), taken_at=time.time())
