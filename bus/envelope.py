@@ -29,7 +29,8 @@ SCHEMA_VERSION = "1"
 # they are kept to a plain alphabet: an id like "1:history" could otherwise name another key.
 ORDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
-_DATA = json.JSONEncoder(separators=(",", ":"), sort_keys=True)     # made once: the hot path
+# Made once (the hot path). No NaN or Infinity: strict JSON, as every reader decodes it.
+_DATA = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
 _decode = msgspec.json.Decoder().decode
 
 

@@ -12,6 +12,7 @@ is seen as alive but not reading. A clean stop deletes it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,8 @@ from importlib import metadata
 from typing import Callable
 
 from choreo.bus.contract import BusError
+
+LOG = logging.getLogger("choreo.worker")
 
 STATES = ("starting", "reading", "handling", "backing-off", "stopping")
 TTL_PERIODS = 3
@@ -78,6 +81,9 @@ class Heartbeat:
                 self.beat()
             except BusError:
                 pass
+            except Exception as exc:    # never let liveness die silently: say so, beat again
+                LOG.error(f"heartbeat of {self.service}/{self.consumer} failed, will retry: "
+                          f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.every_s)
             self._wake.clear()
 

@@ -177,7 +177,7 @@ def cmd_trace(args, settings: Settings) -> int:
                   if args.app.orders else "")
         nodes = build_trace(bus, events, dead, args.app.by_name)
         if args.json:
-            _out(trace_json(args.order_id, status, nodes, dead, events))
+            _out(trace_json(args.order_id, status, nodes, dead, events, args.app.by_name))
         else:
             # A pipe gets whole lines (grep-able), not lines cut at rich's default 80 columns.
             wide = sys.stdout.isatty() or "COLUMNS" in os.environ

@@ -159,3 +159,49 @@ def test_the_exporter_of_an_app_without_orders_exports_no_order_series():
     names = {m.name for m in fleet_metrics(Snapshot(url="redis://x", orders=None))}
     assert "choreo_orders" not in names and "choreo_dead_letters" in names
     assert "choreo_orders" in {m.name for m in fleet_metrics(Snapshot(url="redis://x", orders=OrdersView()))}
+
+
+def test_trace_json_tells_the_story_in_the_apps_own_words(procs, real_bus, capsys):
+    import json
+    c = real_bus.client
+    for service in ("ponger", "pinger"):
+        procs.start("worker", service, "--app", SPEC, name=service)
+    wait_for(lambda: c.exists(bus_keys.stream("Ping"), bus_keys.stream("Pong")) == 2, what="the groups")
+    from choreo.bus.contract import Commit
+    from choreo.bus.ops import Publish
+    ping = Envelope.new("Ping", "3", "pinger", {"n": 1})
+    real_bus.commit("", [Commit(ops=[Publish(bus_keys.stream("Ping"), ping.fields(),
+                                             trace=bus_keys.trace("3"))])])   # as a command does
+    wait_for(lambda: main(["audit", "--strict", "--app", SPEC, "--redis-url", procs.url]) == 0,
+             what="the Pong confirmed")
+    capsys.readouterr()
+    assert main(["trace", "3", "--json", "--app", SPEC, "--redis-url", procs.url]) == 0
+    assert json.loads(capsys.readouterr().out)["story"] == ["Pinger: Ping 3", "Ponger: Ping 3 answered"]
+
+
+def test_an_app_is_refused_a_reserved_service_name_or_a_timer_event_that_needs_data():
+    from msgspec import Struct
+
+    class Reminder(Struct):
+        attempt: int
+    timers_named = Service("timers", "Timers", consumes={}, emits=())
+    with pytest.raises(AppError, match="'timers' is taken by choreo's own process"):
+        App("x", services=[timers_named], events={})
+    armer = Service("armer", "Armer", consumes={}, emits=(), creates={"Reminder": "Reminder {order_id}"})
+    with pytest.raises(AppError, match="timer event 'Reminder' is published with no data"):
+        App("x", services=[armer], events={"Reminder": Reminder}, timer_events=("Reminder",),
+            timer_jobs=("choreo.workers.timers.publish_due",))
+
+
+def test_what_an_event_carries_every_consumer_can_read_back():
+    from choreo.workers.unit_of_work import BatchView, InvalidEvent, UnitOfWork
+    from tests.apps.ping import PINGER
+
+    class NoBus:
+        def read_hashes(self, keys_):
+            return [{} for _ in keys_]
+    uow = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()))    # no models: still checked
+    for bad in (float("nan"), float("inf"), "\ud800"):
+        with pytest.raises(InvalidEvent, match="cannot be written as JSON every consumer reads"):
+            uow.emit("Ping", order_id="1", n=bad)
+    assert uow.ops == [] and uow.emitted == []

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterable, Mapping
 
+import msgspec
 from msgspec import Struct
 
 from choreo.workers.service import Service
@@ -29,6 +30,8 @@ DEFAULT = "choreo.workers:APP"
 # Names become parts of keys, stream names, consumer groups and ACL users.
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 EVENT_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+# Users, dedup sets and heartbeats of choreo's own processes (choreo.ops.acl, workers.timers).
+RESERVED = ("timers", "trimmer", "dashboard", "admin")
 
 
 class AppError(Exception):
@@ -58,6 +61,8 @@ class App:
         names = [s.name for s in services]
         problems += [f"service name {n!r} is not {NAME.pattern}" for n in names if not NAME.fullmatch(n)]
         problems += [f"two services are named {n!r}" for n in set(names) if names.count(n) > 1]
+        problems += [f"service name {n!r} is taken by choreo's own process of that name"
+                     for n in names if n in RESERVED]
         problems += [f"event type {t!r} is not {EVENT_NAME.pattern}" for t in self.events
                      if not EVENT_NAME.fullmatch(t)]
         for s in services:
@@ -67,6 +72,13 @@ class App:
         for t in self.timer_events:
             if not any(t in s.creates for s in services):
                 problems.append(f"timer event {t!r} is in no service's `creates`")
+        for t in self.timer_events:     # a timer publishes its event with no data: it must fit
+            if t in self.events:
+                try:
+                    msgspec.convert({}, self.events[t])
+                except msgspec.ValidationError as exc:
+                    problems.append(f"timer event {t!r} is published with no data, but its model "
+                                    f"wants some: {exc}")
         if self.timer_events and not self.timer_jobs:
             problems.append("timer_events without timer_jobs: `choreo timers` would refuse every "
                             "one (the generic job is choreo.workers.timers.JOB)")

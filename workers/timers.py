@@ -41,7 +41,10 @@ def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: st
     """Publish event_type for the instance, as producer, once per timer id."""
     uow = UnitOfWork(producer, (event_type,), BatchView(bus), **({"clock": clock} if clock else {}))
     uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
-    commit = uow.to_commit(seen=bus_keys.seen(TIMERS), seen_id=timer_id(event_type, instance_id),
+    # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
+    # more; a later arming (a new cause) fires again.
+    commit = uow.to_commit(seen=bus_keys.seen(TIMERS),
+                           seen_id=f"{timer_id(event_type, instance_id)} {causation_id}",
                            seen_ttl_s=FIRED_TTL_S)
     outcome = bus.commit("", [commit])[0]
     return f"{producer} {instance_id}: {event_type} {outcome.name}"

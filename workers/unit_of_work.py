@@ -7,12 +7,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping
 
+import msgspec
+
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Bus, Commit
 from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
                      SetFields)
 from choreo.workers.events import check_data
+
+_readable = msgspec.json.Decoder().decode     # as bus.envelope decodes `data`
 
 VERSION = "_v"
 DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
@@ -159,8 +163,14 @@ class UnitOfWork:
                 check_data(event, self.models)
             except MalformedEntry as exc:
                 raise InvalidEvent(str(exc)) from None
+        try:    # what it writes, every consumer must read back: no NaN, no lone surrogate
+            fields = event.fields()
+            _readable(fields["data"])
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise InvalidEvent(f"{event_type} data cannot be written as JSON every consumer "
+                               f"reads: {exc}") from None
         self.emitted.append(event)
-        self.ops.append(Publish(bus_keys.stream(event_type), event.fields(),
+        self.ops.append(Publish(bus_keys.stream(event_type), fields,
                                 trace=bus_keys.trace(event.order_id)))
         return event
 

@@ -232,8 +232,8 @@ def _dead_letter_text(d: DeadLetter) -> Text:
 
 
 def trace_json(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],
-               events: list[TracedEvent]) -> str:
+               events: list[TracedEvent], services: dict[str, Service] = SERVICES) -> str:
     return json.dumps({"order_id": order_id, "status": status,
                        "events": [n.to_dict() for n in nodes],
                        "dead_letters": [dead_letter_dict(d) for d in dead],
-                       "story": story(events)}, indent=2)
+                       "story": story(events, services)}, indent=2)

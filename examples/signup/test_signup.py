@@ -194,3 +194,11 @@ def test_a_timer_that_fires_twice_publishes_once(bus):
         timers.fire(bus, "7", "cause-1", "accounts", "VerificationExpired")
     [(_, entry)] = bus.client.xrange(bus_keys.stream("VerificationExpired"))
     assert (entry["producer"], entry["order_id"], entry["causation_id"]) == ("accounts", "7", "cause-1")
+
+
+def test_a_timer_armed_again_by_a_later_event_fires_again(bus):
+    """Once per arming, not once per instance: a new cause is a new timer."""
+    timers.fire(bus, "7", "cause-1", "accounts", "VerificationExpired")
+    timers.fire(bus, "7", "cause-2", "accounts", "VerificationExpired")
+    causes = [e["causation_id"] for _, e in bus.client.xrange(bus_keys.stream("VerificationExpired"))]
+    assert causes == ["cause-1", "cause-2"]
