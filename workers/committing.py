@@ -7,6 +7,7 @@ Timers are armed before the commit and disarmed after it (arm_timers says why).
 
 from __future__ import annotations
 
+import logging
 import time
 
 from choreo.bus.contract import Bus, BusError, BusUnavailable, Delivery, GroupMissing, Outcome, PermissionsMissing
@@ -97,6 +98,8 @@ class Committing:
         self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
                                else APPLIED if h.event else DEAD_LETTERED)
         self.handling.last_error.pop(h.delivery.entry_id, None)
+        if h.event is not None and not self.events.isEnabledFor(logging.INFO):
+            return                          # event lines turned down (--log-level): nothing to build
         event = h.event or h.letter_of      # a dead letter of an event that parsed names it too
         context = {
             "event_id": event.id if event else "", "order_id": event.order_id if event else "",
