@@ -86,21 +86,6 @@ class RedisStreamsBus:
         self._forget = client.register_script(_lua("forget_consumer.lua"))
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
-        self._timers = None                 # the rq queue, made on first use
-
-    def schedule(self, calls) -> None:
-        from choreo.bus.scheduler import schedule
-        schedule(self._timer_queue(), calls)
-
-    def unschedule(self, job_ids) -> None:
-        from choreo.bus.scheduler import unschedule
-        unschedule(self._timer_queue(), job_ids)
-
-    def _timer_queue(self):
-        from choreo.bus.scheduler import timer_queue
-        if self._timers is None:
-            self._timers = timer_queue(self.client)
-        return self._timers
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:

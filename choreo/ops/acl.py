@@ -20,7 +20,7 @@ from typing import Sequence
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.acl import Grant, Role, Verdict, sample
-from choreo.bus.scheduler import armed_keys
+from choreo.scheduling.timers import armed_keys
 from choreo.workers import keys
 from choreo.workers.deadlines import EVENT as DEADLINE_EVENT, TIMERS
 from choreo.workers.service import Service
