@@ -43,7 +43,7 @@ SAMPLES = {
     "set": "SET {key} 1 EX 1", "pexpire": "PEXPIRE {key} 1000", "pttl": "PTTL {key}", "del": "DEL {key}", "expire": "EXPIRE {key} 1", "exists": "EXISTS {key}", "type": "TYPE {key}",
     "incrby": "INCRBY {key} 1", "scan": "SCAN 0 MATCH {key}",
     "ping": "PING", "time": "TIME", "info": "INFO server", "multi": "MULTI", "exec": "EXEC",
-    "evalsha": "EVALSHA " + "0" * 40 + " 0", "script|load": "SCRIPT LOAD return",
+    "evalsha": "EVALSHA " + "0" * 40 + " 1 {key}", "script|load": "SCRIPT LOAD return",
     "acl|dryrun": "ACL DRYRUN default PING", "acl|whoami": "ACL WHOAMI",
     "flushall": "FLUSHALL", "config|set": "CONFIG SET maxmemory 0", "keys": "KEYS *",
     "script|flush": "SCRIPT FLUSH", "function|flush": "FUNCTION FLUSH", "move": "MOVE {key} 1",

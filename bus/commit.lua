@@ -1,6 +1,13 @@
 -- Apply a batch of commits in order; each is all-or-nothing. See bus/contract.py.
--- ARGV: group, n, then per commit:
---   ack_stream, ack_id, seen_key, seen_id, seen_ttl, n_checks, (key, expected_v)*, n_ops, (op, n_args, args*)*
+-- KEYS: every key the batch touches, each once. ARGV names a key by its place in KEYS (0: none):
+-- Redis Cluster routes a script by its KEYS, and ACL key patterns check only KEYS.
+-- ARGV: group, n, 0, then per commit:
+--   ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
+-- where an op's key (a PUBLISH's stream and trace) is a key# too.
+-- Explaining (ARGV[3] = m > 0, no KEYS; after Redis refused the batch's EVALSHA for a key the user
+-- may not touch, NOPERM naming no key): the m key names follow in ARGV, and the script only asks
+-- the ACL (acl_check_cmd) the questions it asks before writing, reading and writing no key. It
+-- returns {commit number, NOPERM reason} for the first refusal, or {} if it finds none.
 -- Returns one status per commit: 1 applied, 0 duplicate (acked only), -1 conflict (untouched),
 -- or a string, the reason Redis would refuse one of its writes (untouched, not acked); one that
 -- starts with NOPERM says the calling user lacks a permission (bus.acl: the worker stops).
@@ -17,7 +24,14 @@
 local unpack = unpack or table.unpack
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
-local i = 3
+local explaining = tonumber(ARGV[3])
+local K = KEYS
+local i = 4
+if explaining > 0 then
+  K = {}
+  for k = 1, explaining do K[k] = ARGV[3 + k] end
+  i = 4 + explaining
+end
 local out = {}
 local stopped = false
 local HOLDS = { HSET = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset', SET = 'string' }
@@ -46,7 +60,15 @@ local known, planned = {}, {}
 -- An HSET may store anything in a field: it forgets its hash's counters.
 local counters = {}
 
+-- The key a key# names ('' for 0); nil for one not in KEYS.
+local function key_at(word)
+  local k = tonumber(word)
+  if k == 0 then return '' end
+  return k and K[k]
+end
+
 local function wrong_type(key, want)
+  if explaining > 0 then return nil end      -- ACL questions only
   local t = planned[key] or known[key]
   if t == 'hash?' and want ~= 'hash' then t = nil end    -- a hash or absent: ask which
   if t == nil then
@@ -95,7 +117,7 @@ local function refusal(op, args)
     or ((op == 'HSET' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
-  if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') then return bad end
+  if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
   local fields = counters[args[1]]
   local now = fields and fields[args[2]]
   if now == nil then
@@ -145,15 +167,23 @@ local function apply(op, args, bumped)
 end
 
 for c = 1, n do
-  local ack_stream, ack_id, seen, seen_id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local ack_stream, ack_id, seen, seen_id = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2]), ARGV[i + 3]
   local seen_until = now + tonumber(ARGV[i + 4])
   local n_checks = tonumber(ARGV[i + 5])
   i = i + 6
   local status = 1
-  if stopped then status = -1 end
+  if stopped and explaining == 0 then status = -1 end
+  local checked = {}
+  for k = 1, n_checks do
+    checked[k] = key_at(ARGV[i + 2 * k - 2])
+    if status == 1 and (checked[k] == nil or checked[k] == '') then
+      status = 'key# ' .. ARGV[i + 2 * k - 2] .. ' is not in KEYS'
+    end
+  end
+  if status == 1 and (ack_stream == nil or seen == nil) then status = 'the ack stream or seen set is not in KEYS' end
   -- What this commit reads and acknowledges, asked first: the reads below run before any write.
-  for k = 0, n_checks - 1 do
-    if status == 1 then status = denied('HGET', ARGV[i + 2 * k], '_v') or 1 end
+  for k = 1, n_checks do
+    if status == 1 then status = denied('HGET', checked[k], '_v') or 1 end
   end
   planned = {}
   if status == 1 and seen ~= '' then
@@ -161,17 +191,27 @@ for c = 1, n do
       or wrong_type(seen, 'zset') or 1
   end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
-  for _ = 1, n_checks do
-    if status == 1 then
-      if (redis.call('HGET', ARGV[i], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
-      known[ARGV[i]] = known[ARGV[i]] or 'hash?'
+  for k = 1, n_checks do
+    if status == 1 and explaining == 0 then
+      if (redis.call('HGET', checked[k], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+      known[checked[k]] = known[checked[k]] or 'hash?'
     end
     i = i + 2
   end
   local ops = {}
   for o = 1, tonumber(ARGV[i]) do
     local n_args = tonumber(ARGV[i + 2])
-    ops[o] = { ARGV[i + 1], { unpack(ARGV, i + 3, i + 2 + n_args) } }
+    local args = { unpack(ARGV, i + 3, i + 2 + n_args) }
+    -- The op's keys, from key# to name: a PUBLISH's stream and trace, every other op's first.
+    for a = 1, (ARGV[i + 1] == 'PUBLISH' and 2 or 1) do
+      local name = key_at(args[a])
+      if name == nil or (a == 1 and name == '') then
+        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. ARGV[i + 1] .. ' is not in KEYS' end
+      else
+        args[a] = name
+      end
+    end
+    ops[o] = { ARGV[i + 1], args }
     i = i + 2 + n_args
   end
   i = i + 1
@@ -180,6 +220,10 @@ for c = 1, n do
       local why = refusal(op[1], op[2])
       if why then status = why; break end
     end
+  end
+  if explaining > 0 then
+    if type(status) == 'string' and string.sub(status, 1, 6) == 'NOPERM' then return { c, status } end
+    status = -1     -- asked, nothing found: nothing below runs for it
   end
   -- Decided: from here on every write is one Redis accepts. The ack, then the id, guard the effects.
   if status == 1 and ack_stream ~= '' and redis.call('XACK', ack_stream, group, ack_id) == 0 then
@@ -203,4 +247,5 @@ for c = 1, n do
   end
   out[c] = status
 end
+if explaining > 0 then return {} end
 return out

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from choreo.bus.ops import Op
-
-if TYPE_CHECKING:
-    from choreo.bus.scheduler import ScheduledCall
 
 
 class BusError(Exception):
@@ -114,12 +111,6 @@ class Bus(Protocol):
 
     def forget_idle_consumers(self, group: str, streams: Sequence[str], min_idle_ms: int) -> list[str]:
         """Delete consumers idle that long, but only those holding nothing pending."""
-
-    def schedule(self, calls: Sequence["ScheduledCall"]) -> None:
-        """Arrange for each call to run at its time (bus.scheduler; idempotent per job id)."""
-
-    def unschedule(self, job_ids: Sequence[str]) -> None:
-        """Disarm scheduled calls by job id (unknown ids are ignored)."""
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         """Current fields of each hash (with `_v`), one round trip."""

@@ -263,3 +263,83 @@ def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
                                    beat.get("version", "?"), beat.get("state", "?"),
                                    _int(beat.get("handled")), beat_age_ms / 1000, read_age))
     return found
+
+
+# -- whole-keyspace reads (choreo audit) -----------------------------------------------------------
+
+def all_keys(bus: RedisStreamsBus, count: int = 5000) -> list[str]:
+    """Every key name, one SCAN pass (a key added or removed meanwhile may or may not be in it)."""
+    with translated_errors():
+        return list(bus.client.scan_iter(count=count))
+
+
+def hashes(bus: RedisStreamsBus, keys_: Sequence[str], chunk: int = 2000) -> list[dict]:
+    """Every field of each hash ({} where absent), one round trip per `chunk` keys."""
+    out: list[dict] = []
+    with translated_errors():
+        for i in range(0, len(keys_), chunk):
+            pipe = bus.client.pipeline(transaction=False)
+            for key in keys_[i:i + chunk]:
+                pipe.hgetall(key)
+            out += pipe.execute()
+    return out
+
+
+def entries_added(bus: RedisStreamsBus, streams: Sequence[str]) -> list[int]:
+    """entries-added of each stream (0 if absent): it only grows, whatever is trimmed."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        replies = pipe.execute(raise_on_error=False)
+    return [r.get("entries-added", 0) if isinstance(r, dict) else 0 for r in replies]
+
+
+def index_and_counter(bus: RedisStreamsBus, index: str, counter: str,
+                      tries: int = 20) -> tuple[dict[str, float], int]:
+    """A sorted set (member -> score) and a counter as of one moment, for a pair some script
+    changes together (bus.trim's prune moves members from the one to the other): the counter is
+    read either side of the set, again until it did not move. No MULTI, so a read-only user may
+    call it."""
+    with translated_errors():
+        for _ in range(tries):
+            pipe = bus.client.pipeline(transaction=False)
+            pipe.get(counter)
+            pipe.zrange(index, 0, -1, withscores=True)
+            pipe.get(counter)
+            before, members, after = pipe.execute()
+            if before == after:
+                break
+    return dict(members), int(after or 0)
+
+
+def ttls_ms(bus: RedisStreamsBus, keys_: Sequence[str]) -> list[int]:
+    """PTTL of each key (-1: no expiry, -2: absent), one round trip."""
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key in keys_:
+            pipe.pttl(key)
+        return pipe.execute()
+
+
+def stream_and_groups(bus: RedisStreamsBus, stream: str) -> tuple[dict, dict[str, dict]] | None:
+    """XINFO STREAM and XINFO GROUPS (by group name) of a stream, as Redis gives them; None when
+    the stream does not exist."""
+    with translated_errors():
+        if not bus.client.exists(stream):
+            return None
+        info = bus.client.xinfo_stream(stream)
+        return info, {g["name"]: g for g in bus.client.xinfo_groups(stream)}
+
+
+def count_after(bus: RedisStreamsBus, stream: str, entry_id: str) -> int:
+    """How many entries of the stream have ids above entry_id."""
+    with translated_errors():
+        return len(bus.client.xrange(stream, "(" + entry_id, "+"))
+
+
+def pending_count(bus: RedisStreamsBus, stream: str, group: str, upper: str, count: int) -> int:
+    """How many of the group's pending entries have ids up to `upper` (XPENDING bounds: "(" for
+    exclusive), counting at most `count`."""
+    with translated_errors():
+        return len(bus.client.xpending_range(stream, group, min="-", max=upper, count=count))

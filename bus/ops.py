@@ -5,18 +5,22 @@ index, expire, emit), so the choice that matters is made by name — `add` (AddT
 field of a hash some handler reads, which bumps the hash's version so a racing commit that read
 the old value is refused; `count` (Count) for an aggregate no handler reads, which does not.
 
-Every op has `words()`: its name then its arguments, as strings or numbers; bus.redis_streams
-sends them to the script, which checks every one before it writes anything.
+Every op has `words(key)`: its name then its arguments, as strings or numbers, each key it touches
+given as `key(name)`, that key's place in the script's KEYS (bus.redis_streams collects a batch's
+distinct keys there; Redis Cluster routes by KEYS and ACL key patterns check them), 0 for none.
+The script checks every op before it writes anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Union
+from typing import Callable, Mapping, Protocol, Union
+
+KeyIndex = Callable[[str], int]     # a key's place in KEYS (1-based); "" -> 0, no key
 
 
 class Op(Protocol):
-    def words(self) -> tuple: ...
+    def words(self, key: KeyIndex) -> tuple: ...
 
 
 def _flat(fields: Mapping[str, str]) -> list[str]:
@@ -29,8 +33,8 @@ class SetFields:
     key: str
     fields: Mapping[str, str]
 
-    def words(self) -> tuple:
-        return ("HSET", self.key, *_flat(self.fields))
+    def words(self, key: KeyIndex) -> tuple:
+        return ("HSET", key(self.key), *_flat(self.fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +44,8 @@ class AddTo:
     field: str
     amount: int
 
-    def words(self) -> tuple:
-        return ("HINCRBY", self.key, self.field, int(self.amount))
+    def words(self, key: KeyIndex) -> tuple:
+        return ("HINCRBY", key(self.key), self.field, int(self.amount))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +56,8 @@ class Count:
     field: str
     amount: int
 
-    def words(self) -> tuple:
-        return ("COUNT", self.key, self.field, int(self.amount))
+    def words(self, key: KeyIndex) -> tuple:
+        return ("COUNT", key(self.key), self.field, int(self.amount))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +66,8 @@ class Append:
     key: str
     value: str
 
-    def words(self) -> tuple:
-        return ("RPUSH", self.key, self.value)
+    def words(self, key: KeyIndex) -> tuple:
+        return ("RPUSH", key(self.key), self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +77,8 @@ class Index:
     score: float
     member: str
 
-    def words(self) -> tuple:
-        return ("ZADD", self.key, self.score, self.member)
+    def words(self, key: KeyIndex) -> tuple:
+        return ("ZADD", key(self.key), self.score, self.member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +87,8 @@ class Expire:
     key: str
     seconds: int
 
-    def words(self) -> tuple:
-        return ("EXPIRE", self.key, self.seconds)
+    def words(self, key: KeyIndex) -> tuple:
+        return ("EXPIRE", key(self.key), self.seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,8 @@ class Publish:
     trace: str = ""
     max_len: int | None = None
 
-    def words(self) -> tuple:
-        return ("PUBLISH", self.stream, self.trace, "" if self.max_len is None else str(self.max_len),
+    def words(self, key: KeyIndex) -> tuple:
+        return ("PUBLISH", key(self.stream), key(self.trace), "" if self.max_len is None else str(self.max_len),
                 *_flat(self.fields))
 
 

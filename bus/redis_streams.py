@@ -63,18 +63,28 @@ def decode_entry(stream: str, entry_id, fields) -> Delivery:
         return Delivery(stream, entry_id, shown, error=f"not UTF-8: {exc.reason} at byte {exc.start}")
 
 
-def encode_batch(group: str, commits: Sequence[Commit]) -> list:
-    argv: list = [group, len(commits)]
+def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list]:
+    """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV naming
+    each by its place there (1-based; 0 for none)."""
+    places: dict[str, int] = {"": 0}
+
+    def key(name: str) -> int:
+        place = places.get(name)
+        if place is None:
+            place = places[name] = len(places)
+        return place
+
+    argv: list = [group, len(commits), 0]
     for c in commits:
         stream, entry_id = c.ack or ("", "")
-        argv += [stream, entry_id, c.seen, c.seen_id, c.seen_ttl_s or 1, len(c.checks)]
-        for key, version in c.checks.items():
-            argv += [key, version]
+        argv += [key(stream), entry_id, key(c.seen), c.seen_id, c.seen_ttl_s or 1, len(c.checks)]
+        for name, version in c.checks.items():
+            argv += [key(name), version]
         argv.append(len(c.ops))
         for op in c.ops:
-            words = op.words()
+            words = op.words(key)
             argv += [words[0], len(words) - 1, *words[1:]]
-    return argv
+    return list(places)[1:], argv
 
 
 class RedisStreamsBus:
@@ -86,21 +96,6 @@ class RedisStreamsBus:
         self._forget = client.register_script(_lua("forget_consumer.lua"))
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
-        self._timers = None                 # the rq queue, made on first use
-
-    def schedule(self, calls) -> None:
-        from choreo.bus.scheduler import schedule
-        schedule(self._timer_queue(), calls)
-
-    def unschedule(self, job_ids) -> None:
-        from choreo.bus.scheduler import unschedule
-        unschedule(self._timer_queue(), job_ids)
-
-    def _timer_queue(self):
-        from choreo.bus.scheduler import timer_queue
-        if self._timers is None:
-            self._timers = timer_queue(self.client)
-        return self._timers
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:
@@ -164,7 +159,7 @@ class RedisStreamsBus:
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
         with translated_errors():
-            return sum(self._lease(args=[stream, group, consumer, *ids])
+            return sum(self._lease(keys=[stream], args=[group, consumer, *ids])
                        for stream, ids in by_stream.items())
 
     def forget_idle_consumers(self, group, streams, min_idle_ms) -> list[str]:
@@ -175,7 +170,7 @@ class RedisStreamsBus:
                     continue
                 for c in self.client.xinfo_consumers(stream, group):
                     if c["pending"] == 0 and c["idle"] >= min_idle_ms and \
-                            self._forget(args=[stream, group, c["name"]]) == 1:
+                            self._forget(keys=[stream], args=[group, c["name"]]) == 1:
                         removed.append(f"{stream}/{c['name']}")
         return removed
 
@@ -232,8 +227,12 @@ class RedisStreamsBus:
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         if not commits:
             return []
-        with translated_errors():
-            statuses = self._commit(args=encode_batch(group, commits))
+        keys_, argv = encode_batch(group, commits)
+        try:
+            with translated_errors():
+                statuses = self._commit(keys=keys_, args=argv)
+        except PermissionsMissing as exc:
+            self._explain_refusal(group, commits, keys_, argv, exc)
         outcomes = []
         for commit, status in zip(commits, statuses):
             if isinstance(status, str) and status.startswith("NOPERM"):
@@ -244,6 +243,22 @@ class RedisStreamsBus:
             else:
                 outcomes.append(Outcome(int(status)))
         return outcomes
+
+    def _explain_refusal(self, group, commits, keys_, argv, refused: PermissionsMissing):
+        """Redis refused the EVALSHA itself: one of KEYS is a key the user may not touch, and
+        its NOPERM names none. Nothing of the batch ran. The script, given the key names in ARGV
+        and no KEYS, asks the ACL what it asks before writing (it touches no key) and names the
+        first command refused; the commits before that one are committed, as when the script
+        refuses a commit itself, and the refusal raised. Always raises PermissionsMissing."""
+        with translated_errors():
+            found = self._commit(keys=[], args=[group, len(commits), len(keys_), *keys_, *argv[3:]])
+        if not found:
+            raise PermissionsMissing(f"{refused}: EVALSHA of the commit script on its keys "
+                                     f"({', '.join(keys_[:8])}{', ...' if len(keys_) > 8 else ''})")
+        number, reason = int(found[0]), found[1]
+        if number > 1:
+            self.commit(group, commits[:number - 1])
+        raise PermissionsMissing(reason)    # nothing of it written; earlier ones applied
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -184,7 +184,7 @@ def prune_index(bus: RedisStreamsBus, index: Index, retention_s: float,
             ids = bus.client.zrangebyscore(index.key, "-inf", newest, start=offset, num=batch)
             if not ids:
                 return pruned
-            removed = script(args=[index.key, index.expired_counter,
-                                   *[x for member in ids for x in (member, index.key_of(member))]])
+            removed = script(keys=[index.key, index.expired_counter, *map(index.key_of, ids)],
+                             args=ids)
         pruned += removed
         offset += len(ids) - removed          # the survivors stay in place, in front of us

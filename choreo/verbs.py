@@ -98,7 +98,7 @@ def _deadline(args, settings: Settings) -> float:
 def cmd_timers(args, settings: Settings) -> int:
     """The rq worker that fires the app's timers (the saga's order deadlines) when due."""
     from choreo.bus.heartbeat import Heartbeat
-    from choreo.bus.scheduler import run_timers
+    from choreo.scheduling.timers import run_timers
     from choreo.bus.acl import require
     from choreo.ops.acl import roles
     name = timers_name()
@@ -108,7 +108,7 @@ def cmd_timers(args, settings: Settings) -> int:
     log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
     try:
         require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
-        run_timers(bus.client, name, args.app.timer_jobs, level=settings.log_level,
+        run_timers(bus, name, args.app.timer_jobs, level=settings.log_level,
                    heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s))
         return 0
     finally:

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LIST = Path(__file__).with_name("mutations.toml")
 PYTHON = ROOT / ".venv" / "bin" / "python"
 NOT_COPIED = (".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build")
-PACKAGES = ("choreo.bus", "choreo.workers", "choreo.config", "choreo", "tests")
-MAPPED = ("bus", "workers", "config", "benchmarks")     # [tool.setuptools.package-dir] in pyproject
+PACKAGES = ("choreo.bus", "choreo.scheduling", "choreo.workers", "choreo.config", "choreo", "tests")
+MAPPED = ("bus", "scheduling", "workers", "config", "benchmarks")     # [tool.setuptools.package-dir] in pyproject
 
 
 class ListError(Exception):

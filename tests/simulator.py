@@ -82,7 +82,7 @@ class Simulation:
         self.clock = Clock()
         self.bus = SimBus()
         self.workers = {n: Worker(SERVICES[n], self.bus, SETTINGS, f"{n}-sim",
-                                  clock=self.clock, publishers=PUBLISHERS) for n in NAMES}
+                                  clock=self.clock, publishers=PUBLISHERS, timers=self.bus) for n in NAMES}
         for w in self.workers.values():
             w.start()
         self.order_ids = [str(i + 1) for i in range(len(orders))]

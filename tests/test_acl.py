@@ -188,3 +188,26 @@ def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, re
         bus.close()
     finally:
         admin.execute_command("ACL", "DELUSER", "nobump")
+
+
+def test_a_batch_whose_evalsha_redis_refuses_commits_the_ones_before_the_refused_one(redis_server, redis_url):
+    """With every key in KEYS, Redis refuses the whole EVALSHA when one key is out of the user's
+    reach, naming no key. The bus then asks the script which command of which commit is refused
+    (the names in ARGV, no KEYS, nothing touched): the commits before it are applied, as when the
+    script refuses one itself, and the refusal names the permission."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "partly", "on", ">pw", "+@all", "-@dangerous",
+                          "~stock:*", "%R~events:*")
+    try:
+        bus = open_bus(redis_url.replace("redis://", "redis://partly:pw@"))
+        with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
+            bus.commit("", [Commit(ops=[SetFields("stock:101", {"available": "1"})]),
+                            Commit(ops=[SetFields("stock:102", {"available": "2"}),
+                                        Publish("events:InventoryChecked", {"f": "v"})])])
+        assert admin.hget("stock:101", "available") == "1"
+        assert not admin.exists("stock:102") and not admin.exists("events:InventoryChecked")
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "partly")

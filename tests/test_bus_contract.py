@@ -17,13 +17,16 @@ S = keys.stream("OrderCreated")
 
 class Words(tuple):
     """An op given as the raw words commit.lua reads, for testing the script's own checks on
-    what no typed op can say (fields not in pairs)."""
+    what no typed op can say (fields not in pairs). Its keys (a PUBLISH's stream and trace, any
+    other op's first argument) go to KEYS as the typed ops' do."""
 
     def __new__(cls, *words):
         return super().__new__(cls, words)
 
-    def words(self) -> tuple:
-        return tuple(self)
+    def words(self, key) -> tuple:
+        name, *args = self
+        n_keys = 2 if name == "PUBLISH" else 1
+        return (name, *(key(a) for a in args[:n_keys]), *args[n_keys:])
 
 
 def publish(bus, n=1, order_id="1"):
@@ -243,8 +246,8 @@ def test_forget_consumer_script_itself_refuses_a_consumer_holding_entries(any_bu
     any_bus.ensure_groups("g", [S])
     any_bus.read_new("g", "holder", [S], 10, 10)
     any_bus.client.xgroup_createconsumer(S, "g", "empty")
-    assert forget(args=[S, "g", "holder"]) == 0
-    assert forget(args=[S, "g", "empty"]) == 1
+    assert forget(keys=[S], args=["g", "holder"]) == 0
+    assert forget(keys=[S], args=["g", "empty"]) == 1
     assert [(c["name"], c["pending"]) for c in any_bus.client.xinfo_consumers(S, "g")] == [("holder", 1)]
     assert any_bus.client.xpending(S, "g")["pending"] == 1
 
@@ -330,3 +333,14 @@ def test_an_entry_that_is_not_utf8_is_handed_over_marked_not_dropped(real_bus):
     bad, good = real_bus.read_new("g", "c1", [S], 10, 10)
     assert bad.error.startswith("not UTF-8") and "\\xff" in bad.fields["id"]
     assert good.error == "" and good.fields["type"] == "OrderCreated"
+
+
+def test_a_key_number_not_in_keys_is_refused_before_any_write(any_bus):
+    """ARGV names keys by their place in KEYS: a place that names none (a bad encoding) refuses
+    the commit before its first write, like any other write Redis would refuse."""
+    class Outside:
+        def words(self, key) -> tuple:
+            return ("HSET", 99, "a", "1")
+    bad = Commit(ops=[SetFields("h", {"a": "1"}), Outside()])
+    assert any_bus.commit("", [bad]) == [Outcome.REFUSED] and "is not in KEYS" in bad.refusal
+    assert any_bus.read_hashes(["h"]) == [{}]

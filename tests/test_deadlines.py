@@ -14,6 +14,7 @@ from tests.test_handlers import handle
 from choreo.workers import SERVICES, keys
 from choreo.workers.deadlines import scheduled_call
 from choreo.workers.unit_of_work import Timer
+from choreo.scheduling.timers import RqTimers
 
 
 def test_order_confirmation_arms_the_deadline_carried_by_the_event():
@@ -78,7 +79,7 @@ def test_completion_disarms_the_deadline_and_a_late_one_publishes_nothing(procs,
     # A timer that fires anyway (its disarming was lost) finds the order ended and does nothing.
     cause = r.lrange("trace:1", 0, 0)[0].split()
     created_id = r.xrange(cause[0], cause[1], cause[1])[0][1]["id"]
-    real_bus.schedule([scheduled_call(Timer("DeadlinePassed-1", int(time.time() * 1000),
+    RqTimers(real_bus).schedule([scheduled_call(Timer("DeadlinePassed-1", int(time.time() * 1000),
                                             "DeadlinePassed", "1", created_id))])
     assert r.exists("rq:job:DeadlinePassed-1")
     # The timers worker is told the server by --redis-url only; its REDIS_URL points nowhere.
@@ -113,7 +114,7 @@ def test_shipping_back_after_the_deadline_refuses_to_book_whichever_event_it_rea
 
 def test_a_timer_is_never_armed_to_fire_before_its_time(real_bus, redis_server):
     """rq keeps whole seconds; a deadline at x.4 s must be armed at x+1 s, not x s (early)."""
-    real_bus.schedule([scheduled_call(Timer("DeadlinePassed-9", 1_800_000_000_400, "DeadlinePassed", "9", "c"))])
+    RqTimers(real_bus).schedule([scheduled_call(Timer("DeadlinePassed-9", 1_800_000_000_400, "DeadlinePassed", "9", "c"))])
     assert redis_server.client().zscore("rq:scheduled:choreo-timers", "DeadlinePassed-9") == 1_800_000_001
 
 

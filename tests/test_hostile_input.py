@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
-from choreo.bus.scheduler import QUEUE
+from choreo.scheduling.timers import QUEUE
 from tests.helpers import log_lines, wait_for
 from tests.saga_run import settle, start_workers
 from choreo.workers import SERVICES, keys

@@ -242,7 +242,7 @@ def test_json_timers_lines_all_carry_the_consumer_rqs_and_refusals_included(proc
     from rq import Queue
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
-    from choreo.bus.scheduler import QUEUE
+    from choreo.scheduling.timers import QUEUE
     r, raw = redis_server.client(), redis_server.client(decode=False)
     timers = procs.start("timers", CHOREO_LOG_FORMAT="json", **FAST)
     name = f"timers-{HOST}-{timers.pid}"

@@ -11,7 +11,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "choreo", "bus", "workers", "config", "benchmarks")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "choreo", "bus", "scheduling", "workers", "config", "benchmarks")
 
 
 def test_a_wheel_in_a_fresh_venv_imports_only_choreo_and_runs_beside_a_users_config(tmp_path):

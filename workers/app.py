@@ -48,8 +48,8 @@ class App:
     # Event types the timers process publishes on a service's behalf (the service lists them in
     # `creates`); their streams are written by the timers user, not the service's.
     timer_events: tuple[str, ...] = ()
-    # Extra checks `choreo audit` runs for this application: a function of the bus (bus.client is
-    # redis-py, read only) returning the violations it finds, one line each.
+    # Extra checks `choreo audit` runs for this application: a function of the bus (read it
+    # through choreo.bus.inspect) returning the violations it finds, one line each.
     audit: Callable | None = field(default=None, compare=False)
     # Whether the order commands (demo, place-order, status, load, bench) apply: the saga only.
     orders: bool = False

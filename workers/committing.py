@@ -2,7 +2,8 @@
 bus.commit, and go round again for what the commit did not apply.
 
 Who acks: only bus.commit, in the same atomic step as the entry's effects (or its dead letter).
-Timers are armed before the commit and disarmed after it (arm_timers says why).
+Timers are armed before the commit and disarmed after it (arm_timers says why), through `timers`
+(scheduling.timers.RqTimers: schedule, unschedule), not the bus.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from choreo.workers.unit_of_work import BatchView
 
 class Committing:
     def __init__(self, bus: Bus, group: str, settings: Settings, handling: Handling,
-                 observer: Observer, log: Bound, events: Bound):
+                 observer: Observer, log: Bound, events: Bound, timers):
         self.bus = bus
+        self.timers = timers                # schedule(calls), unschedule(job ids)
         self.group = group
         self.settings = settings
         self.handling = handling
@@ -83,7 +85,7 @@ class Committing:
                 self.report(h, outcome)
                 disarmed += h.disarmed if outcome is Outcome.APPLIED else []
         if disarmed:
-            self.bus.unschedule(disarmed)
+            self.timers.unschedule(disarmed)
         return again
 
     def arm_timers(self, ready: list[Handled]) -> None:
@@ -91,7 +93,7 @@ class Committing:
         arming after the commit could lose a timer for good."""
         calls = [scheduled_call(t) for h in ready for t in h.timers]
         if calls:
-            self.bus.schedule(calls)
+            self.timers.schedule(calls)
 
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1

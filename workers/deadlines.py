@@ -11,7 +11,7 @@ whose deadline has passed, even when DeadlinePassed has not reached them yet.
 
 from __future__ import annotations
 
-from choreo.bus.scheduler import ScheduledCall, job_bus
+from choreo.scheduling.timers import ScheduledCall, job_bus
 from choreo.workers import keys
 from choreo.bus import keys as bus_keys
 from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id

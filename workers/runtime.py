@@ -26,6 +26,7 @@ from typing import Callable, Collection, Mapping
 from choreo.bus.contract import Bus, BusError, BusUnavailable, Delivery, GroupMissing, PermissionsMissing, reconnect_delay_s
 from choreo.bus.envelope import Envelope
 from choreo.bus.heartbeat import Heartbeat
+from choreo.scheduling.timers import RqTimers
 from choreo.config.settings import Settings
 from choreo.workers.committing import Committing
 from choreo.workers.events import EVENTS as MODELS
@@ -54,7 +55,7 @@ class Worker:
                  check: Callable[[], None] | None = None,
                  publishers: Mapping[str, Collection[str]] | None = None,
                  events: Mapping[str, type] | None = None,
-                 observer: Observer = NO_OBSERVER):
+                 observer: Observer = NO_OBSERVER, timers=None):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -77,8 +78,10 @@ class Worker:
                             f"models given do not declare: pass events=app.events")
         self.handling = Handling(service, settings, clock, observer, self.log, self.reading.backoff_ms,
                                  publishers, models)
+        # Timers are armed with rq on the bus's server unless given (tests keep them in memory).
         self.committing = Committing(bus, service.name, settings, self.handling, observer, self.log,
-                                     bound(EVENTS, service.name, consumer))
+                                     bound(EVENTS, service.name, consumer),
+                                     RqTimers(bus) if timers is None else timers)
         self.keeping = Keeping(bus, service, consumer, settings, clock, self.log, lambda: self._in_hand)
 
     @property

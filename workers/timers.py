@@ -18,7 +18,7 @@ whose producer does not create its type (App.publishers).
 from __future__ import annotations
 
 from choreo.bus import keys as bus_keys
-from choreo.bus.scheduler import ScheduledCall, job_bus
+from choreo.scheduling.timers import ScheduledCall, job_bus
 from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
 
 JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it

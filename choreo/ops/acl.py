@@ -20,14 +20,17 @@ from typing import Sequence
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.acl import Grant, Role, Verdict, sample
-from choreo.bus.scheduler import armed_keys
+from choreo.scheduling.timers import armed_keys
 from choreo.workers import keys
 from choreo.workers.deadlines import EVENT as DEADLINE_EVENT, TIMERS
 from choreo.workers.service import Service
 from choreo.workers.unit_of_work import timer_id
 
 # What every client of ours runs without keys: the connection, scripts (Redis checks each command
-# a script runs against the caller), pipelines, and its own permission check at start.
+# a script runs against the caller), pipelines, and its own permission check at start. A script
+# gets every key it touches in KEYS, which EVALSHA must pass together, read and write, in one
+# selector: `scripted` grants EVALSHA alone on the keys a role's scripts touch; what each command
+# of the script may do to them is still the role's other selectors' say.
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
           "+discard", "+acl|whoami", "+acl|dryrun", "+time")
 # XREAD and XREVRANGE read what the group reads anyway: `choreo load`, as the order user, learns
@@ -54,6 +57,10 @@ HEARTBEAT = ("hset", "pexpire", "del")
 HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
 # The order saga's timer events (App.timer_events of choreo.workers:APP), when none are given.
 SAGA_TIMER_EVENTS = (DEADLINE_EVENT,)
+
+
+def scripted(patterns) -> Grant:
+    return Grant(("evalsha",), tuple(dict.fromkeys(patterns)))
 
 
 def heartbeat_grants(service: str) -> list[Grant]:
@@ -103,6 +110,8 @@ def service_role(service: Service, services: Sequence[Service] = (),
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
+    # The commit, lease and forget-consumer scripts: every key above but heartbeats and rq's.
+    grants.append(scripted(k for g in grants for k in g.keys if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX)))
     for event in armed_timers(service, timer_events):
         grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(event, "*")))]
     return Role(service.name, f"the {service.name} service", tuple(grants), CLIENT,
@@ -149,7 +158,8 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
              (*((Grant(PUBLISH, fired), Grant(TRACE, (TRACES,))) if fired else ()),
-              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS), *reads_orders),
+              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS), *reads_orders,
+              scripted([*fired, *((TRACES,) if fired else ()), bus_keys.seen(TIMERS), *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
@@ -160,7 +170,9 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
                       *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
         Role("trimmer", "trims the declared streams as far as every group allows"
              + ("; prunes expired orders from the index" if saga else ""),
-             (Grant(TRIM, tuple(streams)), *prune), CLIENT,
+             (Grant(TRIM, tuple(streams)), *prune,
+              *((scripted((keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order("*"))),) if saga else ())),
+             CLIENT,
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
                       sample("zrem", keys.ORDERS_BY_STATUS), sample("expire", owners[0]),
                       *DANGEROUS)),

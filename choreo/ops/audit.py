@@ -27,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from choreo.bus import dead_letters
-from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
+from choreo.bus import dead_letters, inspect
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.bus.trim import after, declared_groups, parse_id
 from choreo.workers import keys
 from choreo.workers.order import PENDING, TERMINAL
@@ -96,23 +96,15 @@ class Snapshot:
 def domain_keys(bus: RedisStreamsBus) -> dict[str, set[str]]:
     """kind -> ids of every order/reservation/payment/shipment/stock hash, one SCAN pass."""
     found: dict[str, set[str]] = {kind: set() for kind in DOMAIN_KINDS}
-    with translated_errors():
-        for key in bus.client.scan_iter(count=5000):
-            m = DOMAIN_KEY.match(key)
-            if m:
-                found[PREFIX_KIND[m[1]]].add(m[2])
+    for key in inspect.all_keys(bus):
+        m = DOMAIN_KEY.match(key)
+        if m:
+            found[PREFIX_KIND[m[1]]].add(m[2])
     return found
 
 
 def hashes(bus: RedisStreamsBus, names: list[str]) -> list[dict]:
-    out: list[dict] = []
-    with translated_errors():
-        for i in range(0, len(names), CHUNK):
-            pipe = bus.client.pipeline(transaction=False)
-            for name in names[i:i + CHUNK]:
-                pipe.hgetall(name)
-            out += pipe.execute()
-    return out
+    return inspect.hashes(bus, names, CHUNK)
 
 
 def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
@@ -135,10 +127,8 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
     # belongs to an order created before (that moment - retention), and the reads can take longer
     # than a short retention (a soak's 1 s), so an earlier horizon called fresh expiries missing.
     snap.horizon_ms = (clock() - retention_s) * 1000
-    with translated_errors():
-        snap.by_status = bus.client.hgetall(keys.ORDERS_BY_STATUS)
-        snap.totals = bus.client.hgetall(keys.PAYMENT_TOTALS)
-        snap.orders_totals = bus.client.hgetall(keys.ORDERS_TOTALS)
+    snap.by_status, snap.totals, snap.orders_totals = inspect.hashes(
+        bus, [keys.ORDERS_BY_STATUS, keys.PAYMENT_TOTALS, keys.ORDERS_TOTALS])
     snap.dead_letters = {name: dead_letters.count(bus, name)
                          for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
@@ -147,20 +137,14 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
 
 def streams_added(bus: RedisStreamsBus, streams: list[str]) -> list[int]:
     """entries-added of each stream (0 if absent): it only grows, whatever is trimmed."""
-    with translated_errors():
-        pipe = bus.client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xinfo_stream(stream)
-        replies = pipe.execute(raise_on_error=False)
-    return [r.get("entries-added", 0) if isinstance(r, dict) else 0 for r in replies]
+    return inspect.entries_added(bus, streams)
 
 
 def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     """Every order-keyed hash (indexed or not, so strays show up) and every stock hash. The index
     is read after the SCAN, so an order placed meanwhile is in the index, not a stray."""
     found = domain_keys(bus)
-    with translated_errors():
-        snap.created_ms, snap.pruned = index_and_pruned(bus)
+    snap.created_ms, snap.pruned = index_and_pruned(bus)
     snap.index = list(snap.created_ms)
     ids = sorted(set(snap.index) | found["order"] | found["reservation"] | found["payment"]
                  | found["shipment"])
@@ -177,16 +161,7 @@ def index_and_pruned(bus: RedisStreamsBus, tries: int = 20) -> tuple[dict[str, f
     the other in one script, so read apart, an id pruned in between was counted twice as expired
     (a soak with a 1 s trimmer: 400 too many). The counter is read either side of the index, again
     until it did not move (no MULTI: the dashboard user, which audits, may only read)."""
-    with translated_errors():
-        for _ in range(tries):
-            pipe = bus.client.pipeline(transaction=False)
-            pipe.get(keys.ORDERS_EXPIRED)
-            pipe.zrange(keys.ORDERS_INDEX, 0, -1, withscores=True)
-            pipe.get(keys.ORDERS_EXPIRED)
-            before, index, after = pipe.execute()
-            if before == after:
-                break
-    return dict(index), int(after or 0)
+    return inspect.index_and_counter(bus, keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, tries)
 
 
 def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
@@ -196,19 +171,14 @@ def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
                                                  (snap.payments, keys.payment),
                                                  (snap.shipments, keys.shipment))
                for oid in found if oid not in snap.orders]
-    with translated_errors():
-        pipe = bus.client.pipeline(transaction=False)
-        for key in orphans:
-            pipe.pttl(key)
-        return {key for key, ttl in zip(orphans, pipe.execute()) if ttl > 0}
+    return {key for key, ttl in zip(orphans, inspect.ttls_ms(bus, orphans)) if ttl > 0}
 
 
 def stream_groups(bus: RedisStreamsBus, stream: str, declared: list[str]) -> list[GroupState]:
-    with translated_errors():
-        if not bus.client.exists(stream):
-            return []       # nothing was ever published on it
-        info = bus.client.xinfo_stream(stream)
-        existing = {g["name"]: g for g in bus.client.xinfo_groups(stream)}
+    found = inspect.stream_and_groups(bus, stream)
+    if found is None:
+        return []           # nothing was ever published on it
+    info, existing = found
     return [group_state(bus, stream, info, existing.get(name), name) for name in declared]
 
 
@@ -218,9 +188,8 @@ def group_state(bus: RedisStreamsBus, stream: str, info: dict, g: dict | None,
     want every entry ever added."""
     last = g["last-delivered-id"] if g else "0-0"
     lag = g.get("lag") if g else info.get("entries-added")
-    with translated_errors():
-        unread = len(bus.client.xrange(stream, "(" + last, "+")) if last != "0-0" else info["length"]
-        gone_pending = trimmed_pending(bus, stream, name, info, g["pending"]) if g else 0
+    unread = inspect.count_after(bus, stream, last) if last != "0-0" else info["length"]
+    gone_pending = trimmed_pending(bus, stream, name, info, g["pending"]) if g else 0
     return GroupState(stream, name, g is not None, unread, g["pending"] if g else 0,
                       lost_entries(info, last, lag, unread, gone_pending))
 
@@ -248,7 +217,7 @@ def trimmed_pending(bus: RedisStreamsBus, stream: str, group: str, info: dict, p
         return 0
     first = info.get("first-entry")
     upper = "(" + first[0] if first else "+"
-    return len(bus.client.xpending_range(stream, group, min="-", max=upper, count=pending))
+    return inspect.pending_count(bus, stream, group, upper, pending)
 
 
 # -- checks (pure) -------------------------------------------------------------------------------

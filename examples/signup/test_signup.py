@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
 from choreo.bus.redis_streams import RedisStreamsBus, same_server
-from choreo.bus.scheduler import QUEUE
+from choreo.scheduling.timers import QUEUE
 from choreo.config.settings import Settings
 from choreo.workers import timers
 from choreo.workers.runtime import Worker

@@ -1,5 +1,5 @@
 """Publishing later: calls scheduled with rq (JSON serializer, never pickle) and the rq worker that
-runs them when due. The bus does not know what the calls do; workers.deadlines does.
+runs them when due. It does not know what the calls do; workers.deadlines does.
 
 rq keeps its own keys (rq:job:<id>, rq:scheduled:<queue>, ...) next to the streams. Job ids are
 given by the caller and must not contain ':' (rq's rule); scheduling the same id twice keeps one
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Collection, Sequence
 
-import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
@@ -30,7 +29,7 @@ QUEUE = "choreo-timers"
 RETRY_S = (1, 5, 15, 60, 300)           # a job that fails (Redis gone while it ran) is retried
 FAILURE_TTL_S = 7 * 24 * 3600
 JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-LOG = logging.getLogger("choreo.timers")        # workers.logs.TIMERS; bus/ does not import workers
+LOG = logging.getLogger("choreo.timers")        # workers.logs.TIMERS; scheduling/ does not import workers
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,25 @@ def armed_keys(job_id_pattern: str) -> tuple[str, ...]:
             Queue.redis_queues_keys)
 
 
-def timer_queue(client: redis.Redis) -> Queue:
-    # rq reads bytes: it gets a client on the same server that does not decode.
-    return Queue(QUEUE, connection=same_server(client, decode=False), serializer=JSONSerializer)
+class RqTimers:
+    """What the worker runtime arms and disarms timers through (workers.committing): rq's queue on
+    the server of `bus`, made on first use (a worker that arms no timer never touches rq)."""
+
+    def __init__(self, bus: RedisStreamsBus):
+        self.bus = bus
+        self._queue: Queue | None = None
+
+    def queue(self) -> Queue:
+        if self._queue is None:
+            # rq reads bytes: the bus's client on the same server that does not decode.
+            self._queue = Queue(QUEUE, connection=self.bus.raw, serializer=JSONSerializer)
+        return self._queue
+
+    def schedule(self, calls: Sequence[ScheduledCall]) -> None:
+        schedule(self.queue(), calls)
+
+    def unschedule(self, job_ids: Sequence[str]) -> None:
+        unschedule(self.queue(), job_ids)
 
 
 def job_bus() -> RedisStreamsBus:
@@ -166,7 +181,7 @@ def _sweeping(queue: Queue, functions: Collection[str], heartbeat: Heartbeat | N
         time.sleep(every_s)
 
 
-def run_timers(client: redis.Redis, name: str, functions: Collection[str],
+def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
                heartbeat: Heartbeat | None = None, level: str = "WARNING") -> None:
     """The rq worker for QUEUE in this process, jobs run without fork and only jobs calling one of
     `functions`; due timers are moved to the queue by sweep_due (in a thread), not by rq's
@@ -175,7 +190,7 @@ def run_timers(client: redis.Redis, name: str, functions: Collection[str],
     `heartbeat`, when given, is kept from a thread of its own and ended on a clean stop; rq logs
     at `level` or above, but never its per-job INFO lines."""
     job_class = allowing(functions)
-    connection = same_server(client, decode=False)
+    connection = bus.raw                # rq reads bytes
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
     threading.Thread(target=_sweeping, args=(queue, frozenset(functions), heartbeat), daemon=True).start()
     stop = threading.Event()
