@@ -157,6 +157,9 @@ local function apply(op, args, bumped)
   elseif op == 'EXPIRE' then
     -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
     redis.call('EXPIRE', args[1], args[2])
+    if string.match(args[2], '^0+$') then    -- deleted: no version to bump (absent is version 0),
+      bumped[args[1]], counters[args[1]] = nil, nil     -- unless a later write makes it again
+    end
   else
     redis.call(op, unpack(args))
     if op == 'HSET' then

@@ -344,3 +344,18 @@ def test_a_key_number_not_in_keys_is_refused_before_any_write(any_bus):
     bad = Commit(ops=[SetFields("h", {"a": "1"}), Outside()])
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED] and "is not in KEYS" in bad.refusal
     assert any_bus.read_hashes(["h"]) == [{}]
+
+
+def test_a_hash_a_commit_writes_then_expires_at_once_is_gone_not_remade_by_its_version(any_bus):
+    """The version bump comes once, after the commit's ops: an EXPIRE 0 (delete) among them must
+    not leave a hash holding only `_v`, nor fail a later list write to the same key."""
+    gone = Commit(ops=[SetFields("k", {"a": "1"}), Expire("k", 0)])
+    assert any_bus.commit("", [gone]) == [Outcome.APPLIED]
+    assert not any_bus.client.exists("k")
+
+
+def test_a_hash_deleted_and_written_again_in_one_commit_is_the_new_one_with_one_bump(real_bus):
+    """(Real Redis deletes at EXPIRE 0; fakeredis keeps the key's expiry for the later write.)"""
+    again = Commit(ops=[SetFields("j", {"a": "1"}), Expire("j", 0), SetFields("j", {"b": "2"})])
+    assert real_bus.commit("", [again]) == [Outcome.APPLIED]
+    assert real_bus.read_hashes(["j"]) == [{"b": "2", "_v": "1"}]
