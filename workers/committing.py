@@ -20,6 +20,10 @@ from choreo.workers.logs import Bound
 from choreo.workers.observer import APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, REFUSED, Observer
 from choreo.workers.unit_of_work import BatchView
 
+# Per-entry lines (applied, duplicate): INFO, so --log-level WARNING drops them; dead letters,
+# retries and reconnects are WARNING or above and stay.
+EVENT_LEVEL = logging.INFO
+
 
 class Committing:
     def __init__(self, bus: Bus, group: str, settings: Settings, handling: Handling,
@@ -100,7 +104,7 @@ class Committing:
         self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
                                else APPLIED if h.event else DEAD_LETTERED)
         self.handling.last_error.pop(h.delivery.entry_id, None)
-        if h.event is not None and not self.events.isEnabledFor(logging.INFO):
+        if h.event is not None and not self.events.isEnabledFor(EVENT_LEVEL):
             return                          # event lines turned down (--log-level): nothing to build
         event = h.event or h.letter_of      # a dead letter of an event that parsed names it too
         context = {
@@ -114,4 +118,4 @@ class Committing:
         if h.event is None:                 # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})
         else:
-            self.events.info(h.line, extra={"context": context})
+            self.events.log(EVENT_LEVEL, h.line, extra={"context": context})
