@@ -31,7 +31,7 @@ ORDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FIELDS = ("id", "type", "order_id", "causation_id", "producer", "at", "v", "data")
 # Made once (the hot path). No NaN or Infinity: strict JSON, as every reader decodes it.
 _DATA = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
-_decode = msgspec.json.Decoder().decode
+decode_data = msgspec.json.Decoder().decode    # how every reader decodes `data` (strict JSON)
 
 
 def new_id() -> str:
@@ -110,7 +110,7 @@ class Envelope:
         if not ORDER_ID.fullmatch(raw["order_id"]):
             raise MalformedEntry(f"order_id {raw['order_id'][:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
         try:
-            data = _decode(raw["data"])
+            data = decode_data(raw["data"])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:   # strict: no NaN, no 1e400
             raise MalformedEntry(f"data is not JSON: {exc}") from None
         except RecursionError:

@@ -11,12 +11,11 @@ import msgspec
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Bus, Commit
-from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry
+from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
                      SetFields)
 from choreo.workers.events import check_data
 
-_readable = msgspec.json.Decoder().decode     # as bus.envelope decodes `data`
 
 VERSION = "_v"
 DEFAULT_RETENTION_S = 86400             # config.settings.Settings.retention_s's default
@@ -165,7 +164,7 @@ class UnitOfWork:
                 raise InvalidEvent(str(exc)) from None
         try:    # what it writes, every consumer must read back: no NaN, no lone surrogate
             fields = event.fields()
-            _readable(fields["data"])
+            decode_data(fields["data"])     # as every consumer will
         except (ValueError, msgspec.DecodeError) as exc:
             raise InvalidEvent(f"{event_type} data cannot be written as JSON every consumer "
                                f"reads: {exc}") from None

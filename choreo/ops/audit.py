@@ -117,18 +117,15 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
     snap = Snapshot(index=[])
     for stream, groups in declared:
         snap.groups += stream_groups(bus, stream, groups)
-    if not orders:                  # another app: its streams, groups and dead letters only
-        snap.dead_letters = {name: dead_letters.count(bus, name)
-                             for name in sorted({g for _, gs in declared for g in gs})}
-        snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
-        return snap
-    gather_domain(bus, snap)
-    # Taken once the hashes are read, not before: a key found missing at any moment of the reads
-    # belongs to an order created before (that moment - retention), and the reads can take longer
-    # than a short retention (a soak's 1 s), so an earlier horizon called fresh expiries missing.
-    snap.horizon_ms = (clock() - retention_s) * 1000
-    snap.by_status, snap.totals, snap.orders_totals = inspect.hashes(
-        bus, [keys.ORDERS_BY_STATUS, keys.PAYMENT_TOTALS, keys.ORDERS_TOTALS])
+    if orders:                      # the saga's domain state; another app has streams and groups
+        gather_domain(bus, snap)
+        # Taken once the hashes are read, not before: a key found missing at any moment of the
+        # reads belongs to an order created before (that moment - retention), and the reads can
+        # take longer than a short retention (a soak's 1 s), so an earlier horizon called fresh
+        # expiries missing.
+        snap.horizon_ms = (clock() - retention_s) * 1000
+        snap.by_status, snap.totals, snap.orders_totals = inspect.hashes(
+            bus, [keys.ORDERS_BY_STATUS, keys.PAYMENT_TOTALS, keys.ORDERS_TOTALS])
     snap.dead_letters = {name: dead_letters.count(bus, name)
                          for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
