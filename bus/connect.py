@@ -7,15 +7,19 @@ It may carry secrets; redact() is the only form of it ever printed or logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from urllib.parse import unquote_plus, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from choreo.bus.contract import BusUnavailable
+from choreo.bus import layout
+from choreo.bus.layout import cluster_url
 from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
 
 EMBEDDED = "embedded (in-memory fakeredis)"
@@ -56,7 +60,9 @@ def _redacted_parameter(pair: str) -> str:
 def tls_warning(client: redis.Redis) -> str | None:
     """One line when the client's URL turns off what makes TLS worth having, else None. Read from
     the options redis-py parsed, so a repeated parameter counts as redis-py counts it."""
-    if client.connection_pool.connection_kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+    options = (client.nodes_manager.connection_kwargs if isinstance(client, redis.RedisCluster)
+               else client.connection_pool.connection_kwargs)
+    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
         return ("choreo: warning: the server's TLS certificate is not verified (ssl_cert_reqs=none): "
                 "anyone on the path can pose as Redis and read every event and password")
     return None
@@ -82,6 +88,8 @@ def client_for(url: str | None) -> redis.Redis:
     if url is None:
         import fakeredis  # only the embedded default needs it
         return fakeredis.FakeRedis(decode_responses=True, encoding_errors=DECODE_ERRORS)
+    if cluster_url(url):
+        return _cluster_client(url)
     try:
         # No client-side retries: the worker loop owns reconnecting, and a silently retried
         # commit must never be mistaken for a fresh one.
@@ -93,6 +101,24 @@ def client_for(url: str | None) -> redis.Redis:
     except (ValueError, TypeError, redis.RedisError) as exc:
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {_why_unusable(url, exc)}") from None
     return client
+
+
+def _cluster_client(url: str) -> redis.RedisCluster:
+    """Redis Cluster's client (`?cluster=true`): it learns the slot map from the node named and
+    follows MOVED and failovers; keys are laid out in one slot per partition (bus.layout)."""
+    parts = urlsplit(url)
+    query = "&".join(p for p in parts.query.split("&") if p.partition("=")[0] != "cluster")
+    if parts.path.strip("/") not in ("", "0"):
+        raise UnusableUrl(f"cannot use Redis URL {redact(url)}: a cluster has only database 0")
+    plain = parts._replace(path="", query=query).geturl()
+    try:
+        return redis.RedisCluster.from_url(plain, decode_responses=True, encoding_errors=DECODE_ERRORS,
+                                           socket_connect_timeout=3, socket_timeout=10)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BusUnavailable(f"cannot reach Redis Cluster at {redact(url)} ({exc}); start its nodes, "
+                             f"or see docs/cluster.md") from None
+    except (ValueError, TypeError, redis.RedisError, RedisClusterException) as exc:
+        raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {_why_unusable(url, exc)}") from None
 
 
 def _why_unusable(url: str, exc: Exception) -> str:
@@ -107,6 +133,9 @@ def open_bus(url: str | None, check: bool = True) -> RedisStreamsBus:
     """A bus on `url` (None: embedded). With check, a PING proves the server answers now.
     A URL that leaves TLS unverified is logged as a warning, once per bus opened."""
     client = client_for(url)
+    if cluster_url(url) and not layout.current().cluster:
+        # Whatever else set it up, keys on a cluster carry their slot's tag (bus.layout).
+        layout.use(dataclasses.replace(layout.current(), cluster=True))
     warning = tls_warning(client)
     if warning:
         logging.getLogger("choreo.cli").warning(warning)

@@ -133,7 +133,8 @@ class DeadLetter:
 
     def publish_op(self, max_entries: int) -> Publish:
         """The commit op that writes this dead letter, keeping dlq:<service> to max_entries."""
-        return Publish(keys.dead_letters(self.service), self.to_fields(), max_len=max_entries)
+        return Publish(keys.dead_letters(self.service, keys.partition_of(self.stream)), self.to_fields(),
+                       max_len=max_entries)
 
 
 def _count(text: str | None) -> int:

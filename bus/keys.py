@@ -1,41 +1,81 @@
-"""Every Redis key name the bus uses, spelled once. Users read these with redis-cli."""
+"""Every Redis key name the bus uses, spelled once. Users read these with redis-cli.
+
+Streams, dead-letter streams, dedup sets and traces exist once per partition (bus.layout): with
+partitions (or on a cluster) their names carry the partition's hash tag after the prefix,
+`events:{p3}:OrderCreated`; with one partition on a plain Redis they read `events:OrderCreated`.
+"""
+
+from choreo.bus import layout
 
 STREAM_PREFIX = "events:"
 DLQ_PREFIX = "dlq:"
 
 
-def stream(event_type: str) -> str:
-    """The stream carrying one event type: events:<EventType>."""
-    return STREAM_PREFIX + event_type
+def stream(event_type: str, partition: int = 0) -> str:
+    """The stream carrying one event type in one partition: events:<EventType>."""
+    return STREAM_PREFIX + layout.current().tag(partition) + event_type
+
+
+def streams(event_type: str) -> list[str]:
+    """The event type's stream in every partition."""
+    return [stream(event_type, p) for p in layout.current().all()]
+
+
+def stream_for(event_type: str, instance_id: str) -> str:
+    """The stream an event about `instance_id` (an order) goes to: its partition's."""
+    return stream(event_type, layout.current().partition_of(instance_id))
 
 
 def event_type_of(stream_key: str) -> str:
-    return stream_key[len(STREAM_PREFIX):] if stream_key.startswith(STREAM_PREFIX) else ""
+    if not stream_key.startswith(STREAM_PREFIX):
+        return ""
+    return layout.split_tag(stream_key[len(STREAM_PREFIX):])[1]
 
 
-def dead_letters(group: str) -> str:
-    """A service's dead-letter stream: dlq:<service>."""
-    return DLQ_PREFIX + group
+def partition_of(key: str) -> int:
+    """The partition a tagged key belongs to (0 for an untagged one)."""
+    _, _, rest = key.partition(":")
+    return layout.split_tag(rest)[0] or 0
 
 
-def seen(group: str) -> str:
+def dead_letters(group: str, partition: int = 0) -> str:
+    """A service's dead-letter stream in one partition: dlq:<service>."""
+    return DLQ_PREFIX + layout.current().tag(partition) + group
+
+
+def all_dead_letters(group: str) -> list[str]:
+    return [dead_letters(group, p) for p in layout.current().all()]
+
+
+def seen(group: str, partition: int = 0) -> str:
     """Dedup ids: a sorted set of the event ids <group> committed, each scored by the epoch second
-    after which it may be forgotten (bus/commit.lua)."""
-    return f"seen:{group}"
+    after which it may be forgotten (bus/commit.lua). One per partition."""
+    return f"seen:{layout.current().tag(partition)}{group}"
+
+
+def seen_for(group: str, instance_id: str) -> str:
+    """The dedup set of the instance's partition."""
+    return seen(group, layout.current().partition_of(instance_id))
 
 
 def trace(order_id: str) -> str:
     """List of "<stream> <entry-id>" for every event published about one order, in commit order."""
-    return f"trace:{order_id}"
+    return f"trace:{layout.current().tag_of(order_id)}{order_id}"
 
 
 def heartbeat(service: str, consumer: str) -> str:
     """A live process's hash (service, consumer, host, pid, version, state, ...), with a TTL of a
     few renewal periods: it exists only while the process keeps renewing it (bus.heartbeat)."""
-    return f"heartbeat:{service}:{consumer}"
+    return f"heartbeat:{_liveness_tag(service)}:{consumer}"
 
 
 def heartbeats(service: str) -> str:
     """Sorted set of the consumer names that renewed a heartbeat of `service` lately, scored by
     the epoch ms of their last renewal: where readers find the heartbeat keys without a SCAN."""
-    return f"heartbeats:{service}"
+    return f"heartbeats:{_liveness_tag(service)}"
+
+
+def _liveness_tag(service: str) -> str:
+    """On a tagged layout a heartbeat and its index share a slot (`{payment}`): renewed together
+    in one MULTI."""
+    return f"{{{service}}}" if layout.current().tagged else service

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from importlib import resources
 from typing import Iterable, Sequence
 
 import redis
+from redis.crc import key_slot
 
-from choreo.bus import keys
+from choreo.bus import keys, layout
 from choreo.bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
                           PermissionsMissing)
 
@@ -17,6 +19,9 @@ from choreo.bus.contract import (BusError, BusUnavailable, Commit, Delivery, Gro
 # A heartbeat's name stays in heartbeats:<service> this long after its last renewal (by the
 # writer's clock: an hour absorbs any skew between hosts); the heartbeat key itself decides liveness.
 HEARTBEAT_INDEX_MS = 3_600_000
+# Streams of several partitions cannot be read in one blocking XREADGROUP (each partition is its
+# own slot): they are read together without blocking, and an empty round waits this long.
+IDLE_POLL_MS = 10
 
 
 def _lua(name: str) -> str:
@@ -37,11 +42,18 @@ def translated_errors():
         if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
             raise GroupMissing(str(exc)) from exc
         raise BusError(f"Redis refused a command: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:    # the cluster client's own refusals
+        raise BusError(f"Redis Cluster client: {exc}") from exc
 
 
 def same_server(client: redis.Redis, decode: bool) -> redis.Redis:
     """A client on the same server (pool class and address, so fakeredis too) that returns str
-    (decode) or bytes."""
+    (decode) or bytes. On a cluster: a cluster client on the same nodes."""
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_default_node()
+        kwargs = {k: v for k, v in client.nodes_manager.connection_kwargs.items()
+                  if k not in ("host", "port", "decode_responses")}
+        return redis.RedisCluster(host=node.host, port=node.port, decode_responses=decode, **kwargs)
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "decode_responses": decode}
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
@@ -87,9 +99,29 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list
     return list(places)[1:], argv
 
 
+def by_partition(streams: Iterable[str]) -> list[list[str]]:
+    """Streams grouped by partition (bus.layout), each group readable in one command."""
+    groups: dict[int, list[str]] = {}
+    for stream in streams:
+        groups.setdefault(keys.partition_of(stream), []).append(stream)
+    return list(groups.values())
+
+
+def by_slot(commits: Sequence[Commit]) -> list[list[int]]:
+    """The places of the commits, grouped by the cluster slot of their first key (a commit's
+    keys share one slot: its partition's or, for stock, its product's), in order within each."""
+    groups: dict[int, list[int]] = {}
+    for place, commit in enumerate(commits):
+        first = encode_batch("", [commit])[0][:1] or [""]
+        groups.setdefault(key_slot(first[0].encode()), []).append(place)
+    return list(groups.values())
+
+
 class RedisStreamsBus:
     def __init__(self, client: redis.Redis):
         self.client = client                # decode_responses=True: everything but entry fields
+        # On Redis Cluster a batch is committed one slot at a time (bus.layout).
+        self.cluster = isinstance(client, redis.RedisCluster)
         self.raw = same_server(client, decode=False)        # bytes: stream entries, decoded one by one
         self._commit = client.register_script(_lua("commit.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
@@ -111,16 +143,32 @@ class RedisStreamsBus:
     # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
     # Delivery with `error` set (dead-lettered by the worker), instead of failing the whole reply.
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
+        groups = by_partition(streams)
+        if len(groups) == 1:
+            with translated_errors():
+                reply = self.raw.xreadgroup(group, consumer, {s: ">" for s in streams},
+                                            count=count, block=block_ms if block_ms > 0 else None)
+            return [decode_entry(_text(stream), entry_id, fields) for stream, entries in reply or []
+                    for entry_id, fields in entries]
+        # One XREADGROUP per partition, all in one pipeline (per node on a cluster).
         with translated_errors():
-            reply = self.raw.xreadgroup(group, consumer, {s: ">" for s in streams},
-                                        count=count, block=block_ms if block_ms > 0 else None)
-        return [decode_entry(_text(stream), entry_id, fields) for stream, entries in reply or []
-                for entry_id, fields in entries]
+            pipe = self.raw.pipeline(transaction=False)
+            for part in groups:
+                pipe.xreadgroup(group, consumer, {s: ">" for s in part}, count=count)
+            replies = pipe.execute()
+        found = [decode_entry(_text(stream), entry_id, fields) for reply in replies
+                 for stream, entries in reply or [] for entry_id, fields in entries]
+        if not found and block_ms > 0:
+            time.sleep(min(block_ms, IDLE_POLL_MS) / 1000)
+        return found
 
     def read_own_pending(self, group, consumer, after, count) -> list[Delivery]:
+        after = dict(after)
         with translated_errors():
-            reply = self.raw.xreadgroup(group, consumer, dict(after), count=count)
-            found = [decode_entry(_text(stream), entry_id, fields)
+            pipe = self.raw.pipeline(transaction=False)
+            for part in by_partition(after):
+                pipe.xreadgroup(group, consumer, {s: after[s] for s in part}, count=count)
+            found = [decode_entry(_text(stream), entry_id, fields) for reply in pipe.execute()
                      for stream, entries in reply or [] for entry_id, fields in entries]
             return self._with_delivery_counts(group, found)
 
@@ -227,6 +275,14 @@ class RedisStreamsBus:
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         if not commits:
             return []
+        if self.cluster:
+            groups = by_slot(commits)
+            if len(groups) > 1:
+                outcomes: list[Outcome | None] = [None] * len(commits)
+                for places in groups:
+                    for place, outcome in zip(places, self.commit(group, [commits[p] for p in places])):
+                        outcomes[place] = outcome
+                return outcomes
         keys_, argv = encode_batch(group, commits)
         try:
             with translated_errors():

@@ -330,12 +330,12 @@ def cmd_trim(args, settings: Settings) -> int:
 def _prune_orders(bus, settings: Settings) -> int:
     """orders:index loses the ids of orders whose keys have expired (docs/keys.md, "Retention")."""
     from choreo.bus.trim import Index, prune_index
-    return prune_index(bus, Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order),
+    return prune_index(bus, Index(keys.orders_index(), keys.orders_expired(), keys.order),
                        settings.retention_s)
 
 
 def _pruned_line(pruned: int, settings: Settings) -> str:
-    return (f"{keys.ORDERS_INDEX}: pruned {pruned} expired orders "
+    return (f"{keys.orders_index()}: pruned {pruned} expired orders "
             f"(orders are kept {settings.retention_s} s after they end)")
 
 

@@ -240,7 +240,7 @@ class Simulation:
             order = self.bus.read_hashes([keys.order(oid)])[0]
             if order.get("status") == "COMPLETED":
                 completed_total += int(order["total_cents"])
-        totals = self.bus.read_hashes([keys.PAYMENT_TOTALS])[0]
+        totals = self.bus.read_hashes([keys.payment_totals()])[0]
         money = int(totals.get("charged_cents", 0)) - int(totals.get("refunded_cents", 0))
         if money != completed_total:
             out.append(f"money not conserved: charged-refunded={money}, completed orders={completed_total}")

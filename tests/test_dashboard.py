@@ -301,7 +301,7 @@ def test_gather_rates_over_the_interval(real_bus, redis_url):
     assert first.streams[0].per_s is None and first.orders.completed_per_s is None
     time.sleep(0.05)
     _add(real_bus.client, created, 4)
-    real_bus.client.hincrby(keys.ORDERS_BY_STATUS, "COMPLETED", 6)
+    real_bus.client.hincrby(keys.orders_by_status(), "COMPLETED", 6)
     second = gather(real_bus, redis_url, first)
     interval_s = (second.server_time_ms - first.server_time_ms) / 1000
     assert second.streams[0].per_s == pytest.approx(4 / interval_s)

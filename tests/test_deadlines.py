@@ -60,7 +60,7 @@ def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_se
     wait_for(lambda: r.hget(keys.reservation("1"), "status") == "RELEASED", what="stock released")
     procs.worker("payment")          # comes back to both events at once: the charge never happens
     wait_for(lambda: r.hget(keys.payment("1"), "status") == "CANCELLED", timeout=20, what="no charge")
-    assert not r.hget(keys.PAYMENT_TOTALS, "charged_cents")
+    assert not r.hget(keys.payment_totals(), "charged_cents")
     assert r.hget(keys.shipment("1"), "status") == "CANCELLED"
     wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
     trace = json.loads(procs.run("trace", "1", "--json").stdout)

@@ -40,7 +40,7 @@ def test_honcho_procfile_runs_500_orders_to_completion_and_stops_cleanly(procs, 
         stock = {k: int(v) for k, v in r.hgetall(keys.stock(101)).items()}
         assert stock["start"] == stock["available"] + stock["reserved"] + stock["sold"]
         assert stock["reserved"] == 0
-        assert int(r.hget(keys.PAYMENT_TOTALS, "charged_cents")) == 500 * 1999
+        assert int(r.hget(keys.payment_totals(), "charged_cents")) == 500 * 1999
         for group in r.xinfo_groups(bus_keys.stream("OrderCreated")):
             assert group["pending"] == 0 and group["lag"] == 0
         names = {c["name"].rsplit("-", 1)[1] for c in r.xinfo_consumers(bus_keys.stream("OrderCreated"), "inventory")}

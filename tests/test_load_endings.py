@@ -122,4 +122,4 @@ def test_orders_that_never_end_stop_the_load_at_its_timeout():
                       ride=RideThrough(time.monotonic() + 1.5, 5.0, lambda line: None))
     assert 1.5 <= time.monotonic() - began < 2.5    # reads block at most a second each
     assert (result.placed, result.finished, result.gave_up) == (3, 0, "")
-    assert bus.client.hget(keys.ORDERS_BY_STATUS, "PENDING") == "3"
+    assert bus.client.hget(keys.orders_by_status(), "PENDING") == "3"

@@ -106,7 +106,7 @@ def test_a_retry_counts_orders_the_lost_reply_placed_and_places_each_once():
     found = ride.call(lambda retrying: place_once(bus, requests("1", "2", "3"), 0, retrying))
     assert found == 3
     assert bus.client.xlen(bus_keys.stream("OrderCreated")) == 3
-    assert bus.client.hget(keys.ORDERS_BY_STATUS, "PENDING") == "3"
+    assert bus.client.hget(keys.orders_by_status(), "PENDING") == "3"
 
 
 def test_a_retry_places_what_is_missing_and_a_first_try_still_refuses_a_taken_id():

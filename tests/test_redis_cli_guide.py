@@ -19,8 +19,8 @@ KEYS_DOC = Path(__file__).resolve().parent.parent / "docs" / "keys.md"
 REDIS_CLI = "/usr/bin/redis-cli"
 # Keys that hold something after one demo order: reading them must show it, not just "no error".
 FILLED = (keys.order("1"), keys.order_history("1"), bus_keys.trace("1"), keys.ORDER_SEQ,
-          keys.ORDERS_INDEX, keys.ORDERS_BY_STATUS, keys.reservation("1"), keys.payment("1"),
-          keys.PAYMENT_TOTALS, keys.shipment("1"), "seen:")
+          keys.orders_index(), keys.orders_by_status(), keys.reservation("1"), keys.payment("1"),
+          keys.payment_totals(), keys.shipment("1"), "seen:")
 
 
 def guide_commands() -> list[str]:

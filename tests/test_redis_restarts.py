@@ -32,7 +32,7 @@ def all_groups_exist(r) -> bool:
 
 
 def statuses(r):
-    return {k: int(v) for k, v in r.hgetall(keys.ORDERS_BY_STATUS).items() if int(v)}
+    return {k: int(v) for k, v in r.hgetall(keys.orders_by_status()).items() if int(v)}
 
 
 def test_workers_survive_a_redis_kill_and_restart_and_finish_the_run(procs, own_redis):
@@ -48,7 +48,7 @@ def test_workers_survive_a_redis_kill_and_restart_and_finish_the_run(procs, own_
     r = own_redis.client()
     wait_for(lambda: statuses(r) == {"COMPLETED": 300}, timeout=60, what="all 300 completed")
     wait_for(lambda: r.hget(keys.stock(101), "sold") == "300", what="all sold")
-    assert int(r.hget(keys.PAYMENT_TOTALS, "charged_cents")) == 300 * 1999
+    assert int(r.hget(keys.payment_totals(), "charged_cents")) == 300 * 1999
     for w in workers:
         assert w.poll() is None
         lines = open(w.log_path).read().splitlines()

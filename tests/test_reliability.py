@@ -68,7 +68,7 @@ def test_handler_failing_twice_then_succeeding_is_applied_once_on_delivery_3(rea
     xadd(real_bus, checked_event())
     run_until([worker], lambda: real_bus.client.exists(keys.payment("1")))
     assert calls["n"] == 3
-    assert real_bus.client.hget(keys.PAYMENT_TOTALS, "charged_cents") == "3998"
+    assert real_bus.client.hget(keys.payment_totals(), "charged_cents") == "3998"
     assert real_bus.client.xpending(CHECKED, "payment")["pending"] == 0
     log = log_lines(caplog)
     assert any("Processing payment for order 1" in l and "deliveries=3" in l for l in log)
@@ -88,7 +88,7 @@ def test_handler_always_failing_is_dead_lettered_after_max_deliveries_and_nothin
     assert dead["deliveries"] == "3" and "card gateway timeout #3" in dead["error"]
     assert dead["stream"] == CHECKED and json.loads(dead["entry"])["type"] == "InventoryChecked"
     assert real_bus.client.xpending(CHECKED, "payment")["pending"] == 0     # acked with it
-    assert not real_bus.client.exists(keys.payment("1"), keys.PAYMENT_TOTALS)
+    assert not real_bus.client.exists(keys.payment("1"), keys.payment_totals())
     assert real_bus.client.xlen(bus_keys.stream("PaymentProcessed")) == 0
 
 
@@ -119,7 +119,7 @@ def test_an_event_delivered_twice_has_no_second_effect(real_bus):
         w.start()
     place_orders(real_bus, [OrderRequest("1", [{"product_id": 101, "quantity": 2}])])
     run_until(workers, lambda: real_bus.client.hget(keys.order("1"), "status") == "COMPLETED")
-    before = {k: real_bus.client.hgetall(k) for k in (keys.stock(101), keys.PAYMENT_TOTALS)}
+    before = {k: real_bus.client.hgetall(k) for k in (keys.stock(101), keys.payment_totals())}
     # The same envelopes again, as a producer retrying after a lost reply would publish them.
     for stream in [bus_keys.stream(t) for t in ("OrderCreated", "InventoryChecked", "PaymentProcessed")]:
         for _, fields in real_bus.client.xrange(stream):

@@ -24,7 +24,7 @@ RETENTION_S = 2
 # failed (parcel too big: charged, then refunded and released).
 ORDERS = {"c": (101, 1), "r": (103, 6), "d": (102, 101), "s": (101, 60)}
 ENDS = {"c": "COMPLETED", "r": "REJECTED", "d": "CANCELLED", "s": "CANCELLED"}
-INDEX = Index(keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order)
+INDEX = Index(keys.orders_index(), keys.orders_expired(), keys.order)
 
 
 def order_keys(oid: str) -> list[str]:
@@ -83,14 +83,14 @@ def test_memory_returns_to_the_same_keys_once_orders_have_expired(real_bus, work
         assert prune_index(real_bus, INDEX, RETENTION_S) == len(ids)
         rounds.append(lasting_keys(real_bus))
     assert rounds[0] == rounds[1]
-    assert real_bus.client.zcard(keys.ORDERS_INDEX) == 0
-    assert real_bus.client.get(keys.ORDERS_EXPIRED) == str(2 * len(ORDERS))
+    assert real_bus.client.zcard(keys.orders_index()) == 0
+    assert real_bus.client.get(keys.orders_expired()) == str(2 * len(ORDERS))
 
 
 def test_late_events_within_the_window_change_nothing(real_bus, workers):
     ids = dict(zip(ORDERS, settle(real_bus, workers, "late")))
     stock = [real_bus.client.hgetall(keys.stock(p)) for p in (101, 102, 103)]
-    totals = real_bus.client.hgetall(keys.PAYMENT_TOTALS)
+    totals = real_bus.client.hgetall(keys.payment_totals())
     # A rejected order's OrderCreated again: its reservation (REJECTED) must stop a second try.
     publish(real_bus, Envelope.new("OrderCreated", ids["r"], "order",
                                    {"lines": [{"product_id": 103, "quantity": 1}], "total_cents": 25_000}))
@@ -100,7 +100,7 @@ def test_late_events_within_the_window_change_nothing(real_bus, workers):
     publish(real_bus, Envelope.new("ShippingFailed", ids["d"], "shipping", {"reason": "late"}))
     drain(workers)
     assert [real_bus.client.hgetall(keys.stock(p)) for p in (101, 102, 103)] == stock
-    assert real_bus.client.hgetall(keys.PAYMENT_TOTALS) == totals
+    assert real_bus.client.hgetall(keys.payment_totals()) == totals
     assert real_bus.client.hget(keys.order(ids["c"]), "status") == "COMPLETED"
     assert real_bus.client.hget(keys.shipment(ids["c"]), "status") == "BOOKED"
     assert real_bus.client.hget(keys.reservation(ids["r"]), "status") == "REJECTED"
@@ -138,22 +138,22 @@ def test_audit_stays_clean_while_orders_expire_and_still_catches_lost_money(real
     trim_streams(real_bus, SERVICES.values())
     code, lines = audit_lines(real_bus)
     assert code == 0 and lines[-1].startswith("audit clean"), lines
-    real_bus.client.hincrby(keys.PAYMENT_TOTALS, "charged_cents", 1)
+    real_bus.client.hincrby(keys.payment_totals(), "charged_cents", 1)
     code, lines = audit_lines(real_bus)
     assert code == 1 and any("orders:totals records" in line for line in lines), lines
-    real_bus.client.hincrby(keys.PAYMENT_TOTALS, "charged_cents", -1)
-    real_bus.client.hincrby(keys.ORDERS_BY_STATUS, "COMPLETED", 1)
+    real_bus.client.hincrby(keys.payment_totals(), "charged_cents", -1)
+    real_bus.client.hincrby(keys.orders_by_status(), "COMPLETED", 1)
     code, lines = audit_lines(real_bus)
     assert code == 1 and any("orders have expired" in line for line in lines), lines
 
 
 def test_pruning_keeps_every_id_whose_order_still_exists(real_bus):
     c = real_bus.client
-    c.zadd(keys.ORDERS_INDEX, {"old-live": 1, "old-gone": 2, "young-gone": 4_000_000_000_000})
+    c.zadd(keys.orders_index(), {"old-live": 1, "old-gone": 2, "young-gone": 4_000_000_000_000})
     c.hset(keys.order("old-live"), "status", "PENDING")
     assert prune_index(real_bus, INDEX, RETENTION_S, batch=1) == 1
-    assert c.zrange(keys.ORDERS_INDEX, 0, -1) == ["old-live", "young-gone"]
-    assert c.get(keys.ORDERS_EXPIRED) == "1"
+    assert c.zrange(keys.orders_index(), 0, -1) == ["old-live", "young-gone"]
+    assert c.get(keys.orders_expired()) == "1"
 
 
 def test_an_expire_op_sets_a_ttl_and_a_bad_one_is_refused_untouched(any_bus):

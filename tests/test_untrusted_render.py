@@ -137,7 +137,7 @@ def write_hostile(c) -> dict[str, str]:
                                        "lines": f"[bold]{C1_CSI}"})
     c.hset(keys.reservation(ORDER), mapping={CLEAR: TITLE})
     c.rpush(keys.order_history(ORDER), f"0 {TITLE} {MARKUP}")
-    c.hincrby(keys.ORDERS_BY_STATUS, MARKUP + TITLE, 1)
+    c.hincrby(keys.orders_by_status(), MARKUP + TITLE, 1)
     stream = bus_keys.stream("OrderCreated")
     event = {**Envelope.new("OrderCreated", ORDER, "order").fields(),
              "type": MARKUP + CLEAR, "producer": TITLE, "at": C1_CSI}

@@ -65,7 +65,7 @@ def test_sigkill_between_handling_and_commit_applies_the_entry_exactly_once(proc
     if victim == "inventory":
         assert r.hget(keys.stock(101), "reserved") == "0" and not r.exists(keys.reservation("1"))
     else:
-        assert r.hget(keys.PAYMENT_TOTALS, "charged_cents") is None and not r.exists(keys.payment("1"))
+        assert r.hget(keys.payment_totals(), "charged_cents") is None and not r.exists(keys.payment("1"))
     assert pending_count(r, stream, victim) == 1
     # Another consumer of the group claims it once it has been idle for a moment.
     procs.worker(victim, slot=2, CHOREO_CLAIM_IDLE_MS=300, CHOREO_CLAIM_EVERY_S=0.2)
@@ -74,7 +74,7 @@ def test_sigkill_between_handling_and_commit_applies_the_entry_exactly_once(proc
     stock = r.hgetall(keys.stock(101))
     assert (int(stock["available"]), int(stock["reserved"]), int(stock["sold"])) == \
         (int(stock["start"]) - 3, 0, 3)
-    assert int(r.hget(keys.PAYMENT_TOTALS, "charged_cents")) == 3 * 1999
+    assert int(r.hget(keys.payment_totals(), "charged_cents")) == 3 * 1999
     assert pending_count(r, stream, victim) == 0
 
 

@@ -55,8 +55,8 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
     # A timer can fire twice (re-armed by a redelivered OrderCreated after it already ran): the
     # id in seen:timers makes the second one publish nothing.
-    commit = uow.to_commit(seen=bus_keys.seen(TIMERS), seen_id=timer_id(EVENT, order_id),
-                           seen_ttl_s=FIRED_TTL_S)
+    commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, order_id),
+                           seen_id=timer_id(EVENT, order_id), seen_ttl_s=FIRED_TTL_S)
     outcome = bus.commit("", [commit])[0]
     return f"order {order_id}: DeadlinePassed {outcome.name}"
 

@@ -99,7 +99,8 @@ class Handling:
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started)
         self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
-                               seen=bus_keys.seen(self.service.name), seen_id=event.id,
+                               seen=bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream)),
+                               seen_id=event.id,
                                seen_ttl_s=self.settings.seen_ttl_s)
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
                        uow.timers, uow.disarmed)
@@ -135,6 +136,10 @@ def parse_delivery(d: Delivery, max_bytes: int, service: Service,
     event = Envelope.parse(d.fields, max_bytes)
     if event.type != bus_keys.event_type_of(d.stream):
         raise MalformedEntry(f"type {event.type!r} does not belong on {d.stream}")
+    if bus_keys.stream_for(event.type, event.order_id) != d.stream:
+        # Its commit would touch another partition's keys (on a cluster: another slot).
+        raise MalformedEntry(f"order {event.order_id} belongs on {bus_keys.stream_for(event.type, event.order_id)}, "
+                             f"not {d.stream}")
     if event.type not in service.consumes:
         raise MalformedEntry(f"{service.name} does not handle {event.type}")
     if publishers is not None and event.producer not in publishers.get(event.type, ()):

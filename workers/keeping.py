@@ -17,12 +17,13 @@ from choreo.workers.service import Service
 
 
 class Keeping:
-    def __init__(self, bus: Bus, service: Service, consumer: str, settings: Settings,
+    def __init__(self, bus: Bus, service: Service, consumer: str, streams: list[str], settings: Settings,
                  clock: Callable[[], float], log: Bound,
                  in_hand: Callable[[], tuple[float, list[Delivery]] | None]):
         self.bus = bus
         self.service = service
         self.consumer = consumer
+        self.streams = streams              # what this worker reads: its partitions' streams
         self.settings = settings
         self.log = log
         self.in_hand = in_hand              # (since when, the batch) the loop holds, or None
@@ -51,7 +52,7 @@ class Keeping:
             self._trimmed_seen = trimmed
         if not self._housekeeping.now(self.settings.housekeeping_every_s):
             return
-        for stream in self.service.streams:
+        for stream in self.streams:
             self.guarded(f"forgetting idle consumers on {stream}", self.forget_idle, stream)
 
     def forget_idle(self, stream: str) -> None:

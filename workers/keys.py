@@ -2,22 +2,51 @@
 
 Hashes written through a unit of work carry a `_v` field: a version bumped on every write, which
 commits compare to detect that another worker changed the hash since it was read.
+
+An order's keys, and the aggregates its commits adjust, carry its partition's hash tag
+(bus.layout): `order:{p3}:7`, `orders:{p3}:by_status`. Readers of an aggregate add up its
+partitions (`every`). Stock is shared by all orders: its key has no partition (docs/partitions.md).
 """
+
+from choreo.bus import layout
+
+
+def _tag(order_id: str) -> str:
+    return layout.current().tag_of(order_id)
+
+
+def every(aggregate) -> list[str]:
+    """An aggregate's key in every partition, e.g. every(orders_by_status)."""
+    return [aggregate(p) for p in layout.current().all()]
 
 
 def order(order_id: str) -> str:
-    return f"order:{order_id}"                 # hash: status, lines, total_cents, times, reason
+    return f"order:{_tag(order_id)}{order_id}"               # hash: status, lines, total_cents, times, reason
 
 
 def order_history(order_id: str) -> str:
-    return f"order:{order_id}:history"         # list: "<time> <status> <event type>"
+    return f"order:{_tag(order_id)}{order_id}:history"       # list: "<time> <status> <event type>"
 
 
 ORDER_SEQ = "orders:seq"                       # counter behind `place-order` without --order-id
-ORDERS_INDEX = "orders:index"                  # sorted set: order id by creation time (ms)
-ORDERS_BY_STATUS = "orders:by_status"          # hash: status -> number of orders in it
-ORDERS_TOTALS = "orders:totals"                # hash: completed_cents (survives the orders' expiry)
-ORDERS_EXPIRED = "orders:expired"              # counter: expired ids pruned from orders:index
+
+
+def _aggregate(name: str):
+    def key(partition: int = 0) -> str:
+        return f"orders:{layout.current().tag(partition)}{name}"
+    key.__name__ = "orders_" + name
+    return key
+
+
+orders_index = _aggregate("index")             # sorted set: order id by creation time (ms)
+orders_by_status = _aggregate("by_status")     # hash: status -> number of orders in it
+orders_totals = _aggregate("totals")           # hash: completed_cents (survives the orders' expiry)
+orders_expired = _aggregate("expired")         # counter: expired ids pruned from orders:index
+
+
+def of_order(aggregate, order_id: str) -> str:
+    """The aggregate's key in the order's partition."""
+    return aggregate(layout.current().partition_of(order_id))
 
 
 def stock(product_id) -> str:
@@ -25,18 +54,19 @@ def stock(product_id) -> str:
 
 
 def reservation(order_id: str) -> str:
-    return f"reservation:{order_id}"           # hash: status, lines
+    return f"reservation:{_tag(order_id)}{order_id}"         # hash: status, lines
 
 
 def payment(order_id: str) -> str:
-    return f"payment:{order_id}"               # hash: status, amount_cents, reason
+    return f"payment:{_tag(order_id)}{order_id}"             # hash: status, amount_cents, reason
 
 
-PAYMENT_TOTALS = "payments:totals"             # hash: charged_cents, refunded_cents
+def payment_totals(partition: int = 0) -> str:
+    return f"payments:{layout.current().tag(partition)}totals"     # hash: charged_cents, refunded_cents
 
 
 def shipment(order_id: str) -> str:
-    return f"shipment:{order_id}"              # hash: status, tracking_id, reason
+    return f"shipment:{_tag(order_id)}{order_id}"            # hash: status, tracking_id, reason
 
 
 # The key patterns each service owns: its ACL user may touch these and no other domain keys.

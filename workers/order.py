@@ -32,8 +32,8 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
     now = uow.now_ms()
     uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=json.dumps(lines),
             total_cents=total, created_at_ms=now)
-    uow.count(keys.ORDERS_BY_STATUS, PENDING, 1)
-    uow.index(keys.ORDERS_INDEX, now, order_id)
+    uow.count(keys.of_order(keys.orders_by_status, order_id), PENDING, 1)
+    uow.index(keys.of_order(keys.orders_index, order_id), now, order_id)
     deadline = {"deadline_at_ms": now + int(deadline_s * 1000)} if deadline_s else {}
     event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total, **deadline)
     uow.append(keys.order_history(order_id), f"{event.at} {PENDING} OrderCreated")
@@ -52,11 +52,12 @@ def _finish(status: str):
             return          # already terminal (or unknown): a late or repeated event changes nothing
         uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),
                 reason=event.data.get("reason", ""), **_outcome(event))
-        uow.count(keys.ORDERS_BY_STATUS, PENDING, -1)
-        uow.count(keys.ORDERS_BY_STATUS, status, 1)
+        uow.count(keys.of_order(keys.orders_by_status, event.order_id), PENDING, -1)
+        uow.count(keys.of_order(keys.orders_by_status, event.order_id), status, 1)
         if status == COMPLETED:
             # What the money check compares with once completed orders have expired.
-            uow.count(keys.ORDERS_TOTALS, "completed_cents", int(order.get("total_cents", 0)))
+            uow.count(keys.of_order(keys.orders_totals, event.order_id), "completed_cents",
+                      int(order.get("total_cents", 0)))
         uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
         _expire_record(uow, event.order_id)
         uow.disarm("DeadlinePassed")

@@ -30,7 +30,7 @@ def charge(event, uow: UnitOfWork) -> None:
         uow.emit("PaymentFailed", reason=reason)
         return
     uow.set(pay_key, status=CHARGED, amount_cents=amount, charged_at_ms=uow.now_ms())
-    uow.count(keys.PAYMENT_TOTALS, "charged_cents", amount)
+    uow.count(keys.of_order(keys.payment_totals, event.order_id), "charged_cents", amount)
     # Payment never hears that the order completed, so CHARGED is kept as long as a refund can
     # still be asked for: ShippingFailed comes from the booking (now) or at the deadline at the
     # latest, so the retention window counts from the deadline. A refund re-arms it from then.
@@ -49,7 +49,7 @@ def refund(event, uow: UnitOfWork) -> None:
     if pay["status"] != CHARGED:
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
-    uow.count(keys.PAYMENT_TOTALS, "refunded_cents", int(pay["amount_cents"]))
+    uow.count(keys.of_order(keys.payment_totals, event.order_id), "refunded_cents", int(pay["amount_cents"]))
     uow.expire(pay_key)
 
 

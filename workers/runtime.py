@@ -55,12 +55,14 @@ class Worker:
                  check: Callable[[], None] | None = None,
                  publishers: Mapping[str, Collection[str]] | None = None,
                  events: Mapping[str, type] | None = None,
-                 observer: Observer = NO_OBSERVER, timers=None):
+                 observer: Observer = NO_OBSERVER, timers=None,
+                 partitions: Collection[int] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
         self.consumer = consumer
-        self.streams = service.streams
+        # The partitions it serves (bus.layout; None: all): `choreo worker --partitions 0-7`.
+        self.streams = service.streams_in(partitions)
         # Lines go through logging (workers.logs): operational ones on choreo.worker, one INFO
         # line per handled entry on choreo.events, so the latter can be turned down alone.
         self.log = bound(WORKER, service.name, consumer)
@@ -82,7 +84,8 @@ class Worker:
         self.committing = Committing(bus, service.name, settings, self.handling, observer, self.log,
                                      bound(EVENTS, service.name, consumer),
                                      RqTimers(bus) if timers is None else timers)
-        self.keeping = Keeping(bus, service, consumer, settings, clock, self.log, lambda: self._in_hand)
+        self.keeping = Keeping(bus, service, consumer, self.streams, settings, clock, self.log,
+                               lambda: self._in_hand)
 
     @property
     def handled(self) -> int:

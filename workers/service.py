@@ -7,9 +7,9 @@ choreography map can never drift from the code that runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import keys as bus_keys, layout
 from choreo.bus.envelope import Envelope
 from choreo.workers.unit_of_work import UnitOfWork
 
@@ -45,7 +45,13 @@ class Service:
 
     @property
     def streams(self) -> list[str]:
-        return [bus_keys.stream(t) for t in self.consumes]
+        """The streams it reads, in every partition."""
+        return self.streams_in(None)
+
+    def streams_in(self, partitions: Collection[int] | None) -> list[str]:
+        """The streams it reads in the given partitions (None: all of them, bus.layout)."""
+        served = layout.current().all() if partitions is None else partitions
+        return [bus_keys.stream(t, p) for p in served for t in self.consumes]
 
     def says(self, event_type: str, order_id: str) -> str:
         return f"{self.voice}: " + self.consumes[event_type].says.format(order_id=order_id)

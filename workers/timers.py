@@ -43,7 +43,7 @@ def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: st
     uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
     # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
     # more; a later arming (a new cause) fires again.
-    commit = uow.to_commit(seen=bus_keys.seen(TIMERS),
+    commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, instance_id),
                            seen_id=f"{timer_id(event_type, instance_id)} {causation_id}",
                            seen_ttl_s=FIRED_TTL_S)
     outcome = bus.commit("", [commit])[0]

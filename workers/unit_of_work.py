@@ -169,7 +169,7 @@ class UnitOfWork:
             raise InvalidEvent(f"{event_type} data cannot be written as JSON every consumer "
                                f"reads: {exc}") from None
         self.emitted.append(event)
-        self.ops.append(Publish(bus_keys.stream(event_type), fields,
+        self.ops.append(Publish(bus_keys.stream_for(event_type, event.order_id), fields,
                                 trace=bus_keys.trace(event.order_id)))
         return event
 

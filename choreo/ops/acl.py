@@ -152,7 +152,7 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
     reads_orders = (Grant(("hget", "hgetall", "type"), order_keys, read_only=True),) if order_keys else ()
     # The trimmer prunes the saga's orders:index; for another app it only trims streams.
     saga = any(keys.order("*") in s.owns for s in services)
-    prune = ((Grant(PRUNE, (keys.ORDERS_INDEX,)), Grant(("incrby",), (keys.ORDERS_EXPIRED,)),
+    prune = ((Grant(PRUNE, (keys.orders_index(),)), Grant(("incrby",), (keys.orders_expired(),)),
               Grant(("exists",), (keys.order("*"),), read_only=True)) if saga else ())
     return [
         *(service_role(s, services, timer_events) for s in services),
@@ -171,10 +171,10 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
         Role("trimmer", "trims the declared streams as far as every group allows"
              + ("; prunes expired orders from the index" if saga else ""),
              (Grant(TRIM, tuple(streams)), *prune,
-              *((scripted((keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, keys.order("*"))),) if saga else ())),
+              *((scripted((keys.orders_index(), keys.orders_expired(), keys.order("*"))),) if saga else ())),
              CLIENT,
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
-                      sample("zrem", keys.ORDERS_BY_STATUS), sample("expire", owners[0]),
+                      sample("zrem", keys.orders_by_status()), sample("expire", owners[0]),
                       *DANGEROUS)),
         Role("dashboard", "reads everything, writes nothing",
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",

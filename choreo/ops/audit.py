@@ -125,7 +125,7 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
         # expiries missing.
         snap.horizon_ms = (clock() - retention_s) * 1000
         snap.by_status, snap.totals, snap.orders_totals = inspect.hashes(
-            bus, [keys.ORDERS_BY_STATUS, keys.PAYMENT_TOTALS, keys.ORDERS_TOTALS])
+            bus, [keys.orders_by_status(), keys.payment_totals(), keys.orders_totals()])
     snap.dead_letters = {name: dead_letters.count(bus, name)
                          for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
@@ -158,7 +158,7 @@ def index_and_pruned(bus: RedisStreamsBus, tries: int = 20) -> tuple[dict[str, f
     the other in one script, so read apart, an id pruned in between was counted twice as expired
     (a soak with a 1 s trimmer: 400 too many). The counter is read either side of the index, again
     until it did not move (no MULTI: the dashboard user, which audits, may only read)."""
-    return inspect.index_and_counter(bus, keys.ORDERS_INDEX, keys.ORDERS_EXPIRED, tries)
+    return inspect.index_and_counter(bus, keys.orders_index(), keys.orders_expired(), tries)
 
 
 def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
@@ -224,11 +224,11 @@ def check_orders(snap: Snapshot, strict: bool) -> list[str]:
     indexed = set(snap.index)
     for oid in sorted(indexed - set(snap.orders)):
         if not snap.aged(oid):
-            out.append(f"order {oid}: in {keys.ORDERS_INDEX} but {keys.order(oid)} is missing")
+            out.append(f"order {oid}: in {keys.orders_index()} but {keys.order(oid)} is missing")
     for oid, order in sorted(snap.orders.items()):
         status = order.get("status")
         if oid not in indexed:
-            out.append(f"order {oid}: {keys.order(oid)} exists but is not in {keys.ORDERS_INDEX}")
+            out.append(f"order {oid}: {keys.order(oid)} exists but is not in {keys.orders_index()}")
         if status not in TERMINAL and status != PENDING:
             out.append(f"order {oid}: status {status!r} is neither terminal nor PENDING")
         elif strict and status == PENDING:
@@ -252,11 +252,11 @@ def check_counters(snap: Snapshot) -> list[str]:
         if stored > counted.get(status, 0) and lenient and status in TERMINAL:
             continue
         if stored != counted.get(status, 0):
-            out.append(f"{keys.ORDERS_BY_STATUS}: {status}={stored} but {counted.get(status, 0)} "
+            out.append(f"{keys.orders_by_status()}: {status}={stored} but {counted.get(status, 0)} "
                        f"order hashes are {status}")
     gone = sum(int(snap.by_status.get(s, 0)) - counted.get(s, 0) for s in TERMINAL)
     if lenient and gone != snap.expired:
-        out.append(f"{keys.ORDERS_BY_STATUS}: {gone} more ended orders counted than order "
+        out.append(f"{keys.orders_by_status()}: {gone} more ended orders counted than order "
                    f"hashes, but {snap.expired} orders have expired")
     return out
 
@@ -315,7 +315,7 @@ def check_totals(snap: Snapshot) -> list[str]:
                                  ("refunded_cents", snap.totals.get("refunded_cents", 0), refunded)):
         # Expired payment hashes leave the totals ahead of what is left, never behind.
         if int(stored) != summed and not (snap.may_have_expired and int(stored) > summed):
-            out.append(f"{keys.PAYMENT_TOTALS}: {name}={stored} but payment hashes add up to {summed}")
+            out.append(f"{keys.payment_totals()}: {name}={stored} but payment hashes add up to {summed}")
     return out
 
 
@@ -375,7 +375,7 @@ def check_settled(snap: Snapshot) -> list[str]:
     elif snap.may_have_expired and net != recorded:
         # Only once orders may have expired is orders:totals the measure: a store older than
         # the counter (completions before it existed) is checked against the orders themselves.
-        out.append(f"money: charged - refunded = {net} cents but {keys.ORDERS_TOTALS} records "
+        out.append(f"money: charged - refunded = {net} cents but {keys.orders_totals()} records "
                    f"{recorded} cents of completed orders")
     return out
 

@@ -217,7 +217,7 @@ def consumer_rows(consumers: list[inspect.ConsumerInfo],
 
 
 def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> OrdersView:
-    by_status = {k: int(v) for k, v in bus.read_hashes([keys.ORDERS_BY_STATUS])[0].items()
+    by_status = {k: int(v) for k, v in bus.read_hashes([keys.orders_by_status()])[0].items()
                  if k != "_v" and int(v)}
     latencies = sorted(recent_latencies_ms(bus))
     before = prev.orders.by_status.get(COMPLETED, 0) if prev and prev.orders else None
@@ -228,7 +228,7 @@ def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> Ord
 
 def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
     """created -> completed of the latest completions (by end time) among the newest orders."""
-    ids = inspect.newest_members(bus, keys.ORDERS_INDEX, ORDERS_SCANNED)
+    ids = inspect.newest_members(bus, keys.orders_index(), ORDERS_SCANNED)
     rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
                                ["status", "created_at_ms", "ended_at_ms"])
     done = sorted(((int(end), int(end) - int(start)) for status, start, end in rows
