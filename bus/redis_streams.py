@@ -126,6 +126,9 @@ class RedisStreamsBus:
         self._commit = client.register_script(_lua("commit.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
+        # WAIT after each commit for this many replicas (CHOREO_WAIT_REPLICAS; 0: never), at most
+        # wait_timeout_ms; commits that timed out short of them are counted.
+        self.wait_replicas, self.wait_timeout_ms, self.short_waits = 0, 1000, 0
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
 
@@ -286,7 +289,7 @@ class RedisStreamsBus:
         keys_, argv = encode_batch(group, commits)
         try:
             with translated_errors():
-                statuses = self._commit(keys=keys_, args=argv)
+                statuses = self._run_commit(keys_, argv)
         except PermissionsMissing as exc:
             self._explain_refusal(group, commits, keys_, argv, exc)
         outcomes = []
@@ -299,6 +302,23 @@ class RedisStreamsBus:
             else:
                 outcomes.append(Outcome(int(status)))
         return outcomes
+
+    def _run_commit(self, keys_: list[str], argv: list):
+        """The script; with wait_replicas, followed on the same connection by WAIT, which
+        returns once that many replicas have what this connection wrote (or after
+        wait_timeout_ms: then the commit stands, counted in short_waits, and may be lost if its
+        primary dies before a replica has it)."""
+        if not self.wait_replicas:
+            return self._commit(keys=keys_, args=argv)
+        node = (self.client.get_redis_connection(self.client.get_node_from_key(keys_[0]))
+                if self.cluster and keys_ else self.client)
+        pipe = node.pipeline(transaction=False)
+        self._commit(keys=keys_, args=argv, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        statuses, acknowledged = pipe.execute()
+        if int(acknowledged) < self.wait_replicas:
+            self.short_waits += 1
+        return statuses
 
     def _explain_refusal(self, group, commits, keys_, argv, refused: PermissionsMissing):
         """Redis refused the EVALSHA itself: one of KEYS is a key the user may not touch, and

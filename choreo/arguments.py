@@ -111,3 +111,20 @@ def bench_rows(text: str) -> tuple[str, ...]:
     if unknown or not rows:
         raise argparse.ArgumentTypeError(f"rows are a comma list of {', '.join(ROWS)}, got {text[:60]!r}")
     return rows
+
+
+def partition_set(text: str) -> tuple[int, ...]:
+    """`0-7`, `3`, or `0,2,5-6`: the partitions a worker serves (checked against
+    CHOREO_PARTITIONS when it starts)."""
+    from choreo.bus.layout import MAX_PARTITIONS
+    chosen: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected partitions like 0-7 or 0,2,5, got {text[:40]!r}") from None
+        if not 0 <= first <= last < MAX_PARTITIONS:
+            raise argparse.ArgumentTypeError(f"expected partitions like 0-7 or 0,2,5, got {text[:40]!r}")
+        chosen.update(range(first, last + 1))
+    return tuple(sorted(chosen))

@@ -14,6 +14,8 @@ from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.ops.metrics import MetricsUnavailable
 from choreo.workers.tracing import TracingUnavailable
+from choreo.bus import layout
+from choreo.bus.layout import LayoutError
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
 from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
@@ -162,6 +164,9 @@ def build_parser(app: App | None = None) -> Parser:
     p.add_argument("--metrics-port", type=arg.port, metavar="PORT",
                    help="serve Prometheus metrics on http://<host>:PORT/metrics (needs "
                         "choreo[metrics]; default: $CHOREO_METRICS_PORT, or none)")
+    p.add_argument("--partitions", type=arg.partition_set, metavar="LIST",
+                   help="serve only these partitions, e.g. 0-3 or 0,2,5 (default: all "
+                        "$CHOREO_PARTITIONS of them)")
     p.set_defaults(run=cmd_worker, role=SERVICE_ROLE)
     p = sub.add_parser("place-order", parents=[common], help="place one order; prints its id")
     p.add_argument("--product", type=arg.product, required=True)
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                                      log_format=getattr(args, "log_format", None),
                                      log_level=getattr(args, "log_level", None),
                                      metrics_port=getattr(args, "metrics_port", None))
-    except SettingsError as exc:
+        layout.current()                # CHOREO_PARTITIONS: checked before anything runs
+    except (SettingsError, LayoutError) as exc:
         log.error(f"choreo: {exc}")
         return 2
     try:

@@ -12,7 +12,7 @@ from choreo.bus import inspect
 from choreo.bus.connect import open_bus, redact
 from choreo.logs import name_process
 from choreo.plain import plain
-from choreo.config.settings import Settings
+from choreo.config.settings import Settings, SettingsError
 from choreo.workers import keys
 from choreo.workers.logs import EXPORTER, TIMERS, TRIMMER, WORKER, bound
 
@@ -59,6 +59,7 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.workers.runtime import Worker, consumer_name
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
+    partitions = served_partitions(args.partitions)
     consumer = args.consumer or consumer_name(service.name)
     name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)
@@ -66,17 +67,39 @@ def cmd_worker(args, settings: Settings) -> int:
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
-    log.info(f"{service.voice}: {consumer} on {redact(settings.url)}, consuming "
+    bus.wait_replicas, bus.wait_timeout_ms = settings.wait_replicas, settings.wait_timeout_ms
+    log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}, consuming "
              f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
-                    publishers=args.app.publishers, events=args.app.events, observer=observer)
+                    publishers=args.app.publishers, events=args.app.events, observer=observer,
+                    partitions=partitions)
     try:
         return worker.run(stop)
     finally:
         worker.heartbeat.end()          # also when run() raised: the key goes now, not a TTL later
         bus.close()
         log.info(f"{service.voice}: {consumer} stopped")
+
+
+def served_partitions(chosen: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """--partitions, checked against CHOREO_PARTITIONS (None: all)."""
+    from choreo.bus import layout
+    count = layout.current().partitions
+    beyond = [p for p in chosen or () if p >= count]
+    if beyond:
+        raise SettingsError(f"worker --partitions: there are {count} partitions (0-{count - 1}, "
+                         f"CHOREO_PARTITIONS), not {beyond[0]}")
+    return chosen
+
+
+def _serving(partitions: tuple[int, ...] | None) -> str:
+    from choreo.bus import layout
+    count = layout.current().partitions
+    if count == 1:
+        return ""
+    shown = ",".join(map(str, partitions)) if partitions else f"0-{count - 1}"
+    return f" (partitions {shown} of {count})"
 
 
 def _worker_observer(service, consumer: str, settings: Settings, log):

@@ -73,6 +73,11 @@ class Settings:
     # OpenTelemetry trace context on events, a span per handling and commit (needs choreo[tracing];
     # docs/operations.md, "Tracing"). Off: nothing of OpenTelemetry is imported, events carry no traceparent.
     tracing: bool = False
+    # After each commit, WAIT until this many replicas have it (at most wait_timeout_ms): a
+    # primary that dies right after a commit then loses nothing a replica did not get. 0: no
+    # WAIT (replication is asynchronous; see docs/cluster.md for what that can lose).
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
     @property
     def url(self) -> str:
@@ -149,6 +154,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "retention_s": (1, 3650 * DAY_S),           # seconds are for tests; production wants days
     "heartbeat_every_s": (0.05, 60),
     "metrics_port": (0, 65535),                 # 0: no metrics
+    "wait_replicas": (0, 16),
+    "wait_timeout_ms": (1, 60 * 1000),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
