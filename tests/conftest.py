@@ -22,6 +22,7 @@ hypothesis_settings.load_profile("default")
 
 from choreo.bus.redis_streams import RedisStreamsBus
 from tests.redis_server import RedisServer
+from choreo.measure.redis_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -32,6 +33,26 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """Three primaries and three replicas, started only by a session that has a test asking for
+    it (such tests carry the `redis_cluster` mark), killed at its end. Tests that kill a primary
+    restart it before they finish, so the next test finds three primaries again."""
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "redis_cluster: the test uses the local Redis Cluster "
+                                       "(deselect with -m 'not redis_cluster')")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "redis_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis_cluster)
 
 
 @pytest.fixture
