@@ -129,7 +129,8 @@ def _why_unusable(url: str, exc: Exception) -> str:
     return str(exc)
 
 
-def open_bus(url: str | None, check: bool = True) -> RedisStreamsBus:
+def open_bus(url: str | None, check: bool = True, wait_replicas: int = 0,
+             wait_timeout_ms: int = 1000) -> RedisStreamsBus:
     """A bus on `url` (None: embedded). With check, a PING proves the server answers now.
     A URL that leaves TLS unverified is logged as a warning, once per bus opened."""
     client = client_for(url)
@@ -146,4 +147,6 @@ def open_bus(url: str | None, check: bool = True) -> RedisStreamsBus:
         except BusUnavailable as exc:
             client.close()
             raise BusUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); {how_to_start(url)}") from None
-    return RedisStreamsBus(client)
+    bus = RedisStreamsBus(client)
+    bus.wait_replicas, bus.wait_timeout_ms = wait_replicas, wait_timeout_ms     # CHOREO_WAIT_REPLICAS
+    return bus

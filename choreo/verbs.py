@@ -66,8 +66,7 @@ def cmd_worker(args, settings: Settings) -> int:
     observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
-    bus = open_bus(settings.url, check=False)           # the loop retries until Redis answers
-    bus.wait_replicas, bus.wait_timeout_ms = settings.wait_replicas, settings.wait_timeout_ms
+    bus = open_bus(settings.url, check=False, **durable(settings))   # the loop retries until Redis answers
     log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}, consuming "
              f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service, timer_events=args.app.timer_events)
@@ -80,6 +79,11 @@ def cmd_worker(args, settings: Settings) -> int:
         worker.heartbeat.end()          # also when run() raised: the key goes now, not a TTL later
         bus.close()
         log.info(f"{service.voice}: {consumer} stopped")
+
+
+def durable(settings: Settings) -> dict:
+    """What a writer's bus waits for after each commit (CHOREO_WAIT_REPLICAS)."""
+    return {"wait_replicas": settings.wait_replicas, "wait_timeout_ms": settings.wait_timeout_ms}
 
 
 def served_partitions(chosen: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -127,7 +131,7 @@ def cmd_timers(args, settings: Settings) -> int:
     name = timers_name()
     name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
-    bus = open_bus(settings.url)
+    bus = open_bus(settings.url, **durable(settings))
     log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
     try:
         require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
@@ -148,7 +152,7 @@ def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
     from choreo.workers.tracing import tracing_for
     tracing = tracing_for("order", settings.tracing, os.environ)
-    with open_bus(settings.url) as bus:
+    with open_bus(settings.url, **durable(settings)) as bus:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
@@ -213,7 +217,7 @@ def cmd_load(args, settings: Settings) -> int:
     from choreo.measure.load import LoadPlan, rich_progress, run_load, summary_table
     plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
                     deadline_s=_deadline(args, settings))
-    with open_bus(settings.url) as bus:
+    with open_bus(settings.url, **durable(settings)) as bus:
         with rich_progress(args.orders) as progress:
             result = run_load(bus, plan, progress=progress, reconnect_max_s=settings.reconnect_max_s)
         # The table goes to stderr, before the figures: scripts read stdout's last line.

@@ -1,0 +1,174 @@
+"""The saga on a real local Redis Cluster (three primaries, three replicas) with eight partitions:
+end to end, racing inventory workers, SIGKILLs under load, and a primary killed under load. Each
+run ends with `choreo audit --strict` clean. Workers and commands are the real `choreo` command in
+subprocesses, on `REDIS_URL=...?cluster=true`; rq's timers keep their queue on a plain
+redis-server (CHOREO_TIMERS_URL), as rq needs."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+
+from choreo.bus import keys as bus_keys
+from choreo.bus.layout import Layout, use
+from choreo.workers import SERVICES, keys
+from tests.conftest import BIN, ROOT, Processes
+from tests.helpers import wait_for
+
+PARTITIONS = 8
+TERMINAL = ("COMPLETED", "REJECTED", "CANCELLED")
+FAST_CLAIMS = {"CHOREO_CLAIM_IDLE_MS": 1500, "CHOREO_CLAIM_EVERY_S": 0.5, "CHOREO_BATCH_SIZE": 20}
+
+
+@pytest.fixture
+def layout():
+    previous = use(Layout(PARTITIONS, cluster=True))
+    yield
+    use(previous)
+
+
+@pytest.fixture
+def cluster(redis_cluster, layout):
+    client = RedisCluster.from_url(redis_cluster.url.replace("/0?cluster=true", ""), decode_responses=True)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def on_cluster(redis_cluster, cluster, redis_server, tmp_path):
+    """Processes on the cluster; rq on the throwaway plain server."""
+    redis_server.client().flushall()
+    p = Processes(redis_cluster.url, tmp_path)
+    p.base_env.update({"CHOREO_PARTITIONS": str(PARTITIONS), "CHOREO_TIMERS_URL": redis_server.url})
+    yield p
+    p.stop_all()
+
+
+def drained(client) -> bool:
+    for service in SERVICES.values():
+        for stream in service.streams:
+            for g in client.xinfo_groups(stream) if client.exists(stream) else []:
+                if g["pending"] or g["lag"]:
+                    return False
+    return True
+
+
+def statuses(client) -> dict[str, str]:
+    ids = [i for key in keys.every(keys.orders_index) for i in client.zrange(key, 0, -1)]
+    return {i: client.hget(keys.order(i), "status") for i in ids}
+
+
+def dead_letters(client) -> int:
+    return sum(client.xlen(k) for s in SERVICES for k in bus_keys.all_dead_letters(s))
+
+
+def audit_clean(procs) -> str:
+    audit = procs.run("audit", "--strict")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    return audit.stdout.strip()
+
+
+def test_the_saga_ends_every_way_on_a_cluster_with_eight_partitions(on_cluster, cluster):
+    for name in SERVICES:
+        on_cluster.worker(name)
+    on_cluster.start("timers")
+    mix = {(101, 1): "COMPLETED", (103, 6): "REJECTED", (102, 101): "CANCELLED", (101, 60): "CANCELLED"}
+    expected = {}
+    for _ in range(3):
+        for (product, quantity), status in mix.items():
+            done = on_cluster.run("place-order", "--product", str(product), "--quantity", str(quantity))
+            assert done.returncode == 0, done.stderr
+            expected[done.stdout.strip()] = status
+    wait_for(lambda: all(statuses(cluster).get(i) in TERMINAL for i in expected) and drained(cluster),
+             timeout=60, what="every order terminal")
+    assert statuses(cluster) == expected
+    # One order's keys share its partition's slot; the orders are spread over the partitions.
+    for order_id in expected:
+        slot = {cluster.keyslot(k) for k in (keys.order(order_id), keys.order_history(order_id),
+                                             bus_keys.trace(order_id), keys.reservation(order_id))}
+        assert len(slot) == 1
+    assert len({bus_keys.partition_of(keys.order(i)) for i in expected}) >= 4
+    nodes = {cluster.get_node_from_key(keys.order(i)).port for i in expected}
+    assert len(nodes) >= 2
+    assert dead_letters(cluster) == 0
+    print("\naudit:", audit_clean(on_cluster))
+    status = on_cluster.run("status", next(iter(expected)))
+    assert status.returncode == 0 and "order" in status.stdout
+
+
+def test_racing_inventory_workers_on_a_cluster_never_oversell(on_cluster, cluster):
+    """Product 103 starts with 5: two inventory workers on different partitions race 40 orders
+    of one each; exactly 5 are sold."""
+    on_cluster.worker("inventory", slot=1, CHOREO_BATCH_SIZE=3)
+    on_cluster.worker("inventory", slot=2, CHOREO_BATCH_SIZE=3)
+    for name in ("order", "payment", "shipping"):
+        on_cluster.worker(name)
+    wait_for(lambda: cluster.exists(keys.stock(103)), what="stock seeded")
+    load = on_cluster.run("load", "--orders", "40", "--product", "103", "--quantity", "1",
+                          "--timeout", "90", timeout=120)
+    assert load.returncode == 0, load.stdout + load.stderr
+    wait_for(lambda: drained(cluster), timeout=60, what="drained")
+    stock = cluster.hgetall(keys.stock(103))
+    assert stock["sold"] == "5" and stock["available"] == "0" and stock["reserved"] == "0"
+    final = list(statuses(cluster).values())
+    assert final.count("COMPLETED") == 5 and final.count("REJECTED") == 35
+    print("\naudit:", audit_clean(on_cluster))
+
+
+def test_random_sigkills_under_load_on_a_cluster_lose_and_double_nothing(on_cluster, cluster):
+    rng = random.Random(20261129)
+    slots = {(s, n): on_cluster.worker(s, slot=n, **FAST_CLAIMS) for s in SERVICES for n in (1, 2)}
+    wait_for(lambda: cluster.exists(keys.stock(101)), what="workers up")
+    load = subprocess.Popen([str(BIN / "choreo"), "load", "--orders", "600", "--rate", "50",
+                             "--timeout", "150"], env=on_cluster.env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kills, deadline = 0, time.monotonic() + 150
+    while load.poll() is None and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.3, 0.7))
+        victim = rng.choice(sorted(slots))
+        slots[victim].send_signal(signal.SIGKILL)
+        slots[victim].wait(5)
+        kills += 1
+        slots[victim] = on_cluster.worker(victim[0], slot=victim[1], **FAST_CLAIMS)
+    out, err = load.communicate(timeout=30)
+    figures = out.strip().splitlines()[-1] if out.strip() else ""
+    print(f"\ncluster chaos: {kills} SIGKILLs survived; load: {figures}")
+    assert load.returncode == 0, err
+    assert "orders=600 completed=600 " in figures
+    assert kills >= 10
+    wait_for(lambda: drained(cluster), timeout=60, what="every group drained")
+    print("audit:", audit_clean(on_cluster))
+    assert dead_letters(cluster) == 0
+
+
+def test_a_primary_killed_under_load_fails_over_and_every_order_completes(on_cluster, cluster,
+                                                                          redis_cluster):
+    for s in SERVICES:
+        on_cluster.worker(s, **FAST_CLAIMS)
+    wait_for(lambda: cluster.exists(keys.stock(101)), what="workers up")
+    load = subprocess.Popen([str(BIN / "choreo"), "load", "--orders", "400", "--rate", "40",
+                             "--timeout", "120"], env=on_cluster.env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    # The primary holding the most partitions' streams.
+    owners = [cluster.get_node_from_key(bus_keys.stream("OrderCreated", p)).port for p in range(PARTITIONS)]
+    victim = max(set(owners), key=owners.count)
+    redis_cluster.kill_primary(victim)
+    started = time.monotonic()
+    promoted = redis_cluster.wait_failover(victim, timeout=30)
+    took = time.monotonic() - started
+    out, err = load.communicate(timeout=150)
+    figures = out.strip().splitlines()[-1] if out.strip() else ""
+    print(f"\nfailover: primary {victim} killed, replica {promoted} took over in {took:.1f} s; "
+          f"load: {figures}")
+    redis_cluster.restart(victim)
+    assert load.returncode == 0, out + err
+    assert "orders=400 completed=400 " in figures
+    wait_for(lambda: drained(cluster), timeout=60, what="every group drained")
+    print("audit:", audit_clean(on_cluster))
