@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from choreo.bus.ops import Op
 
@@ -82,6 +82,18 @@ class Commit:
     refusal: str = ""                                      # set by commit() when REFUSED: why
 
 
+HOLD_OPS = ("reserve", "release", "sell", "forget")
+
+
+class Hold(NamedTuple):
+    """One step of bus/hold.lua: `op` (one of HOLD_OPS) on one order's hold on one product's
+    stock, atomic in the stock's slot and idempotent by the hold key (docs/partitions.md)."""
+    stock: str                     # the stock hash
+    hold: str                      # its hold for one order, in the stock's slot
+    op: str
+    qty: int = 0                   # reserve only
+
+
 class Bus(Protocol):
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:
         """Create `group` on each stream at id 0 (MKSTREAM). Idempotent."""
@@ -117,6 +129,10 @@ class Bus(Protocol):
 
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         """Apply commits in order, atomically each, in one round trip (see module doc)."""
+
+    def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
+        """Run each hold step (bus/hold.lua), one round trip; the hold's status after each ("" for
+        none; forget: the status it had). Not part of any commit: each step is atomic on its own."""
 
     def beat(self, service: str, consumer: str, fields: dict[str, str], ttl_ms: int) -> None:
         """Renew the heartbeat hash of (service, consumer) with these fields, living ttl_ms."""

@@ -12,8 +12,8 @@ import redis
 from redis.crc import key_slot
 
 from choreo.bus import keys, layout
-from choreo.bus.contract import (BusError, BusUnavailable, Commit, Delivery, GroupMissing, Outcome,
-                          PermissionsMissing)
+from choreo.bus.contract import (HOLD_OPS, BusError, BusUnavailable, Commit, Delivery, GroupMissing,
+                          Hold, Outcome, PermissionsMissing)
 
 
 # A heartbeat's name stays in heartbeats:<service> this long after its last renewal (by the
@@ -126,6 +126,7 @@ class RedisStreamsBus:
         self._commit = client.register_script(_lua("commit.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
+        self._hold = client.register_script(_lua("hold.lua"))
         # WAIT after each commit for this many replicas (CHOREO_WAIT_REPLICAS; 0: never), at most
         # wait_timeout_ms; commits that timed out short of them are counted.
         self.wait_replicas, self.wait_timeout_ms, self.short_waits = 0, 1000, 0
@@ -335,6 +336,23 @@ class RedisStreamsBus:
         if number > 1:
             self.commit(group, commits[:number - 1])
         raise PermissionsMissing(reason)    # nothing of it written; earlier ones applied
+
+    def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
+        """Each request is one EVALSHA of bus/hold.lua (its stock and hold keys in KEYS: one slot),
+        pipelined. A step the script refuses (a key of the wrong type, a field that is not an
+        integer) has written nothing and raises BusError; the steps before it are done."""
+        requests = [Hold(*r) for r in requests]
+        for r in requests:
+            if r.op not in HOLD_OPS:
+                raise ValueError(f"unknown hold op {r.op!r}")
+        if not requests:
+            return []
+        with translated_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for r in requests:
+                self._hold(keys=[r.stock, r.hold], args=[r.op, int(r.qty), int(retention_s)],
+                           client=pipe)
+            return [_text(status) for status in pipe.execute()]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

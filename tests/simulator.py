@@ -240,10 +240,29 @@ class Simulation:
             order = self.bus.read_hashes([keys.order(oid)])[0]
             if order.get("status") == "COMPLETED":
                 completed_total += int(order["total_cents"])
-        totals = self.bus.read_hashes([keys.payment_totals()])[0]
-        money = int(totals.get("charged_cents", 0)) - int(totals.get("refunded_cents", 0))
+        out += self.hold_violations()
+        every = self.bus.read_hashes(keys.every(keys.payment_totals))
+        money = sum(int(t.get("charged_cents", 0)) - int(t.get("refunded_cents", 0)) for t in every)
         if money != completed_total:
             out.append(f"money not conserved: charged-refunded={money}, completed orders={completed_total}")
+        return out
+
+    def hold_violations(self) -> list[str]:
+        """Tagged layout (docs/partitions.md): each product's RESERVED holds are its reserved
+        stock, and each belongs to a RESERVED reservation: nothing held twice or leaked."""
+        out, held = [], {}
+        for key in self.bus.client.scan_iter(match="hold:*"):
+            h = self.bus.client.hgetall(key)
+            pid, oid = key.split("{stock:")[1].split("}:")
+            if h.get("status") == "RESERVED":
+                held[pid] = held.get(pid, 0) + int(h["qty"])
+                res = self.bus.read_hashes([keys.reservation(oid)])[0]
+                if res.get("status") != "RESERVED":
+                    out.append(f"{key} RESERVED but reservation {oid} is {res.get('status')}")
+        for pid in CATALOGUE:
+            s = self.bus.read_hashes([keys.stock(pid)])[0]
+            if held and int(s.get("reserved", 0)) != held.get(str(pid), 0):
+                out.append(f"stock:{pid} reserved {s.get('reserved')} but holds hold {held.get(str(pid), 0)}")
         return out
 
     def order_violations(self, oid: str) -> list[str]:

@@ -7,7 +7,10 @@ More examples: `./dev test tests/test_simulator.py --hypothesis-profile=thorough
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
+
+from choreo.bus import layout
+from choreo.bus.layout import Layout
 
 from tests.simulator import Order, explore, simulate
 
@@ -40,6 +43,18 @@ def test_the_saga_holds_under_any_interleaving(order_list, data):
 def test_the_saga_holds_under_any_plan(order_list, plan):
     """Blind plans too: steps that cannot happen are skipped, so odd corners are reached."""
     assert simulate(order_list, plan) == []
+
+
+@settings(max_examples=40)
+@given(orders, st.data())
+def test_the_saga_holds_under_any_interleaving_in_the_tagged_layout(order_list, data):
+    """Stock by holds (docs/partitions.md): the same invariants, and the holds agree with it."""
+    previous = layout.use(Layout(partitions=4))
+    try:
+        plan, found = explore(order_list, lambda enabled: data.draw(st.sampled_from(enabled)))
+    finally:
+        layout.use(previous)
+    assert found == [], f"tagged: simulate({order_list!r}, {plan!r})"
 
 
 def test_the_happy_path_in_arrival_order_completes():

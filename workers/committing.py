@@ -58,7 +58,7 @@ class Committing:
                 delivery, parsed = todo[0]
                 if isinstance(parsed, Unhandleable):
                     raise                   # even its dead letter is refused: run() backs off, logs
-                todo = [(delivery, Unhandleable(f"refused by Redis: {exc}"))]
+                todo = [(delivery, Unhandleable(f"refused by Redis: {exc}", parsed))]
 
     def commit_round(self, todo):
         """One read-handle-commit round; returns what must go round again: entries from the first
@@ -84,7 +84,8 @@ class Committing:
                 self.observer.finished(h.delivery, REFUSED)
                 if h.event is None:             # the dead letter itself: dlq:<service> is broken
                     raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
-                again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}")))
+                again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}",
+                                                        h.event)))
             else:
                 self.report(h, outcome)
                 disarmed += h.disarmed if outcome is Outcome.APPLIED else []

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from choreo.bus import keys as bus_keys
-from choreo.bus.contract import Commit, Delivery
+from choreo.bus.contract import BusError, Commit, Delivery
 from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
 from choreo.config.settings import Settings
@@ -27,7 +27,12 @@ from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork
 
 class Unhandleable(Exception):
     """Why an entry goes to the dead-letter stream without (another) try: malformed, refused by
-    Redis, or given up on."""
+    Redis, or given up on; `event` is the entry's event when it parsed (the service's
+    on_dead_letter hook needs it: an earlier try may have left steps to undo)."""
+
+    def __init__(self, reason: str, event: Envelope | None = None):
+        super().__init__(reason)
+        self.event = event
 
 
 @dataclass
@@ -60,7 +65,8 @@ class Handling:
         """The event, or why the entry goes to the dead-letter stream unhandled."""
         if d.deliveries > self.crash_guard:
             last = self.last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
-            return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}")
+            return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}",
+                                self._event_or_none(d))
         try:
             return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers,
                                   self.models)
@@ -68,6 +74,13 @@ class Handling:
             return Unhandleable(f"malformed: {exc}")
         except Exception as exc:    # RecursionError, MemoryError-free surprises: still input's fault
             return Unhandleable(f"malformed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _event_or_none(self, d: Delivery) -> Envelope | None:
+        try:
+            return parse_delivery(d, self.settings.max_entry_bytes, self.service, self.publishers,
+                                  self.models)
+        except Exception:           # malformed (or worse): no handler can have run on it
+            return None
 
     @property
     def crash_guard(self) -> int:
@@ -87,7 +100,7 @@ class Handling:
         """Run the entry's handler into a Commit; None leaves it pending for a retry."""
         started = time.perf_counter()
         if isinstance(event, Unhandleable):
-            return self.dead_letter(d, str(event), started)
+            return self.dead_letter(d, str(event), started, event.event, view)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models)
@@ -96,7 +109,7 @@ class Handling:
             self.service.consumes[event.type].handle(event, uow)
             view.apply(uow.ops)
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
-            return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started)
+            return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(ack=(d.stream, d.entry_id),
                                seen=bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream)),
@@ -105,9 +118,11 @@ class Handling:
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
                        uow.timers, uow.disarmed)
 
-    def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float) -> Handled | None:
+    def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float,
+                       view: BatchView | None = None) -> Handled | None:
         if d.deliveries >= self.settings.max_deliveries:
-            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started, event)
+            return self.dead_letter(d, f"failed {d.deliveries} times, last: {error}", started, event,
+                                    view)
         self.last_error[d.entry_id] = error
         self.observer.handler_failed(d, error)
         self.log.warning(f"{self.service.voice}: handler failed for {d.stream} {d.entry_id} "
@@ -117,13 +132,37 @@ class Handling:
         return None
 
     def dead_letter(self, d: Delivery, reason: str, started: float,
-                    event: Envelope | None = None) -> Handled:
-        """The one place a dead letter is written: its record, committed with the entry's XACK."""
+                    event: Envelope | None = None, view: BatchView | None = None) -> Handled:
+        """The one place a dead letter is written: its record, committed with the entry's XACK,
+        after the service's on_dead_letter hook (for an entry that parsed) and guarded by the
+        versions the hook read."""
         letter = DeadLetter.of(self.service.name, d, reason, iso_ms(self.clock()))
-        commit = Commit(ops=[letter.publish_op(self.settings.dlq_max_entries)],
+        commit = Commit(checks=self.before_dead_letter(event, view),
+                        ops=[letter.publish_op(self.settings.dlq_max_entries)],
                         ack=(d.stream, d.entry_id))
         return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
                                   f"{reason}", None, started, letter_of=event)
+
+
+    def before_dead_letter(self, event: Envelope | None, view: BatchView | None) -> dict[str, str]:
+        """Run the service's on_dead_letter hook (Service.on_dead_letter: undo what tries of this
+        entry did outside any commit, e.g. inventory's holds) and return the versions it read,
+        which the dead letter's commit checks: if one changed meanwhile, the dead letter comes
+        back CONFLICT and goes round again on fresh reads. The bus's errors propagate (the entry
+        stays pending, retried); a bug in the hook is logged and the dead letter still written."""
+        hook = self.service.on_dead_letter
+        if hook is None or event is None or view is None:
+            return {}
+        uow = UnitOfWork(self.service.name, (), view, cause=event, clock=self.clock,
+                         retention_s=self.settings.retention_s, models=self.models)
+        try:
+            hook(event, uow)
+        except BusError:
+            raise
+        except Exception as exc:
+            self.log.error(f"{self.service.voice}: on_dead_letter failed for {event.type} "
+                           f"{event.id}: {type(exc).__name__}: {exc}")
+        return dict(uow.checks)
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service,

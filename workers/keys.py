@@ -53,6 +53,12 @@ def stock(product_id) -> str:
     return f"stock:{product_id}"               # hash: start, available, reserved, sold
 
 
+def hold(product_id, order_id: str) -> str:
+    # hash: status (RESERVED / SHORT / RELEASED / SOLD), qty. Its hash tag is the stock key's own
+    # name, so it shares the stock's slot and bus/hold.lua changes both atomically.
+    return f"hold:{{{stock(product_id)}}}:{order_id}"
+
+
 def reservation(order_id: str) -> str:
     return f"reservation:{_tag(order_id)}{order_id}"         # hash: status, lines
 

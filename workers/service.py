@@ -42,6 +42,13 @@ class Service:
     owns: tuple[str, ...] = ()
     # Run once when a worker starts, before it reads (e.g. seeding starting stock). Idempotent.
     on_start: Callable | None = field(default=None, compare=False)
+    # Called with (event, unit of work) before an entry of a parsed event is dead-lettered, to
+    # undo what handling it did outside any commit (inventory forgets its holds); the versions it
+    # reads guard the dead letter's commit. Its writes and emits are not committed: only reads,
+    # and steps it makes at once (uow.holds). Idempotent: a dead letter may be tried again.
+    on_dead_letter: Callable | None = field(default=None, compare=False)
+    # Key patterns (within `owns`) the service may also delete: forgotten holds.
+    deletes: tuple[str, ...] = ()
 
     @property
     def streams(self) -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection, Mapping
+from typing import Callable, Collection, Mapping, Sequence
 
 import msgspec
 
 from choreo.bus import keys as bus_keys
-from choreo.bus.contract import Bus, Commit
+from choreo.bus.contract import Bus, Commit, Hold
 from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
                      SetFields)
@@ -67,6 +67,10 @@ class BatchView:
         for key, fields in zip(missing, self._bus.read_hashes(missing)):
             self._hashes[key] = fields
 
+    def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
+        """Steps on holds, run on the bus now (UnitOfWork.holds says why that is safe)."""
+        return self._bus.holds(requests, retention_s)
+
     def apply(self, ops: list[Op]) -> None:
         """Mirror commit.lua's effect on the hashes this view holds: one commit's ops, after which
         each hash it wrote has its version bumped once."""
@@ -117,6 +121,17 @@ class UnitOfWork:
         fields = self._view.get(key)
         self.checks.setdefault(key, fields.get(VERSION, "0"))
         return {k: v for k, v in fields.items() if k != VERSION}
+
+    def holds(self, requests: Sequence[Hold]) -> list[str]:
+        """Steps on holds (bus/hold.lua: reserve, release, sell, forget), made NOW, before and
+        whatever the commit: the hold statuses, in order. The one side effect a handler may make
+        outside its commit, for state in another slot than the order's (stock, on Redis Cluster)
+        that no single commit can cover. Safe because each step is atomic in its own slot and
+        idempotent, keyed by (product, order): a handler run again (a CONFLICT, a redelivery
+        after a SIGKILL before the commit) gets the same statuses back and decides the same, and
+        a hold never counts twice. What the commit does not take up, the handler releases or the
+        service's on_dead_letter forgets (docs/partitions.md)."""
+        return self._view.holds(requests, self.retention_s)
 
     def set(self, key: str, **fields) -> None:
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))

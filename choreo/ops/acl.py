@@ -110,6 +110,8 @@ def service_role(service: Service, services: Sequence[Service] = (),
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
+    if service.deletes:             # forgotten holds (bus/hold.lua), deleted by their script
+        grants.append(Grant(("del",), service.deletes))
     # The commit, lease and forget-consumer scripts: every key above but heartbeats and rq's.
     grants.append(scripted(k for g in grants for k in g.keys if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX)))
     for event in armed_timers(service, timer_events):

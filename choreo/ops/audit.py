@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from choreo.bus import dead_letters, inspect
+from choreo.bus import dead_letters, inspect, layout
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.bus.trim import after, declared_groups, parse_id
 from choreo.workers import keys
@@ -39,6 +39,9 @@ DOMAIN_KINDS = {"order": keys.order, "reservation": keys.reservation, "payment":
                 "shipment": keys.shipment, "stock": keys.stock}
 PREFIX_KIND = {key_of(""): kind for kind, key_of in DOMAIN_KINDS.items()}
 DOMAIN_KEY = re.compile("^(" + "|".join(map(re.escape, PREFIX_KIND)) + r")([^:]+)$")
+# hold:{stock:<product>}:<order id>, from workers.keys.hold.
+HOLD_KEY = re.compile("^" + re.escape(keys.hold("PRODUCT", "ORDER"))
+                      .replace("PRODUCT", r"([^}:]+)").replace("ORDER", r"([^:]+)") + "$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class Snapshot:
     totals: dict[str, str] = field(default_factory=dict)
     groups: list[GroupState] = field(default_factory=list)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    # (product, order id) -> hold hash, in the tagged layout (docs/partitions.md)
+    holds: dict[tuple[str, str], dict] = field(default_factory=dict)
+    tagged: bool = False             # stock moves by holds (bus.layout), not by order commits
     quiet: bool = True               # no entry was published while the snapshot was read
 
     def aged(self, oid: str) -> bool:
@@ -93,13 +99,16 @@ class Snapshot:
 
 # -- gathering -----------------------------------------------------------------------------------
 
-def domain_keys(bus: RedisStreamsBus) -> dict[str, set[str]]:
-    """kind -> ids of every order/reservation/payment/shipment/stock hash, one SCAN pass."""
-    found: dict[str, set[str]] = {kind: set() for kind in DOMAIN_KINDS}
+def domain_keys(bus: RedisStreamsBus) -> dict[str, set]:
+    """kind -> ids of every order/reservation/payment/shipment/stock hash, and "hold" ->
+    (product, order id) of every hold, one SCAN pass."""
+    found: dict[str, set] = {kind: set() for kind in (*DOMAIN_KINDS, "hold")}
     for key in inspect.all_keys(bus):
         m = DOMAIN_KEY.match(key)
         if m:
             found[PREFIX_KIND[m[1]]].add(m[2])
+        elif (h := HOLD_KEY.match(key)):
+            found["hold"].add((h[1], h[2]))
     return found
 
 
@@ -151,6 +160,9 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     snap.expiring = expiring_orphans(bus, snap)
     pids = sorted(found["stock"])
     snap.stocks = dict(zip(pids, hashes(bus, [keys.stock(p) for p in pids])))
+    pairs = sorted(found["hold"])
+    snap.holds = {pair: h for pair, h in zip(pairs, hashes(bus, [keys.hold(*p) for p in pairs])) if h}
+    snap.tagged = layout.current().tagged
 
 
 def index_and_pruned(bus: RedisStreamsBus, tries: int = 20) -> tuple[dict[str, float], int]:
@@ -304,6 +316,41 @@ def check_reserved(snap: Snapshot) -> list[str]:
     return out
 
 
+def check_holds(snap: Snapshot) -> list[str]:
+    """Tagged layout (docs/partitions.md): per product, the RESERVED holds add up to the stock's
+    reserved (each hold step moves both at once, but they are read at different moments), and
+    every RESERVED hold is a RESERVED reservation's line and the other way round: a hold left
+    RESERVED by an order that did not reserve is stock leaked."""
+    held: Counter = Counter()
+    out = []
+    for (pid, oid), hold in sorted(snap.holds.items()):
+        if hold.get("status") == "RESERVED":
+            held[pid] += int(hold.get("qty", 0))
+    for pid, stock in sorted(snap.stocks.items()):
+        n = stock_counts(stock)
+        if n is not None and n["reserved"] != held.get(pid, 0):
+            out.append(f"{keys.stock(pid)}: reserved {n['reserved']} but its RESERVED holds "
+                       f"hold {held.get(pid, 0)}")
+    wanted: dict[tuple[str, str], int] = {}
+    for oid, res in snap.reservations.items():
+        if res.get("status") == "RESERVED":
+            for line in json.loads(res.get("lines", "[]")):
+                pair = (str(line["product_id"]), oid)
+                wanted[pair] = wanted.get(pair, 0) + int(line["quantity"])
+    reserved = {pair: int(h.get("qty", 0)) for pair, h in snap.holds.items()
+                if h.get("status") == "RESERVED"}
+    for pair in sorted(set(wanted) | set(reserved)):
+        name = keys.hold(*pair)
+        if pair not in wanted:
+            out.append(f"{name}: RESERVED ({reserved[pair]}) but {keys.reservation(pair[1])} "
+                       f"is {snap.reservations.get(pair[1], {}).get('status', 'absent')}: leaked")
+        elif reserved.get(pair) != wanted[pair]:
+            out.append(f"{keys.reservation(pair[1])}: RESERVED {wanted[pair]} of product "
+                       f"{pair[0]} but its hold is "
+                       f"{snap.holds.get(pair, {}).get('status', 'absent')} {reserved.get(pair, '')}".rstrip())
+    return out
+
+
 def check_totals(snap: Snapshot) -> list[str]:
     """payments:totals against the payment hashes (same commits, read at different moments)."""
     charged = sum(int(p.get("amount_cents", 0)) for p in snap.payments.values()
@@ -409,6 +456,8 @@ def audit(snap: Snapshot, strict: bool = False, orders: bool = True) -> AuditRep
         if settled or strict:
             violations += (check_counters(snap) + check_reserved(snap) + check_totals(snap)
                            + check_settled(snap))
+            if snap.tagged or snap.holds:
+                violations += check_holds(snap)
     return AuditReport(violations, settled, summarize(snap, settled, orders))
 
 
