@@ -24,7 +24,16 @@ from choreo.workers.service import On
 from choreo.workers.unit_of_work import BatchView
 from tests.helpers import pending_count, wait_for
 
-CREATED = bus_keys.stream("OrderCreated")
+
+
+def dead_letters(bus) -> int:
+    return sum(bus.client.xlen(k) for k in bus_keys.all_dead_letters("inventory"))
+
+
+def created() -> list[str]:
+    """OrderCreated's stream in every partition of the layout in force."""
+    return bus_keys.streams("OrderCreated")
+
 SCARCE = 103                        # 5 in stock (config.catalogue)
 STOCK, HOLD = keys.stock(SCARCE), keys.hold(SCARCE, "7")
 
@@ -138,7 +147,9 @@ def test_untagged_inventory_writes_no_holds(real_bus):
 
 def test_tagged_inventory_reserves_by_holds_and_settles_them(real_bus, tagged):
     w = inventory(real_bus)
-    place(real_bus, {"1": [(SCARCE, 2), (101, 1), (SCARCE, 1)], "2": [(SCARCE, 3), (101, 1)]})
+    place(real_bus, {"1": [(SCARCE, 2), (101, 1), (SCARCE, 1)]})
+    w.poll(block_ms=5)
+    place(real_bus, {"2": [(SCARCE, 3), (101, 1)]})     # another partition: placed after, to race none
     w.poll(block_ms=5)
     assert real_bus.client.hget(keys.reservation("1"), "status") == "RESERVED"
     assert real_bus.client.hgetall(keys.hold(SCARCE, "1")) == {"status": "RESERVED", "qty": "3"}
@@ -147,9 +158,9 @@ def test_tagged_inventory_reserves_by_holds_and_settles_them(real_bus, tagged):
     assert real_bus.client.hget(keys.hold(101, "2"), "status") == "RELEASED"
     assert stock(real_bus) | {"_v": 0} == {"start": 5, "available": 2, "reserved": 3, "sold": 0, "_v": 0}
     e = Envelope.new("ShippingArranged", "1", "shipping", {"tracking_id": "T1"})
-    real_bus.client.xadd(bus_keys.stream("ShippingArranged"), e.fields())
-    w.commit_batch([d for d in real_bus.read_new("inventory", w.consumer,
-                                                  [bus_keys.stream("ShippingArranged")], 10, 0)])
+    arranged = bus_keys.stream_for("ShippingArranged", "1")
+    real_bus.client.xadd(arranged, e.fields())
+    w.commit_batch([d for d in real_bus.read_new("inventory", w.consumer, [arranged], 10, 0)])
     assert real_bus.client.hget(keys.reservation("1"), "status") == "SOLD"
     assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "SOLD"
     assert {k: v for k, v in stock(real_bus).items() if k != "_v"} == \
@@ -173,7 +184,7 @@ def test_racing_tagged_inventory_workers_never_oversell_and_conserve_stock(real_
     threads = _run_inventory_workers(redis_url, 4, 40, stop)
     try:
         wait_for(lambda: len(real_bus.client.keys("reservation:*")) == 40 and
-                 pending_count(real_bus.client, CREATED, "inventory") == 0, timeout=30,
+                 sum(pending_count(real_bus.client, s, "inventory") for s in created()) == 0, timeout=30,
                  what="every order decided")
     finally:
         stop.set()
@@ -194,7 +205,7 @@ def test_racing_tagged_inventory_processes_never_oversell(procs, real_bus, tagge
     for slot in (1, 2, 3):
         procs.worker("inventory", slot, CHOREO_PARTITIONS=4)
     wait_for(lambda: len(real_bus.client.keys("reservation:*")) == 30 and
-             pending_count(real_bus.client, CREATED, "inventory") == 0, timeout=60,
+             sum(pending_count(real_bus.client, s, "inventory") for s in created()) == 0, timeout=60,
              what="every order decided")
     reserved = [i for i in range(1, 31)
                 if real_bus.client.hget(keys.reservation(str(i)), "status") == "RESERVED"]
@@ -207,12 +218,12 @@ def test_racing_tagged_inventory_processes_never_oversell(procs, real_bus, tagge
 def _crash(w: Worker, bus) -> None:
     """Handle what is new, holds and all, and die before the commit (the entries stay pending)."""
     view = BatchView(bus)
-    for d in bus.read_new("inventory", w.consumer, [CREATED], 10, 0):
+    for d in bus.read_new("inventory", w.consumer, created(), 10, 0):
         w.handle(d, w.parse(d), view)
 
 
 def _redeliver(w: Worker, bus) -> None:
-    w.commit_batch(bus.read_own_pending("inventory", w.consumer, {CREATED: "0"}, 10))
+    w.commit_batch(bus.read_own_pending("inventory", w.consumer, {s: "0" for s in created()}, 10))
 
 
 def test_a_crash_between_the_holds_and_the_commit_reserves_once(real_bus, tagged):
@@ -230,7 +241,7 @@ def test_a_crash_between_the_holds_and_the_commit_reserves_once(real_bus, tagged
     assert {k: v for k, v in stock(real_bus).items() if k != "_v"} == \
         {"start": 5, "available": 1, "reserved": 4, "sold": 0}
     assert real_bus.client.hget(keys.hold(101, "3"), "status") == "RELEASED"
-    assert pending_count(real_bus.client, CREATED, "inventory") == 0
+    assert sum(pending_count(real_bus.client, s, "inventory") for s in created()) == 0
 
 
 def test_a_rejection_redelivered_after_its_release_gives_the_same_reason(real_bus, tagged):
@@ -248,8 +259,9 @@ def test_a_compensation_first_releases_the_holds_of_an_uncommitted_try(real_bus,
     place(real_bus, {"1": [(SCARCE, 2)]})
     _crash(w, real_bus)                                            # holds RESERVED
     failed = Envelope.new("ShippingFailed", "1", "shipping", {"reason": "deadline passed"})
-    real_bus.client.xadd(bus_keys.stream("ShippingFailed"), failed.fields())
-    w.commit_batch(real_bus.read_new("inventory", w.consumer, [bus_keys.stream("ShippingFailed")], 10, 0))
+    real_bus.client.xadd(bus_keys.stream_for("ShippingFailed", "1"), failed.fields())
+    w.commit_batch(real_bus.read_new("inventory", w.consumer, [bus_keys.stream_for("ShippingFailed", "1")],
+                                     10, 0))
     assert real_bus.client.hget(keys.reservation("1"), "status") == "RELEASED"
     _redeliver(w, real_bus)
     assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "RELEASED"
@@ -268,7 +280,7 @@ def test_a_dead_lettered_order_created_leaks_no_hold(real_bus, tagged):
     w = inventory(real_bus, service=broken, max_deliveries=1)
     place(real_bus, {"1": [(SCARCE, 2), (101, 1)], "2": [(SCARCE, 9)]})
     w.poll(block_ms=5)
-    assert real_bus.client.xlen(bus_keys.dead_letters("inventory")) == 2
+    assert dead_letters(real_bus) == 2
     assert hold_keys(real_bus) == []
     assert {k: v for k, v in stock(real_bus).items() if k != "_v"} == \
         {"start": 5, "available": 5, "reserved": 0, "sold": 0}
@@ -280,9 +292,9 @@ def test_an_order_created_given_up_by_the_crash_guard_leaks_no_hold(real_bus, ta
     place(real_bus, {"1": [(SCARCE, 2)]})
     _crash(w, real_bus)
     assert stock(real_bus)["reserved"] == 2
-    (d,) = real_bus.read_own_pending("inventory", w.consumer, {CREATED: "0"}, 10)
+    (d,) = real_bus.read_own_pending("inventory", w.consumer, {s: "0" for s in created()}, 10)
     w.commit_batch([dataclasses.replace(d, deliveries=99)])        # past 3 × max_deliveries
-    assert real_bus.client.xlen(bus_keys.dead_letters("inventory")) == 1
+    assert dead_letters(real_bus) == 1
     assert hold_keys(real_bus) == [] and stock(real_bus)["available"] == 5
 
 
@@ -290,9 +302,10 @@ def test_a_dead_letter_keeps_the_holds_of_a_recorded_reservation(real_bus, tagge
     w = inventory(real_bus, max_deliveries=1)
     place(real_bus, {"1": [(SCARCE, 2)]})
     w.poll(block_ms=5)
-    (_, fields), = real_bus.client.xrange(CREATED)
-    real_bus.client.xadd(CREATED, fields)                          # the same event, a new entry
-    (d,) = real_bus.read_new("inventory", w.consumer, [CREATED], 10, 0)
+    one = bus_keys.stream_for("OrderCreated", "1")
+    (_, fields), = real_bus.client.xrange(one)
+    real_bus.client.xadd(one, fields)                              # the same event, a new entry
+    (d,) = real_bus.read_new("inventory", w.consumer, [one], 10, 0)
     w.commit_batch([dataclasses.replace(d, deliveries=99)])
     assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "RESERVED"
     assert stock(real_bus)["reserved"] == 2
