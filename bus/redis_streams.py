@@ -347,12 +347,35 @@ class RedisStreamsBus:
                 raise ValueError(f"unknown hold op {r.op!r}")
         if not requests:
             return []
+        out: list[str] = [""] * len(requests)
         with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for r in requests:
-                self._hold(keys=[r.stock, r.hold], args=[r.op, int(r.qty), int(retention_s)],
-                           client=pipe)
-            return [_text(status) for status in pipe.execute()]
+            # One pipeline per node (a cluster's own pipeline refuses EVALSHA), then WAIT on it
+            # when commits wait for replicas: a hold is a write the order's commit relies on.
+            for node, places in self._per_node([r.stock for r in requests]):
+                pipe = node.pipeline(transaction=False)
+                for place in places:
+                    r = requests[place]
+                    self._hold(keys=[r.stock, r.hold], args=[r.op, int(r.qty), int(retention_s)],
+                               client=pipe)
+                if self.wait_replicas:
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                replies = pipe.execute()
+                if self.wait_replicas and int(replies.pop()) < self.wait_replicas:
+                    self.short_waits += 1
+                for place, status in zip(places, replies):
+                    out[place] = _text(status)
+        return out
+
+    def _per_node(self, keys_: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:
+        """The places of keys_ grouped by the node that holds each (one group, this client, on a
+        plain Redis), with a plain client of that node."""
+        if not self.cluster:
+            return [(self.client, list(range(len(keys_))))]
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for place, key in enumerate(keys_):
+            node = self.client.get_node_from_key(key)
+            groups.setdefault(node.name, (self.client.get_redis_connection(node), []))[1].append(place)
+        return list(groups.values())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
