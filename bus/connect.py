@@ -114,10 +114,15 @@ def _cluster_client(url: str) -> redis.RedisCluster:
     try:
         return redis.RedisCluster.from_url(plain, decode_responses=True, encoding_errors=DECODE_ERRORS,
                                            socket_connect_timeout=3, socket_timeout=10)
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise BusUnavailable(f"cannot reach Redis Cluster at {redact(url)} ({exc}); start its nodes, "
-                             f"or see docs/cluster.md") from None
-    except (ValueError, TypeError, redis.RedisError, RedisClusterException) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException) as exc:
+        if "not enabled" in str(exc):
+            raise UnusableUrl(f"cannot use Redis URL {redact(url)}: that server is not a cluster "
+                              f"node (drop ?cluster=true)") from None
+        if isinstance(exc, RedisClusterException) and "connect" not in str(exc).lower():
+            raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {exc}") from None
+        raise BusUnavailable(f"cannot reach Redis Cluster at {redact(url)} ({exc}); start its nodes "
+                             f"(docs/cluster.md, \"Running it\") or set REDIS_URL") from None
+    except (ValueError, TypeError, redis.RedisError) as exc:
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {_why_unusable(url, exc)}") from None
 
 
