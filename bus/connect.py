@@ -20,7 +20,7 @@ from redis.retry import Retry
 from choreo.bus.contract import BusUnavailable
 from choreo.bus import layout
 from choreo.bus.layout import cluster_url
-from choreo.bus.redis_streams import RedisStreamsBus, translated_errors
+from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 EMBEDDED = "embedded (in-memory fakeredis)"
 # Query parameters redis-py reads as secrets: the AUTH password and the client key's passphrase.
@@ -68,13 +68,13 @@ def tls_warning(client: redis.Redis) -> str | None:
     return None
 
 
-def how_to_start(url: str) -> str:
+def how_to_start(url: str, variable: str = "REDIS_URL") -> str:
     parts = urlsplit(url)
     port = parts.port or 6379
     if parts.scheme == "rediss":
         return (f"check that redis-server listens for TLS there (--tls-port {port}) and that "
-                f"ssl_ca_certs names the CA that signed its certificate (or set REDIS_URL)")
-    return f"start one with: redis-server --port {port} --save '' --daemonize yes (or set REDIS_URL)"
+                f"ssl_ca_certs names the CA that signed its certificate (or set {variable})")
+    return f"start one with: redis-server --port {port} --save '' --daemonize yes (or set {variable})"
 
 
 # Anyone who can write a stream can write bytes that are not UTF-8. Readers that decode (trim,
@@ -146,12 +146,30 @@ def open_bus(url: str | None, check: bool = True, wait_replicas: int = 0,
     if warning:
         logging.getLogger("choreo.cli").warning(warning)
     if check:
-        try:
-            with translated_errors():
-                client.ping()
-        except BusUnavailable as exc:
-            client.close()
-            raise BusUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); {how_to_start(url)}") from None
+        _reach(client, url)
     bus = RedisStreamsBus(client)
     bus.wait_replicas, bus.wait_timeout_ms = wait_replicas, wait_timeout_ms     # CHOREO_WAIT_REPLICAS
     return bus
+
+
+def open_raw(url: str, variable: str = "REDIS_URL") -> redis.Redis:
+    """A client on `url` that returns bytes, as rq reads them (CHOREO_TIMERS_URL: rq's own
+    server), once a PING proved the server answers; the same one-line BusUnavailable as open_bus,
+    naming `variable`, when it does not."""
+    client = same_server(client_for(url), decode=False)     # client_for: UnusableUrl at once
+    warning = tls_warning(client)
+    if warning:
+        logging.getLogger("choreo.cli").warning(warning)
+    _reach(client, url, variable)
+    return client
+
+
+def _reach(client: redis.Redis, url: str | None, variable: str = "REDIS_URL") -> None:
+    try:
+        with translated_errors():
+            client.ping()
+    except BusUnavailable as exc:
+        client.close()
+        where = "Redis" if variable == "REDIS_URL" else f"Redis ({variable})"
+        raise BusUnavailable(f"cannot reach {where} at {redact(url)} ({exc}); "
+                             f"{how_to_start(url, variable)}") from None

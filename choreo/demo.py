@@ -16,6 +16,7 @@ from choreo.ops.trace import load_events, story_with_compensations
 from choreo.workers import PUBLISHERS, SERVICES, keys
 from choreo.workers.deadlines import fire_deadline
 from choreo.workers.order import OrderRejected
+from choreo.scheduling.timers import RqTimers
 from choreo.workers.runtime import Worker, consumer_name
 
 
@@ -25,7 +26,10 @@ def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None
     """Run one order through the saga and tell it; 0 when it ends as the scenario expects. With
     full_state, the end also shows the order's reason, payment and shipment (a scenario's end)."""
     # The demo prints the causal story; the workers' own lines go to logging (choreo.logs).
-    workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", publishers=PUBLISHERS)
+    # The demo fires deadlines itself (fire_deadline): its timers stay on its own bus, even when
+    # CHOREO_TIMERS_URL names a server for the real ones.
+    workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", publishers=PUBLISHERS,
+                            timers=RqTimers(bus))
                for name, s in SERVICES.items()}
     for w in workers.values():
         w.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -56,6 +57,7 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.bus.acl import require
     from choreo.ops.acl import service_role
     from choreo.workers.observer import NO_OBSERVER, combined
+    from choreo.scheduling.timers import RqTimers
     from choreo.workers.runtime import Worker, consumer_name
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
@@ -67,16 +69,23 @@ def cmd_worker(args, settings: Settings) -> int:
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False, **durable(settings))   # the loop retries until Redis answers
-    log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}, consuming "
-             f"{', '.join(service.consumes)}; emits {', '.join(service.emits)}")
+    try:
+        timers = RqTimers(bus, settings.timers_url)     # a URL redis-py cannot use: refused now
+    except BaseException:
+        bus.close()
+        raise
+    log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}"
+             + (f" (timers on {redact(settings.timers_url)})" if settings.timers_url else "")
+             + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
                     publishers=args.app.publishers, events=args.app.events, observer=observer,
-                    partitions=partitions)
+                    timers=timers, partitions=partitions)
     try:
         return worker.run(stop)
     finally:
         worker.heartbeat.end()          # also when run() raised: the key goes now, not a TTL later
+        timers.close()
         bus.close()
         log.info(f"{service.voice}: {consumer} stopped")
 
@@ -123,7 +132,10 @@ def _deadline(args, settings: Settings) -> float:
 
 
 def cmd_timers(args, settings: Settings) -> int:
-    """The rq worker that fires the app's timers (the saga's order deadlines) when due."""
+    """The rq worker that fires the app's timers (the saga's order deadlines) when due. rq's queue
+    is on CHOREO_TIMERS_URL's server when set (jobs still publish on REDIS_URL's), else on
+    REDIS_URL's; the heartbeat is on REDIS_URL's, where health and the dashboard read it."""
+    from choreo.bus.connect import open_raw
     from choreo.bus.heartbeat import Heartbeat
     from choreo.scheduling.timers import run_timers
     from choreo.bus.acl import require
@@ -131,16 +143,24 @@ def cmd_timers(args, settings: Settings) -> int:
     name = timers_name()
     name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
-    bus = open_bus(settings.url, **durable(settings))
-    log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
-    try:
-        require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
-        run_timers(bus, name, args.app.timer_jobs, level=settings.log_level,
-                   heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s))
-        return 0
-    finally:
-        bus.close()
-        log.info(f"timers: {name} stopped")
+    with contextlib.ExitStack() as opened:         # either unreachable: one line, nothing started
+        bus = opened.enter_context(open_bus(settings.url, **durable(settings)))
+        rq_connection = None
+        if settings.timers_url:
+            rq_connection = opened.enter_context(open_raw(settings.timers_url, variable="CHOREO_TIMERS_URL"))
+            log.info(f"timers: rq worker on {redact(settings.timers_url)}, publishing on "
+                     f"{redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
+        else:
+            log.info(f"timers: rq worker on {redact(settings.url)} (timers of {args.app.name}, JSON serializer)")
+        try:
+            # The whole role is checked on REDIS_URL's server, rq's keys included (docs/operations.md).
+            require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
+            run_timers(bus, name, args.app.timer_jobs, level=settings.log_level,
+                       heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s),
+                       rq_connection=rq_connection)
+            return 0
+        finally:
+            log.info(f"timers: {name} stopped")
 
 
 def timers_name() -> str:

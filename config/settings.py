@@ -19,6 +19,10 @@ class Settings:
     # None means "not configured": `choreo demo` then runs on an embedded in-memory Redis;
     # every other command uses DEFAULT_REDIS_URL.
     redis_url: str | None = None
+    # Where rq's queue lives (CHOREO_TIMERS_URL): a plain Redis of its own, needed when REDIS_URL is
+    # a Redis Cluster (rq's transactions span slots). None: rq on REDIS_URL's server, as always.
+    # Timer jobs publish into REDIS_URL either way.
+    timers_url: str | None = None
     # Entries read per stream per XREADGROUP call; the batch is committed in one round trip.
     batch_size: int = 50
     # XREADGROUP BLOCK. Kept <= 1000 so a SIGTERM is noticed well inside honcho's 5 s.

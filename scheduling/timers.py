@@ -1,7 +1,9 @@
 """Publishing later: calls scheduled with rq (JSON serializer, never pickle) and the rq worker that
 runs them when due. It does not know what the calls do; workers.deadlines does.
 
-rq keeps its own keys (rq:job:<id>, rq:scheduled:<queue>, ...) next to the streams. Job ids are
+rq keeps its own keys (rq:job:<id>, rq:scheduled:<queue>, ...) next to the streams, or on a plain
+Redis of their own (CHOREO_TIMERS_URL): rq uses its keys together in MULTI and pipelines, which a
+Redis Cluster refuses across slots. Either way a job publishes into the streams' server. Job ids are
 given by the caller and must not contain ':' (rq's rule); scheduling the same id twice keeps one
 job, so a redelivered entry arms its timer once.
 """
@@ -49,17 +51,27 @@ def armed_keys(job_id_pattern: str) -> tuple[str, ...]:
 
 class RqTimers:
     """What the worker runtime arms and disarms timers through (workers.committing): rq's queue on
-    the server of `bus`, made on first use (a worker that arms no timer never touches rq)."""
+    the server of `bus`, or on `url` when given (CHOREO_TIMERS_URL), made on first use (a worker
+    that arms no timer never touches rq). A `url` redis-py cannot use is refused here (UnusableUrl),
+    before the worker starts; an unreachable one fails the arming, and the worker retries."""
 
-    def __init__(self, bus: RedisStreamsBus):
+    def __init__(self, bus: RedisStreamsBus, url: str | None = None):
+        from choreo.bus.connect import client_for
         self.bus = bus
+        # rq reads bytes: a client that does not decode, on rq's own server or the bus's.
+        self._own = None if url is None else same_server(client_for(url), decode=False)
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:
         if self._queue is None:
-            # rq reads bytes: the bus's client on the same server that does not decode.
-            self._queue = Queue(QUEUE, connection=self.bus.raw, serializer=JSONSerializer)
+            connection = self.bus.raw if self._own is None else self._own
+            self._queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
         return self._queue
+
+    def close(self) -> None:
+        """Close the client on `url`, if one was made; the bus is its owner's to close."""
+        if self._own is not None:
+            self._own.close()
 
     def schedule(self, calls: Sequence[ScheduledCall]) -> None:
         schedule(self.queue(), calls)
@@ -69,9 +81,13 @@ class RqTimers:
 
 
 def job_bus() -> RedisStreamsBus:
-    """Inside a running job: a bus on the server the job came from (rq's own connection), so a
-    timer fires where it was armed, whatever this process's environment says."""
-    return RedisStreamsBus(same_server(get_current_job().connection, decode=True))
+    """Inside a running job: a bus on the server the timers process publishes to (run_timers's
+    `bus`, given to the job by its class), which is the server the job came from unless rq lives
+    on a Redis of its own (CHOREO_TIMERS_URL); a job run by a plain rq worker publishes where it
+    came from. Either way nothing of this process's environment is read here."""
+    job = get_current_job()
+    target = getattr(job, "publishes_to", None) or job.connection
+    return RedisStreamsBus(same_server(target, decode=True))
 
 
 def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
@@ -104,13 +120,18 @@ class RefusedJob(Exception):
     """A queue entry naming a function the timers were not told to run."""
 
 
-def allowing(functions: Collection[str]) -> type[Job]:
+def allowing(functions: Collection[str], publishes_to=None) -> type[Job]:
     """A Job class that runs only the named functions. The JSON serializer keeps pickle out, not
     code: anyone who can write the queue could name any importable function (`os.system`), so
-    every other name is refused, failed without retries, and never imported."""
+    every other name is refused, failed without retries, and never imported. `publishes_to` (a
+    client on the streams' server) is where job_bus() publishes; None: the job's own server."""
     allowed = frozenset(functions)
 
     class TimerJob(Job):
+        # Read by job_bus() in the running job: a class attribute, not a module-level global, so
+        # two run_timers in one process (tests) each publish where they were told.
+        publishes_to = None
+
         def _execute(self):
             if self.func_name not in allowed:
                 self.retries_left = 0       # a refusal is final: no retry imports it later
@@ -121,6 +142,7 @@ def allowing(functions: Collection[str]) -> type[Job]:
         # Callbacks are functions named by the queue entry too; timers declare none.
         success_callback = failure_callback = stopped_callback = property(lambda self: None)
 
+    TimerJob.publishes_to = publishes_to
     return TimerJob
 
 
@@ -182,15 +204,18 @@ def _sweeping(queue: Queue, functions: Collection[str], heartbeat: Heartbeat | N
 
 
 def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
-               heartbeat: Heartbeat | None = None, level: str = "WARNING") -> None:
+               heartbeat: Heartbeat | None = None, level: str = "WARNING", rq_connection=None) -> None:
     """The rq worker for QUEUE in this process, jobs run without fork and only jobs calling one of
     `functions`; due timers are moved to the queue by sweep_due (in a thread), not by rq's
     scheduler. rq installs its own SIGTERM/SIGINT handlers: a warm shutdown after the job in hand.
     rq's worker quits on an error of its own (a job hash it cannot read): it is started again.
     `heartbeat`, when given, is kept from a thread of its own and ended on a clean stop; rq logs
-    at `level` or above, but never its per-job INFO lines."""
-    job_class = allowing(functions)
-    connection = bus.raw                # rq reads bytes
+    at `level` or above, but never its per-job INFO lines. rq's queue is on `rq_connection` (a
+    client returning bytes: CHOREO_TIMERS_URL's server), else on the bus's server; the jobs
+    publish through a bus on the bus's server either way."""
+    # Without a server of rq's own the jobs publish where they came from, as they always did.
+    job_class = allowing(functions, publishes_to=None if rq_connection is None else bus.client)
+    connection = bus.raw if rq_connection is None else rq_connection     # rq reads bytes
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
     threading.Thread(target=_sweeping, args=(queue, frozenset(functions), heartbeat), daemon=True).start()
     stop = threading.Event()

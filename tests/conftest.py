@@ -62,6 +62,21 @@ def redis_url(redis_server) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def timers_server(tmp_path_factory):
+    """A second server, for rq's queue on a Redis of its own (CHOREO_TIMERS_URL)."""
+    server = RedisServer(tmp_path_factory.mktemp("timers-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def timers_url(timers_server) -> str:
+    """URL of the second throwaway server, flushed for this test."""
+    timers_server.client().flushall()
+    return timers_server.url
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A server of this test's own, for killing and restarting; AOF-persisted so it comes back."""

@@ -80,10 +80,11 @@ class Worker:
                             f"models given do not declare: pass events=app.events")
         self.handling = Handling(service, settings, clock, observer, self.log, self.reading.backoff_ms,
                                  publishers, models)
-        # Timers are armed with rq on the bus's server unless given (tests keep them in memory).
+        # Timers are armed with rq on the bus's server, or CHOREO_TIMERS_URL's, unless given
+        # (tests keep them in memory; `choreo worker` gives its own, to close it).
         self.committing = Committing(bus, service.name, settings, self.handling, observer, self.log,
                                      bound(EVENTS, service.name, consumer),
-                                     RqTimers(bus) if timers is None else timers)
+                                     RqTimers(bus, settings.timers_url) if timers is None else timers)
         self.keeping = Keeping(bus, service, consumer, self.streams, settings, clock, self.log,
                                lambda: self._in_hand)
 
