@@ -45,8 +45,7 @@ def on_cluster(redis_cluster, cluster, redis_server, tmp_path):
     """Processes on the cluster; rq on the throwaway plain server."""
     redis_server.client().flushall()
     p = Processes(redis_cluster.url, tmp_path)
-    p.base_env.update({"CHOREO_PARTITIONS": str(PARTITIONS), "CHOREO_TIMERS_URL": redis_server.url,
-                       "CHOREO_ORDER_DEADLINE_S": "0"})
+    p.base_env.update({"CHOREO_PARTITIONS": str(PARTITIONS), "CHOREO_TIMERS_URL": redis_server.url})
     yield p
     p.stop_all()
 
