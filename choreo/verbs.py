@@ -145,6 +145,9 @@ def cmd_timers(args, settings: Settings) -> int:
     log = bound(TIMERS, "timers", name)
     with contextlib.ExitStack() as opened:         # either unreachable: one line, nothing started
         bus = opened.enter_context(open_bus(settings.url, **durable(settings)))
+        if bus.cluster and not settings.timers_url:
+            from choreo.scheduling.timers import NOT_ON_A_CLUSTER
+            raise SettingsError(NOT_ON_A_CLUSTER)
         rq_connection = None
         if settings.timers_url:
             rq_connection = opened.enter_context(open_raw(settings.timers_url, variable="CHOREO_TIMERS_URL"))

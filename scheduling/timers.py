@@ -25,6 +25,7 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from choreo.bus.heartbeat import Heartbeat
+from choreo.bus.contract import BusError
 from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
@@ -49,6 +50,11 @@ def armed_keys(job_id_pattern: str) -> tuple[str, ...]:
             Queue.redis_queues_keys)
 
 
+# rq keeps a job's keys together in transactions that span slots: not on Redis Cluster.
+NOT_ON_A_CLUSTER = ("rq cannot keep its queue on Redis Cluster: set CHOREO_TIMERS_URL to a plain "
+                    "Redis (docs/cluster.md), or CHOREO_ORDER_DEADLINE_S=0 to arm no deadlines")
+
+
 class RqTimers:
     """What the worker runtime arms and disarms timers through (workers.committing): rq's queue on
     the server of `bus`, or on `url` when given (CHOREO_TIMERS_URL), made on first use (a worker
@@ -63,6 +69,8 @@ class RqTimers:
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:
+        if self._own is None and getattr(self.bus, "cluster", False):
+            raise BusError(NOT_ON_A_CLUSTER)
         if self._queue is None:
             connection = self.bus.raw if self._own is None else self._own
             self._queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
