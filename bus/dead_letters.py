@@ -30,7 +30,7 @@ from typing import Mapping
 import redis
 
 from choreo.bus.ops import Publish
-from choreo.bus import keys
+from choreo.bus import keys, layout
 from choreo.bus.contract import Delivery
 from choreo.bus.envelope import FIELDS
 from choreo.bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
@@ -68,6 +68,8 @@ class DeadLetter:
     entry_sha256: str
     truncated: bool
     dlq_id: str = field(default="", compare=False)   # its own id on dlq:<service>, once written
+    # The partition of the dlq stream it was read from (bus.layout); the one its `stream` is in.
+    partition: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, service: str, d: Delivery, reason: str, at: str) -> "DeadLetter":
@@ -86,18 +88,25 @@ class DeadLetter:
                 "entry_sha256": self.entry_sha256, "entry_truncated": "1" if self.truncated else "0"}
 
     @classmethod
-    def from_fields(cls, service: str, dlq_id: str, f: Mapping[str, str]) -> "DeadLetter":
+    def from_fields(cls, service: str, dlq_id: str, f: Mapping[str, str], partition: int = 0) -> "DeadLetter":
         """Whatever is on the stream, written by any version or by hand: missing fields read as
         empty, so a reader never fails on a dead letter it could at least show."""
         entry = f.get("entry", "")
         return cls(service, f.get("stream", ""), f.get("entry_id", ""), _count(f.get("deliveries")),
                    f.get("error", ""), f.get("at", ""), entry,
                    _count(f.get("entry_bytes")) or len(entry.encode()), f.get("entry_sha256", ""),
-                   f.get("entry_truncated") == "1", dlq_id)
+                   f.get("entry_truncated") == "1", dlq_id, partition)
 
     @property
     def ref(self) -> str:
-        return f"{self.service}/{self.dlq_id}"
+        """How the CLI names it: `<service>/<dlq id>`; with partitions `<service>/p<N>/<dlq id>`,
+        since ids on two partitions' dead-letter streams may be equal."""
+        where = f"p{self.partition}/" if layout.current().tagged else ""
+        return f"{self.service}/{where}{self.dlq_id}"
+
+    @property
+    def dlq_stream(self) -> str:
+        return keys.dead_letters(self.service, self.partition)
 
     @cached_property
     def copy(self) -> dict:
@@ -169,45 +178,78 @@ def _prefix_fitting(text: str, room: int) -> str:
 # Read as bytes and decoded entry by entry, like the consumers' reads: a dead letter that is not
 # UTF-8 (written by hand) is shown with backslash escapes instead of failing the whole listing.
 
-def _letters(service: str, rows) -> list[DeadLetter]:
-    stream = keys.dead_letters(service)
-    return [DeadLetter.from_fields(service, d.entry_id, d.fields)
+# A service has one dead-letter stream per partition (bus.layout): each reader below reads all
+# of them, one command per stream (pipelined), and merges by dlq id, oldest first.
+
+def _letters(service: str, partition: int, rows) -> list[DeadLetter]:
+    stream = keys.dead_letters(service, partition)
+    return [DeadLetter.from_fields(service, d.entry_id, d.fields, partition)
             for d in (decode_entry(stream, entry_id, fields) for entry_id, fields in rows)]
 
 
-def read_all(bus: RedisStreamsBus, service: str) -> list[DeadLetter]:
+def _id_key(letter: DeadLetter) -> tuple[int, int]:
+    ms, _, seq = letter.dlq_id.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (seq or "0").isdigit() else (0, 0)
+
+
+def _read(bus: RedisStreamsBus, service: str, partitions, command) -> list[DeadLetter]:
+    """command(pipe, dlq stream) queued on each partition's stream; the letters, by dlq id."""
+    partitions = list(partitions)
     with translated_errors():
-        return _letters(service, bus.raw.xrange(keys.dead_letters(service)))
+        pipe = bus.raw.pipeline(transaction=False)
+        for p in partitions:
+            command(pipe, keys.dead_letters(service, p))
+        replies = pipe.execute()
+    return sorted((letter for p, rows in zip(partitions, replies) for letter in _letters(service, p, rows)),
+                  key=_id_key)
+
+
+def read_all(bus: RedisStreamsBus, service: str) -> list[DeadLetter]:
+    return _read(bus, service, layout.current().all(), lambda pipe, key: pipe.xrange(key))
 
 
 def read_newest(bus: RedisStreamsBus, service: str, count: int) -> list[DeadLetter]:
-    """The last `count` dead letters of a service, newest first."""
-    with translated_errors():
-        return _letters(service, bus.raw.xrevrange(keys.dead_letters(service), count=count))
+    """The last `count` dead letters of a service (over its partitions), newest first."""
+    found = _read(bus, service, layout.current().all(), lambda pipe, key: pipe.xrevrange(key, count=count))
+    return found[::-1][:count]
 
 
-def read_one(bus: RedisStreamsBus, service: str, dlq_id: str) -> DeadLetter | None:
-    with translated_errors():
-        found = _letters(service, bus.raw.xrange(keys.dead_letters(service), dlq_id, dlq_id))
+def read_matching(bus: RedisStreamsBus, service: str, dlq_id: str,
+                  partition: int | None = None) -> list[DeadLetter]:
+    """The dead letters with this dlq id, in one partition or in each (ids of two partitions'
+    streams may be equal)."""
+    partitions = layout.current().all() if partition is None else [partition]
+    return _read(bus, service, partitions, lambda pipe, key: pipe.xrange(key, dlq_id, dlq_id))
+
+
+def read_one(bus: RedisStreamsBus, service: str, dlq_id: str, partition: int | None = None) -> DeadLetter | None:
+    found = read_matching(bus, service, dlq_id, partition)
     return found[0] if found else None
 
 
 def newest_and_count(bus: RedisStreamsBus, service: str) -> tuple[DeadLetter | None, int]:
-    """A service's newest dead letter and how many it has, as the dashboard shows them; (None, 0)
-    when it has none, or dlq:<service> is not a stream (a view never fails on what it shows)."""
-    stream = keys.dead_letters(service)
+    """A service's newest dead letter and how many it has, over its partitions, as the dashboard
+    shows them; (None, 0) when it has none. A dlq key that is not a stream counts none (a view
+    never fails on what it shows)."""
+    lengths = {}
     with translated_errors():
-        try:
-            length = bus.client.xinfo_stream(stream)["length"]
-        except redis.ResponseError:
-            return None, 0
-    newest = read_newest(bus, service, 1) if length else []
-    return (newest[0], length) if newest else (None, 0)
+        for p in layout.current().all():
+            try:
+                lengths[p] = bus.client.xinfo_stream(keys.dead_letters(service, p))["length"]
+            except redis.ResponseError:
+                continue
+    held = [p for p, n in lengths.items() if n]
+    newest = _read(bus, service, held, lambda pipe, key: pipe.xrevrange(key, count=1)) if held else []
+    return (newest[-1], sum(lengths.values())) if newest else (None, 0)
 
 
 def count(bus: RedisStreamsBus, service: str) -> int:
+    """Dead letters of a service, over its partitions."""
     with translated_errors():
-        return bus.client.xlen(keys.dead_letters(service))
+        pipe = bus.client.pipeline(transaction=False)
+        for stream in keys.all_dead_letters(service):
+            pipe.xlen(stream)
+        return sum(pipe.execute())
 
 
 def original_entry(bus: RedisStreamsBus, letter: DeadLetter) -> dict[str, str] | None:
@@ -229,21 +271,28 @@ def original_entry(bus: RedisStreamsBus, letter: DeadLetter) -> dict[str, str] |
 
 def republish(bus: RedisStreamsBus, letter: DeadLetter, stream: str, fields: Mapping[str, str]) -> str:
     """XADD fields to stream and delete the dead letter, in one script, so a dead letter is
-    replayed at most once however many operators race; DeadLetterError if it is gone."""
+    replayed at most once however many operators race; DeadLetterError if it is gone. The stream
+    must be in the letter's partition: the script touches one partition's keys (one slot)."""
+    if layout.current().tagged and keys.partition_of(stream) != letter.partition:
+        raise DeadLetterError(f"{letter.ref}: {stream} is not in partition {letter.partition}, "
+                              f"where the dead letter is")
     args = [letter.dlq_id, *[x for kv in fields.items() for x in kv]]
     with translated_errors():
-        new_id = bus.client.eval(REPLAY_LUA, 2, keys.dead_letters(letter.service), stream, *args)
+        new_id = bus.client.eval(REPLAY_LUA, 2, letter.dlq_stream, stream, *args)
     if not new_id:
         raise DeadLetterError(f"{letter.ref}: gone meanwhile (replayed or purged by someone else)")
     return new_id
 
 
 def purge(bus: RedisStreamsBus, service: str) -> int:
-    """Delete the service's dead-letter stream; the number of dead letters it held."""
-    key = keys.dead_letters(service)
-    with translated_errors():
-        pipe = bus.client.pipeline(transaction=True)   # the count is of exactly what was deleted
-        pipe.xlen(key)
-        pipe.delete(key)
-        n, _ = pipe.execute()
-    return n
+    """Delete the service's dead-letter streams; the number of dead letters they held."""
+    purged = 0
+    for key in keys.all_dead_letters(service):
+        with translated_errors():
+            # One MULTI per stream (one slot): the count is of exactly what was deleted.
+            pipe = bus.client.pipeline(transaction=True)
+            pipe.xlen(key)
+            pipe.delete(key)
+            n, _ = pipe.execute()
+        purged += n
+    return purged

@@ -11,7 +11,8 @@ import redis
 
 from choreo.bus import keys
 from choreo.bus.contract import Delivery
-from choreo.bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
+from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, by_partition, decode_entry,
+                                      translated_errors)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,24 @@ def read_after(bus: RedisStreamsBus, after: Mapping[str, str], count: int,
                block_ms: int = 0) -> list[Delivery]:
     """Entries after the given id of each stream (plain XREAD: no group, nothing acknowledged);
     block_ms > 0 waits that long for the first one. Entries are input: not UTF-8 comes back
-    with `error` set, as from a group read."""
+    with `error` set, as from a group read.
+    Streams of several partitions are read with one XREAD per partition (each its own slot), in
+    one pipeline and without blocking; when none has anything, it waits IDLE_POLL_MS instead."""
+    after = dict(after)
+    groups = by_partition(after)
     with translated_errors():
-        reply = bus.raw.xread(dict(after), count=count, block=block_ms if block_ms > 0 else None)
-    return [decode_entry(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
-            for stream, entries in reply or [] for entry_id, fields in entries]
+        if len(groups) <= 1:
+            replies = [bus.raw.xread(after, count=count, block=block_ms if block_ms > 0 else None)]
+        else:
+            pipe = bus.raw.pipeline(transaction=False)
+            for part in groups:
+                pipe.xread({s: after[s] for s in part}, count=count)
+            replies = pipe.execute()
+    found = [decode_entry(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
+             for reply in replies for stream, entries in reply or [] for entry_id, fields in entries]
+    if not found and block_ms > 0 and len(groups) > 1:
+        time.sleep(min(block_ms, IDLE_POLL_MS) / 1000)
+    return found
 
 
 def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
@@ -176,6 +190,19 @@ def newest_members(bus: RedisStreamsBus, key: str, count: int) -> list[str]:
     """The `count` highest-scored members of a sorted set, highest first."""
     with translated_errors():
         return bus.client.zrevrange(key, 0, count - 1)
+
+
+def newest_members_of(bus: RedisStreamsBus, keys_: Sequence[str], count: int) -> list[str]:
+    """The `count` highest-scored members over several sorted sets (an index's partitions),
+    highest first; one round trip."""
+    if len(keys_) == 1:
+        return newest_members(bus, keys_[0], count)
+    with translated_errors():
+        pipe = bus.client.pipeline(transaction=False)
+        for key in keys_:
+            pipe.zrevrange(key, 0, count - 1, withscores=True)
+        scored = [pair for reply in pipe.execute() for pair in reply]
+    return [member for member, _ in sorted(scored, key=lambda pair: pair[1], reverse=True)[:count]]
 
 
 def pending_entry(bus: RedisStreamsBus, stream: str, group: str, entry_id: str) -> dict | None:

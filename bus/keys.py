@@ -38,6 +38,14 @@ def partition_of(key: str) -> int:
     return layout.split_tag(rest)[0] or 0
 
 
+def any_partition(key: str) -> str:
+    """A key's name with its partition made a glob, for ACL patterns: `events:{p3}:OrderCreated`
+    gives `events:{p*}:OrderCreated`; an untagged name is returned as it is."""
+    prefix, _, rest = key.partition(":")
+    partition, tail = layout.split_tag(rest)
+    return key if partition is None else f"{prefix}:{{p*}}:{tail}"
+
+
 def dead_letters(group: str, partition: int = 0) -> str:
     """A service's dead-letter stream in one partition: dlq:<service>."""
     return DLQ_PREFIX + layout.current().tag(partition) + group

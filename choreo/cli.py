@@ -36,11 +36,11 @@ def _add_dlq_verbs(sub, common, services) -> None:
     q.add_argument("service", nargs="?", choices=services)
     q = dsub.add_parser("show", parents=[common], help="one dead letter in full")
     q.set_defaults(role="dashboard")
-    q.add_argument("entry", type=arg.entry_id, help="<service>/<dlq entry id>, or the bare id")
+    q.add_argument("entry", type=arg.entry_id, help="<service>/<dlq entry id> (with partitions <service>/p<N>/<id>), or the bare id")
     q = dsub.add_parser("replay", parents=[common], help="put dead letters back on their stream")
     q.add_argument("service", choices=services)
     which = q.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=arg.entry_id, help="the dlq entry id to replay")
+    which.add_argument("--id", type=arg.entry_id, help="the dlq entry id to replay (with partitions p<N>/<id>, or the id alone)")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     q.add_argument("--dry-run", action="store_true",
                    help="check and print what would be replayed; write nothing")

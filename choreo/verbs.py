@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from choreo.bus import inspect
+from choreo.bus import inspect, keys as bus_keys, layout
 from choreo.bus.connect import open_bus, redact
 from choreo.logs import name_process
 from choreo.plain import plain
@@ -332,7 +332,7 @@ def cmd_health(args, settings: Settings) -> int:
 def cmd_dlq(args, settings: Settings) -> int:
     from choreo.ops import dlq
     services = args.app.by_name
-    if args.dlq_verb == "show" and args.entry.rpartition("/")[0] not in ("", *services):
+    if args.dlq_verb == "show" and dlq.parse_ref(args.entry)[0] not in ("", *services):
         _err(f"choreo dlq show: unknown service in {args.entry!r} (one of {', '.join(services)})")
         return 2
     bus = open_bus(settings.url)
@@ -378,14 +378,15 @@ def cmd_trim(args, settings: Settings) -> int:
 
 
 def _prune_orders(bus, settings: Settings) -> int:
-    """orders:index loses the ids of orders whose keys have expired (docs/keys.md, "Retention")."""
+    """orders:index loses the ids of orders whose keys have expired (docs/keys.md, "Retention"):
+    each partition's index with its own counter, since the prune script keeps to one partition."""
     from choreo.bus.trim import Index, prune_index
-    return prune_index(bus, Index(keys.orders_index(), keys.orders_expired(), keys.order),
-                       settings.retention_s)
+    return sum(prune_index(bus, Index(keys.orders_index(p), keys.orders_expired(p), keys.order),
+                           settings.retention_s) for p in layout.current().all())
 
 
 def _pruned_line(pruned: int, settings: Settings) -> str:
-    return (f"{keys.orders_index()}: pruned {pruned} expired orders "
+    return (f"{bus_keys.any_partition(keys.orders_index())}: pruned {pruned} expired orders "
             f"(orders are kept {settings.retention_s} s after they end)")
 
 

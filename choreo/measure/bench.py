@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import redis
 
 from choreo.benchmarks import reference
+from choreo.bus import keys as bus_keys
 from choreo.bus.connect import redact
 from choreo.measure.load import percentile
 from choreo.measure.redis_server import RedisServer, find_redis_server
@@ -268,15 +269,19 @@ def memory(client: redis.Redis) -> tuple[int, int]:
 def groups_ready(client: redis.Redis, row: Row, replicas: dict[str, int]) -> bool:
     """Every service's group exists on every stream it reads, and every worker is reading: a
     client whose last command is XREADGROUP (Redis 7.0 lists a consumer only once it was given
-    an entry, so the group's consumer count cannot say it)."""
+    an entry, so the group's consumer count cannot say it). choreo's workers read every
+    partition's stream (bus.layout); the reference has one stream per event type."""
     for service in SERVICES:
         for event_type in reference.CONSUMES[service]:
-            try:
-                groups = client.xinfo_groups(reference.stream(event_type))
-            except redis.ResponseError:
-                return False                    # the stream is not there yet
-            if service not in {g["name"] for g in groups}:
-                return False
+            streams = ([reference.stream(event_type)] if row.kind == "reference"
+                       else bus_keys.streams(event_type))
+            for stream in streams:
+                try:
+                    groups = client.xinfo_groups(stream)
+                except redis.ResponseError:
+                    return False                # the stream is not there yet
+                if service not in {g["name"] for g in groups}:
+                    return False
     reading = sum(c.get("cmd") == "xreadgroup" for c in client.client_list())
     if reading < sum(replicas.get(s, 1) for s in SERVICES):
         return False

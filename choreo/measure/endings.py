@@ -47,11 +47,13 @@ class EndingWatch:
         self.cursors = cursors
         self.endings: dict[str, Ending] = {}
         self.outages_seen = 0
-        self._status = {bus_keys.stream(t): status for t, status in ending_events().items()}
+        # Every partition's stream of each ending event (bus.layout).
+        self._status = {stream: status for t, status in ending_events().items()
+                        for stream in bus_keys.streams(t)}
 
     @classmethod
     def start(cls, bus: RedisStreamsBus, order_ids: Iterable[str]) -> "EndingWatch":
-        streams = [bus_keys.stream(t) for t in ending_events()]
+        streams = [stream for t in ending_events() for stream in bus_keys.streams(t)]
         return cls(order_ids, inspect.newest_ids(bus, streams))
 
     @property
@@ -59,7 +61,8 @@ class EndingWatch:
         return len(self.watched) - len(self.endings)
 
     def read(self, bus: RedisStreamsBus, block_ms: int = 0, outages: int = 0) -> None:
-        """One XREAD over every stream; block_ms > 0 waits that long for a first entry. outages
+        """One XREAD over every stream (one per partition, pipelined: bus.inspect.read_after);
+        block_ms > 0 waits that long for a first entry. outages
         is how many outages the caller has seen: after a new one, lost streams are rewound."""
         if outages != self.outages_seen:
             self._rewind_lost_streams(bus)

@@ -104,13 +104,15 @@ class SoakRun:
 
 # -- sampling ------------------------------------------------------------------------------------
 
-STREAMS = sorted({s for svc in SERVICES.values() for s in svc.streams} |
-                 {bus_keys.dead_letters(name) for name in SERVICES})
+def streams() -> list[str]:
+    """Every partition's streams and dead-letter streams (bus.layout)."""
+    return sorted({s for svc in SERVICES.values() for s in svc.streams} |
+                  {dlq for name in SERVICES for dlq in bus_keys.all_dead_letters(name)})
 
 
 def stream_entries(client: redis.Redis) -> int:
     pipe = client.pipeline(transaction=False)
-    for stream in STREAMS:
+    for stream in streams():
         pipe.xlen(stream)           # 0 for a stream not there yet
     return sum(pipe.execute())
 

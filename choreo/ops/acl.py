@@ -11,6 +11,10 @@ A service's user may XADD only to the streams of the events it publishes and to 
 dead-letter stream; read, acknowledge and claim only the streams it consumes; touch only the key
 patterns it owns and its own dedup markers. What it must be refused is the same data read the
 other way: every other stream, every other service's keys, and the dangerous commands.
+
+With partitions (bus.layout) a stream, dead-letter stream, dedup set and trace exist once per
+partition: a grant names them all with one pattern, `events:{p*}:OrderCreated` (bus.keys's
+any_partition). Without, the rules read exactly as they always have.
 """
 
 from __future__ import annotations
@@ -51,12 +55,30 @@ PRUNE = ("zrangebyscore", "zrem")
 TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrange", "exists", "type")
 DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("script|flush"),
              sample("function|flush"), sample("move", "*"))
-TRACES = bus_keys.trace("*")
 # Liveness (bus.heartbeat): a process renews its own heartbeat hash and its name in the index.
 HEARTBEAT = ("hset", "pexpire", "del")
 HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
 # The order saga's timer events (App.timer_events of choreo.workers:APP), when none are given.
 SAGA_TIMER_EVENTS = (DEADLINE_EVENT,)
+
+
+def pattern(key: str) -> str:
+    """A key of one partition as the pattern of all of them (itself when keys are untagged)."""
+    return bus_keys.any_partition(key)
+
+
+def partition_patterns(keys_) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(map(pattern, keys_)))
+
+
+def traces() -> str:
+    return pattern(bus_keys.trace("*"))
+
+
+def owns_orders(service: Service) -> bool:
+    """Whether the service owns the saga's order hashes (its OWNED patterns are untagged globs,
+    which match every partition's keys)."""
+    return keys.OWNED["order"][0] in service.owns
 
 
 def scripted(patterns) -> Grant:
@@ -90,24 +112,24 @@ def arms_timers(service: Service, timer_events=SAGA_TIMER_EVENTS) -> bool:
 
 def expires_traces(service: Service) -> bool:
     """The owner of the orders ends their traces (every publisher appends to them)."""
-    return keys.order("*") in service.owns
+    return owns_orders(service)
 
 
 def all_streams(services: Sequence[Service]) -> list[str]:
     types = {t for s in services for t in (*s.consumes, *s.emits, *s.creates)}
-    return [bus_keys.stream(t) for t in sorted(types)]
+    return [pattern(bus_keys.stream(t)) for t in sorted(types)]
 
 
 def service_role(service: Service, services: Sequence[Service] = (),
                  timer_events=SAGA_TIMER_EVENTS) -> Role:
     """The user of one service; `services` (the whole choreography) adds what it must be refused;
     `timer_events` are the app's (App.timer_events)."""
-    own = [bus_keys.stream(t) for t in publishes(service, timer_events)]
-    grants = [Grant(PUBLISH, (*own, bus_keys.dead_letters(service.name))),
-              Grant(CONSUME, tuple(service.streams)),
-              Grant(SEEN, (bus_keys.seen(service.name),)), *heartbeat_grants(service.name)]
+    own = [pattern(bus_keys.stream(t)) for t in publishes(service, timer_events)]
+    grants = [Grant(PUBLISH, (*own, pattern(bus_keys.dead_letters(service.name)))),
+              Grant(CONSUME, partition_patterns(service.streams)),
+              Grant(SEEN, (pattern(bus_keys.seen(service.name)),)), *heartbeat_grants(service.name)]
     if own or expires_traces(service):
-        grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (TRACES,)))
+        grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (traces(),)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
     if service.deletes:             # forgotten holds (bus/hold.lua), deleted by their script
@@ -123,17 +145,18 @@ def service_role(service: Service, services: Sequence[Service] = (),
 def refusals(service: Service, services: Sequence[Service],
              timer_events=SAGA_TIMER_EVENTS) -> list[tuple[str, ...]]:
     streams = all_streams(services)
-    mine = {bus_keys.stream(t) for t in publishes(service, timer_events)}
+    mine = {pattern(bus_keys.stream(t)) for t in publishes(service, timer_events)}
+    consumed = partition_patterns(service.streams)
     out = [sample("xadd", s) for s in streams if s not in mine]
-    out += [sample("xreadgroup", s, service.name) for s in streams if s not in service.streams]
+    out += [sample("xreadgroup", s, service.name) for s in streams if s not in consumed]
     for other in services:
         if other.name != service.name:
-            out.append(sample("xadd", bus_keys.dead_letters(other.name)))
-            out.append(sample("zadd", bus_keys.seen(other.name)))
+            out.append(sample("xadd", pattern(bus_keys.dead_letters(other.name))))
+            out.append(sample("zadd", pattern(bus_keys.seen(other.name))))
             out += [sample(c, pattern) for pattern in other.owns for c in ("hset", "expire")]
             out += heartbeat_refusals(other.name)
     out += heartbeat_refusals(TIMERS)
-    for stream in service.streams[:1]:
+    for stream in consumed[:1]:
         out += [sample(c, stream, service.name) for c in ("xgroup|destroy", "xgroup|setid", "xtrim")]
     if arms_timers(service, timer_events):
         _, registry, queues = armed_keys(timer_id(armed_timers(service, timer_events)[0], "*"))
@@ -150,18 +173,21 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
     # The saga's deadline job reads the order before publishing; generic timers read nothing.
     order_keys = next((s.owns for s in services if DEADLINE_EVENT in s.creates
                        and DEADLINE_EVENT in timer_events), ())
-    fired = tuple(bus_keys.stream(t) for t in timer_events)
+    fired = tuple(pattern(bus_keys.stream(t)) for t in timer_events)
     reads_orders = (Grant(("hget", "hgetall", "type"), order_keys, read_only=True),) if order_keys else ()
     # The trimmer prunes the saga's orders:index; for another app it only trims streams.
-    saga = any(keys.order("*") in s.owns for s in services)
-    prune = ((Grant(PRUNE, (keys.orders_index(),)), Grant(("incrby",), (keys.orders_expired(),)),
-              Grant(("exists",), (keys.order("*"),), read_only=True)) if saga else ())
+    saga = any(owns_orders(s) for s in services)
+    index, expired, order = (pattern(keys.orders_index()), pattern(keys.orders_expired()),
+                             pattern(keys.order("*")))
+    seen_timers = pattern(bus_keys.seen(TIMERS))
+    prune = ((Grant(PRUNE, (index,)), Grant(("incrby",), (expired,)),
+              Grant(("exists",), (order,), read_only=True)) if saga else ())
     return [
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
-             (*((Grant(PUBLISH, fired), Grant(TRACE, (TRACES,))) if fired else ()),
-              Grant(SEEN, (bus_keys.seen(TIMERS),)), *heartbeat_grants(TIMERS), *reads_orders,
-              scripted([*fired, *((TRACES,) if fired else ()), bus_keys.seen(TIMERS), *order_keys])),
+             (*((Grant(PUBLISH, fired), Grant(TRACE, (traces(),))) if fired else ()),
+              Grant(SEEN, (seen_timers,)), *heartbeat_grants(TIMERS), *reads_orders,
+              scripted([*fired, *((traces(),) if fired else ()), seen_timers, *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
@@ -173,10 +199,10 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
         Role("trimmer", "trims the declared streams as far as every group allows"
              + ("; prunes expired orders from the index" if saga else ""),
              (Grant(TRIM, tuple(streams)), *prune,
-              *((scripted((keys.orders_index(), keys.orders_expired(), keys.order("*"))),) if saga else ())),
+              *((scripted((index, expired, order)),) if saga else ())),
              CLIENT,
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
-                      sample("zrem", keys.orders_by_status()), sample("expire", owners[0]),
+                      sample("zrem", pattern(keys.orders_by_status())), sample("expire", owners[0]),
                       *DANGEROUS)),
         Role("dashboard", "reads everything, writes nothing",
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",

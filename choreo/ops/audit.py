@@ -16,6 +16,10 @@ keys, and its services' keys, may be gone. Such an absence is not a violation; w
 compare then comes from aggregates that never expire: stock hashes, payments:totals,
 orders:totals (completed_cents) and orders:expired (ids pruned from the index). While no order is
 old enough to have expired, every check is as exact as it always was.
+
+With partitions (bus.layout) each aggregate exists once per partition: the checks compare their
+sums, each partition's index is read with its own orders:expired, and an order found in another
+partition's index than its own is a violation. Streams and groups are every partition's.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from choreo.bus import dead_letters, inspect, layout
+from choreo.bus import dead_letters, inspect, keys as bus_keys, layout
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.bus.trim import after, declared_groups, parse_id
 from choreo.workers import keys
@@ -37,8 +41,9 @@ CHUNK = 2000
 # The hashes keyed by one id, by kind; their key patterns come from workers.keys.
 DOMAIN_KINDS = {"order": keys.order, "reservation": keys.reservation, "payment": keys.payment,
                 "shipment": keys.shipment, "stock": keys.stock}
-PREFIX_KIND = {key_of(""): kind for kind, key_of in DOMAIN_KINDS.items()}
-DOMAIN_KEY = re.compile("^(" + "|".join(map(re.escape, PREFIX_KIND)) + r")([^:]+)$")
+# Each kind's prefix, up to its first ":" (what follows may be a partition's tag, bus.layout).
+PREFIX_KIND = {key_of("").partition(":")[0] + ":": kind for kind, key_of in DOMAIN_KINDS.items()}
+DOMAIN_KEY = re.compile("^(" + "|".join(map(re.escape, PREFIX_KIND)) + r")(\{p\d+\}:)?([^:]+)$")
 # hold:{stock:<product>}:<order id>, from workers.keys.hold.
 HOLD_KEY = re.compile("^" + re.escape(keys.hold("PRODUCT", "ORDER"))
                       .replace("PRODUCT", r"([^}:]+)").replace("ORDER", r"([^:]+)") + "$")
@@ -75,6 +80,8 @@ class Snapshot:
     holds: dict[tuple[str, str], dict] = field(default_factory=dict)
     tagged: bool = False             # stock moves by holds (bus.layout), not by order commits
     quiet: bool = True               # no entry was published while the snapshot was read
+    # Orders in another partition's orders:index than their own: (order id, that index).
+    misindexed: list[tuple[str, str]] = field(default_factory=list)
 
     def aged(self, oid: str) -> bool:
         """Whether this order is old enough for its keys, or its services' keys, to be gone."""
@@ -106,7 +113,7 @@ def domain_keys(bus: RedisStreamsBus) -> dict[str, set]:
     for key in inspect.all_keys(bus):
         m = DOMAIN_KEY.match(key)
         if m:
-            found[PREFIX_KIND[m[1]]].add(m[2])
+            found[PREFIX_KIND[m[1]]].add(m[3])
         elif (h := HOLD_KEY.match(key)):
             found["hold"].add((h[1], h[2]))
     return found
@@ -133,12 +140,33 @@ def gather(bus: RedisStreamsBus, services: Iterable, retention_s: float = 86400,
         # take longer than a short retention (a soak's 1 s), so an earlier horizon called fresh
         # expiries missing.
         snap.horizon_ms = (clock() - retention_s) * 1000
-        snap.by_status, snap.totals, snap.orders_totals = inspect.hashes(
-            bus, [keys.orders_by_status(), keys.payment_totals(), keys.orders_totals()])
+        snap.by_status, snap.totals, snap.orders_totals = (
+            summed(inspect.hashes(bus, keys.every(aggregate)))
+            for aggregate in (keys.orders_by_status, keys.payment_totals, keys.orders_totals))
     snap.dead_letters = {name: dead_letters.count(bus, name)
                          for name in sorted({g for _, gs in declared for g in gs})}
     snap.quiet = streams_added(bus, [s for s, _ in declared]) == before
     return snap
+
+
+def summed(partitions: list[dict]) -> dict[str, str]:
+    """An aggregate hash added up over its partitions (a count that is not a number is kept as
+    read, from the first partition holding it, for the checks to report)."""
+    if len(partitions) == 1:
+        return partitions[0]
+    out: dict[str, str] = {}
+    for h in partitions:
+        for name, value in h.items():
+            try:
+                out[name] = str(int(out.get(name, 0)) + int(value))
+            except ValueError:
+                out.setdefault(name, value)
+    return out
+
+
+def summed_name(aggregate) -> str:
+    """How a check names an aggregate: its key, or with partitions `orders:{p*}:by_status`."""
+    return bus_keys.any_partition(aggregate(0))
 
 
 def streams_added(bus: RedisStreamsBus, streams: list[str]) -> list[int]:
@@ -150,7 +178,12 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     """Every order-keyed hash (indexed or not, so strays show up) and every stock hash. The index
     is read after the SCAN, so an order placed meanwhile is in the index, not a stray."""
     found = domain_keys(bus)
-    snap.created_ms, snap.pruned = index_and_pruned(bus)
+    for p in layout.current().all():
+        created_ms, pruned = index_and_pruned(bus, partition=p)
+        snap.misindexed += [(oid, keys.orders_index(p)) for oid in created_ms
+                            if layout.current().partition_of(oid) != p]
+        snap.created_ms.update(created_ms)
+        snap.pruned += pruned
     snap.index = list(snap.created_ms)
     ids = sorted(set(snap.index) | found["order"] | found["reservation"] | found["payment"]
                  | found["shipment"])
@@ -165,12 +198,15 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     snap.tagged = layout.current().tagged
 
 
-def index_and_pruned(bus: RedisStreamsBus, tries: int = 20) -> tuple[dict[str, float], int]:
+def index_and_pruned(bus: RedisStreamsBus, tries: int = 20,
+                     partition: int = 0) -> tuple[dict[str, float], int]:
     """orders:index and orders:expired as of one moment. The trimmer moves an id from the one to
     the other in one script, so read apart, an id pruned in between was counted twice as expired
     (a soak with a 1 s trimmer: 400 too many). The counter is read either side of the index, again
-    until it did not move (no MULTI: the dashboard user, which audits, may only read)."""
-    return inspect.index_and_counter(bus, keys.orders_index(), keys.orders_expired(), tries)
+    until it did not move (no MULTI: the dashboard user, which audits, may only read). One
+    partition's pair: the prune script moves ids within one."""
+    return inspect.index_and_counter(bus, keys.orders_index(partition), keys.orders_expired(partition),
+                                     tries)
 
 
 def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
@@ -236,15 +272,19 @@ def check_orders(snap: Snapshot, strict: bool) -> list[str]:
     indexed = set(snap.index)
     for oid in sorted(indexed - set(snap.orders)):
         if not snap.aged(oid):
-            out.append(f"order {oid}: in {keys.orders_index()} but {keys.order(oid)} is missing")
+            out.append(f"order {oid}: in {keys.of_order(keys.orders_index, oid)} but {keys.order(oid)} "
+                       f"is missing")
     for oid, order in sorted(snap.orders.items()):
         status = order.get("status")
         if oid not in indexed:
-            out.append(f"order {oid}: {keys.order(oid)} exists but is not in {keys.orders_index()}")
+            out.append(f"order {oid}: {keys.order(oid)} exists but is not in "
+                       f"{keys.of_order(keys.orders_index, oid)}")
         if status not in TERMINAL and status != PENDING:
             out.append(f"order {oid}: status {status!r} is neither terminal nor PENDING")
         elif strict and status == PENDING:
             out.append(f"order {oid}: still PENDING after the run drained")
+    for oid, index in snap.misindexed:
+        out.append(f"order {oid}: in {index} but it belongs in {keys.of_order(keys.orders_index, oid)}")
     for found, key_of in ((snap.reservations, keys.reservation), (snap.payments, keys.payment),
                           (snap.shipments, keys.shipment)):
         for oid in sorted(set(found) - set(snap.orders)):
@@ -264,11 +304,11 @@ def check_counters(snap: Snapshot) -> list[str]:
         if stored > counted.get(status, 0) and lenient and status in TERMINAL:
             continue
         if stored != counted.get(status, 0):
-            out.append(f"{keys.orders_by_status()}: {status}={stored} but {counted.get(status, 0)} "
+            out.append(f"{summed_name(keys.orders_by_status)}: {status}={stored} but {counted.get(status, 0)} "
                        f"order hashes are {status}")
     gone = sum(int(snap.by_status.get(s, 0)) - counted.get(s, 0) for s in TERMINAL)
     if lenient and gone != snap.expired:
-        out.append(f"{keys.orders_by_status()}: {gone} more ended orders counted than order "
+        out.append(f"{summed_name(keys.orders_by_status)}: {gone} more ended orders counted than order "
                    f"hashes, but {snap.expired} orders have expired")
     return out
 
@@ -362,7 +402,7 @@ def check_totals(snap: Snapshot) -> list[str]:
                                  ("refunded_cents", snap.totals.get("refunded_cents", 0), refunded)):
         # Expired payment hashes leave the totals ahead of what is left, never behind.
         if int(stored) != summed and not (snap.may_have_expired and int(stored) > summed):
-            out.append(f"{keys.payment_totals()}: {name}={stored} but payment hashes add up to {summed}")
+            out.append(f"{summed_name(keys.payment_totals)}: {name}={stored} but payment hashes add up to {summed}")
     return out
 
 
@@ -422,7 +462,7 @@ def check_settled(snap: Snapshot) -> list[str]:
     elif snap.may_have_expired and net != recorded:
         # Only once orders may have expired is orders:totals the measure: a store older than
         # the counter (completions before it existed) is checked against the orders themselves.
-        out.append(f"money: charged - refunded = {net} cents but {keys.orders_totals()} records "
+        out.append(f"money: charged - refunded = {net} cents but {summed_name(keys.orders_totals)} records "
                    f"{recorded} cents of completed orders")
     return out
 

@@ -3,6 +3,12 @@
 gather() (choreo.ops.snapshot) only reads, render() only draws (no I/O, tested through
 Console(record=True)), run_live() is the short loop between them. Stream, group and key names all
 come from the services' declarations (workers.SERVICES) and the key modules.
+
+With partitions (bus.layout) the snapshot holds a row per partition's stream; drawn one by one
+they would be a hundred rows for eight partitions. So the streams and groups panels add up each
+event type's partitions (`events:{p*}:OrderCreated`), a group's state is the worst of its
+partitions' and names the partitions not OK, and a "partitions" panel has a row per partition.
+With one partition the screen is as it always was.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import select
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from rich import box
@@ -21,6 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from choreo.bus import keys as bus_keys
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.plain import text
 from choreo.workers import SERVICES
@@ -34,6 +42,86 @@ from choreo.ops.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, Dead
 
 STREAMS_WIDTH, ORDERS_WIDTH = 58, 32
 STATE_STYLE = {"OK": "green", "LAGGING": "yellow", "STUCK": "bold red", "NO CONSUMERS": "bold magenta"}
+WORST_FIRST = ("NO CONSUMERS", "STUCK", "LAGGING", "OK")
+PARTITIONS_WIDTH = 64
+NAMED_PARTITIONS = 3            # a summed group's state names this many partitions that are not OK
+
+
+# -- partitions' rows added up (pure) --------------------------------------------------------------
+
+def _sum(values) -> float | None:
+    """None when any is None: a sum that leaves one partition out would read as the whole."""
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _worst(states) -> str:
+    states = set(states)
+    return next((st for st in WORST_FIRST if st in states), "OK")
+
+
+def _ages(values) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def streams_by_type(rows: list[StreamRow]) -> list[StreamRow]:
+    """Each event type's streams added up, named `events:{p*}:<type>`: length and rate summed,
+    the newest entry the newest of any partition."""
+    by_type: dict[str, list[StreamRow]] = {}
+    for r in rows:
+        by_type.setdefault(bus_keys.any_partition(r.stream), []).append(r)
+    return [StreamRow(name, sum(r.length for r in rs), _sum(r.entries_added for r in rs),
+                      _sum(r.per_s for r in rs), min(_ages(r.newest_age_s for r in rs), default=None),
+                      max((r.last_id for r in rs), key=_id_key))
+            for name, rs in sorted(by_type.items())]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (seq or "0").isdigit() else (0, 0)
+
+
+def groups_by_type(rows: list[GroupRow]) -> list[GroupRow]:
+    """Each (event type, group) added up over the partitions; the state is the worst one, naming
+    the partitions in it unless all are."""
+    by_type: dict[tuple[str, str], list[GroupRow]] = {}
+    for r in rows:
+        by_type.setdefault((bus_keys.any_partition(r.stream), r.group), []).append(r)
+    out = []
+    for (name, group), rs in sorted(by_type.items()):
+        state = _worst(r.state for r in rs)
+        where = [f"p{bus_keys.partition_of(r.stream)}" for r in rs if r.state == state]
+        if state != "OK" and len(where) < len(rs):
+            more = len(where) - NAMED_PARTITIONS
+            state += " " + ",".join(where[:NAMED_PARTITIONS]) + (f" +{more}" if more > 0 else "")
+        out.append(GroupRow(name, group, max(r.consumers for r in rs), max(r.live_consumers for r in rs),
+                            sum(r.pending for r in rs), _sum(r.lag for r in rs),
+                            max(_ages(r.oldest_pending_age_s for r in rs), default=None),
+                            max(r.max_deliveries for r in rs), max(r.max_idle_s for r in rs), state))
+    return out
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    partition: int
+    entries: int                   # in its streams now
+    per_s: float | None            # added to its streams per second
+    pending: int                   # over its groups
+    lag: int | None
+    state: str                     # the worst of its groups'
+
+
+def partition_rows(s: Snapshot) -> list[PartitionRow]:
+    streams: dict[int, list[StreamRow]] = {p: [] for p in range(s.partitions)}
+    groups: dict[int, list[GroupRow]] = {p: [] for p in range(s.partitions)}
+    for r in s.streams:
+        streams.setdefault(bus_keys.partition_of(r.stream), []).append(r)
+    for g in s.groups:
+        groups.setdefault(bus_keys.partition_of(g.stream), []).append(g)
+    return [PartitionRow(p, sum(r.length for r in streams[p]), _sum(r.per_s for r in streams[p]),
+                         sum(g.pending for g in groups.get(p, [])), _sum(g.lag for g in groups.get(p, [])),
+                         _worst(g.state for g in groups.get(p, [])) if groups.get(p) else "-")
+            for p in sorted(streams)]
 
 
 # -- rendering (pure) ------------------------------------------------------------------------------
@@ -85,7 +173,7 @@ def streams_table(s: Snapshot) -> Table | Text:
     if not s.streams:
         return Text("no streams yet: start the workers (honcho start) or place an order", style="dim")
     table = _table("stream", "length", "added/s", "newest")
-    for r in s.streams:
+    for r in (streams_by_type(s.streams) if s.partitions > 1 else s.streams):
         _row(table, r.stream, str(r.length), _num(r.per_s), _age(r.newest_age_s))
     return table
 
@@ -95,11 +183,19 @@ def groups_table(s: Snapshot) -> Table | Text:
         return Text("no consumer groups yet: workers create them when they start", style="dim")
     table = _table("stream", "group", "consumers", "pending", "lag", "oldest pending",
                    "max deliveries", "state")
-    for r in s.groups:
+    for r in (groups_by_type(s.groups) if s.partitions > 1 else s.groups):
         _row(table, r.stream, r.group, f"{r.live_consumers}/{r.consumers}", str(r.pending),
                       "?" if r.lag is None else str(r.lag), _age(r.oldest_pending_age_s),
                       str(r.max_deliveries) if r.pending else "-",
-                      Text(r.state, style=STATE_STYLE.get(r.state, "")))
+                      Text(r.state, style=STATE_STYLE.get(r.state.split(" p")[0], "")))
+    return table
+
+
+def partitions_table(s: Snapshot) -> Table:
+    table = _table("partition", "entries", "added/s", "pending", "lag", "state")
+    for r in partition_rows(s):
+        _row(table, f"p{r.partition}", str(r.entries), _num(r.per_s), str(r.pending),
+             "?" if r.lag is None else str(r.lag), Text(r.state, style=STATE_STYLE.get(r.state, "dim")))
     return table
 
 
@@ -159,8 +255,12 @@ def _panel(title: str, body) -> Panel:
 def heights(s: Snapshot) -> tuple[int, int, int, int]:
     """Rows each band needs: header, streams/orders/dead letters, groups, consumers/events."""
     orders = max(len(s.orders.by_status), 1) + 3 if s.orders is not None else 0
-    top = max(len(s.streams), orders, len(s.dead_letters))
-    return 3, _height(top), _height(len(s.groups)), _height(max(len(s.consumers), len(s.events)))
+    partitioned = s.partitions > 1
+    streams = streams_by_type(s.streams) if partitioned else s.streams
+    groups = groups_by_type(s.groups) if partitioned else s.groups
+    top = max(len(streams), orders, len(s.dead_letters))
+    bottom = max(len(s.consumers), len(s.events), s.partitions if partitioned else 0)
+    return 3, _height(top), _height(len(groups)), _height(bottom)
 
 
 def render(s: Snapshot) -> Layout:
@@ -176,7 +276,9 @@ def render(s: Snapshot) -> Layout:
                           *([Layout(_panel("orders", orders_table(s)), size=ORDERS_WIDTH)]
                             if s.orders is not None else []),     # an app without orders: none
                           Layout(_panel("dead letters", dead_letters_table(s)), ratio=1))
-    root["bottom"].split_row(Layout(_panel("consumers", consumers_table(s)), ratio=1),
+    root["bottom"].split_row(*([Layout(_panel("partitions", partitions_table(s)), size=PARTITIONS_WIDTH)]
+                               if s.partitions > 1 else []),
+                             Layout(_panel("consumers", consumers_table(s)), ratio=1),
                              Layout(_panel("recent events", events_table(s)), ratio=1))
     return root
 

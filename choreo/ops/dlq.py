@@ -2,7 +2,9 @@
 
 The record and its fields are bus.dead_letters'. A dead letter is named on the command line as
 `<service>/<dlq entry id>`, or by the bare dlq entry id, which is looked up on every service's
-dead-letter stream.
+dead-letter stream. With partitions (bus.layout) a service has a dead-letter stream per partition,
+each in the partition of the entries it holds; `<service>/p<N>/<id>` names one of them, and a
+name without a partition is looked up in each (refused if two partitions hold that id).
 
 Replay puts the original fields back on the original stream (a new entry id, the same event id)
 and deletes the dead letter, in one Lua script, so a dead letter is replayed at most once even if
@@ -35,14 +37,28 @@ from choreo.workers.service import Service
 # Prints one line. The CLI's escapes control characters (choreo.plain): lines here carry Redis values.
 Out = Callable[[str], None]
 
+def parse_ref(ref: str) -> tuple[str, int | None, str]:
+    """(service or "", partition or None, dlq id) of `[<service>/][p<N>/]<id>`."""
+    head, _, dlq_id = ref.rpartition("/")
+    service, _, part = head.rpartition("/")
+    if not (part.startswith("p") and part[1:].isdigit()):
+        return head, None, dlq_id
+    return service, int(part[1:]), dlq_id
+
+
 def find(bus: RedisStreamsBus, ref: str, services: Iterable[str]) -> DeadLetter:
-    """`<service>/<id>` or a bare id searched on every service's dead-letter stream."""
-    service, _, dlq_id = ref.rpartition("/")
-    for name in [service] if service else services:
-        letter = store.read_one(bus, name, dlq_id)
-        if letter:
-            return letter
-    where = bus_keys.dead_letters(service) if service else "any dead-letter stream"
+    """`<service>/[p<N>/]<id>` or a bare id searched on every service's dead-letter streams."""
+    service, partition, dlq_id = parse_ref(ref)
+    found = [letter for name in ([service] if service else services)
+             for letter in store.read_matching(bus, name, dlq_id, partition)]
+    if len(found) > 1:
+        raise DeadLetterError(f"{dlq_id} names {len(found)} dead letters: "
+                              f"{', '.join(letter.ref for letter in found)}; give one of these")
+    if found:
+        return found[0]
+    where = (bus_keys.dead_letters(service, partition or 0) if service and partition is not None
+             else bus_keys.any_partition(bus_keys.dead_letters(service)) if service
+             else "any dead-letter stream")
     raise DeadLetterError(f"no dead letter {dlq_id} on {where}")
 
 
@@ -77,10 +93,15 @@ def summary(letter: DeadLetter) -> str:
 
 # -- the verbs' bodies (choreo.cli parses, these print) ---------------------------------------
 
+def _streams(service: str) -> str:
+    """dlq:<service>, or with partitions dlq:{p*}:<service>: all of them."""
+    return bus_keys.any_partition(bus_keys.dead_letters(service))
+
+
 def list_cmd(bus: RedisStreamsBus, services: list[str], out: Out) -> int:
     for service in services:
         letters = store.read_all(bus, service)
-        out(f"{bus_keys.dead_letters(service)}: {len(letters)} dead letter(s)")
+        out(f"{_streams(service)}: {len(letters)} dead letter(s)")
         for letter in letters:
             out("  " + summary(letter))
     return 0
@@ -125,13 +146,13 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
             refused += 1
             err(f"choreo: {exc}")
     if not letters:
-        out(f"{bus_keys.dead_letters(service.name)}: nothing to replay")
+        out(f"{_streams(service.name)}: nothing to replay")
     return 1 if refused else 0
 
 
 def purge_cmd(bus: RedisStreamsBus, service: str, yes: bool, out: Out, err: Out) -> int:
     """Delete a service's dead letters, only when asked twice (--yes): they cannot come back."""
-    stream = bus_keys.dead_letters(service)
+    stream = _streams(service)
     if not yes:
         out(f"would purge {store.count(bus, service)} dead letter(s) from {stream}")
         err("choreo dlq purge: nothing deleted; add --yes to delete them")

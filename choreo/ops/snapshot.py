@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from choreo.bus import dead_letters, inspect, keys as bus_keys
+from choreo.bus import dead_letters, inspect, keys as bus_keys, layout
 from choreo.bus.connect import redact
 from choreo.bus.contract import BusUnavailable, GroupMissing
 from choreo.bus.redis_streams import RedisStreamsBus
@@ -112,6 +112,9 @@ class Snapshot:
     orders: OrdersView | None = field(default_factory=OrdersView)   # None: an app without orders
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
+    # Partitions of the deployment (bus.layout): streams and groups are rows per partition's
+    # stream; orders and dead letters are summed over the partitions.
+    partitions: int = 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -120,8 +123,9 @@ class Snapshot:
 # -- gathering -------------------------------------------------------------------------------------
 
 def declared_streams(services: dict[str, Service] = SERVICES) -> list[str]:
+    """Every partition's stream of every declared event type."""
     types = {t for s in services.values() for t in (*s.consumes, *s.emits)}
-    return sorted(bus_keys.stream(t) for t in types)
+    return sorted(stream for t in types for stream in bus_keys.streams(t))
 
 
 def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = None,
@@ -142,7 +146,7 @@ def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = No
         consumers=consumer_rows(consumers, beats),
         orders=orders_view(bus, now_ms, prev) if orders else None,
         dead_letters=[dead_letter_row(bus, s, now_ms) for s in services],
-        events=recent_events(bus, [i.stream for i in infos]))
+        events=recent_events(bus, [i.stream for i in infos]), partitions=layout.current().partitions)
 
 
 def _per_s(now: float | None, before: float | None, now_ms: int, prev: Snapshot | None) -> float | None:
@@ -217,8 +221,12 @@ def consumer_rows(consumers: list[inspect.ConsumerInfo],
 
 
 def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> OrdersView:
-    by_status = {k: int(v) for k, v in bus.read_hashes([keys.orders_by_status()])[0].items()
-                 if k != "_v" and int(v)}
+    by_status: dict[str, int] = {}
+    for counts in bus.read_hashes(keys.every(keys.orders_by_status)):      # summed over partitions
+        for k, v in counts.items():
+            if k != "_v":
+                by_status[k] = by_status.get(k, 0) + int(v)
+    by_status = {k: n for k, n in by_status.items() if n}
     latencies = sorted(recent_latencies_ms(bus))
     before = prev.orders.by_status.get(COMPLETED, 0) if prev and prev.orders else None
     return OrdersView(by_status, _per_s(by_status.get(COMPLETED, 0), before, now_ms, prev),
@@ -228,7 +236,7 @@ def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> Ord
 
 def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
     """created -> completed of the latest completions (by end time) among the newest orders."""
-    ids = inspect.newest_members(bus, keys.orders_index(), ORDERS_SCANNED)
+    ids = inspect.newest_members_of(bus, keys.every(keys.orders_index), ORDERS_SCANNED)
     rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
                                ["status", "created_at_ms", "ended_at_ms"])
     done = sorted(((int(end), int(end) - int(start)) for status, start, end in rows
@@ -238,7 +246,7 @@ def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
 
 def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLetterRow:
     newest, count = dead_letters.newest_and_count(bus, service)
-    stream = bus_keys.dead_letters(service)
+    stream = bus_keys.any_partition(bus_keys.dead_letters(service))        # every partition's
     if newest is None:
         return DeadLetterRow(service, stream, 0, "", None)
     return DeadLetterRow(service, stream, count, newest.error, _age_s(now_ms, newest.dlq_id))

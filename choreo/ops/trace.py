@@ -123,7 +123,9 @@ class TraceNode:
 
 def order_dead_letters(bus: RedisStreamsBus, order_id: str,
                        services: dict[str, Service] = SERVICES) -> list[DeadLetter]:
-    """Dead letters whose original entry (whole or a truncated copy) belongs to this order."""
+    """Dead letters whose original entry (whole or a truncated copy) belongs to this order, from
+    every partition's dead-letter streams: an entry put on another partition's stream than its
+    order's is dead-lettered there."""
     return [letter for name in services
             for letter in reversed(dead_letters.read_newest(bus, name, DLQ_SCAN))
             if letter.order_id == order_id]
@@ -143,7 +145,7 @@ def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_b
     e = t.event
     names = [s.name for s in services.values() if e.type in s.consumes
              and s.name != e.producer and s.name not in emitted_by]
-    seen = inspect.remembered(bus, [(bus_keys.seen(n), e.id) for n in names])
+    seen = inspect.remembered(bus, [(bus_keys.seen_for(n, e.order_id), e.id) for n in names])
     return [Reaction(name, services[name].says(e.type, e.order_id),
                      "handled" if handled else _unhandled_status(bus, t, name, dead_by))
             for name, handled in zip(names, seen)]
@@ -218,16 +220,16 @@ def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[D
         for d in node.dead_letters:
             branch.add(_dead_letter_text(d))
         branches.append(branch)
-    listed = {d.dlq_id for n in nodes for d in n.dead_letters}
+    listed = {(d.partition, d.dlq_id) for n in nodes for d in n.dead_letters}
     for d in dead:
-        if d.dlq_id not in listed:              # e.g. a malformed entry that never made the trace
+        if (d.partition, d.dlq_id) not in listed:              # e.g. a malformed entry that never made the trace
             tree.add(_dead_letter_text(d))
     return tree
 
 
 def _dead_letter_text(d: DeadLetter) -> Text:
     return text(("DEAD LETTER", "bold white on red"),
-                f" {bus_keys.dead_letters(d.service)} {d.dlq_id}: {d.stream} {d.entry_id} "
+                f" {d.dlq_stream} {d.dlq_id}: {d.stream} {d.entry_id} "
                 f"after {d.deliveries} deliveries: {d.error} (at {d.at})")
 
 

@@ -1,0 +1,256 @@
+"""The operator tools with partitions (bus.layout, CHOREO_PARTITIONS=4) on a real redis-server:
+the saga's keys land in their orders' partitions, and status, trace, audit, the dashboard, dlq,
+trim and the ACL rules see every partition."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from rich.console import Console
+
+from choreo.bus import dead_letters, keys as bus_keys, layout
+from choreo.bus.contract import Delivery
+from choreo.bus.dead_letters import DeadLetter
+from choreo.bus.envelope import Envelope
+from choreo.cli import main
+from choreo.measure.endings import EndingWatch
+from choreo.ops import dashboard
+from choreo.ops.audit import run_audit
+from choreo.orders import OrderRequest, place_orders
+from choreo.workers import SERVICES, keys
+from tests.inprocess import drain, start_workers
+
+PARTITIONS = 4
+ORDERS = 32
+
+
+@pytest.fixture
+def four():
+    """Every key of this test in four partitions; the layout before it is put back after."""
+    previous = layout.use(layout.Layout(partitions=PARTITIONS))
+    yield
+    layout.use(previous)
+
+
+def cli(capsys, *argv: str, url: str) -> tuple[int, str, str]:
+    code = main([*argv, "--redis-url", url])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def saga(four, real_bus):
+    """ORDERS orders run to their ends by the four services in-process; their ids."""
+    workers = start_workers(real_bus)
+    ids = [str(i) for i in range(1, ORDERS + 1)]
+    # Every fourth order asks for more than a card allows: cancelled, with a refund.
+    place_orders(real_bus, [OrderRequest(i, [{"product_id": 102 if int(i) % 4 == 0 else 101,
+                                              "quantity": 101 if int(i) % 4 == 0 else 1}])
+                            for i in ids])
+    drain(workers)
+    return ids
+
+
+def test_an_orders_keys_carry_its_partitions_tag(saga, real_bus):
+    c = real_bus.client
+    lay = layout.current()
+    assert len({lay.partition_of(i) for i in saga}) == PARTITIONS      # 32 ids reach all four
+    for oid in saga:
+        tag = f"{{p{lay.partition_of(oid)}}}:"
+        for key in (keys.order(oid), keys.payment(oid), bus_keys.trace(oid)):
+            assert key.split(":", 1)[1].startswith(tag) and c.exists(key), key
+        assert c.zscore(keys.of_order(keys.orders_index, oid), oid) is not None
+        [first] = [line.split()[0] for line in c.lrange(bus_keys.trace(oid), 0, 0)]
+        assert first == f"events:{tag}OrderCreated"
+    assert not c.exists("events:OrderCreated", "orders:index", "order:1")      # nothing untagged
+
+
+def test_status_trace_and_strict_audit_see_every_partition(saga, real_bus, redis_url, capsys):
+    for oid in ("1", "4"):          # one completes, one is cancelled and refunded
+        code, out, _ = cli(capsys, "status", oid, url=redis_url)
+        assert code == 0 and out.startswith(f"order {oid}: {'COMPLETED' if oid == '1' else 'CANCELLED'}")
+        code, out, _ = cli(capsys, "trace", oid, url=redis_url)
+        tag = f"{{p{layout.current().partition_of(oid)}}}"
+        assert code == 0 and f"events:{tag}:OrderCreated" in out and "not yet handled" not in out
+        assert "[handled]" in out or oid == "1"
+    lines: list[str] = []
+    assert run_audit(real_bus, SERVICES.values(), True, lines.append, lines.append) == 0, lines
+    assert lines[-1].startswith(f"audit clean: {ORDERS} orders (CANCELLED=8 COMPLETED=24)")
+
+
+def test_audit_sums_the_partitions_aggregates_and_names_a_misplaced_index_entry(saga, real_bus):
+    c = real_bus.client
+    wrong = next(p for p in range(PARTITIONS) if p != layout.current().partition_of("1"))
+    c.zadd(keys.orders_index(wrong), {"1": 1})
+    c.hincrby(keys.orders_by_status(wrong), "COMPLETED", 1)
+    lines: list[str] = []
+    assert run_audit(real_bus, SERVICES.values(), True, lines.append, lines.append) == 1
+    assert f"VIOLATION order 1: in {keys.orders_index(wrong)} but it belongs in " \
+           f"{keys.of_order(keys.orders_index, '1')}" in lines
+    assert "VIOLATION orders:{p*}:by_status: COMPLETED=25 but 24 order hashes are COMPLETED" in lines
+
+
+def test_the_dashboard_adds_up_partitions_and_shows_each(saga, real_bus, redis_url):
+    snap = dashboard.gather(real_bus, redis_url)
+    assert snap.partitions == PARTITIONS
+    assert snap.orders.by_status == {"COMPLETED": 24, "CANCELLED": 8}
+    assert snap.orders.sampled == 24                     # newest orders merged over the indexes
+    created = [r for r in snap.streams if bus_keys.event_type_of(r.stream) == "OrderCreated"]
+    assert len(created) == PARTITIONS and sum(r.length for r in created) == ORDERS
+    console = Console(record=True, width=200)
+    console.print(dashboard.render(snap), height=sum(dashboard.heights(snap)))
+    screen = console.export_text()
+    assert re.search(r"events:\{p\*\}:OrderCreated\s+32\b", screen)
+    assert re.search(r"events:\{p\*\}:OrderCreated\s+inventory\s+\S+\s+0\s+0", screen)
+    for p in range(PARTITIONS):
+        # in-process workers keep no heartbeat: nobody counts as reading
+        assert re.search(rf"\bp{p}\s+\d+\s+\S+\s+0\s+0\s+NO CONSUMERS", screen), screen
+    assert "events:{p0}:OrderCreated" not in screen.split("recent events")[0].split("partitions")[0]
+
+
+def dead_letter(client, oid: str) -> tuple[str, str]:
+    """A valid OrderCreated for `oid` on its partition's stream, dead-lettered by inventory (as
+    the runtime writes it, on the dlq stream of the same partition); (stream, dlq id)."""
+    fields = Envelope.new("OrderCreated", oid, "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                        "total_cents": 1999}).fields()
+    stream = bus_keys.stream_for("OrderCreated", oid)
+    entry_id = client.xadd(stream, fields)
+    letter = DeadLetter.of("inventory", Delivery(stream, entry_id, fields, deliveries=6),
+                           "gave up", "2024-01-01T00:00:00.000Z")
+    return stream, client.xadd(letter.publish_op(100).stream, letter.to_fields())
+
+
+def test_dlq_lists_shows_replays_and_purges_every_partition(four, real_bus, redis_url, capsys):
+    c = real_bus.client
+    ids = ["a1", "b2", "c3", "d4", "e5", "f6"]
+    assert len({layout.current().partition_of(i) for i in ids}) > 1
+    made = {oid: dead_letter(c, oid) for oid in ids}
+    assert dead_letters.count(real_bus, "inventory") == len(ids)
+
+    code, out, _ = cli(capsys, "dlq", "list", "inventory", url=redis_url)
+    assert code == 0 and f"dlq:{{p*}}:inventory: {len(ids)} dead letter(s)" in out
+    for oid, (stream, dlq_id) in made.items():
+        ref = f"inventory/p{bus_keys.partition_of(stream)}/{dlq_id}"
+        assert f"{ref}  {stream} " in out
+        assert cli(capsys, "dlq", "show", ref, url=redis_url)[0] == 0
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--all", url=redis_url)
+    assert code == 0, err
+    for oid, (stream, _) in made.items():
+        assert re.search(rf"replayed inventory/p\d/\S+ to {re.escape(stream)} as ", out)
+        assert c.xlen(stream) >= 2                       # put back on the stream it came from
+    assert dead_letters.count(real_bus, "inventory") == 0
+
+    for oid in ids[:3]:
+        dead_letter(c, oid)
+    code, out, _ = cli(capsys, "dlq", "purge", "inventory", "--yes", url=redis_url)
+    assert code == 0 and "purged 3 dead letter(s) from dlq:{p*}:inventory" in out
+    assert not any(c.exists(k) for k in bus_keys.all_dead_letters("inventory"))
+
+
+def test_a_bare_id_held_by_two_partitions_is_refused_naming_both(four, real_bus, redis_url, capsys):
+    c = real_bus.client
+    first, second = bus_keys.all_dead_letters("payment")[:2]
+    for key in (first, second):
+        c.xadd(key, {"stream": key.replace("dlq:", "events:").replace("payment", "OrderCreated"),
+                     "entry_id": "1-0", "group": "payment"}, id="5-0")
+    code, _, err = cli(capsys, "dlq", "show", "payment/5-0", url=redis_url)
+    assert code == 1 and "payment/p0/5-0, payment/p1/5-0" in err
+    assert cli(capsys, "dlq", "show", "payment/p1/5-0", url=redis_url)[0] == 0
+
+
+def test_trim_trims_every_partitions_streams(saga, real_bus, redis_url, capsys):
+    c = real_bus.client
+    code, out, _ = cli(capsys, "trim", url=redis_url)
+    assert code == 0
+    for stream in bus_keys.streams("OrderCreated"):
+        assert re.search(rf"{re.escape(stream)}: trimmed [1-9]\d* entries", out), out
+        assert c.xlen(stream) == 0
+    # Only orders created longer ago than the retention (a day) are looked at.
+    assert "orders:{p*}:index: pruned 0 expired orders" in out
+
+
+def test_trim_prunes_each_partitions_index_into_its_own_counter(saga, real_bus, redis_url, capsys):
+    c = real_bus.client
+    for oid in saga:                # as if every order were long gone: created in 1970, expired
+        c.zadd(keys.of_order(keys.orders_index, oid), {oid: 1}, xx=True)
+        c.delete(keys.order(oid))
+    assert main(["trim", "--redis-url", redis_url]) == 0
+    assert f"orders:{{p*}}:index: pruned {ORDERS} expired orders" in capsys.readouterr().out
+    counts = [int(c.get(keys.orders_expired(p)) or 0) for p in range(PARTITIONS)]
+    assert sum(counts) == ORDERS and all(counts)
+    assert not any(c.zcard(k) for k in keys.every(keys.orders_index))
+
+
+def test_load_learns_endings_from_every_partitions_streams(four, real_bus):
+    workers = start_workers(real_bus)
+    ids = [f"w{i}" for i in range(12)]
+    watch = EndingWatch.start(real_bus, ids)
+    place_orders(real_bus, [OrderRequest(i, [{"product_id": 101, "quantity": 1}]) for i in ids])
+    drain(workers)
+    watch.read(real_bus, block_ms=50)
+    assert watch.by_status() == {"COMPLETED": len(ids)}
+    assert len({bus_keys.partition_of(s) for s in watch.cursors}) == PARTITIONS
+
+
+def test_acl_rules_name_every_partition_with_one_pattern(four):
+    from choreo.ops.acl import roles
+    rules = {r.user: " ".join(g.rule() for g in r.grants) for r in roles(list(SERVICES.values()))}
+    assert "~events:{p*}:OrderCreated" in rules["inventory"]
+    assert "~dlq:{p*}:inventory" in rules["inventory"] and "~seen:{p*}:inventory" in rules["inventory"]
+    assert "~heartbeat:{inventory}:*" in rules["inventory"] and "~trace:{p*}:*" in rules["order"]
+    assert "~orders:{p*}:index" in rules["trimmer"] and "%R~order:{p*}:*" in rules["trimmer"]
+    assert "{p0}" not in " ".join(rules.values())
+
+
+def test_the_saga_runs_on_acl_users_rendered_for_four_partitions(tmp_path):
+    """Every process a subprocess with CHOREO_PARTITIONS=4 on its own user, as test_acl's run
+    with one partition: nobody is refused anything, and the operator verbs read every partition."""
+    import subprocess
+    from tests.conftest import BIN, ROOT, Processes
+    from tests.helpers import wait_for
+    from tests.redis_server import RedisServer
+    from tests.test_acl import PASSWORDS, USERS
+    env = {"PATH": str(BIN), "CHOREO_PARTITIONS": str(PARTITIONS),
+           **{f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in PASSWORDS.items()}}
+    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render"], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=30)
+    assert rendered.returncode == 0 and "~events:{p*}:OrderCreated" in rendered.stdout, rendered.stderr
+    (tmp_path / "users.acl").write_text(rendered.stdout)
+    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
+                         auth=("admin", PASSWORDS["admin"])).start()
+    procs = Processes(server.url_for("admin", PASSWORDS["admin"]), tmp_path)
+    procs.base_env["CHOREO_PARTITIONS"] = str(PARTITIONS)
+    for user in USERS:
+        procs.base_env[f"REDIS_URL_{user.upper()}"] = server.url_for(user, PASSWORDS[user])
+    procs.base_env.pop("REDIS_URL")
+    try:
+        admin = server.client()
+        for name in SERVICES:
+            procs.worker(name)
+        procs.start("timers", name="timers")
+        procs.start("trim", "--every", "0.5", name="trimmer")
+        placed = [procs.run("place-order", "--product", "101", "--quantity", "1") for _ in range(8)]
+        assert all(p.returncode == 0 for p in placed), [p.stderr for p in placed]
+        previous = layout.use(layout.Layout(partitions=PARTITIONS))
+        try:
+            ids = [p.stdout.strip() for p in placed]
+            assert len({layout.current().partition_of(i) for i in ids}) > 1
+            wait_for(lambda: all(admin.hget(keys.order(i), "status") == "COMPLETED" for i in ids),
+                     what="every order completed")
+        finally:
+            layout.use(previous)
+        for verb in (("status", ids[0]), ("trace", ids[0]), ("dashboard", "--once", "--refresh", "0.1"),
+                     ("dlq", "list")):
+            answer = procs.run(*verb)
+            assert answer.returncode == 0, (verb, answer.stderr)
+        wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
+        assert all(p.poll() is None for p in procs.procs), "a process died"
+        denied = admin.execute_command("ACL", "LOG")
+        assert not denied, [(d["username"], d["object"]) for d in denied]
+        check = procs.run("acl", "check")
+        assert check.returncode == 0 and " 0 mismatches" in check.stdout, check.stdout[-3000:]
+    finally:
+        procs.stop_all()
+        server.stop()
