@@ -35,8 +35,9 @@ from choreo.workers.unit_of_work import timer_id
 # gets every key it touches in KEYS, which EVALSHA must pass together, read and write, in one
 # selector: `scripted` grants EVALSHA alone on the keys a role's scripts touch; what each command
 # of the script may do to them is still the role's other selectors' say.
-CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+multi", "+exec",
-          "+discard", "+acl|whoami", "+acl|dryrun", "+time")
+# (SCRIPT EXISTS: a pipeline of script calls, e.g. stock holds, asks first whether they are loaded.)
+CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+script|exists", "+multi",
+          "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time")
 # XREAD and XREVRANGE read what the group reads anyway: `choreo load`, as the order user, learns
 # outcomes by watching the streams that end orders without a group (choreo.measure.load).
 CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "xpending",
