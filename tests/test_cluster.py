@@ -147,8 +147,19 @@ def test_random_sigkills_under_load_on_a_cluster_lose_and_double_nothing(on_clus
     assert dead_letters(cluster) == 0
 
 
+def replica_lag_bytes(redis_cluster, primary: int) -> int:
+    """How far the primary's replicas are behind it, in replication-stream bytes, right now."""
+    info = redis_cluster.node(primary).info("replication")
+    offsets = [int(v["offset"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return max(int(info["master_repl_offset"]) - o for o in offsets) if offsets else -1
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
 def test_a_primary_killed_under_load_fails_over_and_every_order_completes(on_cluster, cluster,
-                                                                          redis_cluster):
+                                                                          redis_cluster, wait_replicas):
+    """With CHOREO_WAIT_REPLICAS=1 no commit is answered before a replica has it; without, the
+    window is what the replica lags at the kill (printed)."""
+    on_cluster.base_env["CHOREO_WAIT_REPLICAS"] = str(wait_replicas)
     for s in SERVICES:
         on_cluster.worker(s, **FAST_CLAIMS)
     wait_for(lambda: cluster.exists(keys.stock(101)), what="workers up")
@@ -159,15 +170,18 @@ def test_a_primary_killed_under_load_fails_over_and_every_order_completes(on_clu
     # The primary holding the most partitions' streams.
     owners = [cluster.get_node_from_key(bus_keys.stream("OrderCreated", p)).port for p in range(PARTITIONS)]
     victim = max(set(owners), key=owners.count)
+    lag = replica_lag_bytes(redis_cluster, victim)
     redis_cluster.kill_primary(victim)
     started = time.monotonic()
     promoted = redis_cluster.wait_failover(victim, timeout=30)
     took = time.monotonic() - started
+    # Back as the new primary's replica: until then a WAIT for one replica there can only time
+    # out, and every commit in its slots takes CHOREO_WAIT_TIMEOUT_MS (docs/cluster.md).
+    redis_cluster.restart(victim)
     out, err = load.communicate(timeout=150)
     figures = out.strip().splitlines()[-1] if out.strip() else ""
-    print(f"\nfailover: primary {victim} killed, replica {promoted} took over in {took:.1f} s; "
-          f"load: {figures}")
-    redis_cluster.restart(victim)
+    print(f"\nfailover (CHOREO_WAIT_REPLICAS={wait_replicas}): primary {victim} killed with its replica "
+          f"{lag} bytes behind, replica {promoted} took over in {took:.1f} s; load: {figures}")
     assert load.returncode == 0, out + err
     assert "orders=400 completed=400 " in figures
     wait_for(lambda: drained(cluster), timeout=60, what="every group drained")
