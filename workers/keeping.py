@@ -29,6 +29,7 @@ class Keeping:
         self.in_hand = in_hand              # (since when, the batch) the loop holds, or None
         self._housekeeping = Due(clock, clock() + settings.housekeeping_every_s)
         self._trimmed_seen = 0
+        self._short_waits_seen = 0          # commits WAIT timed out on (bus.short_waits), logged
 
     def keep_lease(self, stop: threading.Event) -> None:
         """Lease thread: renew entries in hand for longer than a third of claim_idle_ms, so a slow
@@ -50,6 +51,13 @@ class Keeping:
             self.log.warning(f"{self.service.voice}: {trimmed - self._trimmed_seen} pending entries "
                              f"were trimmed before they were handled (XAUTOCLAIM reported them deleted)")
             self._trimmed_seen = trimmed
+        short = getattr(self.bus, "short_waits", 0)
+        if short > self._short_waits_seen:
+            self.log.warning(f"{self.service.voice}: {short - self._short_waits_seen} commits were not "
+                             f"confirmed by {self.settings.wait_replicas} replica(s) within "
+                             f"{self.settings.wait_timeout_ms} ms (CHOREO_WAIT_REPLICAS): a replica is "
+                             f"missing or behind; they stand, unprotected until it catches up")
+            self._short_waits_seen = short
         if not self._housekeeping.now(self.settings.housekeeping_every_s):
             return
         for stream in self.streams:
