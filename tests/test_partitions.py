@@ -254,3 +254,19 @@ def test_the_saga_runs_on_acl_users_rendered_for_four_partitions(tmp_path):
     finally:
         procs.stop_all()
         server.stop()
+
+
+def test_an_event_on_another_partitions_stream_is_dead_lettered_not_committed(four, real_bus):
+    """Its commit would touch the order's partition while acking another's (on a cluster, two
+    slots): refused before handling, with the stream it belongs on."""
+    workers = start_workers(real_bus)
+    home = layout.current().partition_of("1")
+    away = (home + 1) % PARTITIONS
+    e = Envelope.new("OrderCreated", "1", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                     "total_cents": 1999})
+    real_bus.client.xadd(bus_keys.stream("OrderCreated", away), e.fields())
+    drain(workers)
+    letters = dead_letters.read_all(real_bus, "inventory")
+    assert [l.stream for l in letters] == [bus_keys.stream("OrderCreated", away)]
+    assert f"belongs on {bus_keys.stream('OrderCreated', home)}" in letters[0].error
+    assert not real_bus.client.exists(keys.reservation("1"))
