@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from choreo.bus import inspect
+from choreo.bus import inspect, keys as bus_keys
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.config.catalogue import CATALOGUE
 from choreo.config.settings import Settings
@@ -95,8 +95,12 @@ def summary(bus: RedisStreamsBus, order_id: str, order: dict[str, str], products
               for p, stock in zip(products, stocks)]
     if full_state:
         lines += [f"payment: {_step(payment)}", f"shipment: {_step(shipment)}"]
-    counts = [f"{s}={inspect.stream_length(bus, s)}" for s in inspect.stream_keys(bus)]
-    lines.append("entries per stream: " + " ".join(counts))
+    # Partitioned: each event type's streams added up, named events:{p*}:<type>.
+    counts: dict[str, int] = {}
+    for s in inspect.stream_keys(bus):
+        named = bus_keys.any_partition(s)
+        counts[named] = counts.get(named, 0) + inspect.stream_length(bus, s)
+    lines.append("entries per stream: " + " ".join(f"{s}={n}" for s, n in counts.items()))
     return lines
 
 
