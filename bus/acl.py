@@ -45,6 +45,7 @@ SAMPLES = {
     "ping": "PING", "time": "TIME", "info": "INFO server", "multi": "MULTI", "exec": "EXEC",
     "evalsha": "EVALSHA " + "0" * 40 + " 1 {key}", "script|load": "SCRIPT LOAD return",
     "acl|dryrun": "ACL DRYRUN default PING", "acl|whoami": "ACL WHOAMI",
+    "cluster|nodes": "CLUSTER NODES",
     "flushall": "FLUSHALL", "config|set": "CONFIG SET maxmemory 0", "keys": "KEYS *",
     "script|flush": "SCRIPT FLUSH", "function|flush": "FUNCTION FLUSH", "move": "MOVE {key} 1",
 }

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import redis
+from redis.crc import key_slot
 
 from choreo.bus import keys
 from choreo.bus.contract import Delivery
@@ -370,3 +371,58 @@ def pending_count(bus: RedisStreamsBus, stream: str, group: str, upper: str, cou
     exclusive), counting at most `count`."""
     with translated_errors():
         return len(bus.client.xpending_range(stream, group, min="-", max=upper, count=count))
+
+
+# -- a cluster's nodes (the dashboard's nodes panel) -----------------------------------------------
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as CLUSTER NODES reports it, from whichever node answered: the view gossip has
+    agreed on, so a node that died shows as `fail` here once the others have marked it."""
+    node_id: str
+    address: str                   # host:port clients use
+    role: str                      # "primary" or "replica"
+    primary_id: str                # the primary a replica follows ("": a primary)
+    link: str                      # "connected", "fail", "pfail" (suspected) or "disconnected"
+    slot_ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def slots(self) -> int:
+        return sum(end - start + 1 for start, end in self.slot_ranges)
+
+    def serves(self, slot: int) -> bool:
+        return any(start <= slot <= end for start, end in self.slot_ranges)
+
+
+def nodes_of(reply: Mapping[str, dict]) -> list[NodeInfo]:
+    """CLUSTER NODES' reply as redis-py parses it (address -> id, flags, primary id or "-", link
+    state, slot ranges as [start] or [start, end]; slots being migrated are apart and left out),
+    sorted by address."""
+    found = []
+    for address, n in reply.items():
+        flags = set(n.get("flags", "").split(","))
+        link = ("fail" if "fail" in flags else "pfail" if "fail?" in flags
+                else "connected" if n.get("connected") else "disconnected")
+        ranges = tuple((int(r[0]), int(r[-1])) for r in n.get("slots", ()) if r)
+        found.append(NodeInfo(n.get("node_id", "?"), address, "replica" if "slave" in flags else "primary",
+                              "" if n.get("master_id", "-") == "-" else n["master_id"], link, ranges))
+    return sorted(found, key=lambda n: _address_key(n.address))
+
+
+def _address_key(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port) if port.isdigit() else 0
+
+
+def cluster_nodes(bus: RedisStreamsBus) -> list[NodeInfo]:
+    """The cluster's nodes as one node sees them (a random one: the cluster client tries another,
+    and relearns the slot map, when it is down). [] when the bus is not on a cluster."""
+    if not bus.cluster:
+        return []
+    with translated_errors():
+        return nodes_of(bus.client.execute_command("CLUSTER NODES"))
+
+
+def slot_of(key_or_tag: str) -> int:
+    """The cluster slot a key (or a partition's tag, `{p3}:`) hashes to."""
+    return key_slot(key_or_tag.encode())

@@ -206,8 +206,9 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
                       sample("zrem", pattern(keys.orders_by_status())), sample("expire", owners[0]),
                       *DANGEROUS)),
         Role("dashboard", "reads everything, writes nothing",
+             # CLUSTER NODES: the dashboard's nodes panel on a cluster (a read, but not in @read)
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",
-                   "+acl|whoami", "%R~*"),
+                   "+acl|whoami", "+cluster|nodes", "%R~*"),
              needs=(sample("xrange", streams[0]), sample("hgetall", owners[0]), sample("info"),
                     sample("scan", "events:*"), sample("xinfo|groups", streams[0]),
                     sample("zrange", bus_keys.heartbeats(services[0].name)),

@@ -9,6 +9,10 @@ they would be a hundred rows for eight partitions. So the streams and groups pan
 event type's partitions (`events:{p*}:OrderCreated`), a group's state is the worst of its
 partitions' and names the partitions not OK, and a "partitions" panel has a row per partition.
 With one partition the screen is as it always was.
+
+On a Redis Cluster a "nodes" band lists each node: its role, the primary a replica follows, its
+link as the cluster sees it, its slots and the partitions it serves. Off a cluster there is no
+such band.
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.plain import text
 from choreo.workers import SERVICES
 __all__ = ["STALE_AFTER_S", "STUCK_AFTER_S", "ConsumerRow", "DeadLetterRow", "EventRow", "GroupRow",
-           "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
+           "NodeRow", "OrdersView", "Snapshot", "StreamRow", "declared_streams", "gather", "gather_or_keep",
            "group_state", "render", "heights", "run_live", "sample_twice", "print_once"]
 # The snapshot's names are re-exported: `choreo.ops.dashboard` is the one place to import the view from.
 from choreo.ops.snapshot import (STALE_AFTER_S, STUCK_AFTER_S, ConsumerRow, DeadLetterRow,  # noqa: F401
-                             EventRow, GroupRow, OrdersView, Snapshot, StreamRow, declared_streams,
+                             EventRow, GroupRow, NodeRow, OrdersView, Snapshot, StreamRow, declared_streams,
                              gather, gather_or_keep, group_state)
 
 STREAMS_WIDTH, ORDERS_WIDTH = 58, 32
@@ -150,7 +154,7 @@ def _table(*columns: str, flex: tuple[str, ...] = ()) -> Table:
     return table
 
 
-_LEFT = {"group", "consumer", "host:pid", "stream", "type", "state", "newest error", "status", "service", "order"}
+_LEFT = {"node", "role", "follows", "link", "partitions", "group", "consumer", "host:pid", "stream", "type", "state", "newest error", "status", "service", "order"}
 
 
 def _row(table: Table, *cells: str | Text, **options) -> None:
@@ -196,6 +200,17 @@ def partitions_table(s: Snapshot) -> Table:
     for r in partition_rows(s):
         _row(table, f"p{r.partition}", str(r.entries), _num(r.per_s), str(r.pending),
              "?" if r.lag is None else str(r.lag), Text(r.state, style=STATE_STYLE.get(r.state, "dim")))
+    return table
+
+
+LINK_STYLE = {"connected": "green", "pfail": "yellow", "fail": "bold red", "disconnected": "bold red"}
+
+
+def nodes_table(s: Snapshot) -> Table:
+    table = _table("node", "role", "follows", "link", "slots", "partitions", flex=("partitions",))
+    for r in s.nodes:
+        _row(table, r.address, r.role, r.follows, Text(r.link, style=LINK_STYLE.get(r.link, "")),
+             str(r.slots), " ".join(f"p{p}" for p in r.partitions) or "-")
     return table
 
 
@@ -252,24 +267,26 @@ def _panel(title: str, body) -> Panel:
     return Panel(body, title=f"[bold]{title}", title_align="left", border_style="blue")
 
 
-def heights(s: Snapshot) -> tuple[int, int, int, int]:
-    """Rows each band needs: header, streams/orders/dead letters, groups, consumers/events."""
+def heights(s: Snapshot) -> tuple[int, int, int, int, int]:
+    """Rows each band needs: header, streams/orders/dead letters, groups, a cluster's nodes (0:
+    not a cluster, no band), consumers/events."""
     orders = max(len(s.orders.by_status), 1) + 3 if s.orders is not None else 0
     partitioned = s.partitions > 1
     streams = streams_by_type(s.streams) if partitioned else s.streams
     groups = groups_by_type(s.groups) if partitioned else s.groups
     top = max(len(streams), orders, len(s.dead_letters))
     bottom = max(len(s.consumers), len(s.events), s.partitions if partitioned else 0)
-    return 3, _height(top), _height(len(groups)), _height(bottom)
+    return 3, _height(top), _height(len(groups)), _height(len(s.nodes)) if s.nodes else 0, _height(bottom)
 
 
 def render(s: Snapshot) -> Layout:
     """The whole screen for one snapshot; print it at height=sum(heights(s)) to see every row."""
-    h_header, h_top, h_groups, h_bottom = heights(s)
+    h_header, h_top, h_groups, h_nodes, h_bottom = heights(s)
     root = Layout()
     root.split_column(Layout(_panel("choreo dashboard", header(s)), size=h_header),
                       Layout(name="top", size=h_top),
                       Layout(_panel("consumer groups", groups_table(s)), size=h_groups),
+                      *([Layout(_panel("nodes", nodes_table(s)), size=h_nodes)] if s.nodes else []),
                       Layout(name="bottom", ratio=1, minimum_size=h_bottom))
     # Streams and orders keep the width their figures need; dead letters' errors take the rest.
     root["top"].split_row(Layout(_panel("streams", streams_table(s)), size=STREAMS_WIDTH),

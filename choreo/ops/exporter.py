@@ -100,6 +100,15 @@ def fleet_metrics(s: snap.Snapshot) -> Iterator:
                  ["service"], [((r.service,), r.count) for r in s.dead_letters])
     yield _gauge("choreo_dead_letter_newest_age_seconds", "Age of the newest dead letter.", ["service"],
                  [((r.service,), r.newest_age_s) for r in s.dead_letters if r.newest_age_s is not None])
+    if s.nodes:                     # on a Redis Cluster only
+        n = ["node", "role"]
+        yield _gauge("choreo_cluster_node_up", "1 while the cluster sees the node connected (0: "
+                     "failed, suspected or disconnected).", n,
+                     [((r.address, r.role), int(r.link == "connected")) for r in s.nodes])
+        yield _gauge("choreo_cluster_node_slots", "Hash slots the node serves (a replica: 0).", n,
+                     [((r.address, r.role), r.slots) for r in s.nodes])
+        yield _gauge("choreo_cluster_node_partitions", "Partitions whose slot the node serves.", n,
+                     [((r.address, r.role), len(r.partitions)) for r in s.nodes])
     if s.orders is None:            # an app without orders
         return
     yield _gauge("choreo_orders", "Orders by status (orders:by_status).", ["status"],

@@ -98,6 +98,16 @@ class OrdersView:
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    address: str
+    role: str                      # primary or replica
+    follows: str                   # a replica's primary's address ("-": a primary; "?": unknown)
+    link: str                      # connected, fail, pfail (suspected by the node asked), disconnected
+    slots: int
+    partitions: list[int]          # the partitions whose slot this node serves
+
+
+@dataclass(frozen=True)
 class Snapshot:
     url: str                       # already redacted
     connected: bool = True
@@ -115,6 +125,8 @@ class Snapshot:
     # Partitions of the deployment (bus.layout): streams and groups are rows per partition's
     # stream; orders and dead letters are summed over the partitions.
     partitions: int = 1
+    # A cluster's nodes (empty off a cluster), as the node that answered CLUSTER NODES sees them.
+    nodes: list[NodeRow] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -146,7 +158,17 @@ def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = No
         consumers=consumer_rows(consumers, beats),
         orders=orders_view(bus, now_ms, prev) if orders else None,
         dead_letters=[dead_letter_row(bus, s, now_ms) for s in services],
-        events=recent_events(bus, [i.stream for i in infos]), partitions=layout.current().partitions)
+        events=recent_events(bus, [i.stream for i in infos]), partitions=layout.current().partitions,
+        nodes=node_rows(inspect.cluster_nodes(bus), layout.current()))
+
+
+def node_rows(nodes: list[inspect.NodeInfo], at: layout.Layout) -> list[NodeRow]:
+    """Each node, with the partitions whose slot it serves: a partition's keys all carry its tag,
+    so they all hash to the tag's slot (and on a cluster keys are always tagged)."""
+    by_id = {n.node_id: n.address for n in nodes}
+    slots = {p: inspect.slot_of(at.tag(p)) for p in at.all()}
+    return [NodeRow(n.address, n.role, by_id.get(n.primary_id, "?") if n.primary_id else "-", n.link,
+                    n.slots, [p for p, slot in slots.items() if n.serves(slot)]) for n in nodes]
 
 
 def _per_s(now: float | None, before: float | None, now_ms: int, prev: Snapshot | None) -> float | None:
