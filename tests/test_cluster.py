@@ -186,3 +186,55 @@ def test_a_primary_killed_under_load_fails_over_and_every_order_completes(on_clu
     assert "orders=400 completed=400 " in figures
     wait_for(lambda: drained(cluster), timeout=60, what="every group drained")
     print("audit:", audit_clean(on_cluster))
+
+
+def acl_setuser_args(line: str) -> list[str]:
+    """`user NAME rule rule (selector rule) …` as ACL SETUSER's arguments, a selector one."""
+    args, selector = [], None
+    for word in line.split()[1:]:
+        if selector is not None:
+            selector.append(word)
+            if word.endswith(")"):
+                args.append(" ".join(selector))
+                selector = None
+        elif word.startswith("(") and not word.endswith(")"):
+            selector = [word]
+        else:
+            args.append(word)
+    return args
+
+
+def test_every_service_runs_as_its_own_user_on_every_node(on_cluster, cluster, redis_cluster):
+    """`choreo acl render` on a cluster, loaded on every node (ACLs are per node), the default
+    user left on for the test's own checks: nobody is refused anything (ACL LOG empty on every
+    node), orders complete, the dashboard user reads it all."""
+    from tests.test_acl import PASSWORDS, USERS
+    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in PASSWORDS.items()}
+    rendered = on_cluster.run("acl", "render", **env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "+cluster|slots" in rendered.stdout
+    users = [l for l in rendered.stdout.splitlines() if l.startswith("user ") and " default " not in f"{l} "]
+    for port in redis_cluster.alive():
+        for line in users:
+            redis_cluster.ask(port, "ACL", "SETUSER", *acl_setuser_args(line))
+        redis_cluster.ask(port, "ACL", "LOG", "RESET")
+    host = redis_cluster.url.split("//", 1)[1]
+    for user in USERS:
+        on_cluster.base_env[f"REDIS_URL_{user.upper()}"] = f"redis://{user}:{PASSWORDS[user]}@{host}"
+    try:
+        for name in SERVICES:
+            on_cluster.worker(name)
+        on_cluster.start("timers")
+        load = on_cluster.run("load", "--orders", "60", "--timeout", "60", timeout=90)
+        assert load.returncode == 0, load.stdout + load.stderr
+        wait_for(lambda: drained(cluster), timeout=30, what="drained")
+        for verb in (("dashboard", "--once"), ("dlq", "list"), ("trim",), ("audit", "--strict")):
+            answer = on_cluster.run(*verb)
+            assert answer.returncode == 0, (verb, answer.stdout, answer.stderr)
+        refused = {port: redis_cluster.ask(port, "ACL", "LOG") for port in redis_cluster.alive()}
+        assert not any(refused.values()), refused
+    finally:
+        on_cluster.stop_all()
+        for port in redis_cluster.alive():
+            for user in USERS:
+                redis_cluster.ask(port, "ACL", "DELUSER", user)

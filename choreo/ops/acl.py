@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import keys as bus_keys, layout
 from choreo.bus.acl import Grant, Role, Verdict, sample
 from choreo.scheduling.timers import armed_keys
 from choreo.workers import keys
@@ -38,6 +38,13 @@ from choreo.workers.unit_of_work import timer_id
 # (SCRIPT EXISTS: a pipeline of script calls, e.g. stock holds, asks first whether they are loaded.)
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+script|exists", "+multi",
           "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time")
+# What redis-py's cluster client asks every node it connects to, on a cluster only: the slot map
+# and the command table (COMMAND, COMMAND GETKEYS: where XREADGROUP's keys are).
+CLUSTER_CLIENT = ("+cluster|slots", "+cluster|shards", "+command")
+
+
+def client_rules() -> tuple[str, ...]:
+    return CLIENT + (CLUSTER_CLIENT if layout.current().cluster else ())
 # XREAD and XREVRANGE read what the group reads anyway: `choreo load`, as the order user, learns
 # outcomes by watching the streams that end orders without a group (choreo.measure.load).
 CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "xpending",
@@ -139,7 +146,7 @@ def service_role(service: Service, services: Sequence[Service] = (),
     grants.append(scripted(k for g in grants for k in g.keys if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX)))
     for event in armed_timers(service, timer_events):
         grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(event, "*")))]
-    return Role(service.name, f"the {service.name} service", tuple(grants), CLIENT,
+    return Role(service.name, f"the {service.name} service", tuple(grants), client_rules(),
                 refuses=tuple(refusals(service, services, timer_events)))
 
 
@@ -192,7 +199,7 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
-                   "-renamenx", "+info", *CLIENT, "~rq:*", "&rq:*"),
+                   "-renamenx", "+info", *client_rules(), "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
              refuses=(*(sample("xadd", s) for s in streams if s not in fired),
                       *(sample("hset", p) for p in owners),
@@ -201,14 +208,15 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
              + ("; prunes expired orders from the index" if saga else ""),
              (Grant(TRIM, tuple(streams)), *prune,
               *((scripted((index, expired, order)),) if saga else ())),
-             CLIENT,
+             client_rules(),
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
                       sample("zrem", pattern(keys.orders_by_status())), sample("expire", owners[0]),
                       *DANGEROUS)),
         Role("dashboard", "reads everything, writes nothing",
              # CLUSTER NODES: the dashboard's nodes panel on a cluster (a read, but not in @read)
              root=("+@read", "-@dangerous", "+info", "+time", "+ping", "+hello", "+select",
-                   "+acl|whoami", "+cluster|nodes", "%R~*"),
+                   "+acl|whoami", "+cluster|nodes",
+                   *(CLUSTER_CLIENT if layout.current().cluster else ()), "%R~*"),
              needs=(sample("xrange", streams[0]), sample("hgetall", owners[0]), sample("info"),
                     sample("scan", "events:*"), sample("xinfo|groups", streams[0]),
                     sample("zrange", bus_keys.heartbeats(services[0].name)),
