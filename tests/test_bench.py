@@ -91,8 +91,11 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
 def test_ctrl_c_stops_every_process_it_started(argv, started_n):
     mark = uuid.uuid4().hex
     env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
+    # SIGINT as a terminal's Ctrl-C sends it: not ignored, even if whatever started the tests
+    # (a shell's background job) ignores it and the bench would inherit that.
     proc = subprocess.Popen([str(BIN / "choreo"), "bench", *argv],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -114,7 +115,9 @@ class Terminal:
                                       "--redis-url", url], stdin=slave, stdout=slave, stderr=slave,
                                      cwd=ROOT, env=env, start_new_session=True,
                                      # the pty becomes its controlling terminal, so ^C is SIGINT
-                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                     # and SIGINT is not ignored, whatever started the tests
+                                     preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL),
+                                                         fcntl.ioctl(0, termios.TIOCSCTTY, 0)))
         self.output = ""
 
     def wait_for(self, text: str, start: int = 0, timeout_s: float = 15) -> int:
