@@ -98,6 +98,8 @@ def test_a_cluster_row_beside_a_single_node_has_every_figure_and_leaves_no_proce
         assert r["redis_keys_per_order"] > 0 and r["worker_cpu_us_per_order"] > 0
     single, cluster = out["rows"]
     assert single["replica_cpu_us_per_order"] == 0 < cluster["replica_cpu_us_per_order"]
+    assert len(single["redis_cpu_us_per_order_by_node"]) == 1
+    assert len(cluster["redis_cpu_us_per_order_by_node"]) == 3      # the primaries
     # One server and four workers; six cluster nodes and four workers.
     assert len(out["processes"]) == 1 + 4 + 6 + 4
     assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]

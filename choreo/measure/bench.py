@@ -119,6 +119,8 @@ class RowResult:
     settled: bool
     # A cluster's replicas apply every write again: their CPU, apart from the primaries' above.
     replica_cpu_us_per_order: float = 0.0
+    # Redis CPU by primary ("127.0.0.1:<port>"): how evenly the partitions (and hot keys) spread.
+    redis_cpu_us_per_order_by_node: dict[str, float] = field(default_factory=dict)
     ratio: dict[str, dict[str, float]] = field(default_factory=dict)    # reference -> metric -> x
 
 
@@ -352,6 +354,15 @@ class Counters:
                          if n - before.commands.get(k, 0) > 0}, self.cpu_s - before.cpu_s)
 
 
+def node_cpu_s(nodes: list[redis.Redis]) -> list[float]:
+    return [Counters.read([n]).cpu_s for n in nodes]
+
+
+def name_of(node: redis.Redis) -> str:
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 def memory(nodes: list[redis.Redis]) -> tuple[int, int]:
     """Bytes used and keys held, summed over the nodes. Bytes leave out the replication backlog:
     a primary with replicas fills its backlog (up to 1 MB) with every write whatever the data
@@ -506,16 +517,20 @@ def measure_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
                 started: list[int]) -> RowResult:
     with running_row(row, plan, redis_url, workdir, started) as (target, procs):
         mem_before, cpu_before = memory(target.primaries), workers_cpu_s(procs)
+        nodes_before = node_cpu_s(target.primaries)
         counters_before, replicas_before = Counters.read(target.primaries), Counters.read(target.replicas)
         seen = load(row, target, plan.orders, plan.rate, plan.timeout_s)
         # Counters now, before the settle polling below adds commands of the bench's own.
         spent, worker_s = Counters.read(target.primaries).minus(counters_before), workers_cpu_s(procs) - cpu_before
         replica_s = Counters.read(target.replicas).cpu_s - replicas_before.cpu_s
+        by_node = {name_of(n): s - before for n, s, before in
+                   zip(target.primaries, node_cpu_s(target.primaries), nodes_before)}
         calm = wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
         mem_after = memory(target.primaries)
         rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
     result = summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
     result.replica_cpu_us_per_order = replica_s * 1e6 / plan.orders
+    result.redis_cpu_us_per_order_by_node = {k: s * 1e6 / plan.orders for k, s in by_node.items()}
     return result
 
 
