@@ -441,7 +441,8 @@ def cmd_acl(args, settings: Settings) -> int:
 
 
 def _bench_misuse(args) -> str:
-    """Flags that belong to the other mode of `choreo bench`: named, rather than ignored."""
+    """Flags that belong to the other mode of `choreo bench`, or that the rows asked for cannot
+    use (--partitions without a cluster row, --redis-url with one): named, rather than ignored."""
     from choreo.measure.bench import CLUSTER_ROWS
     if args.soak:
         wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve),
