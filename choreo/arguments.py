@@ -89,6 +89,7 @@ def entry_id(text: str) -> str:
 
 
 replica_count = Bounded(1, 16, int)             # processes of one service in `choreo bench`
+bench_partitions = Bounded(1, 1024, int)        # the cluster rows' CHOREO_PARTITIONS (bus.layout's bounds)
 
 
 def replicas(text: str) -> dict[str, int]:

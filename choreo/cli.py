@@ -91,7 +91,7 @@ def _add_ops_verbs(sub, common, logs, services) -> None:
 
 
 def _add_bench_verb(sub, common) -> None:
-    from choreo.measure.bench import ROWS
+    from choreo.measure.bench import CLUSTER_ROWS, DEFAULT_ROWS, PARTITIONS, ROWS
     p = sub.add_parser("bench", parents=[common],
                        help="measure choreo against plain redis-py references, in one run")
     p.add_argument("--orders", type=arg.orders, default=5000, help=f"per row, {arg.orders.bounds} (default: 5000)")
@@ -100,7 +100,10 @@ def _add_bench_verb(sub, common) -> None:
     p.add_argument("--replicas", type=arg.replicas, default={}, metavar="SERVICE=N,...",
                    help=f"worker processes per service, {arg.replica_count.bounds} (default: 1 each)")
     p.add_argument("--rows", type=arg.bench_rows, metavar="ROW,...",
-                   help=f"which rows, in order (default: {','.join(ROWS)})")
+                   help=f"which rows, in order, of {','.join(ROWS)} (default: {','.join(DEFAULT_ROWS)}; "
+                        f"{' and '.join(CLUSTER_ROWS)} run on a fresh 3-primary Redis Cluster)")
+    p.add_argument("--partitions", type=arg.bench_partitions, metavar="N",
+                   help=f"the cluster rows' CHOREO_PARTITIONS, {arg.bench_partitions.bounds} (default: {PARTITIONS})")
     p.add_argument("--curve", action="store_true",
                    help="also run every row paced at 25/50/75%% of the slowest row's maximum")
     p.add_argument("--timeout", type=arg.load_timeout, default=120.0, metavar="SECONDS",

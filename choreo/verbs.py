@@ -441,12 +441,22 @@ def cmd_acl(args, settings: Settings) -> int:
 
 
 def _bench_misuse(args) -> str:
-    """Flags that belong to the other mode of `choreo bench`: named, rather than ignored."""
+    """Flags that belong to the other mode of `choreo bench`, or that the rows asked for cannot
+    use (--partitions without a cluster row, --redis-url with one): named, rather than ignored."""
+    from choreo.measure.bench import CLUSTER_ROWS
     if args.soak:
-        wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve)) if v]
+        wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve),
+                                ("--partitions", args.partitions)) if v]
         return f"{' and '.join(wrong)}: not with --soak" if wrong else ""
     wrong = [f for f, v in (("--retention", args.retention), ("--seen-ttl", args.seen_ttl)) if v]
-    return f"{' and '.join(wrong)}: only with --soak" if wrong else ""
+    if wrong:
+        return f"{' and '.join(wrong)}: only with --soak"
+    clustered = [r for r in args.rows or () if r in CLUSTER_ROWS]
+    if args.partitions and not clustered:
+        return f"--partitions: only with a cluster row ({', '.join(CLUSTER_ROWS)})"
+    if args.redis_url and clustered:
+        return f"--redis-url: not with {clustered[0]}, which starts a throwaway cluster of its own"
+    return ""
 
 
 def cmd_bench(args, settings: Settings) -> int:
@@ -464,10 +474,10 @@ def cmd_bench(args, settings: Settings) -> int:
 
 
 def _bench(args) -> int:
-    from choreo.measure.bench import ROWS, Plan, run_bench
+    from choreo.measure.bench import DEFAULT_ROWS, PARTITIONS, Plan, run_bench
     from choreo.measure.bench_report import render, to_json
-    plan = Plan(args.orders, args.rows or tuple(ROWS), args.replicas, rate=args.rate,
-                timeout_s=args.timeout, curve=args.curve)
+    plan = Plan(args.orders, args.rows or DEFAULT_ROWS, args.replicas, rate=args.rate,
+                timeout_s=args.timeout, curve=args.curve, partitions=args.partitions or PARTITIONS)
     run = run_bench(plan, args.redis_url)
     _print_run(run, args.json, render, to_json)
     return 0 if all(r.completed == r.orders for r in run.results) else 1
@@ -492,4 +502,4 @@ def _print_run(run, as_json: bool, render, to_json) -> None:
         return
     from rich.console import Console
     # A pipe has no width of its own; rich's 80 columns would wrap the tables.
-    Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120).print(render(run))
+    Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140).print(render(run))

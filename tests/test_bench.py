@@ -85,10 +85,32 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
     assert marked(mark) == []
 
 
-@pytest.mark.parametrize("argv, started_n", [
-    (["--orders", "1000000", "--rows", "choreo"], 1 + 4),             # server, workers
-    (["--soak", "1000000", "--rate", "200"], 1 + 4 + 1)])             # server, workers, trimmer
-def test_ctrl_c_stops_every_process_it_started(argv, started_n):
+def test_a_cluster_row_beside_a_single_node_has_every_figure_and_leaves_no_process():
+    mark = uuid.uuid4().hex
+    done = bench("--orders", "200", "--rows", "choreo,choreo-cluster", "--json", mark=mark, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [r["name"] for r in out["rows"]] == ["choreo", "choreo-cluster"]
+    assert out["partitions"] == 8 and any("summed over the primaries" in n for n in out["notes"])
+    for r in out["rows"]:
+        assert r["completed"] == r["orders"] == 200 and r["settled"]
+        assert r["commands"]["xadd"] >= 4 and r["redis_cpu_us_per_order"] > 0
+        assert r["redis_keys_per_order"] > 0 and r["worker_cpu_us_per_order"] > 0
+    single, cluster = out["rows"]
+    assert single["replica_cpu_us_per_order"] == 0 < cluster["replica_cpu_us_per_order"]
+    assert len(single["redis_cpu_us_per_order_by_node"]) == 1
+    assert len(cluster["redis_cpu_us_per_order_by_node"]) == 3      # the primaries
+    # One server and four workers; six cluster nodes and four workers.
+    assert len(out["processes"]) == 1 + 4 + 6 + 4
+    assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
+    assert marked(mark) == []
+
+
+@pytest.mark.parametrize("argv, started_n, marked_n", [
+    (["--orders", "1000000", "--rows", "choreo"], 1 + 4, 1 + 4),          # server, workers
+    (["--soak", "1000000", "--rate", "200"], 1 + 4 + 1, 1 + 4 + 1),       # server, workers, trimmer
+    (["--orders", "1000000", "--rows", "choreo-cluster"], 6 + 4, 1 + 4)])  # six nodes, workers
+def test_ctrl_c_stops_every_process_it_started(argv, started_n, marked_n):
     mark = uuid.uuid4().hex
     env = {**os.environ, "CHOREO_BENCH_TEST_MARK": mark}
     # SIGINT as a terminal's Ctrl-C sends it: not ignored, even if whatever started the tests
@@ -102,8 +124,8 @@ def test_ctrl_c_stops_every_process_it_started(argv, started_n):
         while len(started) < started_n and time.monotonic() < deadline:
             time.sleep(0.1)
             started = children(proc.pid)
-        # The marked: the bench and the processes it started, but the server (see marked()).
-        assert len(started) == started_n and len(marked(mark)) == started_n
+        # The marked: the bench and the processes it started, but the servers (see marked()).
+        assert len(started) == started_n and len(marked(mark)) == marked_n
         time.sleep(1.0)                                 # the load is running by now
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
@@ -129,7 +151,13 @@ def _kill_if_left(proc: subprocess.Popen) -> None:
                                   ["--replicas", "inventory=99"], ["--rows", "choreo,fast"],
                                   ["--orders", "0"], ["--soak", "0"], ["--soak", "9", "--curve"],
                                   ["--soak", "9", "--rows", "choreo"], ["--retention", "5"],
-                                  ["--soak", "9", "--retention", "0"], ["--soak", "9", "--seen-ttl", "59"]])
+                                  ["--soak", "9", "--retention", "0"], ["--soak", "9", "--seen-ttl", "59"],
+                                  ["--rows", "choreo-cluster", "--partitions", "0"],
+                                  ["--rows", "choreo-cluster", "--partitions", "1025"],
+                                  ["--rows", "choreo-cluster", "--partitions", "eight"],
+                                  ["--partitions", "4"], ["--rows", "choreo", "--partitions", "4"],
+                                  ["--soak", "9", "--partitions", "4"],
+                                  ["--rows", "choreo,choreo-cluster", "--redis-url", "redis://127.0.0.1:1/0"]])
 def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,5 +1,7 @@
 """`choreo bench`: choreo and the plain redis-py references (benchmarks/reference.py), measured
-in the same run on the same machine, each row on a fresh server, printed side by side.
+in the same run on the same machine, each row on a fresh server, printed side by side. The
+cluster rows (opt-in) run choreo on a fresh local Redis Cluster instead, three primaries with a
+replica each, with Redis's figures summed over the primaries (docs/cluster.md#figures).
 
 A row: start its worker processes, wait until every consumer group has its consumers, snapshot
 Redis's counters and the workers' CPU, place the orders, snapshot again the moment the last
@@ -24,8 +26,10 @@ import redis
 
 from choreo.benchmarks import reference
 from choreo.bus import keys as bus_keys
+from choreo.bus import layout
 from choreo.bus.connect import redact
 from choreo.measure.load import percentile
+from choreo.measure.redis_cluster import ClusterError, LocalCluster
 from choreo.measure.redis_server import RedisServer, find_redis_server
 from choreo.workers import keys
 
@@ -39,6 +43,10 @@ SETTLE_TIMEOUT_S = 30.0
 STOP_WAIT_S = 5.0               # as honcho: SIGTERM, then SIGKILL after 5 s
 CURVE_STEPS = (25, 50, 75)      # % of the slowest row's maximum: every row runs the same rates
 CURVE_STEP_S = 5.0              # a paced step places about this many seconds' worth of orders
+PARTITIONS = 8                  # CHOREO_PARTITIONS of the cluster rows, unless --partitions
+# The cluster rows' nodes share the machine with the workers and the loader: a node starved of
+# CPU for the test fixture's 2 s would be failed over mid-row. Redis's own default, 15 s, is not.
+CLUSTER_NODE_TIMEOUT_MS = 15_000
 
 
 class BenchError(Exception):
@@ -51,13 +59,22 @@ class Row:
     kind: str                   # "reference" or "choreo"
     mode: str = ""              # the reference's mode
     deadline_s: float = 0.0     # choreo: each order's deadline, 0 for none
+    # choreo on a fresh LocalCluster. Its rows arm no timers: rq would need a plain Redis of its
+    # own (CHOREO_TIMERS_URL), and the comparable rows have no deadlines anyway.
+    cluster: bool = False
+    wait_replicas: int = 0      # CHOREO_WAIT_REPLICAS of the workers and the loader
 
 
 ROWS = {r.name: r for r in (Row("reference-plain", "reference", "plain"),
                              Row("reference-atomic", "reference", "atomic"),
                              Row("choreo", "choreo"),
-                             Row("choreo+deadlines", "choreo", deadline_s=DEADLINE_S))}
+                             Row("choreo+deadlines", "choreo", deadline_s=DEADLINE_S),
+                             Row("choreo-cluster", "choreo", cluster=True),
+                             Row("choreo-cluster+wait", "choreo", cluster=True, wait_replicas=1))}
 REFERENCES = ("reference-plain", "reference-atomic")
+# Without --rows: the cluster rows start six nodes each, so they are asked for by name.
+DEFAULT_ROWS = tuple(name for name, r in ROWS.items() if not r.cluster)
+CLUSTER_ROWS = tuple(name for name, r in ROWS.items() if r.cluster)
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ class Plan:
     rate: float | None = None
     timeout_s: float = 120.0
     curve: bool = False
+    partitions: int = PARTITIONS    # the cluster rows' CHOREO_PARTITIONS
 
 
 @dataclass
@@ -99,6 +117,10 @@ class RowResult:
     redis_keys_per_order: float
     peak_rss_mib: dict[str, float]          # by worker
     settled: bool
+    # A cluster's replicas apply every write again: their CPU, apart from the primaries' above.
+    replica_cpu_us_per_order: float = 0.0
+    # Redis CPU by primary ("127.0.0.1:<port>"): how evenly the partitions (and hot keys) spread.
+    redis_cpu_us_per_order_by_node: dict[str, float] = field(default_factory=dict)
     ratio: dict[str, dict[str, float]] = field(default_factory=dict)    # reference -> metric -> x
 
 
@@ -142,7 +164,8 @@ def worker_env(row: Row, url: str, slot: int, extra: dict[str, str] | None = Non
     # Logs go to stderr, which is the process's log file: per-event lines (INFO) would only cost
     # time and disk; retries, dead letters and reconnects (WARNING and up) stay.
     return {"CHOREO_LOG_LEVEL": "WARNING", **env, **(extra or {}), "REDIS_URL": url, "CHOREO_SLOT": str(slot),
-            "PYTHONUNBUFFERED": "1", "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}"}
+            "PYTHONUNBUFFERED": "1", "CHOREO_ORDER_DEADLINE_S": f"{row.deadline_s:g}",
+            "CHOREO_WAIT_REPLICAS": str(row.wait_replicas)}
 
 
 def start_process(name: str, command: list[str], env: dict[str, str], log: Path,
@@ -209,7 +232,40 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-# -- the server ----------------------------------------------------------------------------------
+# -- the server ---------------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    """What a row runs on. `url` is what its processes are given; `client` runs key commands (a
+    cluster client on a cluster, which routes each key to its node); `primaries` holds a plain
+    client per primary, for what a node says of itself (INFO, DBSIZE, CLIENT LIST, SCAN), summed
+    over them; `readers` those primaries that hold a stream the workers read; `replicas` a
+    cluster's replicas, whose CPU is reported apart."""
+    url: str
+    client: redis.Redis
+    primaries: list[redis.Redis]
+    readers: list[redis.Redis]
+    replicas: list[redis.Redis] = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in {id(c): c for c in (self.client, *self.primaries, *self.replicas)}.values():
+            c.close()
+
+
+@contextmanager
+def fresh_target(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
+                 started: list[int]) -> Iterator[Target]:
+    if row.cluster:
+        with fresh_cluster(plan.partitions, started) as target:
+            yield target
+        return
+    with fresh_server(redis_url, workdir, started) as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            yield Target(url, client, [client], [client])
+        finally:
+            client.close()
+
 
 @contextmanager
 def fresh_server(url: str | None, workdir: Path, started: list[int]) -> Iterator[str]:
@@ -231,6 +287,36 @@ def fresh_server(url: str | None, workdir: Path, started: list[int]) -> Iterator
         server.stop()
 
 
+@contextmanager
+def fresh_cluster(partitions: int, started: list[int]) -> Iterator[Target]:
+    """A throwaway LocalCluster (three primaries, a replica each), stopped on the way out, and
+    this process's layout set to its partitions meanwhile: the loader runs here, and must put
+    each order where the workers read it."""
+    try:
+        # start() stops every node itself if it fails part-way, Ctrl-C included.
+        cluster = LocalCluster(node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS).start()
+    except ClusterError as exc:
+        raise BenchError(str(exc)) from None
+    started.extend(p.pid for p in cluster.procs.values())
+    previous = layout.use(layout.Layout(partitions, cluster=True))
+    target = None
+    try:
+        client = redis.RedisCluster.from_url(cluster.url.replace("/0?cluster=true", ""),
+                                             decode_responses=True)
+        primaries = {port: cluster.node(port) for port in cluster.primaries()}
+        reading = {client.get_node_from_key(bus_keys.stream("OrderCreated", p)).port
+                   for p in range(partitions)}
+        target = Target(cluster.url, client, list(primaries.values()),
+                        [c for port, c in primaries.items() if port in reading],
+                        [cluster.node(port) for port in cluster.replicas()])
+        yield target
+    finally:
+        if target:
+            target.close()
+        layout.use(previous)
+        cluster.stop()
+
+
 def refuse_non_empty(url: str) -> None:
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
@@ -246,54 +332,78 @@ def refuse_non_empty(url: str) -> None:
 
 @dataclass(frozen=True)
 class Counters:
-    """Redis's own counters at one moment: commands by name, CPU seconds."""
+    """Redis's own counters at one moment, summed over the nodes asked: commands by name, CPU
+    seconds."""
     commands: dict[str, int]
     cpu_s: float
 
     @classmethod
-    def read(cls, client: redis.Redis) -> "Counters":
-        stats = client.info("commandstats")
-        cpu = client.info("cpu")
-        return cls({k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()},
-                   cpu["used_cpu_sys"] + cpu["used_cpu_user"])
+    def read(cls, nodes: list[redis.Redis]) -> "Counters":
+        commands: dict[str, int] = {}
+        cpu_s = 0.0
+        for node in nodes:
+            for k, v in node.info("commandstats").items():
+                name = k.removeprefix("cmdstat_")
+                commands[name] = commands.get(name, 0) + v["calls"]
+            cpu = node.info("cpu")
+            cpu_s += cpu["used_cpu_sys"] + cpu["used_cpu_user"]
+        return cls(commands, cpu_s)
 
     def minus(self, before: "Counters") -> "Counters":
         return Counters({k: n - before.commands.get(k, 0) for k, n in self.commands.items()
                          if n - before.commands.get(k, 0) > 0}, self.cpu_s - before.cpu_s)
 
 
-def memory(client: redis.Redis) -> tuple[int, int]:
-    return client.info("memory")["used_memory"], client.dbsize()
+def node_cpu_s(nodes: list[redis.Redis]) -> list[float]:
+    return [Counters.read([n]).cpu_s for n in nodes]
 
 
-def groups_ready(client: redis.Redis, row: Row, replicas: dict[str, int]) -> bool:
+def name_of(node: redis.Redis) -> str:
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def memory(nodes: list[redis.Redis]) -> tuple[int, int]:
+    """Bytes used and keys held, summed over the nodes. Bytes leave out the replication backlog:
+    a primary with replicas fills its backlog (up to 1 MB) with every write whatever the data
+    holds, and a server without replicas has none."""
+    infos = [n.info("memory") for n in nodes]
+    return (sum(i["used_memory"] - i.get("mem_replication_backlog", 0) for i in infos),
+            sum(n.dbsize() for n in nodes))
+
+
+def groups_ready(target: Target, row: Row, replicas: dict[str, int]) -> bool:
     """Every service's group exists on every stream it reads, and every worker is reading: a
     client whose last command is XREADGROUP (Redis 7.0 lists a consumer only once it was given
-    an entry, so the group's consumer count cannot say it). choreo's workers read every
-    partition's stream (bus.layout); the reference has one stream per event type."""
+    an entry, so the group's consumer count cannot say it), on every node holding a stream.
+    choreo's workers read every partition's stream (bus.layout); the reference has one stream
+    per event type."""
     for service in SERVICES:
         for event_type in reference.CONSUMES[service]:
             streams = ([reference.stream(event_type)] if row.kind == "reference"
                        else bus_keys.streams(event_type))
             for stream in streams:
                 try:
-                    groups = client.xinfo_groups(stream)
+                    groups = target.client.xinfo_groups(stream)
                 except redis.ResponseError:
                     return False                # the stream is not there yet
                 if service not in {g["name"] for g in groups}:
                     return False
-    reading = sum(c.get("cmd") == "xreadgroup" for c in client.client_list())
-    if reading < sum(replicas.get(s, 1) for s in SERVICES):
-        return False
-    return row.kind == "reference" or client.exists(keys.stock(PRODUCT)) == 1
+    workers = sum(replicas.get(s, 1) for s in SERVICES)
+    for node in target.readers:
+        if sum(c.get("cmd") == "xreadgroup" for c in node.client_list()) < workers:
+            return False
+    return row.kind == "reference" or target.client.exists(keys.stock(PRODUCT)) == 1
 
 
-def settled(client: redis.Redis) -> bool:
+def settled(target: Target) -> bool:
     """Every group on every stream has read and acknowledged every entry."""
-    for key in client.scan_iter(match="events:*", _type="stream"):
-        for g in client.xinfo_groups(key):
-            if g["pending"] or g.get("lag"):
-                return False
+    for node in target.primaries:
+        # Each node is asked about the streams it holds itself.
+        for key in node.scan_iter(match="events:*", _type="stream"):
+            for g in node.xinfo_groups(key):
+                if g["pending"] or g.get("lag"):
+                    return False
     return True
 
 
@@ -359,21 +469,22 @@ def _read_completions(client: redis.Redis, cursor: str, block_ms: int | None, pl
     return cursor
 
 
-def load_choreo(url: str, orders: int, rate: float | None, timeout_s: float, deadline_s: float) -> Latency:
-    """`choreo load`'s own machinery, in this process: what the saga's users run."""
+def load_choreo(url: str, orders: int, rate: float | None, timeout_s: float, deadline_s: float,
+                wait_replicas: int = 0) -> Latency:
+    """`choreo load`'s own machinery, in this process: what the saga's users run. On a cluster
+    (`?cluster=true`) it places and watches by this process's layout (fresh_cluster sets it)."""
     from choreo.bus.connect import open_bus
     from choreo.measure.load import LoadPlan, run_load
     plan = LoadPlan(orders, timeout_s, PRODUCT, QUANTITY, rate=rate, deadline_s=deadline_s)
-    with open_bus(url) as bus:
+    with open_bus(url, wait_replicas=wait_replicas) as bus:
         result = run_load(bus, plan)
     return Latency(list(result.latencies_ms), result.elapsed_s)
 
 
-def load(row: Row, url: str, client: redis.Redis, orders: int, rate: float | None,
-         timeout_s: float) -> Latency:
+def load(row: Row, target: Target, orders: int, rate: float | None, timeout_s: float) -> Latency:
     if row.kind == "reference":
-        return load_reference(client, orders, rate, timeout_s)
-    return load_choreo(url, orders, rate, timeout_s, row.deadline_s)
+        return load_reference(target.client, orders, rate, timeout_s)
+    return load_choreo(target.url, orders, rate, timeout_s, row.deadline_s, row.wait_replicas)
 
 
 # -- one row -------------------------------------------------------------------------------------
@@ -385,35 +496,42 @@ def say(line: str) -> None:
 
 @contextmanager
 def running_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path, started: list[int],
-                extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, redis.Redis, list[Proc]]]:
-    """A fresh server with the row's workers started and ready; stops them all on the way out,
-    and any process the caller appended to the list meanwhile."""
-    with fresh_server(redis_url, workdir, started) as url:
-        client = redis.Redis.from_url(url, decode_responses=True)
+                extra_env: dict[str, str] | None = None) -> Iterator[tuple[Target, list[Proc]]]:
+    """A fresh server (or cluster) with the row's workers started and ready; stops them all on
+    the way out, and any process the caller appended to the list meanwhile, then the server."""
+    with fresh_target(row, plan, redis_url, workdir, started) as target:
         procs: list[Proc] = []
+        env = {**(extra_env or {}), **({"CHOREO_PARTITIONS": str(plan.partitions)} if row.cluster else {})}
         try:
-            start_workers(row, url, plan.replicas, workdir, procs, extra_env)
+            start_workers(row, target.url, plan.replicas, workdir, procs, env)
             started.extend(p.popen.pid for p in procs)
-            if not wait_for(lambda: groups_ready(client, row, plan.replicas), READY_TIMEOUT_S, procs):
+            if not wait_for(lambda: groups_ready(target, row, plan.replicas), READY_TIMEOUT_S, procs):
                 raise BenchError(f"{row.name}: the workers did not join their groups within "
                                  f"{READY_TIMEOUT_S:g} s (logs: {workdir})")
-            yield url, client, procs
+            yield target, procs
         finally:
             stop_all(procs)
-            client.close()
 
 
 def measure_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
                 started: list[int]) -> RowResult:
-    with running_row(row, plan, redis_url, workdir, started) as (url, client, procs):
-        mem_before, counters_before, cpu_before = memory(client), Counters.read(client), workers_cpu_s(procs)
-        seen = load(row, url, client, plan.orders, plan.rate, plan.timeout_s)
+    with running_row(row, plan, redis_url, workdir, started) as (target, procs):
+        mem_before, cpu_before = memory(target.primaries), workers_cpu_s(procs)
+        nodes_before = node_cpu_s(target.primaries)
+        counters_before, replicas_before = Counters.read(target.primaries), Counters.read(target.replicas)
+        seen = load(row, target, plan.orders, plan.rate, plan.timeout_s)
         # Counters now, before the settle polling below adds commands of the bench's own.
-        spent, worker_s = Counters.read(client).minus(counters_before), workers_cpu_s(procs) - cpu_before
-        calm = wait_for(lambda: settled(client), SETTLE_TIMEOUT_S, procs)
-        mem_after = memory(client)
+        spent, worker_s = Counters.read(target.primaries).minus(counters_before), workers_cpu_s(procs) - cpu_before
+        replica_s = Counters.read(target.replicas).cpu_s - replicas_before.cpu_s
+        by_node = {name_of(n): s - before for n, s, before in
+                   zip(target.primaries, node_cpu_s(target.primaries), nodes_before)}
+        calm = wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
+        mem_after = memory(target.primaries)
         rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
-    return summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
+    result = summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
+    result.replica_cpu_us_per_order = replica_s * 1e6 / plan.orders
+    result.redis_cpu_us_per_order_by_node = {k: s * 1e6 / plan.orders for k, s in by_node.items()}
+    return result
 
 
 def summarise(row: Row, orders: int, seen: Latency, spent: Counters, worker_s: float,
@@ -455,15 +573,15 @@ def curve_rates(results: list[RowResult]) -> list[tuple[int, float]]:
 def measure_curve(row: Row, plan: Plan, rates: list[tuple[int, float]], redis_url: str | None,
                   workdir: Path, started: list[int]) -> list[CurvePoint]:
     points = []
-    with running_row(row, plan, redis_url, workdir, started) as (url, client, procs):
+    with running_row(row, plan, redis_url, workdir, started) as (target, procs):
         for pct, rate in rates:
             n = min(plan.orders, max(100, int(rate * CURVE_STEP_S)))
             say(f"{row.name}: {n} orders paced at {rate:g}/s ({pct}% of the slowest maximum)")
-            seen = load(row, url, client, n, rate, plan.timeout_s)
+            seen = load(row, target, n, rate, plan.timeout_s)
             lat = sorted(seen.latencies_ms)
             points.append(CurvePoint(row.name, pct, rate, n, seen.completed,
                                      percentile(lat, 50), percentile(lat, 99)))
-            wait_for(lambda: settled(client), SETTLE_TIMEOUT_S, procs)
+            wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
     return points
 
 
@@ -486,7 +604,8 @@ def run_bench(plan: Plan, redis_url: str | None) -> BenchRun:
         workdir = Path(tmp)
         results = []
         for name in plan.rows:
-            say(f"{name}: {plan.orders} orders" + (f" at {plan.rate:g}/s" if plan.rate else " placed up front"))
+            on = f" on a 3-primary cluster, {plan.partitions} partitions" if ROWS[name].cluster else ""
+            say(f"{name}: {plan.orders} orders" + (f" at {plan.rate:g}/s" if plan.rate else " placed up front") + on)
             results.append(measure_row(ROWS[name], plan, redis_url, workdir, started))
         add_ratios(results)
         curve = []

@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from choreo.measure.bench import DEADLINE_S, REFERENCES, BenchRun, CurvePoint, RowResult
+from choreo.measure.bench import DEADLINE_S, REFERENCES, ROWS, BenchRun, CurvePoint, RowResult
 
 NOTES = (
     "Latency: placed -> completed; for choreo, until its ShippingArranged was published (the order "
@@ -24,6 +24,17 @@ NOTES = (
     "group has acknowledged everything, streams untrimmed.",
     "Figures vary about ±25% from run to run on a shared machine: compare ratios within one run.",
 )
+
+
+def notes(run: BenchRun) -> list[str]:
+    """NOTES, and what a cluster row means when the run had one."""
+    if not any(ROWS[r.name].cluster for r in run.results):
+        return list(NOTES)
+    return [*NOTES, (
+        f"Cluster rows: a fresh local cluster of 3 primaries with a replica each, CHOREO_PARTITIONS="
+        f"{run.plan.partitions}, every node on this machine; +wait sets CHOREO_WAIT_REPLICAS=1 for the "
+        "workers and the loader. Redis cmds, CPU, bytes and keys are summed over the primaries; "
+        "the replicas' CPU is its own column, not in Redis CPU µs (docs/cluster.md#figures).")]
 
 
 def _n(value: float, digits: int = 0) -> str:
@@ -50,13 +61,15 @@ def speed_table(run: BenchRun) -> Table:
 
 
 def cost_table(run: BenchRun) -> Table:
+    clustered = [ROWS[r.name].cluster for r in run.results]
     t = Table(title="per order", box=box.SIMPLE, title_justify="left")
-    for name in ("row", "Redis cmds", "Redis CPU µs", "workers CPU µs", "Redis bytes", "Redis keys",
-                 "peak RSS MiB"):
+    for name in ("row", "Redis cmds", "Redis CPU µs", *(["replicas CPU µs"] if any(clustered) else []),
+                 "workers CPU µs", "Redis bytes", "Redis keys", "peak RSS MiB"):
         t.add_column(name, justify="left" if name == "row" else "right")
-    for r in run.results:
+    for r, cluster in zip(run.results, clustered):
         rss = max(r.peak_rss_mib.values(), default=0.0)
-        t.add_row(r.name, _n(r.commands_per_order, 1), _n(r.redis_cpu_us_per_order),
+        replicas = [_n(r.replica_cpu_us_per_order) if cluster else "-"] if any(clustered) else []
+        t.add_row(r.name, _n(r.commands_per_order, 1), _n(r.redis_cpu_us_per_order), *replicas,
                   _n(r.worker_cpu_us_per_order), _n(r.redis_bytes_per_order),
                   _n(r.redis_keys_per_order, 1) + ("" if r.settled else " (unsettled)"),
                   f"{rss:.1f} (max of {len(r.peak_rss_mib)})")
@@ -80,15 +93,16 @@ def render(run: BenchRun) -> Group:
     parts = [speed_table(run), cost_table(run)]
     if run.curve:
         parts.append(curve_table(run.curve))
-    parts.append(Text("\n".join(NOTES), style="dim"))
+    parts.append(Text("\n".join(notes(run)), style="dim"))
     return Group(*parts)
 
 
 def to_json(run: BenchRun) -> str:
     p = run.plan
     return json.dumps({
-        "orders": p.orders, "rate": p.rate, "replicas": p.replicas, "redis_version": run.redis_version,
+        "orders": p.orders, "rate": p.rate, "replicas": p.replicas, "partitions": p.partitions,
+        "redis_version": run.redis_version,
         "rows": [asdict(r) for r in run.results],
         "curve": [asdict(c) for c in run.curve],
-        "processes": run.processes, "notes": list(NOTES),
+        "processes": run.processes, "notes": notes(run),
     }, indent=2)

@@ -22,7 +22,7 @@ import redis
 
 from choreo.bus import keys as bus_keys
 from choreo.measure.bench import (PRODUCT, QUANTITY, ROWS, SETTLE_TIMEOUT_S, BenchError, Plan, Proc,
-                          check_alive, refuse_non_empty, running_row, say, server_version,
+                          Target, check_alive, refuse_non_empty, running_row, say, server_version,
                           settled, start_process, wait_for, worker_env)
 from choreo.workers import SERVICES
 
@@ -191,7 +191,7 @@ def calibrate(url: str, plan: SoakPlan) -> float:
     return result.completed / result.elapsed_s
 
 
-def load_and_sample(url: str, plan: SoakPlan, rate: float, client: redis.Redis,
+def load_and_sample(url: str, plan: SoakPlan, rate: float, target: Target,
                     procs: list[Proc]) -> tuple[list[Sample], int]:
     """Places the orders with the sampler running, until every group has acknowledged all."""
     progress = Progress()
@@ -200,7 +200,7 @@ def load_and_sample(url: str, plan: SoakPlan, rate: float, client: redis.Redis,
     try:
         result = place(url, plan.orders, rate, plan.orders / rate + plan.timeout_s, progress.update)
         check_alive(procs)
-        wait_for(lambda: settled(client), SETTLE_TIMEOUT_S, procs)
+        wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
     finally:
         samples = sampler.finish()
     if sampler.error:
@@ -233,14 +233,15 @@ def run_soak(plan: SoakPlan, redis_url: str | None) -> SoakRun:
     started: list[int] = []
     bench_plan = Plan(plan.orders, (ROW.name,), plan.replicas)
     with tempfile.TemporaryDirectory(prefix="choreo-soak-") as tmp, \
-            running_row(ROW, bench_plan, redis_url, Path(tmp), started, plan.env()) as (url, client, procs):
+            running_row(ROW, bench_plan, redis_url, Path(tmp), started, plan.env()) as (target, procs):
+        url = target.url
         start_trimmer(url, plan, Path(tmp), procs)
         started.append(procs[-1].popen.pid)
         measured = None if plan.rate else calibrate(url, plan)
         rate = plan.rate or max(1.0, round(measured * DEFAULT_LOAD))
         say(f"soak: {plan.orders} orders at {rate:g}/s, retention {plan.retention_s} s, "
             f"dedup markers {plan.seen_ttl_s} s, stream history {plan.trim_keep_s} s")
-        samples, completed = load_and_sample(url, plan, rate, client, procs)
+        samples, completed = load_and_sample(url, plan, rate, target, procs)
         clean, audit_lines = audit(url, plan)
     return SoakRun(plan, rate, measured, server_version(redis_url), samples, completed, audit_lines,
                    clean, started)
