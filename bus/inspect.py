@@ -78,12 +78,12 @@ def read_after(bus: RedisStreamsBus, after: Mapping[str, str], count: int,
     groups = by_partition(after)
     with translated_errors():
         if len(groups) <= 1:
-            replies = [bus.raw.xread(after, count=count, block=block_ms if block_ms > 0 else None)]
+            with bus.routed():
+                reader = bus.reader_of(next(iter(after))) if after else bus.raw
+                replies = [reader.xread(after, count=count, block=block_ms if block_ms > 0 else None)]
         else:
-            pipe = bus.raw.pipeline(transaction=False)
-            for part in groups:
-                pipe.xread({s: after[s] for s in part}, count=count)
-            replies = pipe.execute()
+            replies = bus.read_partitions(groups, lambda pipe, part: pipe.xread(
+                {s: after[s] for s in part}, count=count))
     found = [decode_entry(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
              for reply in replies for stream, entries in reply or [] for entry_id, fields in entries]
     if not found and block_ms > 0 and len(groups) > 1:

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import time
 from importlib import resources
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import redis
 from redis.crc import key_slot
@@ -149,17 +149,17 @@ class RedisStreamsBus:
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
         groups = by_partition(streams)
         if len(groups) == 1:
-            with translated_errors():
-                reply = self.raw.xreadgroup(group, consumer, {s: ">" for s in streams},
-                                            count=count, block=block_ms if block_ms > 0 else None)
+            with translated_errors(), self.routed():
+                reply = self.reader_of(streams[0]).xreadgroup(
+                    group, consumer, {s: ">" for s in streams}, count=count,
+                    block=block_ms if block_ms > 0 else None)
             return [decode_entry(_text(stream), entry_id, fields) for stream, entries in reply or []
                     for entry_id, fields in entries]
-        # One XREADGROUP per partition, all in one pipeline (per node on a cluster).
+        # One XREADGROUP per partition, all in one pipeline (one per node on a cluster).
         with translated_errors():
-            pipe = self.raw.pipeline(transaction=False)
-            for part in groups:
-                pipe.xreadgroup(group, consumer, {s: ">" for s in part}, count=count)
-            replies = pipe.execute()
+            replies = self.read_partitions(
+                groups, lambda pipe, part: pipe.xreadgroup(group, consumer, {s: ">" for s in part},
+                                                           count=count))
         found = [decode_entry(_text(stream), entry_id, fields) for reply in replies
                  for stream, entries in reply or [] for entry_id, fields in entries]
         if not found and block_ms > 0:
@@ -169,12 +169,60 @@ class RedisStreamsBus:
     def read_own_pending(self, group, consumer, after, count) -> list[Delivery]:
         after = dict(after)
         with translated_errors():
-            pipe = self.raw.pipeline(transaction=False)
-            for part in by_partition(after):
-                pipe.xreadgroup(group, consumer, {s: after[s] for s in part}, count=count)
-            found = [decode_entry(_text(stream), entry_id, fields) for reply in pipe.execute()
+            replies = self.read_partitions(
+                by_partition(after),
+                lambda pipe, part: pipe.xreadgroup(group, consumer, {s: after[s] for s in part},
+                                                   count=count))
+            found = [decode_entry(_text(stream), entry_id, fields) for reply in replies
                      for stream, entries in reply or [] for entry_id, fields in entries]
             return self._with_delivery_counts(group, found)
+
+    def read_partitions(self, groups: list[list[str]], add: Callable) -> list:
+        """Replies (bytes) of one read per group of streams, each group one partition's:
+        add(pipe, group) puts the read in a pipeline. On a cluster each node's reads go in a plain
+        pipeline to that node: the cluster client would first ask COMMAND GETKEYS where the keys
+        of every XREADGROUP and XREAD are, two round trips each."""
+        if not self.cluster:
+            pipe = self.raw.pipeline(transaction=False)
+            for part in groups:
+                add(pipe, part)
+            return pipe.execute()
+        replies: list = [None] * len(groups)
+        with self.routed():
+            for node, places in self._per_node([part[0] for part in groups], self.raw):
+                pipe = node.pipeline(transaction=False)
+                for place in places:
+                    add(pipe, groups[place])
+                for place, reply in zip(places, pipe.execute()):
+                    replies[place] = reply
+        return replies
+
+    def reader_of(self, key: str):
+        """What reads `key`'s stream: the bytes client, or on a cluster its node's own client."""
+        return self._per_node([key], self.raw)[0][0] if self.cluster else self.raw
+
+    @contextlib.contextmanager
+    def routed(self):
+        """Around commands sent to a node the cluster client chose: when that node is gone or no
+        longer serves the slot (a failover, a slot moved), the clients learn the slot map anew
+        before the error goes on (the worker backs off and tries again)."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._learn_slots()
+            raise
+        except (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError) as exc:      # MovedError is an AskError
+            if self.cluster:
+                self._learn_slots()
+                raise BusUnavailable(f"the cluster moved a slot ({exc}); reading the slot map again") from exc
+            raise
+
+    def _learn_slots(self) -> None:
+        if self.cluster:
+            for client in (self.client, self.raw):
+                with contextlib.suppress(Exception):
+                    client.nodes_manager.initialize()
 
     def claim_stale(self, group, consumer, streams, min_idle_ms, count) -> list[Delivery]:
         with translated_errors():
@@ -316,7 +364,8 @@ class RedisStreamsBus:
         pipe = node.pipeline(transaction=False)
         self._commit(keys=keys_, args=argv, client=pipe)
         pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        statuses, acknowledged = pipe.execute()
+        with self.routed():
+            statuses, acknowledged = pipe.execute()
         if int(acknowledged) < self.wait_replicas:
             self.short_waits += 1
         return statuses
@@ -348,7 +397,7 @@ class RedisStreamsBus:
         if not requests:
             return []
         out: list[str] = [""] * len(requests)
-        with translated_errors():
+        with translated_errors(), self.routed():
             # One pipeline per node (a cluster's own pipeline refuses EVALSHA), then WAIT on it
             # when commits wait for replicas: a hold is a write the order's commit relies on.
             for node, places in self._per_node([r.stock for r in requests]):
@@ -366,15 +415,16 @@ class RedisStreamsBus:
                     out[place] = _text(status)
         return out
 
-    def _per_node(self, keys_: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:
-        """The places of keys_ grouped by the node that holds each (one group, this client, on a
-        plain Redis), with a plain client of that node."""
+    def _per_node(self, keys_: Sequence[str], client=None) -> list[tuple[redis.Redis, list[int]]]:
+        """The places of keys_ grouped by the node that holds each (one group, `client` itself,
+        on a plain Redis), with a plain client of that node (`client`'s: self.client or raw)."""
+        client = self.client if client is None else client
         if not self.cluster:
-            return [(self.client, list(range(len(keys_))))]
+            return [(client, list(range(len(keys_))))]
         groups: dict[str, tuple[redis.Redis, list[int]]] = {}
         for place, key in enumerate(keys_):
-            node = self.client.get_node_from_key(key)
-            groups.setdefault(node.name, (self.client.get_redis_connection(node), []))[1].append(place)
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (client.get_redis_connection(node), []))[1].append(place)
         return list(groups.values())
 
     def close(self) -> None:
