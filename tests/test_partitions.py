@@ -270,3 +270,39 @@ def test_an_event_on_another_partitions_stream_is_dead_lettered_not_committed(fo
     assert [l.stream for l in letters] == [bus_keys.stream("OrderCreated", away)]
     assert f"belongs on {bus_keys.stream('OrderCreated', home)}" in letters[0].error
     assert not real_bus.client.exists(keys.reservation("1"))
+
+
+def test_workers_split_over_the_partitions_finish_every_order(tmp_path, redis_url):
+    """`choreo worker SERVICE --partitions 0-1` and `2-3`, two processes per service: together
+    they serve all four partitions, each reads only its own (nothing of another partition ever
+    appears in its log), and every order completes."""
+    from tests.conftest import Processes
+    from tests.helpers import wait_for
+    procs = Processes(redis_url, tmp_path)
+    procs.base_env["CHOREO_PARTITIONS"] = str(PARTITIONS)
+    try:
+        for name in SERVICES:
+            procs.start("worker", name, "--partitions", "0-1", name=f"{name}.1", CHOREO_SLOT=1)
+            procs.start("worker", name, "--partitions", "2,3", name=f"{name}.2", CHOREO_SLOT=2)
+        load = procs.run("load", "--orders", "40", "--deadline", "60", "--timeout", "60", timeout=90)
+        assert load.returncode == 0, load.stdout + load.stderr
+        assert "orders=40 completed=40 " in load.stdout
+    finally:
+        procs.stop_all()
+    for name in SERVICES:
+        for slot, mine in ((1, ("{p0}", "{p1}")), (2, ("{p2}", "{p3}"))):
+            log = next(tmp_path.glob(f"{name}.{slot}-*.log")).read_text()
+            assert f"(partitions {','.join(p[2] for p in mine)} of 4)" in log
+            seen = set(re.findall(r"stream=events:(\{p\d\})", log))
+            assert seen and seen <= set(mine), (name, slot, seen)
+
+
+def test_a_partition_beyond_the_count_is_one_line_and_exit_2(capsys, redis_url, monkeypatch):
+    monkeypatch.setenv("CHOREO_PARTITIONS", "4")
+    layout.use(None)
+    try:
+        code, out, err = cli(capsys, "worker", "order", "--partitions", "2-4", url=redis_url)
+    finally:
+        layout.use(None)
+    assert code == 2
+    assert "there are 4 partitions (0-3, CHOREO_PARTITIONS), not 4" in err
