@@ -90,6 +90,7 @@ def client_for(url: str | None) -> redis.Redis:
         return fakeredis.FakeRedis(decode_responses=True, encoding_errors=DECODE_ERRORS)
     if cluster_url(url):
         return _cluster_client(url)
+    url = _without_cluster(url)         # ?cluster=false: a plain client; redis-py knows no such parameter
     try:
         # No client-side retries: the worker loop owns reconnecting, and a silently retried
         # commit must never be mistaken for a fresh one.
@@ -101,6 +102,14 @@ def client_for(url: str | None) -> redis.Redis:
     except (ValueError, TypeError, redis.RedisError) as exc:
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: {_why_unusable(url, exc)}") from None
     return client
+
+
+def _without_cluster(url: str) -> str:
+    parts = urlsplit(url)
+    if "cluster" not in parts.query:
+        return url
+    query = "&".join(p for p in parts.query.split("&") if p.partition("=")[0] != "cluster")
+    return parts._replace(query=query).geturl()
 
 
 def _cluster_client(url: str) -> redis.RedisCluster:
@@ -156,11 +165,17 @@ def open_raw(url: str, variable: str = "REDIS_URL") -> redis.Redis:
     """A client on `url` that returns bytes, as rq reads them (CHOREO_TIMERS_URL: rq's own
     server), once a PING proved the server answers; the same one-line BusUnavailable as open_bus,
     naming `variable`, when it does not."""
+    if cluster_url(url):
+        raise UnusableUrl(f"{variable} must name a plain Redis, not a cluster: rq does not run on one")
     client = same_server(client_for(url), decode=False)     # client_for: UnusableUrl at once
     warning = tls_warning(client)
     if warning:
         logging.getLogger("choreo.cli").warning(warning)
     _reach(client, url, variable)
+    with translated_errors():
+        if str(client.info("cluster").get("cluster_enabled", 0)) == "1":
+            client.close()
+            raise UnusableUrl(f"{variable} {redact(url)} is a Redis Cluster node: rq needs a plain Redis")
     return client
 
 

@@ -4,8 +4,8 @@ An instance (an order) belongs to partition crc32(instance id) mod P, where P is
 CHOREO_PARTITIONS (default 1). Every stream, dead-letter stream, dedup set and per-instance key
 carries its partition's hash tag, `{p<N>}`, right after its prefix (`events:{p3}:OrderCreated`,
 `order:{p3}:7`), so one instance's commit touches one slot. With P = 1 on a plain Redis the keys
-carry no tag and read exactly as they always have; on a cluster (a `?cluster=true` REDIS_URL or
-CHOREO_CLUSTER=1) they are tagged even with P = 1, since a commit must stay in one slot there.
+carry no tag and read exactly as they always have; on a cluster (a `?cluster=true` REDIS_URL) they
+are tagged even with P = 1, since a commit must stay in one slot there.
 
 Every process of a deployment must agree on P: it decides which stream an event goes to. It is
 read from the environment once; `use` sets it for a process that is told otherwise (tests).
@@ -23,7 +23,7 @@ MAX_PARTITIONS = 1024
 
 
 class LayoutError(ValueError):
-    """CHOREO_PARTITIONS (or CHOREO_CLUSTER) holds a value no deployment can use."""
+    """CHOREO_PARTITIONS holds a value no deployment can use."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Layout:
         raise LayoutError(f"CHOREO_PARTITIONS must be an integer, got {raw[:40]!r}") from None
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise LayoutError(f"CHOREO_PARTITIONS must be 1..{MAX_PARTITIONS}, got {partitions}")
-    return Layout(partitions, cluster_url(env.get("REDIS_URL")) or
-                  env.get("CHOREO_CLUSTER", "").lower() in ("1", "true", "yes"))
+    return Layout(partitions, cluster_url(env.get("REDIS_URL")))
 
 
 def cluster_url(url: str | None) -> bool:

@@ -37,6 +37,9 @@ def translated_errors():
         raise BusUnavailable(str(exc) or type(exc).__name__) from exc
     except redis.exceptions.NoPermissionError as exc:
         raise PermissionsMissing(str(exc)) from exc
+    except redis.exceptions.AskError as exc:            # MOVED or ASK, to a client not for a cluster
+        raise BusError(f"Redis Cluster answered MOVED/ASK ({exc}): on a cluster REDIS_URL needs "
+                       f"?cluster=true (docs/cluster.md)") from exc
     except redis.ResponseError as exc:
         # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL).
         if str(exc).startswith(("NOGROUP", "UNBLOCKED")):

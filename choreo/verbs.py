@@ -62,6 +62,14 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
     partitions = served_partitions(args.partitions)
+    from choreo.bus.layout import cluster_url
+    # The saga with CHOREO_ORDER_DEADLINE_S=0 arms none (an order placed with one anyway: arming
+    # fails, the worker backs off saying why, the entry stays pending).
+    arms = args.app.timer_jobs and not (args.app.orders and settings.order_deadline_s == 0)
+    if cluster_url(settings.url) and not settings.timers_url and arms:
+        raise SettingsError("a worker on Redis Cluster arms its timers with rq, which needs a plain "
+                            "Redis: set CHOREO_TIMERS_URL, or CHOREO_ORDER_DEADLINE_S=0 to arm "
+                            "none (docs/cluster.md)")
     consumer = args.consumer or consumer_name(service.name)
     name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)
@@ -101,9 +109,21 @@ def served_partitions(chosen: tuple[int, ...] | None) -> tuple[int, ...] | None:
     count = layout.current().partitions
     beyond = [p for p in chosen or () if p >= count]
     if beyond:
-        raise SettingsError(f"worker --partitions: there are {count} partitions (0-{count - 1}, "
-                         f"CHOREO_PARTITIONS), not {beyond[0]}")
+        raise SettingsError(f"worker --partitions: there is no partition {beyond[0]}: "
+                            f"CHOREO_PARTITIONS={count} gives 0..{count - 1}")
     return chosen
+
+
+def ranges(numbers: tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) as `0-2,5`."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(out)
 
 
 def _serving(partitions: tuple[int, ...] | None) -> str:
@@ -111,7 +131,7 @@ def _serving(partitions: tuple[int, ...] | None) -> str:
     count = layout.current().partitions
     if count == 1:
         return ""
-    shown = ",".join(map(str, partitions)) if partitions else f"0-{count - 1}"
+    shown = ranges(partitions) if partitions else f"0-{count - 1}"
     return f" (partitions {shown} of {count})"
 
 

@@ -10,6 +10,7 @@ job, so a redelivered entry arms its timer once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -25,7 +26,7 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from choreo.bus.heartbeat import Heartbeat
-from choreo.bus.contract import BusError
+from choreo.bus.contract import BusError, BusUnavailable
 from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
@@ -62,7 +63,10 @@ class RqTimers:
     before the worker starts; an unreachable one fails the arming, and the worker retries."""
 
     def __init__(self, bus: RedisStreamsBus, url: str | None = None):
-        from choreo.bus.connect import client_for
+        from choreo.bus.connect import UnusableUrl, client_for
+        from choreo.bus.layout import cluster_url
+        if url and cluster_url(url):
+            raise UnusableUrl("CHOREO_TIMERS_URL must name a plain Redis, not a cluster: rq does not run on one")
         self.bus = bus
         # rq reads bytes: a client that does not decode, on rq's own server or the bus's.
         self._own = None if url is None else same_server(client_for(url), decode=False)
@@ -82,10 +86,24 @@ class RqTimers:
             self._own.close()
 
     def schedule(self, calls: Sequence[ScheduledCall]) -> None:
-        schedule(self.queue(), calls)
+        with self._unreachable():
+            schedule(self.queue(), calls)
 
     def unschedule(self, job_ids: Sequence[str]) -> None:
-        unschedule(self.queue(), job_ids)
+        with self._unreachable():
+            unschedule(self.queue(), job_ids)
+
+    @contextlib.contextmanager
+    def _unreachable(self):
+        """Whatever stops arming (rq's server refusing, a cluster node behind a plain URL) is the
+        worker's to back off on, its entries left pending: never the entry's fault, never a
+        dead letter."""
+        try:
+            yield
+        except BusUnavailable:
+            raise
+        except BusError as exc:
+            raise BusUnavailable(f"cannot arm or disarm timers: {exc}") from exc
 
 
 def job_bus() -> RedisStreamsBus:

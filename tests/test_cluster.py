@@ -238,3 +238,19 @@ def test_every_service_runs_as_its_own_user_on_every_node(on_cluster, cluster, r
         for port in redis_cluster.alive():
             for user in USERS:
                 redis_cluster.ask(port, "ACL", "DELUSER", user)
+
+
+def test_a_cluster_misnamed_is_one_line_saying_what_to_set(on_cluster, redis_cluster, redis_server):
+    """No CHOREO_TIMERS_URL for a worker that arms deadlines, rq pointed at a cluster node, or a
+    cluster URL without ?cluster=true: one line naming the setting, never a traceback."""
+    no_timers = on_cluster.run("worker", "order", CHOREO_TIMERS_URL="", timeout=30)
+    assert no_timers.returncode == 2 and "set CHOREO_TIMERS_URL" in no_timers.stderr
+    node = redis_cluster.url.replace("?cluster=true", "")
+    rq_on_node = on_cluster.run("timers", CHOREO_TIMERS_URL=node, timeout=30)
+    assert rq_on_node.returncode == 2 and "is a Redis Cluster node: rq needs a plain Redis" in rq_on_node.stderr
+    for verb in (("place-order", "--product", "101", "--quantity", "1"), ("status", "1")):
+        plain = on_cluster.run(*verb, REDIS_URL=node, CHOREO_PARTITIONS="1", timeout=30)
+        assert "Traceback" not in plain.stderr
+        if plain.returncode:
+            assert "on a cluster REDIS_URL needs ?cluster=true" in plain.stderr, plain.stderr
+    assert "Traceback" not in no_timers.stderr + rq_on_node.stderr

@@ -290,9 +290,9 @@ def test_workers_split_over_the_partitions_finish_every_order(tmp_path, redis_ur
     finally:
         procs.stop_all()
     for name in SERVICES:
-        for slot, mine in ((1, ("{p0}", "{p1}")), (2, ("{p2}", "{p3}"))):
+        for slot, mine, shown in ((1, ("{p0}", "{p1}"), "0-1"), (2, ("{p2}", "{p3}"), "2-3")):
             log = next(tmp_path.glob(f"{name}.{slot}-*.log")).read_text()
-            assert f"(partitions {','.join(p[2] for p in mine)} of 4)" in log
+            assert f"(partitions {shown} of 4)" in log
             seen = set(re.findall(r"stream=events:(\{p\d\})", log))
             assert seen and seen <= set(mine), (name, slot, seen)
 
@@ -305,4 +305,16 @@ def test_a_partition_beyond_the_count_is_one_line_and_exit_2(capsys, redis_url, 
     finally:
         layout.use(None)
     assert code == 2
-    assert "there are 4 partitions (0-3, CHOREO_PARTITIONS), not 4" in err
+    assert "there is no partition 4: CHOREO_PARTITIONS=4 gives 0..3" in err
+
+
+def test_replay_by_id_takes_the_name_dlq_list_prints_and_refuses_another_services(
+        four, real_bus, redis_url, capsys):
+    stream, dlq_id = dead_letter(real_bus.client, "a1")
+    full = f"inventory/p{bus_keys.partition_of(stream)}/{dlq_id}"
+    for ref in (f"payment/p{bus_keys.partition_of(stream)}/{dlq_id}",):
+        code, _, err = cli(capsys, "dlq", "replay", "inventory", "--id", ref, "--dry-run", url=redis_url)
+        assert code == 1 and "is a dead letter of payment, not inventory" in err
+    for ref in (full, full.split("/", 1)[1], dlq_id):
+        code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", ref, "--dry-run", url=redis_url)
+        assert code == 0 and f"would replay {full} to {stream}" in out, (ref, err)

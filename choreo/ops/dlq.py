@@ -131,8 +131,12 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
     """Replay one dead letter (dlq_id) or all of them; 1 if any was refused. The refused ones stay
     where they are, so nothing is lost by trying. dry_run: say what would be replayed, write
     nothing."""
-    letters = ([find(bus, f"{service.name}/{dlq_id}", [service.name])] if dlq_id
-               else store.read_all(bus, service.name))
+    if dlq_id:
+        named = parse_ref(dlq_id)[0]        # `inventory/p3/<id>` as `dlq list` prints it, or p3/<id>
+        if named and named != service.name:
+            raise DeadLetterError(f"{dlq_id} is a dead letter of {named}, not {service.name}")
+        ref = dlq_id if named else f"{service.name}/{dlq_id}"
+    letters = [find(bus, ref, [service.name])] if dlq_id else store.read_all(bus, service.name)
     refused = 0
     for letter in letters:
         try:
