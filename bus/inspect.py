@@ -174,6 +174,21 @@ def pending(bus: RedisStreamsBus, stream: str, group: str, sample: int = 100) ->
                        max((p["time_since_delivered"] for p in oldest), default=0))
 
 
+def oldest_unread(bus: RedisStreamsBus, stream: str, group: str) -> str | None:
+    """The id of the oldest entry `group` has not been handed yet (None: it has read them all, or
+    there is no such stream or group)."""
+    with translated_errors():
+        try:
+            found = [g for g in bus.client.xinfo_groups(stream) if g["name"] == group]
+        except redis.ResponseError:
+            return None                     # no such stream (yet)
+        if not found or found[0].get("lag") == 0:
+            return None
+        after = found[0]["last-delivered-id"]
+        first = bus.client.xrange(stream, f"({after}" if after != "0-0" else "-", "+", count=1)
+    return first[0][0] if first else None
+
+
 def consumers(bus: RedisStreamsBus, stream: str, group: str) -> list[ConsumerInfo]:
     with translated_errors():
         return [ConsumerInfo(stream, group, c["name"], c["pending"], c["idle"])

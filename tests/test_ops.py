@@ -259,3 +259,23 @@ def test_json_timers_lines_all_carry_the_consumer_rqs_and_refusals_included(proc
     found = records(timers)
     assert {"rq.worker", "choreo.timers"} <= {x["logger"] for x in found}
     assert [x for x in found if (x["service"], x["consumer"]) != ("timers", name)] == []
+
+
+def test_health_fails_on_an_old_entry_no_consumer_reads_a_partition_nobody_serves(procs, redis_server):
+    """CHOREO_PARTITIONS=2 and a payment worker that serves partition 0 only: an InventoryChecked
+    waiting on partition 1 two minutes is nobody's; health says so, though the worker is live
+    and nothing is pending."""
+    r = redis_server.client()
+    unserved = "events:{p1}:InventoryChecked"
+    r.xgroup_create(unserved, "payment", id="0", mkstream=True)
+    r.xadd(unserved, {"type": "InventoryChecked"}, id=f"{int(time.time() * 1000) - 120_000}-0")
+    worker = procs.start("worker", "payment", "--partitions", "0", name="payment.1", CHOREO_SLOT=1,
+                         CHOREO_PARTITIONS=2, **FAST)
+    wait_for(lambda: r.hget("heartbeat:{payment}:" + PAYMENT, "last_read_ms"), what="a first read")
+    answer = procs.run("health", "payment", "--max-pending-age", "60", timeout=30, CHOREO_PARTITIONS=2)
+    assert answer.returncode == 1, answer.stdout
+    assert answer.stdout.startswith(f"payment: unhealthy: oldest unread entry on {unserved} is 1")
+    assert "is every partition served?" in answer.stdout
+    assert procs.run("health", "payment", "--max-pending-age", "600", timeout=30,
+                     CHOREO_PARTITIONS=2).returncode == 0
+    stop(worker)

@@ -6,7 +6,9 @@ Healthy means both:
   running, reaching Redis and not wedged (XINFO's idle times cannot say this: they count from the
   last delivery, and a quiet worker has none);
 - the oldest entry pending in any of the service's groups is younger than max_pending_age_s:
-  what it took on is being finished, not retried forever or held by a dead consumer.
+  what it took on is being finished, not retried forever or held by a dead consumer;
+- and so is the oldest entry none of its consumers has been handed yet: every stream is read
+  (with partitions, a partition no worker serves would otherwise go unnoticed).
 The timers process (SERVICE `timers`) has no groups: its sweeper's reads are its reads.
 """
 
@@ -56,6 +58,20 @@ def oldest_pending(bus: RedisStreamsBus, group: str, streams: list[str]) -> tupl
     return oldest
 
 
+def oldest_unread(bus: RedisStreamsBus, group: str, streams: list[str]) -> tuple[float | None, str | None]:
+    """The age of the oldest entry on any of `streams` that `group` has not been handed yet,
+    and its stream: nobody reads it, or the service is behind."""
+    now_ms = inspect.server(bus).time_ms
+    oldest: tuple[float | None, str | None] = (None, None)
+    for stream in streams:
+        entry = inspect.oldest_unread(bus, stream, group)
+        if entry:
+            age = max(0.0, (now_ms - inspect.entry_ms(entry)) / 1000)
+            if oldest[0] is None or age > oldest[0]:
+                oldest = (age, stream)
+    return oldest
+
+
 def check(bus: RedisStreamsBus, service: str, streams: list[str], max_silence_s: float,
           max_pending_age_s: float) -> Health:
     beats = inspect.heartbeats(bus, service)
@@ -75,6 +91,11 @@ def check(bus: RedisStreamsBus, service: str, streams: list[str], max_silence_s:
     if age is not None and age > max_pending_age_s:
         return Health(healthy=False, reason=f"oldest pending entry on {stream} is {age:.1f}s old "
                       f"(max {max_pending_age_s:g}s)", **base)
+    unread, unread_stream = oldest_unread(bus, service, streams)
+    if unread is not None and unread > max_pending_age_s:
+        return Health(healthy=False, reason=f"oldest unread entry on {unread_stream} is {unread:.1f}s "
+                      f"old (max {max_pending_age_s:g}s): no live consumer reads that stream "
+                      f"(with partitions: is every partition served?)", **base)
     freshest = min(b.read_age_s for b in reading)
     pending = "nothing pending" if age is None else f"oldest pending {age:.1f}s"
     return Health(healthy=True, reason=f"{len(reading)} of {len(beats)} live consumers reading, "
