@@ -8,6 +8,10 @@ partitions (or on a cluster) their names carry the partition's hash tag after th
 from choreo.bus import layout
 
 STREAM_PREFIX = "events:"
+# The deployment's CHOREO_PARTITIONS, written by the first process that writes events and checked
+# by every later one (RedisStreamsBus.agree_layout): processes that disagree would publish an
+# order's events where its consumers do not look.
+PARTITIONS = "choreo:partitions"
 DLQ_PREFIX = "dlq:"
 
 

@@ -146,6 +146,19 @@ class RedisStreamsBus:
                     if not str(exc).startswith("BUSYGROUP"):
                         raise
 
+    def agree_layout(self) -> None:
+        """Record this process's partition count if none is (SET NX), else check it matches:
+        layout.LayoutError, naming both, when it does not."""
+        ours = layout.current().partitions
+        with translated_errors():
+            self.client.set(keys.PARTITIONS, ours, nx=True)
+            stored = self.client.get(keys.PARTITIONS)
+        if stored != str(ours):
+            raise layout.LayoutError(
+                f"this deployment's keys are laid out for CHOREO_PARTITIONS={str(stored)[:20]} "
+                f"({keys.PARTITIONS}), this process has {ours}: every process must agree "
+                f"(to change it, see docs/cluster.md, \"Choosing P, and changing it\")")
+
     # -- reading -------------------------------------------------------------------------------
     # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
     # Delivery with `error` set (dead-lettered by the worker), instead of failing the whole reply.

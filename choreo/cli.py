@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BusError, OrderRejected) as exc:
         log.error(f"choreo: {exc}")
         return 1
-    except (SettingsError, UnusableUrl) as exc:   # read when the worker starts or the bus opens
+    except (SettingsError, UnusableUrl, LayoutError) as exc:   # read when a worker starts or the bus opens
         log.error(f"choreo: {exc}")
         return 2
     except MetricsUnavailable as exc:             # the extra missing (2) or the port taken (1)

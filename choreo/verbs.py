@@ -86,7 +86,7 @@ def cmd_worker(args, settings: Settings) -> int:
              + (f" (timers on {redact(settings.timers_url)})" if settings.timers_url else "")
              + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits)}")
     role = service_role(service, timer_events=args.app.timer_events)
-    worker = Worker(service, bus, settings, consumer, check=lambda: require(bus, role),
+    worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
                     publishers=args.app.publishers, events=args.app.events, observer=observer,
                     timers=timers, partitions=partitions)
     try:
@@ -178,6 +178,7 @@ def cmd_timers(args, settings: Settings) -> int:
         try:
             # The whole role is checked on REDIS_URL's server, rq's keys included (docs/operations.md).
             require(bus, next(r for r in roles(list(args.app.services), args.app.timer_events) if r.user == "timers"))
+            bus.agree_layout()
             run_timers(bus, name, args.app.timer_jobs, level=settings.log_level,
                        heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s),
                        rq_connection=rq_connection)
@@ -196,6 +197,7 @@ def cmd_place_order(args, settings: Settings) -> int:
     from choreo.workers.tracing import tracing_for
     tracing = tracing_for("order", settings.tracing, os.environ)
     with open_bus(settings.url, **durable(settings)) as bus:
+        bus.agree_layout()
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
@@ -261,6 +263,7 @@ def cmd_load(args, settings: Settings) -> int:
     plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
                     deadline_s=_deadline(args, settings))
     with open_bus(settings.url, **durable(settings)) as bus:
+        bus.agree_layout()
         with rich_progress(args.orders) as progress:
             result = run_load(bus, plan, progress=progress, reconnect_max_s=settings.reconnect_max_s)
         # The table goes to stderr, before the figures: scripts read stdout's last line.

@@ -318,3 +318,25 @@ def test_replay_by_id_takes_the_name_dlq_list_prints_and_refuses_another_service
     for ref in (full, full.split("/", 1)[1], dlq_id):
         code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", ref, "--dry-run", url=redis_url)
         assert code == 0 and f"would replay {full} to {stream}" in out, (ref, err)
+
+
+def test_a_process_whose_partition_count_disagrees_refuses_to_write(tmp_path, redis_url):
+    """The first writer records CHOREO_PARTITIONS (choreo:partitions); a place-order, load,
+    worker or timers process with another count is one line and exit 2, writing nothing."""
+    from tests.conftest import Processes
+    procs = Processes(redis_url, tmp_path)
+    procs.base_env["CHOREO_PARTITIONS"] = "4"
+    try:
+        first = procs.run("place-order", "--product", "101", "--quantity", "1")
+        assert first.returncode == 0, first.stderr
+        for verb in (("place-order", "--product", "101", "--quantity", "1"),
+                     ("load", "--orders", "1"), ("worker", "order"), ("timers",)):
+            other = procs.run(*verb, CHOREO_PARTITIONS="2", timeout=30)
+            assert other.returncode == 2, (verb, other.stdout, other.stderr)
+            assert ("laid out for CHOREO_PARTITIONS=4 (choreo:partitions), this process has 2"
+                    in other.stderr), (verb, other.stderr)
+    finally:
+        procs.stop_all()
+    from redis import Redis
+    r = Redis.from_url(redis_url, decode_responses=True)
+    assert r.get("choreo:partitions") == "4" and r.get("orders:seq") == "1"

@@ -26,6 +26,7 @@ from typing import Callable, Collection, Mapping
 from choreo.bus.contract import Bus, BusError, BusUnavailable, Delivery, GroupMissing, PermissionsMissing, reconnect_delay_s
 from choreo.bus.envelope import Envelope
 from choreo.bus.heartbeat import Heartbeat
+from choreo.bus.layout import LayoutError
 from choreo.scheduling.timers import RqTimers
 from choreo.config.settings import Settings
 from choreo.workers.committing import Committing
@@ -119,8 +120,8 @@ class Worker:
             except GroupMissing as exc:
                 self.log.warning(f"{self.service.voice}: group missing ({exc}); recreating")
                 started = False
-            except PermissionsMissing:
-                raise                       # no retry can grant it: refuse to run, naming it
+            except (PermissionsMissing, LayoutError):
+                raise                       # no retry can grant it or agree: refuse to run, naming it
             except Exception as exc:
                 # Unreachable, refusing (e.g. a key of the wrong type), or a fault of ours that an
                 # entry provoked: back off and go on. An entry that keeps provoking it is

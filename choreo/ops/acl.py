@@ -63,6 +63,9 @@ PRUNE = ("zrangebyscore", "zrem")
 TRIM = ("xtrim", "xinfo|groups", "xinfo|stream", "xpending", "xrange", "xrevrange", "exists", "type")
 DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("script|flush"),
              sample("function|flush"), sample("move", "*"))
+# The deployment's partition count, recorded by the first writer, checked by every other
+# (RedisStreamsBus.agree_layout).
+LAYOUT = Grant(("set", "get"), (bus_keys.PARTITIONS,))
 # Liveness (bus.heartbeat): a process renews its own heartbeat hash and its name in the index.
 HEARTBEAT = ("hset", "pexpire", "del")
 HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
@@ -135,7 +138,8 @@ def service_role(service: Service, services: Sequence[Service] = (),
     own = [pattern(bus_keys.stream(t)) for t in publishes(service, timer_events)]
     grants = [Grant(PUBLISH, (*own, pattern(bus_keys.dead_letters(service.name)))),
               Grant(CONSUME, partition_patterns(service.streams)),
-              Grant(SEEN, (pattern(bus_keys.seen(service.name)),)), *heartbeat_grants(service.name)]
+              Grant(SEEN, (pattern(bus_keys.seen(service.name)),)), *heartbeat_grants(service.name),
+              LAYOUT]
     if own or expires_traces(service):
         grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (traces(),)))
     if service.owns:
@@ -143,7 +147,8 @@ def service_role(service: Service, services: Sequence[Service] = (),
     if service.deletes:             # forgotten holds (bus/hold.lua), deleted by their script
         grants.append(Grant(("del",), service.deletes))
     # The commit, lease and forget-consumer scripts: every key above but heartbeats and rq's.
-    grants.append(scripted(k for g in grants for k in g.keys if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX)))
+    grants.append(scripted(k for g in grants for k in g.keys
+                           if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX) and g is not LAYOUT))
     for event in armed_timers(service, timer_events):
         grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(event, "*")))]
     return Role(service.name, f"the {service.name} service", tuple(grants), client_rules(),
@@ -194,7 +199,7 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
              (*((Grant(PUBLISH, fired), Grant(TRACE, (traces(),))) if fired else ()),
-              Grant(SEEN, (seen_timers,)), *heartbeat_grants(TIMERS), *reads_orders,
+              Grant(SEEN, (seen_timers,)), *heartbeat_grants(TIMERS), *reads_orders, LAYOUT,
               scripted([*fired, *((traces(),) if fired else ()), seen_timers, *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
