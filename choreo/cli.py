@@ -8,14 +8,14 @@ import logging
 import os
 import sys
 
-from choreo.bus.connect import UnusableUrl
-from choreo.bus.contract import BusError
+from choreo.bus.connect import UnusableUrl, redact
+from choreo.bus.contract import BusError, BusUnavailable
 from choreo import arguments as arg
 from choreo.arguments import Parser, UsageError
 from choreo.ops.metrics import MetricsUnavailable
 from choreo.workers.tracing import TracingUnavailable
 from choreo.bus import layout
-from choreo.bus.layout import LayoutError
+from choreo.bus.layout import LayoutError, cluster_url
 from choreo.scenarios import SCENARIOS
 from choreo.logs import configure as configure_logging
 from choreo.verbs import (EXPORTER_PORT, cmd_acl, cmd_audit, cmd_bench, cmd_dashboard, cmd_demo,
@@ -289,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args, settings)
+    except BusUnavailable as exc:
+        # A server (or a cluster node) gone after the bus opened: say so, not just its error.
+        said = str(exc)
+        log.error(f"choreo: {said}" if said.startswith("cannot reach") else
+                  f"choreo: lost Redis at {redact(settings.url)} ({said})"
+                  + ("; a cluster node is down: try again once its replica has taken over"
+                     if cluster_url(settings.url) else ""))
+        return 1
     except (BusError, OrderRejected) as exc:
         log.error(f"choreo: {exc}")
         return 1

@@ -173,6 +173,11 @@ def test_a_primary_killed_under_load_fails_over_and_every_order_completes(on_clu
     lag = replica_lag_bytes(redis_cluster, victim)
     redis_cluster.kill_primary(victim)
     started = time.monotonic()
+    during = on_cluster.run("audit", timeout=60)         # the node gone, not yet replaced
+    assert "Traceback" not in during.stderr
+    if during.returncode:
+        assert len(during.stderr.strip().splitlines()) == 1 and during.stderr.startswith("choreo: "), \
+            during.stderr
     promoted = redis_cluster.wait_failover(victim, timeout=30)
     took = time.monotonic() - started
     # Back as the new primary's replica: until then a WAIT for one replica there can only time
