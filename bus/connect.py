@@ -167,16 +167,30 @@ def open_raw(url: str, variable: str = "REDIS_URL") -> redis.Redis:
     naming `variable`, when it does not."""
     if cluster_url(url):
         raise UnusableUrl(f"{variable} must name a plain Redis, not a cluster: rq does not run on one")
-    client = same_server(client_for(url), decode=False)     # client_for: UnusableUrl at once
+    client = raw_client(url)
     warning = tls_warning(client)
     if warning:
         logging.getLogger("choreo.cli").warning(warning)
     _reach(client, url, variable)
-    with translated_errors():
-        if str(client.info("cluster").get("cluster_enabled", 0)) == "1":
-            client.close()
-            raise UnusableUrl(f"{variable} {redact(url)} is a Redis Cluster node: rq needs a plain Redis")
+    try:
+        with translated_errors():
+            on_cluster = str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except BaseException:
+        client.close()
+        raise
+    if on_cluster:
+        client.close()
+        raise UnusableUrl(f"{variable} {redact(url)} is a Redis Cluster node: rq needs a plain Redis")
     return client
+
+
+def raw_client(url: str) -> redis.Redis:
+    """A client on `url` that returns bytes (UnusableUrl at once if redis-py could not use it)."""
+    decoded = client_for(url)
+    try:
+        return same_server(decoded, decode=False)
+    finally:
+        decoded.close()
 
 
 def _reach(client: redis.Redis, url: str | None, variable: str = "REDIS_URL") -> None:

@@ -222,11 +222,6 @@ def read_matching(bus: RedisStreamsBus, service: str, dlq_id: str,
     return _read(bus, service, partitions, lambda pipe, key: pipe.xrange(key, dlq_id, dlq_id))
 
 
-def read_one(bus: RedisStreamsBus, service: str, dlq_id: str, partition: int | None = None) -> DeadLetter | None:
-    found = read_matching(bus, service, dlq_id, partition)
-    return found[0] if found else None
-
-
 def newest_and_count(bus: RedisStreamsBus, service: str) -> tuple[DeadLetter | None, int]:
     """A service's newest dead letter and how many it has, over its partitions, as the dashboard
     shows them; (None, 0) when it has none. A dlq key that is not a stream counts none (a view

@@ -77,8 +77,14 @@ local function move(from, to, qty)
   redis.call('HINCRBY', stock, '_v', 1)
 end
 
-local c, bad = counts({ 'available', 'reserved', 'sold', '_v' })
-if not c then return fail(bad) end
+-- The stock's counts are read (and must be integers) only by a step that moves stock: a reserve,
+-- or a step on a RESERVED hold. A forget, sell or release that moves nothing never fails on a
+-- stock hash someone broke, so the entry it serves can still be dead-lettered.
+local c, bad = { available = 0 }, nil
+if op == 'reserve' or status == 'RESERVED' then
+  c, bad = counts({ 'available', 'reserved', 'sold', '_v' })
+  if not c then return fail(bad) end
+end
 
 if op == 'reserve' then
   if status ~= '' then return status end

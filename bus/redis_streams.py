@@ -28,6 +28,12 @@ def _lua(name: str) -> str:
     return resources.files("choreo.bus").joinpath(name).read_text()
 
 
+# What a cluster answers while a primary fails over or a slot moves (most are ResponseErrors in
+# redis-py, so named before it): a reason to wait, not a refusal.
+CLUSTER_IN_FLUX = (redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+                   redis.exceptions.ReadOnlyError, redis.exceptions.SlotNotCoveredError)
+
+
 @contextlib.contextmanager
 def translated_errors():
     """Map redis-py's exceptions onto the bus's own, so callers never import redis."""
@@ -37,6 +43,11 @@ def translated_errors():
         raise BusUnavailable(str(exc) or type(exc).__name__) from exc
     except redis.exceptions.NoPermissionError as exc:
         raise PermissionsMissing(str(exc)) from exc
+    except CLUSTER_IN_FLUX as exc:
+        # A failover or a slot moving: the cluster's answer for now, never the entry's fault (a
+        # BusError would dead-letter it): the worker backs off and tries again.
+        raise BusUnavailable(f"Redis Cluster is failing over or moving a slot ({type(exc).__name__}: "
+                             f"{exc})") from exc
     except redis.exceptions.AskError as exc:            # MOVED or ASK, to a client not for a cluster
         raise BusError(f"Redis Cluster answered MOVED/ASK ({exc}): on a cluster REDIS_URL needs "
                        f"?cluster=true (docs/cluster.md)") from exc
@@ -227,8 +238,7 @@ class RedisStreamsBus:
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self._learn_slots()
             raise
-        except (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
-                redis.exceptions.TryAgainError) as exc:      # MovedError is an AskError
+        except (redis.exceptions.AskError, *CLUSTER_IN_FLUX) as exc:     # MovedError is an AskError
             if self.cluster:
                 self._learn_slots()
                 raise BusUnavailable(f"the cluster moved a slot ({exc}); reading the slot map again") from exc
@@ -404,8 +414,9 @@ class RedisStreamsBus:
 
     def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
         """Each request is one EVALSHA of bus/hold.lua (its stock and hold keys in KEYS: one slot),
-        pipelined. A step the script refuses (a key of the wrong type, a field that is not an
-        integer) has written nothing and raises BusError; the steps before it are done."""
+        pipelined per node. A step the script refuses (a key of the wrong type, a field that is
+        not an integer) has written nothing and raises BusError; the batch's other steps may have
+        been made (each is idempotent: the handler's next try makes them again, changing nothing)."""
         requests = [Hold(*r) for r in requests]
         for r in requests:
             if r.op not in HOLD_OPS:

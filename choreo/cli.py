@@ -5,6 +5,7 @@ unreachable or refusing server or a failed run, 0 otherwise."""
 from __future__ import annotations
 
 import logging
+import dataclasses
 import os
 import sys
 
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                                      log_format=getattr(args, "log_format", None),
                                      log_level=getattr(args, "log_level", None),
                                      metrics_port=getattr(args, "metrics_port", None))
-        layout.current()                # CHOREO_PARTITIONS: checked before anything runs
+        # CHOREO_PARTITIONS, checked before anything runs; the URL in force (--redis-url, a
+        # role's REDIS_URL_<ROLE>) decides whether this process is on a cluster.
+        if layout.current().cluster != cluster_url(settings.url):
+            layout.use(dataclasses.replace(layout.current(), cluster=cluster_url(settings.url)))
     except (SettingsError, LayoutError) as exc:
         log.error(f"choreo: {exc}")
         return 2

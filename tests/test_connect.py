@@ -77,3 +77,14 @@ def test_cluster_false_is_a_plain_client_and_true_a_cluster_one_only_with_databa
     assert type(client_for("redis://127.0.0.1:1/0?cluster=false")) is redis_py.Redis
     with pytest.raises(UnusableUrl, match="a cluster has only database 0"):
         client_for("redis://127.0.0.1:1/2?cluster=true")
+
+
+@pytest.mark.parametrize("error", ["ClusterDownError", "TryAgainError", "ReadOnlyError", "MasterDownError"])
+def test_a_cluster_failing_over_is_unavailable_not_a_refusal(error):
+    """A BusError would dead-letter the entry in hand; a failover is only a reason to wait."""
+    import redis as redis_py
+    from choreo.bus.contract import BusUnavailable
+    from choreo.bus.redis_streams import translated_errors
+    with pytest.raises(BusUnavailable, match="failing over"):
+        with translated_errors():
+            raise getattr(redis_py.exceptions, error)("CLUSTERDOWN or so")

@@ -318,3 +318,43 @@ def test_audit_reports_a_leaked_hold(real_bus, tagged):
     assert audit.check_holds(snap) == [
         f"{HOLD}: RESERVED (2) but {keys.reservation('7')} is absent: leaked"]
     assert any("leaked" in line for line in audit.audit(snap).violations)
+
+
+def test_a_final_hold_outlives_the_dedup_markers_so_a_late_duplicate_takes_nothing(real_bus, tagged):
+    """A rejected order's SHORT hold lives as long as its event id is remembered (the longer of
+    CHOREO_RETENTION_S and CHOREO_SEEN_TTL_S): an OrderCreated arriving again after the
+    reservation expired finds the hold decided, and its DUPLICATE commit leaves stock alone."""
+    w = inventory(real_bus, retention_s=60, seen_ttl_s=3600)
+    place(real_bus, {"1": [(SCARCE, 9)]})
+    w.poll(block_ms=5)
+    assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "SHORT"
+    assert 60 < real_bus.client.ttl(keys.hold(SCARCE, "1")) <= 3600
+    real_bus.client.delete(keys.reservation("1"))          # the reservation's retention passed
+    before = stock(real_bus)
+    one = bus_keys.stream_for("OrderCreated", "1")
+    (_, fields), = real_bus.client.xrange(one)
+    real_bus.client.xadd(one, fields)                      # the same event again, a new entry
+    w.poll(block_ms=5)
+    assert stock(real_bus) == before and real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "SHORT"
+
+
+def test_settling_a_reservation_whose_hold_is_gone_records_nothing(real_bus, tagged):
+    """A RESERVED reservation whose hold was forgotten: selling it would ship stock nobody holds.
+    The handler raises instead (retried, then dead-lettered); the reservation stays RESERVED."""
+    w = inventory(real_bus, max_deliveries=1)
+    place(real_bus, {"1": [(SCARCE, 2)]})
+    w.poll(block_ms=5)
+    assert real_bus.holds([Hold(STOCK, keys.hold(SCARCE, "1"), "forget", 0)], 60) == ["RESERVED"]
+    e = Envelope.new("ShippingArranged", "1", "shipping", {"tracking_id": "T1"})
+    arranged = bus_keys.stream_for("ShippingArranged", "1")
+    real_bus.client.xadd(arranged, e.fields())
+    w.commit_batch(real_bus.read_new("inventory", w.consumer, [arranged], 10, 0))
+    assert real_bus.client.hget(keys.reservation("1"), "status") == "RESERVED"
+    assert stock(real_bus)["sold"] == 0
+    (letter,) = [l for l in dead_letters_of(real_bus) if l.stream == arranged]
+    assert "hold of product 103 is gone, not SOLD" in letter.error
+
+
+def dead_letters_of(bus):
+    from choreo.bus import dead_letters as store
+    return store.read_all(bus, "inventory")

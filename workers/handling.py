@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from choreo.bus import keys as bus_keys
-from choreo.bus.contract import BusError, Commit, Delivery
+from choreo.bus.contract import BusUnavailable, Commit, Delivery, PermissionsMissing
 from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
 from choreo.config.settings import Settings
@@ -104,6 +104,7 @@ class Handling:
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models)
+        uow.hold_retention_s = max(self.settings.retention_s, self.settings.seen_ttl_s)
         uow.traceparent = self.observer.handling(d, event)
         try:
             self.service.consumes[event.type].handle(event, uow)
@@ -157,9 +158,9 @@ class Handling:
                          retention_s=self.settings.retention_s, models=self.models)
         try:
             hook(event, uow)
-        except BusError:
-            raise
-        except Exception as exc:
+        except (BusUnavailable, PermissionsMissing):
+            raise                           # Redis away or refusing the user: back off, retry
+        except Exception as exc:            # a bug, or Redis refusing a step: the letter still goes
             self.log.error(f"{self.service.voice}: on_dead_letter failed for {event.type} "
                            f"{event.id}: {type(exc).__name__}: {exc}")
         return dict(uow.checks)

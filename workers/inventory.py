@@ -113,8 +113,15 @@ def _settle(to_status: str):
         if res["status"] != RESERVED:
             return
         if layout.current().tagged:     # the holds move the stock, in its slot, before the commit
-            _holds(uow, event.order_id, _per_product(json.loads(res["lines"])),
-                   "sell" if to_status == SOLD else "release")
+            moved = _holds(uow, event.order_id, _per_product(json.loads(res["lines"])),
+                           "sell" if to_status == SOLD else "release")
+            lost = {p: s for p, s in moved.items() if s != to_status}
+            if lost:
+                # A RESERVED reservation whose hold is gone or elsewhere (forgotten by a dead
+                # letter that then conflicted): recording it would sell or free stock nobody
+                # holds. Retried, then dead-lettered where an operator sees it; audit names it.
+                shown = ", ".join(f"{p} is {s or 'gone'}" for p, s in lost.items())
+                raise RuntimeError(f"order {event.order_id}: hold of product {shown}, not {to_status}")
             uow.set(res_key, status=to_status)
             uow.expire(res_key)
             return

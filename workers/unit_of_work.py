@@ -104,6 +104,10 @@ class UnitOfWork:
         # fails here instead. None: the instance id is still checked, the data is not.
         self.models = models
         self.retention_s = retention_s
+        # A final hold outlives the dedup markers (Handling sets it to the longer of retention and
+        # CHOREO_SEEN_TTL_S): an OrderCreated arriving again while its id is remembered must still
+        # find the hold decided, not take stock the DUPLICATE commit will never record.
+        self.hold_retention_s = retention_s
         self._emits = emits
         self._creates = creates
         self._view = view
@@ -131,7 +135,7 @@ class UnitOfWork:
         after a SIGKILL before the commit) gets the same statuses back and decides the same, and
         a hold never counts twice. What the commit does not take up, the handler releases or the
         service's on_dead_letter forgets (docs/partitions.md)."""
-        return self._view.holds(requests, self.retention_s)
+        return self._view.holds(requests, self.hold_retention_s)
 
     def set(self, key: str, **fields) -> None:
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
