@@ -163,11 +163,9 @@ def open_bus(url: str | None, check: bool = True, wait_replicas: int = 0,
 
 def open_raw(url: str, variable: str = "REDIS_URL") -> redis.Redis:
     """A client on `url` that returns bytes, as rq reads them (CHOREO_TIMERS_URL: rq's own
-    server), once a PING proved the server answers; the same one-line BusUnavailable as open_bus,
-    naming `variable`, when it does not."""
-    if cluster_url(url):
-        raise UnusableUrl(f"{variable} must name a plain Redis, not a cluster: rq does not run on one")
-    client = raw_client(url)
+    server), once a PING proved the server answers and that it is no cluster node; the same
+    one-line BusUnavailable as open_bus, naming `variable`, when it does not answer."""
+    client = timers_client(url, variable)
     warning = tls_warning(client)
     if warning:
         logging.getLogger("choreo.cli").warning(warning)
@@ -180,8 +178,19 @@ def open_raw(url: str, variable: str = "REDIS_URL") -> redis.Redis:
         raise
     if on_cluster:
         client.close()
-        raise UnusableUrl(f"{variable} {redact(url)} is a Redis Cluster node: rq needs a plain Redis")
+        raise UnusableUrl(f"{variable} {redact(url)} is a Redis Cluster node: {RQ_NEEDS_PLAIN}")
     return client
+
+
+# rq keeps a job's keys together in transactions that span slots.
+RQ_NEEDS_PLAIN = "rq needs a plain Redis, it does not run on a cluster"
+
+
+def timers_client(url: str, variable: str = "CHOREO_TIMERS_URL") -> redis.Redis:
+    """A bytes client for rq's queue on `url`; UnusableUrl at once for a cluster URL."""
+    if cluster_url(url):
+        raise UnusableUrl(f"{variable} must name a plain Redis: {RQ_NEEDS_PLAIN}")
+    return raw_client(url)
 
 
 def raw_client(url: str) -> redis.Redis:

@@ -121,13 +121,24 @@ def by_partition(streams: Iterable[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+def first_key(commit: Commit) -> str:
+    """The first key a commit touches, as encode_batch would list it: its ack's stream, else the
+    first hash it checks, else its first op's key ("" for none)."""
+    if commit.ack:
+        return commit.ack[0]
+    if commit.checks:
+        return next(iter(commit.checks))
+    for op in commit.ops:
+        return getattr(op, "key", None) or getattr(op, "stream", "")
+    return ""
+
+
 def by_slot(commits: Sequence[Commit]) -> list[list[int]]:
     """The places of the commits, grouped by the cluster slot of their first key (a commit's
     keys share one slot: its partition's or, for stock, its product's), in order within each."""
     groups: dict[int, list[int]] = {}
     for place, commit in enumerate(commits):
-        first = encode_batch("", [commit])[0][:1] or [""]
-        groups.setdefault(key_slot(first[0].encode()), []).append(place)
+        groups.setdefault(key_slot(first_key(commit).encode()), []).append(place)
     return list(groups.values())
 
 

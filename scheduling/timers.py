@@ -63,13 +63,10 @@ class RqTimers:
     before the worker starts; an unreachable one fails the arming, and the worker retries."""
 
     def __init__(self, bus: RedisStreamsBus, url: str | None = None):
-        from choreo.bus.connect import UnusableUrl, raw_client
-        from choreo.bus.layout import cluster_url
-        if url and cluster_url(url):
-            raise UnusableUrl("CHOREO_TIMERS_URL must name a plain Redis, not a cluster: rq does not run on one")
+        from choreo.bus.connect import timers_client
         self.bus = bus
         # rq reads bytes: a client that does not decode, on rq's own server or the bus's.
-        self._own = None if url is None else raw_client(url)
+        self._own = None if url is None else timers_client(url)
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:

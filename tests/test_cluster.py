@@ -6,8 +6,6 @@ redis-server (CHOREO_TIMERS_URL), as rq needs."""
 
 from __future__ import annotations
 
-import random
-import signal
 import subprocess
 import time
 
@@ -18,6 +16,7 @@ from choreo.bus import keys as bus_keys
 from choreo.bus.layout import Layout, use
 from choreo.workers import SERVICES, keys
 from tests.conftest import BIN, ROOT, Processes
+from tests.test_chaos import drained, sigkills_under_load
 from tests.helpers import wait_for
 
 PARTITIONS = 8
@@ -48,15 +47,6 @@ def on_cluster(redis_cluster, cluster, redis_server, tmp_path):
     p.base_env.update({"CHOREO_PARTITIONS": str(PARTITIONS), "CHOREO_TIMERS_URL": redis_server.url})
     yield p
     p.stop_all()
-
-
-def drained(client) -> bool:
-    for service in SERVICES.values():
-        for stream in service.streams:
-            for g in client.xinfo_groups(stream) if client.exists(stream) else []:
-                if g["pending"] or g["lag"]:
-                    return False
-    return True
 
 
 def statuses(client) -> dict[str, str]:
@@ -122,26 +112,9 @@ def test_racing_inventory_workers_on_a_cluster_never_oversell(on_cluster, cluste
 
 
 def test_random_sigkills_under_load_on_a_cluster_lose_and_double_nothing(on_cluster, cluster):
-    rng = random.Random(20261129)
-    slots = {(s, n): on_cluster.worker(s, slot=n, **FAST_CLAIMS) for s in SERVICES for n in (1, 2)}
-    wait_for(lambda: cluster.exists(keys.stock(101)), what="workers up")
-    load = subprocess.Popen([str(BIN / "choreo"), "load", "--orders", "600", "--rate", "50",
-                             "--timeout", "150"], env=on_cluster.env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    kills, deadline = 0, time.monotonic() + 150
-    while load.poll() is None and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.3, 0.7))
-        victim = rng.choice(sorted(slots))
-        slots[victim].send_signal(signal.SIGKILL)
-        slots[victim].wait(5)
-        kills += 1
-        slots[victim] = on_cluster.worker(victim[0], slot=victim[1], **FAST_CLAIMS)
-    out, err = load.communicate(timeout=30)
-    figures = out.strip().splitlines()[-1] if out.strip() else ""
+    kills, figures = sigkills_under_load(on_cluster, FAST_CLAIMS, 600, 50, seed=20261129,
+                                         ready=lambda: cluster.exists(keys.stock(101)))
     print(f"\ncluster chaos: {kills} SIGKILLs survived; load: {figures}")
-    assert load.returncode == 0, err
-    assert "orders=600 completed=600 " in figures
-    assert kills >= 10
     wait_for(lambda: drained(cluster), timeout=60, what="every group drained")
     print("audit:", audit_clean(on_cluster))
     assert dead_letters(cluster) == 0
