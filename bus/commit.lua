@@ -17,10 +17,14 @@
 -- have written, so they come back -1.
 -- Dedup, two guards and no key per entry: an entry once acknowledged cannot be acknowledged again,
 -- so effects are applied only when the commit's own XACK returns 1 (a redelivery of the same entry
--- changes nothing); and the same event id arriving as a new entry (a replay, a producer's retry)
+-- changes nothing); and the same event id arriving as a new entry (a producer's retry, a replay)
 -- finds its id in seen_key, one sorted set per service of event ids scored by the second they may
 -- be forgotten (ZADD NX: check and set at once). Members past their time are removed on the first
 -- use of the set in each call, so it holds about seen_ttl of ids and no more.
+-- An event published by a commit that cannot apply twice (guarded, below) carries `once` 1: it
+-- reaches its stream once, so its consumers pass no seen id for it (workers.handling) and the
+-- sets hold only ids of events published otherwise. A replay is addressed to its letter's group
+-- (`for`, bus.dead_letters.republish) and carries no `once`.
 local unpack = unpack or table.unpack
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -139,14 +143,21 @@ local function refusal(op, args)
 end
 
 -- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied.
-local function apply(op, args, bumped)
+-- once: the commit cannot be applied a second time (guarded), so each event it publishes reaches
+-- its stream once, and says so (`once` 1): its consumers need no dedup id for it.
+local function apply(op, args, bumped, once)
   if op == 'PUBLISH' then
     local stream, trace, max_len = args[1], args[2], args[3]
+    local fields = { unpack(args, 4) }
+    if once then
+      fields[#fields + 1] = 'once'
+      fields[#fields + 1] = '1'
+    end
     local id
     if max_len == '' then
-      id = redis.call('XADD', stream, '*', unpack(args, 4))
+      id = redis.call('XADD', stream, '*', unpack(fields))
     else
-      id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(args, 4))
+      id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(fields))
     end
     if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
   elseif op == 'HINCRBY' or op == 'COUNT' then
@@ -167,6 +178,25 @@ local function apply(op, args, bumped)
       bumped[args[1]] = true
     end
   end
+end
+
+-- Whether a commit, about to be applied, could never be applied again: its XACK returned 1 or
+-- its id was new (acked_or_seen), or it writes a hash whose version it checked, so the same
+-- commit sent again (a retry after a lost reply) finds that version moved and is refused.
+local function guarded(acked_or_seen, checked, ops)
+  if acked_or_seen then return true end
+  local written = {}
+  for _, op in ipairs(ops) do
+    if op[1] == 'HSET' or op[1] == 'HINCRBY' then
+      written[op[2][1]] = true
+    elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
+      written[op[2][1]] = nil             -- deleted: absent again, the version the check saw
+    end
+  end
+  for _, key in ipairs(checked) do
+    if written[key] then return true end
+  end
+  return false
 end
 
 for c = 1, n do
@@ -242,7 +272,8 @@ for c = 1, n do
   end
   if status == 1 then
     local bumped = {}
-    for _, op in ipairs(ops) do apply(op[1], op[2], bumped) end
+    local once = guarded(ack_stream ~= '' or seen ~= '', checked, ops)
+    for _, op in ipairs(ops) do apply(op[1], op[2], bumped, once) end
     for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then

@@ -265,13 +265,16 @@ def original_entry(bus: RedisStreamsBus, letter: DeadLetter) -> dict[str, str] |
 
 
 def republish(bus: RedisStreamsBus, letter: DeadLetter, stream: str, fields: Mapping[str, str]) -> str:
-    """XADD fields to stream and delete the dead letter, in one script, so a dead letter is
-    replayed at most once however many operators race; DeadLetterError if it is gone. The stream
+    """XADD fields, addressed to the letter's group, to stream and delete the dead letter, in one
+    script, so a dead letter is replayed at most once however many operators race; DeadLetterError if it is gone. The stream
     must be in the letter's partition: the script touches one partition's keys (one slot)."""
     if layout.current().tagged and keys.partition_of(stream) != letter.partition:
         raise DeadLetterError(f"{letter.ref}: {stream} is not in partition {letter.partition}, "
                               f"where the dead letter is")
-    args = [letter.dlq_id, *[x for kv in fields.items() for x in kv]]
+    # The copy is for the letter's group alone (`for`): the others had their go at the original.
+    # No `once`: a copy of an old id is what the group's seen set guards (bus/commit.lua).
+    copy = {k: v for k, v in fields.items() if k not in ("once", "for")} | {"for": letter.service}
+    args = [letter.dlq_id, *[x for kv in copy.items() for x in kv]]
     with translated_errors():
         new_id = bus.client.eval(REPLAY_LUA, 2, letter.dlq_stream, stream, *args)
     if not new_id:

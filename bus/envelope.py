@@ -10,6 +10,11 @@
     data          JSON object, the event's payload
     traceparent   optional: W3C trace context of the span that published it (see workers.tracing);
                   absent unless tracing is on, and ignored (never dead-lettered) when malformed
+    once          optional, written by the commit script only (bus/commit.lua): "1" when the
+                  commit that published the event could not apply twice, so the event reaches its
+                  stream once and consumers need no dedup id for it
+    for           optional, written by `choreo dlq replay` only: the one group a replayed copy is
+                  for; every other group acknowledges it and does nothing
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Envelope:
     at: str = ""
     v: str = SCHEMA_VERSION
     traceparent: str = ""
+    once: bool = False          # published by a commit that could not apply twice (bus/commit.lua)
+    replay_for: str = ""        # a replayed copy: the group it is for (bus.dead_letters.republish)
 
     @classmethod
     def new(cls, type: str, order_id: str, producer: str, data: dict | None = None,
@@ -119,4 +126,5 @@ class Envelope:
             raise MalformedEntry(f"data must be a JSON object, got {type(data).__name__}")
         return cls(type=raw["type"], order_id=raw["order_id"], producer=raw["producer"], data=data,
                    causation_id=raw["causation_id"], id=raw["id"], at=raw["at"], v=raw["v"],
-                   traceparent=valid_traceparent(raw.get("traceparent", "")))
+                   traceparent=valid_traceparent(raw.get("traceparent", "")),
+                   once=raw.get("once") == "1", replay_for=raw.get("for", ""))

@@ -102,6 +102,40 @@ def test_an_entry_committed_twice_is_applied_once_because_its_ack_is_the_guard(a
     assert any_bus.client.xlen("events:Out") == 1
 
 
+def _once_of(bus, stream: str) -> list[str | None]:
+    return [fields.get("once") for _, fields in bus.client.xrange(stream)]
+
+
+def test_an_event_published_by_a_commit_that_cannot_apply_twice_says_once(any_bus):
+    """Acked, seen-guarded, or writing a hash whose version it checked: the same commit sent
+    again is a duplicate or a conflict, so what it publishes reaches the stream once (`once` 1)."""
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    (d,) = any_bus.read_new("g", "c1", [S], 10, 10)
+    out = [Publish("events:Out", {"f": "v"})]
+    acked = Commit(ops=out, ack=(S, d.entry_id))
+    seen = Commit(ops=out, seen="seen:g", seen_id="e", seen_ttl_s=60)
+    created = Commit(checks={"made": "0"}, ops=[SetFields("made", {"a": "1"}), *out])
+    for commit in (acked, seen, created):
+        assert any_bus.commit("g", [commit]) == [Outcome.APPLIED]
+        assert any_bus.commit("g", [commit]) != [Outcome.APPLIED]     # sent again: not applied
+    assert _once_of(any_bus, "events:Out") == ["1", "1", "1"]
+
+
+def test_an_event_a_commit_could_publish_twice_carries_no_once(any_bus):
+    """No ack, no seen id, and no checked hash it writes (only read, or deleted again): the same
+    commit sent again publishes again, so its consumers must remember the event's id."""
+    out = [Publish("events:Out", {"f": "v"})]
+    any_bus.client.hset("read", "_v", "3")
+    plain = Commit(ops=out)
+    read_only = Commit(checks={"read": "3"}, ops=[SetFields("other", {"a": "1"}), *out])
+    deleted = Commit(checks={"gone": "0"}, ops=[SetFields("gone", {"a": "1"}), Expire("gone", 0), *out])
+    for commit in (plain, read_only, deleted):
+        assert any_bus.commit("", [commit]) == [Outcome.APPLIED]
+        assert any_bus.commit("", [commit]) == [Outcome.APPLIED]      # sent again: applied again
+    assert _once_of(any_bus, "events:Out") == [None] * 6
+
+
 def test_dedup_ids_are_forgotten_after_their_time_and_not_before(any_bus):
     """seen:<group> stays bounded: an id past its time is removed by the next commit using the
     set, so the same id is applied again; one inside its time is a duplicate."""

@@ -68,14 +68,17 @@ def test_show_of_an_unknown_letter_is_one_line_exit_1_and_bad_refs_exit_2(real_b
 
 def test_replay_puts_the_same_fields_back_and_deletes_the_letter_atomically(real_bus, redis_url, capsys):
     c = real_bus.client
-    fields = an_event()
+    fields = {**an_event(), "once": "1"}
     dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", fields)
 
     code, out, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
 
     new_id = out.split()[-1]
     assert code == 0 and out.startswith(f"replayed inventory/{dlq_id} to events:OrderCreated as ")
-    assert c.xrange("events:OrderCreated", new_id, new_id)[0][1] == fields
+    # The same fields, addressed to the letter's group alone (the others had the original), and
+    # without `once`: a copy of an old id is what the group's seen set is for.
+    copy = {k: v for k, v in fields.items() if k != "once"}
+    assert c.xrange("events:OrderCreated", new_id, new_id)[0][1] == {**copy, "for": "inventory"}
     assert c.xlen("dlq:inventory") == 0
 
 
@@ -246,7 +249,7 @@ def test_replay_of_a_letter_the_service_never_handled_completes_the_order(procs,
     c.xgroup_create("events:OrderCreated", "inventory", id="$")
     dlq_id = letter_for(c, "inventory", "events:OrderCreated", entry_id, fields)
     start_workers(procs)
-    wait_for(lambda: c.zscore("seen:order", fields["id"]) is not None, what="order confirmed the event")
+    wait_for(lambda: confirmed(c, "events:OrderCreated", "order", entry_id), what="order confirmed the event")
     assert c.hget("order:77", "status") == "PENDING"
 
     code, _, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=procs.url)
@@ -275,6 +278,35 @@ def test_replay_of_an_event_every_service_already_handled_has_no_second_effect(p
     after = state(c)
     assert after["lengths"].pop("events:OrderCreated") == before["lengths"].pop("events:OrderCreated") + 1
     assert after == before
+
+
+def test_a_replay_is_for_its_letters_group_alone(procs, real_bus, capsys):
+    """Order and inventory both handled an OrderCreated; inventory's (forged) letter for it is
+    replayed. The order service acknowledges the copy and does nothing with it; inventory handles
+    it under its seen set's guard, the copy having no `once`."""
+    c = real_bus.client
+    start_workers(procs)
+    place_orders(real_bus, [OrderRequest("77", [{"product_id": 101, "quantity": 1}])])
+    settle(c)
+    [(entry_id, fields)] = c.xrange("events:OrderCreated")
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", entry_id, fields)
+
+    code, _, _ = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=procs.url)
+    copy_id = c.xrevrange("events:OrderCreated", count=1)[0][0]
+    wait_for(lambda: all(confirmed(c, "events:OrderCreated", g, copy_id) for g in ("order", "inventory")),
+             what="both groups acknowledged the copy")
+    settle(c)
+
+    assert code == 0 and fields["once"] == "1"
+    assert c.zscore("seen:inventory", fields["id"]) is not None     # handled, under the guard
+    assert not c.exists("seen:order")                               # acknowledged, nothing else
+    assert c.llen("order:77:history") == 2 and c.hget("order:77", "status") == "COMPLETED"
+
+
+def confirmed(c, stream: str, group: str, entry_id: str) -> bool:
+    """The group was handed the entry and acknowledged it."""
+    info = next((g for g in c.xinfo_groups(stream) if g["name"] == group), None)
+    return info is not None and info["last-delivered-id"] == entry_id and info["pending"] == 0
 
 
 def state(c) -> dict:

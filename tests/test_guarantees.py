@@ -13,6 +13,9 @@ import pytest
 import redis
 
 from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit
+from choreo.bus.envelope import Envelope
+from choreo.bus.ops import Publish
 from choreo.orders import OrderRequest, place_orders
 from choreo.config.settings import Settings
 from tests.helpers import log_lines, pending_count, wait_for
@@ -101,17 +104,36 @@ TALLY = Service("tally", "TallyService", {"OrderCreated": On(tally, "Counting or
 
 
 def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_bus, caplog):
+    """A producer whose publish is not a guarded commit (no ack, no dedup id, no version it
+    moves), retrying after a lost reply: the same event twice as two entries, without `once`.
+    The consumer's seen set is what stands between them."""
     caplog.set_level(logging.INFO)
     worker = Worker(TALLY, real_bus, out_of_reach(), "tally-test-1")
     worker.start()
-    place(real_bus, "1")
-    (_, fields), = real_bus.client.xrange(CREATED)
+    event = Envelope.new("OrderCreated", "1", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                        "total_cents": 1999})
+    retry = Commit(ops=[Publish(CREATED, event.fields(), trace=bus_keys.trace("1"))])
+    real_bus.commit("", [retry])
     worker.poll(block_ms=5)
-    real_bus.client.xadd(CREATED, fields)       # a producer retrying after a lost reply
+    real_bus.commit("", [retry])                # the same publish again: a second entry
     worker.poll(block_ms=5)
+    assert [f.get("once") for _, f in real_bus.client.xrange(CREATED)] == [None, None]
     assert real_bus.client.hget("tally", "handled") == "1"
     assert pending_count(real_bus.client, CREATED, "tally") == 0          # both acked
     assert [("duplicate=ignored" in line) for line in log_lines(caplog, logger=EVENTS)] == [False, True]
+    assert real_bus.client.zscore(bus_keys.seen("tally"), event.id) is not None
+
+
+def test_an_event_a_guarded_commit_published_costs_its_consumers_no_dedup_id(real_bus):
+    """place-order's commit creates the order's hash, so it cannot apply twice: its OrderCreated
+    says `once`, and the consumer relies on its ack alone, keeping no id (memory per order)."""
+    worker = Worker(TALLY, real_bus, out_of_reach(), "tally-test-1")
+    worker.start()
+    place(real_bus, "1", "2")
+    drain([worker])
+    assert [f["once"] for _, f in real_bus.client.xrange(CREATED)] == ["1", "1"]
+    assert real_bus.client.hget("tally", "handled") == "2"
+    assert not real_bus.client.exists(bus_keys.seen("tally"))
 
 
 def test_a_slow_handlers_entries_are_not_taken_over_while_it_works(real_bus, caplog):

@@ -102,7 +102,8 @@ class Committing:
 
     def report(self, h: Handled, outcome: Outcome) -> None:
         self.handled += 1
-        self.observer.finished(h.delivery, DUPLICATE if outcome is Outcome.DUPLICATE
+        duplicate = outcome is Outcome.DUPLICATE or h.elsewhere
+        self.observer.finished(h.delivery, DUPLICATE if duplicate
                                else APPLIED if h.event else DEAD_LETTERED)
         self.handling.last_error.pop(h.delivery.entry_id, None)
         if h.event is not None and not self.events.isEnabledFor(EVENT_LEVEL):
@@ -114,7 +115,7 @@ class Committing:
             "deliveries": h.delivery.deliveries,
             "ms": round((time.perf_counter() - h.started) * 1000, 2),
         }
-        if outcome is Outcome.DUPLICATE:
+        if duplicate:
             context["duplicate"] = "ignored"
         if h.event is None:                 # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})

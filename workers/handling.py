@@ -45,6 +45,7 @@ class Handled:
     timers: list[Timer] = field(default_factory=list)
     disarmed: list[str] = field(default_factory=list)
     letter_of: Envelope | None = None   # a dead letter's event, when the entry parsed (its log line)
+    elsewhere: bool = False             # a replay for another group: acknowledged, nothing done
 
 
 class Handling:
@@ -101,6 +102,11 @@ class Handling:
         started = time.perf_counter()
         if isinstance(event, Unhandleable):
             return self.dead_letter(d, str(event), started, event.event, view)
+        if event.replay_for and event.replay_for != self.service.name:
+            # Another group's dead letter, replayed: this group had its own go at the original.
+            return Handled(d, Commit(ack=(d.stream, d.entry_id)),
+                           f"{self.service.voice}: replay for {event.replay_for[:40]!r} ignored",
+                           event, started, elsewhere=True)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models)
@@ -112,10 +118,11 @@ class Handling:
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)
-        commit = uow.to_commit(ack=(d.stream, d.entry_id),
-                               seen=bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream)),
-                               seen_id=event.id,
-                               seen_ttl_s=self.settings.seen_ttl_s)
+        # An event published once (bus/commit.lua) needs only the ack's guard; any other may come
+        # again as a new entry with the same id, which the service's seen set catches.
+        seen = "" if event.once else bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream))
+        commit = uow.to_commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
+                               seen_ttl_s=self.settings.seen_ttl_s if seen else 0)
         return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
                        uow.timers, uow.disarmed)
 
