@@ -8,10 +8,11 @@ from typing import Callable, Sequence
 
 from choreo.bus import inspect
 from choreo.bus.contract import Outcome
+from choreo.bus.envelope import iso_ms
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.workers import SERVICES, keys
 from choreo.workers.events import EVENTS
-from choreo.workers.order import OrderRejected, TERMINAL, create_order
+from choreo.workers.order import OrderRejected, PENDING, TERMINAL, create_order
 from choreo.workers.unit_of_work import BatchView, UnitOfWork
 
 
@@ -71,3 +72,17 @@ def existing_orders(bus: RedisStreamsBus, order_ids: Sequence[str]) -> set[str]:
 
 def is_terminal(order: dict[str, str]) -> bool:
     return order.get("status") in TERMINAL
+
+
+def status_changes(order: dict[str, str]) -> list[str]:
+    """An order's status changes from its record: "<time> <status> <event>" for its creation and
+    its end. (Orders written by earlier versions kept them in a list beside it: [] here.)"""
+    def when(field: str) -> str:
+        ms = order.get(field, "")
+        return iso_ms(int(ms) / 1000) if ms.isdigit() and len(ms) < 16 else ms or "?"
+    if "ended_by" not in order and order.get("status") != PENDING:
+        return []
+    lines = [f"{when('created_at_ms')} {PENDING} OrderCreated"]
+    if "ended_by" in order:
+        lines.append(f"{when('ended_at_ms')} {order.get('status', '?')} {order['ended_by']}")
+    return lines

@@ -14,6 +14,7 @@ from choreo.bus.connect import open_bus, redact
 from choreo.logs import name_process
 from choreo.plain import plain
 from choreo.config.settings import Settings, SettingsError
+from choreo.orders import status_changes
 from choreo.workers import keys
 from choreo.workers.logs import EXPORTER, TIMERS, TRIMMER, WORKER, bound
 
@@ -231,9 +232,10 @@ def cmd_status(args, settings: Settings) -> int:
         for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
             shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v") or "-"
             _show(f"  {name}: {shown}")
-        for item in inspect.list_items(bus, keys.order_history(oid)):
+        for item in status_changes(order) or inspect.list_items(bus, keys.order_history(oid)):
             _show(f"  history: {item}")
         return 0
+
 
 
 def cmd_trace(args, settings: Settings) -> int:

@@ -80,7 +80,7 @@ def test_the_saga_ends_every_way_on_a_cluster_with_eight_partitions(on_cluster, 
     assert statuses(cluster) == expected
     # One order's keys share its partition's slot; the orders are spread over the partitions.
     for order_id in expected:
-        slot = {cluster.keyslot(k) for k in (keys.order(order_id), keys.order_history(order_id),
+        slot = {cluster.keyslot(k) for k in (keys.order(order_id), keys.payment(order_id),
                                              bus_keys.trace(order_id), keys.reservation(order_id))}
         assert len(slot) == 1
     assert len({bus_keys.partition_of(keys.order(i)) for i in expected}) >= 4

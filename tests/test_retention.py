@@ -28,7 +28,7 @@ INDEX = Index(keys.orders_index(), keys.orders_expired(), keys.order)
 
 
 def order_keys(oid: str) -> list[str]:
-    return [keys.order(oid), keys.order_history(oid), bus_keys.trace(oid), keys.reservation(oid),
+    return [keys.order(oid), bus_keys.trace(oid), keys.reservation(oid),
             keys.payment(oid), keys.shipment(oid)]
 
 

@@ -134,9 +134,9 @@ def write_hostile(c) -> dict[str, str]:
     """What a writer with access to Redis can leave for an operator to look at."""
     c.hset(keys.order(ORDER), mapping={"id": ORDER, "status": MARKUP, "total_cents": CLEAR,
                                        "reason": f"{TITLE}\norder {ORDER}: COMPLETED",
-                                       "lines": f"[bold]{C1_CSI}"})
+                                       "lines": f"[bold]{C1_CSI}", "ended_by": f"{TITLE} {MARKUP}",
+                                       "ended_at_ms": C1_CSI})
     c.hset(keys.reservation(ORDER), mapping={CLEAR: TITLE})
-    c.rpush(keys.order_history(ORDER), f"0 {TITLE} {MARKUP}")
     c.hincrby(keys.orders_by_status(), MARKUP + TITLE, 1)
     stream = bus_keys.stream("OrderCreated")
     event = {**Envelope.new("OrderCreated", ORDER, "order").fields(),
@@ -167,7 +167,7 @@ def test_commands_print_hostile_values_escaped(procs, real_bus):
     status = out["status"].splitlines()
     assert status[0] == f"order {ORDER}: {MARKUP} ({TITLE_SHOWN}\\norder {ORDER}: COMPLETED)"
     assert f"  reservation: {CLEAR_SHOWN}={TITLE_SHOWN}" in status
-    assert f"  history: 0 {TITLE_SHOWN} {MARKUP}" in status
+    assert f"  history: {C1_SHOWN} {MARKUP} {TITLE_SHOWN} {MARKUP}" in status     # ended_at_ms, ended_by
     assert f"{MARKUP}{CLEAR_SHOWN}  events:OrderCreated" in out["trace"]
     # deliveries is a number in the record: a hostile value there reads as 0
     assert f"deliveries=0  at={C1_SHOWN}  error={TITLE_SHOWN}" in out["dlq list"]

@@ -21,11 +21,13 @@ def every(aggregate) -> list[str]:
 
 
 def order(order_id: str) -> str:
-    return f"order:{_tag(order_id)}{order_id}"               # hash: status, lines, total_cents, times, reason
+    # hash: status, lines, total_cents, times, ended_by, reason: its history is created_at_ms and
+    # ended_at_ms with ended_by (earlier versions kept a list order:<id>:history, still read)
+    return f"order:{_tag(order_id)}{order_id}"
 
 
 def order_history(order_id: str) -> str:
-    return f"order:{_tag(order_id)}{order_id}:history"       # list: "<time> <status> <event type>"
+    return f"order:{_tag(order_id)}{order_id}:history"       # list, written by earlier versions only
 
 
 ORDER_SEQ = "orders:seq"                       # counter behind `place-order` without --order-id

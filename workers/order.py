@@ -35,8 +35,7 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
     uow.count(keys.of_order(keys.orders_by_status, order_id), PENDING, 1)
     uow.index(keys.of_order(keys.orders_index, order_id), now, order_id)
     deadline = {"deadline_at_ms": now + int(deadline_s * 1000)} if deadline_s else {}
-    event = uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total, **deadline)
-    uow.append(keys.order_history(order_id), f"{event.at} {PENDING} OrderCreated")
+    uow.emit("OrderCreated", order_id=order_id, lines=lines, total_cents=total, **deadline)
 
 
 def arm_deadline(event, uow: UnitOfWork) -> None:
@@ -50,15 +49,16 @@ def _finish(status: str):
         order = uow.read(keys.order(event.order_id))
         if order.get("status") != PENDING:
             return          # already terminal (or unknown): a late or repeated event changes nothing
+        # Its history is the record's own fields: created_at_ms (PENDING, by OrderCreated) and
+        # ended_at_ms with ended_by, the event that ended it (choreo status shows both lines).
         uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),
-                reason=event.data.get("reason", ""), **_outcome(event))
+                ended_by=event.type, reason=event.data.get("reason", ""), **_outcome(event))
         uow.count(keys.of_order(keys.orders_by_status, event.order_id), PENDING, -1)
         uow.count(keys.of_order(keys.orders_by_status, event.order_id), status, 1)
         if status == COMPLETED:
             # What the money check compares with once completed orders have expired.
             uow.count(keys.of_order(keys.orders_totals, event.order_id), "completed_cents",
                       int(order.get("total_cents", 0)))
-        uow.append(keys.order_history(event.order_id), f"{event.at} {status} {event.type}")
         _expire_record(uow, event.order_id)
         uow.disarm("DeadlinePassed")
     finish.__name__ = f"mark_{status.lower()}"
@@ -72,10 +72,10 @@ def _outcome(event) -> dict:
 
 
 def _expire_record(uow: UnitOfWork, order_id: str) -> None:
-    """The order has ended: its record, history and trace go after the retention window. A late
-    event finds the order terminal (or gone) and changes nothing; the index is pruned by the
-    trimmer (bus.trim.prune_index) once the hash has gone."""
-    for key in (keys.order(order_id), keys.order_history(order_id), bus_keys.trace(order_id)):
+    """The order has ended: its record and trace go after the retention window. A late event
+    finds the order terminal (or gone) and changes nothing; the index is pruned by the trimmer
+    (bus.trim.prune_index) once the hash has gone."""
+    for key in (keys.order(order_id), bus_keys.trace(order_id)):
         uow.expire(key)
 
 
