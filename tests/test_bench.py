@@ -75,7 +75,8 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
         assert r["completed"] == r["orders"] == 300
         assert {"orders_per_s", "p50_ms", "p99_ms", "max_ms", "commands_per_order", "commands",
                 "redis_cpu_us_per_order", "worker_cpu_us_per_order", "redis_bytes_per_order",
-                "redis_keys_per_order", "peak_rss_mib", "settled"} <= r.keys()
+                "redis_bytes_per_order_trimmed", "redis_keys_per_order", "peak_rss_mib",
+                "settled"} <= r.keys()
         assert set(r["ratio"]) == {"reference-plain", "reference-atomic"}
         assert sorted(r["peak_rss_mib"]) == sorted(f"{s}.1" for s in SERVICES)
         assert r["commands"]["xadd"] >= 4               # four events per order, at least
@@ -96,6 +97,7 @@ def test_a_cluster_row_beside_a_single_node_has_every_figure_and_leaves_no_proce
         assert r["completed"] == r["orders"] == 200 and r["settled"]
         assert r["commands"]["xadd"] >= 4 and r["redis_cpu_us_per_order"] > 0
         assert r["redis_keys_per_order"] > 0 and r["worker_cpu_us_per_order"] > 0
+        assert 0 < r["redis_bytes_per_order_trimmed"] < r["redis_bytes_per_order"]
     single, cluster = out["rows"]
     assert single["replica_cpu_us_per_order"] == 0 < cluster["replica_cpu_us_per_order"]
     assert len(single["redis_cpu_us_per_order_by_node"]) == 1

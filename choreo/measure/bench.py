@@ -117,6 +117,9 @@ class RowResult:
     redis_keys_per_order: float
     peak_rss_mib: dict[str, float]          # by worker
     settled: bool
+    # Bytes per order once every stream is trimmed of what every group has acknowledged (the
+    # trimmer's work in a steady run): what an order keeps for the retention window.
+    redis_bytes_per_order_trimmed: float = 0.0
     # A cluster's replicas apply every write again: their CPU, apart from the primaries' above.
     replica_cpu_us_per_order: float = 0.0
     # Redis CPU by primary ("127.0.0.1:<port>"): how evenly the partitions (and hot keys) spread.
@@ -407,6 +410,18 @@ def settled(target: Target) -> bool:
     return True
 
 
+def trim_acknowledged(target: Target) -> bool:
+    """Once settled, every entry of every stream is acknowledged by every group: trim them all,
+    as `choreo trim` keeping no history would (its rule, for choreo's keys, is tested in
+    tests/test_trim.py; the references have none). True once done."""
+    if not settled(target):
+        return False
+    for node in target.primaries:
+        for key in node.scan_iter(match="events:*", _type="stream"):
+            node.xtrim(key, maxlen=0)
+    return True
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, procs: list[Proc]) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -528,7 +543,10 @@ def measure_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
         calm = wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
         mem_after = memory(target.primaries)
         rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
+        trimmed = memory(target.primaries) if calm and trim_acknowledged(target) else None
     result = summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
+    if trimmed is not None:
+        result.redis_bytes_per_order_trimmed = (trimmed[0] - mem_before[0]) / plan.orders
     result.replica_cpu_us_per_order = replica_s * 1e6 / plan.orders
     result.redis_cpu_us_per_order_by_node = {k: s * 1e6 / plan.orders for k, s in by_node.items()}
     return result
@@ -550,7 +568,8 @@ def summarise(row: Row, orders: int, seen: Latency, spent: Counters, worker_s: f
 
 
 RATIO_METRICS = ("orders_per_s", "p50_ms", "p99_ms", "commands_per_order", "redis_cpu_us_per_order",
-                 "worker_cpu_us_per_order", "redis_bytes_per_order", "redis_keys_per_order")
+                 "worker_cpu_us_per_order", "redis_bytes_per_order", "redis_bytes_per_order_trimmed",
+                 "redis_keys_per_order")
 
 
 def add_ratios(results: list[RowResult]) -> None:

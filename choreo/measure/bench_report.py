@@ -21,7 +21,8 @@ NOTES = (
     f"choreo+deadlines arms a {DEADLINE_S:g} s rq timer per order, as `choreo load` does by default.",
     "Commands and CPU: from the first order placed to the last completed (INFO commandstats, "
     "INFO cpu, /proc/<pid>/stat of the workers). Bytes and keys: INFO memory and DBSIZE once every "
-    "group has acknowledged everything, streams untrimmed.",
+    "group has acknowledged everything, streams untrimmed; trimmed: bytes again once every stream "
+    "is trimmed of the entries every group acknowledged, as a trimmer keeping no history would.",
     "Figures vary about ±25% from run to run on a shared machine: compare ratios within one run.",
 )
 
@@ -64,13 +65,14 @@ def cost_table(run: BenchRun) -> Table:
     clustered = [ROWS[r.name].cluster for r in run.results]
     t = Table(title="per order", box=box.SIMPLE, title_justify="left")
     for name in ("row", "Redis cmds", "Redis CPU µs", *(["replicas CPU µs"] if any(clustered) else []),
-                 "workers CPU µs", "Redis bytes", "Redis keys", "peak RSS MiB"):
+                 "workers CPU µs", "Redis bytes", "trimmed", "Redis keys", "peak RSS MiB"):
         t.add_column(name, justify="left" if name == "row" else "right")
     for r, cluster in zip(run.results, clustered):
         rss = max(r.peak_rss_mib.values(), default=0.0)
         replicas = [_n(r.replica_cpu_us_per_order) if cluster else "-"] if any(clustered) else []
         t.add_row(r.name, _n(r.commands_per_order, 1), _n(r.redis_cpu_us_per_order), *replicas,
                   _n(r.worker_cpu_us_per_order), _n(r.redis_bytes_per_order),
+                  _n(r.redis_bytes_per_order_trimmed) if r.settled else "-",
                   _n(r.redis_keys_per_order, 1) + ("" if r.settled else " (unsettled)"),
                   f"{rss:.1f} (max of {len(r.peak_rss_mib)})")
     return t
