@@ -231,6 +231,23 @@ def pending_entry(bus: RedisStreamsBus, stream: str, group: str, entry_id: str) 
     return found[0] if found else None
 
 
+def delivered_past(bus: RedisStreamsBus, stream: str, group: str, entry_id: str) -> bool:
+    """Whether `group` has been handed entries up to entry_id (its last-delivered-id): with the
+    entry no longer pending, the group acknowledged it (or was created past it)."""
+    with translated_errors():
+        try:
+            groups = bus.client.xinfo_groups(stream)
+        except redis.ResponseError:
+            return False        # no such stream (trimmed away, deleted)
+    last = next((g["last-delivered-id"] for g in groups if g["name"] == group), None)
+    return last is not None and _id(last) >= _id(entry_id)
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def existing(bus: RedisStreamsBus, keys_: list[str]) -> list[bool]:
     """Whether each key exists, one round trip."""
     with translated_errors():

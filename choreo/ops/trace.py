@@ -141,23 +141,25 @@ def dead_letter_dict(d: DeadLetter) -> dict:
 def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_by: set[str],
               services: dict[str, Service] = SERVICES) -> list[Reaction]:
     """What each other consumer of this event did with it, when it emitted nothing to show it:
-    its dedup marker says it committed; a dead letter that it gave up; XPENDING that it retries."""
+    its dedup marker says it committed; a dead letter that it gave up; XPENDING that it retries;
+    else its group's having been handed the entry and acknowledged it, as an event published once
+    (bus/commit.lua) leaves no marker."""
     e = t.event
     names = [s.name for s in services.values() if e.type in s.consumes
              and s.name != e.producer and s.name not in emitted_by]
     seen = inspect.remembered(bus, [(bus_keys.seen_for(n, e.order_id), e.id) for n in names])
     return [Reaction(name, services[name].says(e.type, e.order_id),
-                     "handled" if handled else _unhandled_status(bus, t, name, dead_by))
+                     "handled" if handled else _unmarked_status(bus, t, name, dead_by))
             for name, handled in zip(names, seen)]
 
 
-def _unhandled_status(bus: RedisStreamsBus, t: TracedEvent, group: str, dead_by: set[str]) -> str:
+def _unmarked_status(bus: RedisStreamsBus, t: TracedEvent, group: str, dead_by: set[str]) -> str:
     if group in dead_by:
         return "dead-lettered"
     p = inspect.pending_entry(bus, t.stream, group, t.entry_id)
-    if p is None:
-        return "not yet handled"
-    return f"pending (delivery {p['times_delivered']} on {p['consumer']})"
+    if p is not None:
+        return f"pending (delivery {p['times_delivered']} on {p['consumer']})"
+    return "handled" if inspect.delivered_past(bus, t.stream, group, t.entry_id) else "not yet handled"
 
 
 def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[DeadLetter],
@@ -178,7 +180,8 @@ def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[Dead
 def story_with_compensations(bus: RedisStreamsBus, events: list[TracedEvent],
                              services: dict[str, Service] = SERVICES) -> list[str]:
     """story(), and under each failure event what its consumers did about it: a refund, a release
-    and the order's end emit nothing, so only their dedup markers (see reactions) tell them."""
+    and the order's end emit nothing, so only their groups' acknowledgements (see reactions) tell
+    them."""
     return [line for node in build_trace(bus, events, [], services)
             for line in node.lines + compensations(node)]
 
