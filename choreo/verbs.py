@@ -486,13 +486,15 @@ def _bench_misuse(args) -> str:
 
 def cmd_bench(args, settings: Settings) -> int:
     from choreo.measure.bench import BenchError
+    from choreo.measure.lifeline import interrupts_kept
     if misuse := _bench_misuse(args):
         _err(f"choreo bench: {misuse}")
         return 2
-    # SIGTERM as Ctrl-C: unwind through the finally blocks that stop every process started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM as Ctrl-C, neither lost in a finalizer: unwind through the finally blocks that stop
+    # every process started.
     try:
-        return _soak(args) if args.soak else _bench(args)
+        with interrupts_kept():
+            return _soak(args) if args.soak else _bench(args)
     except BenchError as exc:
         _err(f"choreo bench: {exc}")
         return 1

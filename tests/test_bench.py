@@ -133,6 +133,7 @@ def test_ctrl_c_stops_every_process_it_started(argv, started_n, marked_n):
         assert proc.wait(60) == 130                     # six nodes and four workers to stop, on a busy machine
     finally:
         _kill_if_left(proc)
+        print(proc.stderr.read())       # shown if the test failed: "Exception ignored", a crash
     assert marked(mark) == []
     assert not [p for p in started if Path(f"/proc/{p}").exists()]
 

@@ -28,6 +28,7 @@ from choreo.benchmarks import reference
 from choreo.bus import keys as bus_keys
 from choreo.bus import layout
 from choreo.bus.connect import redact
+from choreo.measure.lifeline import die_with_parent
 from choreo.measure.load import percentile
 from choreo.measure.redis_cluster import ClusterError, LocalCluster
 from choreo.measure.redis_server import RedisServer, find_redis_server
@@ -176,8 +177,9 @@ def start_process(name: str, command: list[str], env: dict[str, str], log: Path,
     with open(log, "wb") as err:
         # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops these
         # in order (SIGTERM, wait, SIGKILL) rather than all at once mid-commit.
+        # die_with_parent: none outlives a bench that dies without unwinding (see lifeline).
         popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=die_with_parent())
     procs.append(Proc(name, popen, log))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from choreo.measure.lifeline import die_with_parent
 from choreo.measure.redis_server import find_redis_server
 
 SLOTS = 16384
@@ -176,7 +177,7 @@ class LocalCluster:
              "--repl-diskless-sync-delay", "0",
              "--save", "", "--appendonly", "no", "--dir", str(workdir),
              "--logfile", str(workdir / "redis.log")],
-            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
 
     def _wait_answering(self, port: int, deadline: float) -> None:
         proc = self.procs[port]

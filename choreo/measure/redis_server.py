@@ -15,6 +15,8 @@ from urllib.parse import quote, urlencode
 
 import redis
 
+from choreo.measure.lifeline import die_with_parent
+
 
 def find_redis_server() -> str:
     path = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
@@ -108,7 +110,7 @@ class RedisServer:
              "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--logfile", str(log),
              *(["--requirepass", self.password] if self.password else []), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
