@@ -85,7 +85,7 @@ def cmd_worker(args, settings: Settings) -> int:
         raise
     log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}"
              + (f" (timers on {redact(settings.timers_url)})" if settings.timers_url else "")
-             + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits)}")
+             + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits) or 'nothing'}")
     role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
                     publishers=args.app.publishers, events=args.app.events, observer=observer,
