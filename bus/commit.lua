@@ -182,19 +182,20 @@ end
 
 -- Whether a commit, about to be applied, could never be applied again: its XACK returned 1 or
 -- its id was new (acked_or_seen), or it writes a hash whose version it checked, so the same
--- commit sent again (a retry after a lost reply) finds that version moved and is refused.
+-- commit sent again (a retry after a lost reply) finds that version moved and is refused. A hash
+-- the commit also deletes (EXPIRE 0) proves nothing: made again, it may carry the same version.
 local function guarded(acked_or_seen, checked, ops)
   if acked_or_seen then return true end
-  local written = {}
+  local written, deleted = {}, {}
   for _, op in ipairs(ops) do
     if op[1] == 'HSET' or op[1] == 'HINCRBY' then
       written[op[2][1]] = true
     elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
-      written[op[2][1]] = nil             -- deleted: absent again, the version the check saw
+      deleted[op[2][1]] = true
     end
   end
   for _, key in ipairs(checked) do
-    if written[key] then return true end
+    if written[key] and not deleted[key] then return true end
   end
   return false
 end

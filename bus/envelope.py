@@ -74,7 +74,6 @@ class Envelope:
     v: str = SCHEMA_VERSION
     traceparent: str = ""
     once: bool = False          # published by a commit that could not apply twice (bus/commit.lua)
-    replay_for: str = ""        # a replayed copy: the group it is for (bus.dead_letters.republish)
 
     @classmethod
     def new(cls, type: str, order_id: str, producer: str, data: dict | None = None,
@@ -127,4 +126,4 @@ class Envelope:
         return cls(type=raw["type"], order_id=raw["order_id"], producer=raw["producer"], data=data,
                    causation_id=raw["causation_id"], id=raw["id"], at=raw["at"], v=raw["v"],
                    traceparent=valid_traceparent(raw.get("traceparent", "")),
-                   once=raw.get("once") == "1", replay_for=raw.get("for", ""))
+                   once=raw.get("once") == "1")

@@ -124,6 +124,24 @@ def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_
     assert real_bus.client.zscore(bus_keys.seen("tally"), event.id) is not None
 
 
+def test_a_replay_for_another_group_is_acknowledged_however_often_it_was_delivered(real_bus):
+    """A copy addressed to another group (`for`) is never this group's to handle nor to
+    dead-letter, not even past the crash guard: a dead letter here could be replayed to this
+    group, which had the original."""
+    worker = Worker(TALLY, real_bus, out_of_reach(max_deliveries=1), "tally-test-1")   # guard: 3
+    worker.start()
+    copy = {**Envelope.new("OrderCreated", "1", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                          "total_cents": 1999}).fields(), "for": "inventory"}
+    entry_id = real_bus.client.xadd(CREATED, copy)
+    real_bus.client.xreadgroup("tally", "tally-test-1", {CREATED: ">"})
+    for _ in range(3):                      # three lives of this consumer that died holding it
+        real_bus.client.xclaim(CREATED, "tally", "tally-test-1", 0, [entry_id])
+    drain([worker])
+    assert not real_bus.client.exists(bus_keys.dead_letters("tally"))
+    assert pending_count(real_bus.client, CREATED, "tally") == 0
+    assert real_bus.client.hget("tally", "handled") is None
+
+
 def test_an_event_a_guarded_commit_published_costs_its_consumers_no_dedup_id(real_bus):
     """place-order's commit creates the order's hash, so it cannot apply twice: its OrderCreated
     says `once`, and the consumer relies on its ack alone, keeping no id (memory per order)."""

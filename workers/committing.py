@@ -15,7 +15,7 @@ from choreo.bus.contract import Bus, BusError, BusUnavailable, Delivery, GroupMi
 from choreo.bus.envelope import Envelope
 from choreo.config.settings import Settings
 from choreo.workers.timers import scheduled_call
-from choreo.workers.handling import Handled, Handling, Unhandleable
+from choreo.workers.handling import Elsewhere, Handled, Handling, Unhandleable
 from choreo.workers.logs import Bound
 from choreo.workers.observer import APPLIED, CONFLICT, DEAD_LETTERED, DUPLICATE, REFUSED, Observer
 from choreo.workers.unit_of_work import BatchView
@@ -41,7 +41,7 @@ class Committing:
     def commit_batch(self, deliveries: list[Delivery]) -> None:
         self._commit_items([(d, self.handling.parse(d)) for d in deliveries])
 
-    def _commit_items(self, todo: list[tuple[Delivery, Envelope | Unhandleable]]) -> None:
+    def _commit_items(self, todo: list[tuple[Delivery, Envelope | Unhandleable | Elsewhere]]) -> None:
         """Handle and commit until nothing is left. When Redis refuses a read or a write of the
         batch (say a key of the wrong type), the entries go one by one to find the culprit, and
         that one is dead-lettered with Redis's error: the service never wedges on one entry."""
@@ -56,8 +56,8 @@ class Committing:
                         self._commit_items([item])
                     return
                 delivery, parsed = todo[0]
-                if isinstance(parsed, Unhandleable):
-                    raise                   # even its dead letter is refused: run() backs off, logs
+                if isinstance(parsed, (Unhandleable, Elsewhere)):
+                    raise                   # even its dead letter (or bare ack) is refused: run() backs off, logs
                 todo = [(delivery, Unhandleable(f"refused by Redis: {exc}", parsed))]
 
     def commit_round(self, todo):
@@ -82,7 +82,7 @@ class Committing:
                 again.append((h.delivery, handling.parse(h.delivery)))
             elif outcome is Outcome.REFUSED:
                 self.observer.finished(h.delivery, REFUSED)
-                if h.event is None:             # the dead letter itself: dlq:<service> is broken
+                if h.event is None and not h.elsewhere:     # the dead letter itself: dlq:<service> is broken
                     raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}",
                                                         h.event)))
@@ -106,7 +106,8 @@ class Committing:
         self.observer.finished(h.delivery, DUPLICATE if duplicate
                                else APPLIED if h.event else DEAD_LETTERED)
         self.handling.last_error.pop(h.delivery.entry_id, None)
-        if h.event is not None and not self.events.isEnabledFor(EVENT_LEVEL):
+        letter = h.event is None and not h.elsewhere
+        if not letter and not self.events.isEnabledFor(EVENT_LEVEL):
             return                          # event lines turned down (--log-level): nothing to build
         event = h.event or h.letter_of      # a dead letter of an event that parsed names it too
         context = {
@@ -117,7 +118,7 @@ class Committing:
         }
         if duplicate:
             context["duplicate"] = "ignored"
-        if h.event is None:                 # a dead letter: never silenced with the event lines
+        if letter:                          # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})
         else:
             self.events.log(EVENT_LEVEL, h.line, extra={"context": context})

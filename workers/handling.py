@@ -35,6 +35,16 @@ class Unhandleable(Exception):
         self.event = event
 
 
+class Elsewhere:
+    """A replayed copy of another group's dead letter (its `for` field, bus.dead_letters.republish):
+    this group had its own go at the original, so it acknowledges the copy and does nothing,
+    however often it was delivered and whatever it holds: it is never dead-lettered here, where a
+    replay of that letter would hand this group the event a second time."""
+
+    def __init__(self, group: str):
+        self.group = group
+
+
 @dataclass
 class Handled:
     delivery: Delivery
@@ -62,8 +72,11 @@ class Handling:
         self.models = models                # event type -> its data's model
         self.last_error: dict[str, str] = {}    # entry id -> its handler's last error, until applied
 
-    def parse(self, d: Delivery) -> Envelope | Unhandleable:
-        """The event, or why the entry goes to the dead-letter stream unhandled."""
+    def parse(self, d: Delivery) -> Envelope | Unhandleable | Elsewhere:
+        """The event, or why the entry goes to the dead-letter stream unhandled, or Elsewhere."""
+        addressed = d.fields.get("for", "") if d.fields else ""
+        if addressed and addressed != self.service.name:
+            return Elsewhere(addressed)
         if d.deliveries > self.crash_guard:
             last = self.last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")
             return Unhandleable(f"gave up after {d.deliveries - 1} deliveries: {last}",
@@ -97,16 +110,16 @@ class Handling:
         except Exception:
             return []
 
-    def handle(self, d: Delivery, event: Envelope | Unhandleable, view: BatchView) -> Handled | None:
+    def handle(self, d: Delivery, event: Envelope | Unhandleable | Elsewhere,
+               view: BatchView) -> Handled | None:
         """Run the entry's handler into a Commit; None leaves it pending for a retry."""
         started = time.perf_counter()
         if isinstance(event, Unhandleable):
             return self.dead_letter(d, str(event), started, event.event, view)
-        if event.replay_for and event.replay_for != self.service.name:
-            # Another group's dead letter, replayed: this group had its own go at the original.
+        if isinstance(event, Elsewhere):
             return Handled(d, Commit(ack=(d.stream, d.entry_id)),
-                           f"{self.service.voice}: replay for {event.replay_for[:40]!r} ignored",
-                           event, started, elsewhere=True)
+                           f"{self.service.voice}: replay for {event.group[:40]!r} ignored",
+                           None, started, elsewhere=True)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models)

@@ -31,7 +31,7 @@ from choreo.scheduling.timers import RqTimers
 from choreo.config.settings import Settings
 from choreo.workers.committing import Committing
 from choreo.workers.events import EVENTS as MODELS
-from choreo.workers.handling import Handled, Handling, Unhandleable, parse_delivery
+from choreo.workers.handling import Elsewhere, Handled, Handling, Unhandleable, parse_delivery
 from choreo.workers.keeping import Keeping
 from choreo.workers.logs import EVENTS, WORKER, bound
 from choreo.workers.observer import NO_OBSERVER, Observer
@@ -155,10 +155,10 @@ class Worker:
         return len(deliveries)
 
     # -- the steps, for tests and the simulator that drive them one at a time -------------------
-    def parse(self, d: Delivery) -> Envelope | Unhandleable:
+    def parse(self, d: Delivery) -> Envelope | Unhandleable | Elsewhere:
         return self.handling.parse(d)
 
-    def handle(self, d: Delivery, event: Envelope | Unhandleable, view: BatchView) -> Handled | None:
+    def handle(self, d: Delivery, event: Envelope | Unhandleable | Elsewhere, view: BatchView) -> Handled | None:
         return self.handling.handle(d, event, view)
 
     def arm_timers(self, ready: list[Handled]) -> None:

@@ -77,6 +77,12 @@ def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_e
         fields = fields if fields is not None else letter.original()
     except DeadLetterError as exc:
         raise DeadLetterError(f"{letter.ref}: refused, {exc}") from None
+    addressed = fields.get("for", letter.service)
+    if addressed != letter.service:
+        # A replayed copy meant for another group: this one had the original (and kept no id of
+        # it), so handing it the event again could apply it twice. Workers never dead-letter one.
+        raise DeadLetterError(f"{letter.ref}: refused, the entry is a replay for {addressed[:40]!r}, "
+                              f"not for {letter.service}")
     try:
         parse_delivery(Delivery(letter.stream, letter.entry_id, fields), max_entry_bytes, service,
                        app.publishers, app.events)

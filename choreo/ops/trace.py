@@ -156,10 +156,12 @@ def reactions(bus: RedisStreamsBus, t: TracedEvent, emitted_by: set[str], dead_b
 def _unmarked_status(bus: RedisStreamsBus, t: TracedEvent, group: str, dead_by: set[str]) -> str:
     if group in dead_by:
         return "dead-lettered"
+    # Handed first, pending second: an entry delivered between the two reads shows as pending.
+    handed = inspect.delivered_past(bus, t.stream, group, t.entry_id)
     p = inspect.pending_entry(bus, t.stream, group, t.entry_id)
     if p is not None:
         return f"pending (delivery {p['times_delivered']} on {p['consumer']})"
-    return "handled" if inspect.delivered_past(bus, t.stream, group, t.entry_id) else "not yet handled"
+    return "handled" if handed else "not yet handled"
 
 
 def build_trace(bus: RedisStreamsBus, events: list[TracedEvent], dead: list[DeadLetter],
