@@ -316,6 +316,29 @@ def test_replay_refuses_a_copy_meant_for_another_group(real_bus, redis_url, caps
     assert c.xlen("dlq:inventory") == 1 and c.xlen("events:OrderCreated") == 1
 
 
+def test_a_verbatim_copy_of_every_event_changes_nothing_in_the_saga(procs, real_bus):
+    """Copies of entries marked `once` (XRANGE then XADD by hand) are new events to every group,
+    which keeps no id of the originals (docs/design.md): the saga's handlers still change nothing,
+    as their state makes a repeated event a no-op."""
+    c = real_bus.client
+    start_workers(procs)
+    place_mix(procs)
+    settle(c)
+    before = state(c)
+    copied = 0
+    for stream in before["lengths"]:
+        for _, fields in c.xrange(stream):
+            assert fields["once"] == "1"
+            c.xadd(stream, fields)
+            copied += 1
+    wait_for(lambda: sum(state(c)["lengths"].values()) == sum(before["lengths"].values()) + copied,
+             what="the copies on their streams")
+    settle(c)
+    after = state(c)
+    assert {s: n * 2 for s, n in before.pop("lengths").items()} == after.pop("lengths")   # no new events
+    assert after == before and not c.exists("dlq:order", "dlq:inventory", "dlq:payment", "dlq:shipping")
+
+
 def confirmed(c, stream: str, group: str, entry_id: str) -> bool:
     """The group was handed the entry and acknowledged it."""
     info = next((g for g in c.xinfo_groups(stream) if g["name"] == group), None)
