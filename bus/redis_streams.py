@@ -89,16 +89,19 @@ def decode_entry(stream: str, entry_id, fields) -> Delivery:
         return Delivery(stream, entry_id, shown, error=f"not UTF-8: {exc.reason} at byte {exc.start}")
 
 
+class _Places(dict):
+    """Each distinct key's place in KEYS (1-based), given in order of first use; "" is 0."""
+
+    def __missing__(self, name: str) -> int:
+        place = self[name] = len(self)
+        return place
+
+
 def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list]:
     """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV naming
     each by its place there (1-based; 0 for none)."""
-    places: dict[str, int] = {"": 0}
-
-    def key(name: str) -> int:
-        place = places.get(name)
-        if place is None:
-            place = places[name] = len(places)
-        return place
+    places = _Places({"": 0})
+    key = places.__getitem__                # a key seen before costs one dict lookup
 
     argv: list = [group, len(commits), 0]
     for c in commits:
