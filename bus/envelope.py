@@ -83,7 +83,9 @@ def _up_to_the_second(second: int) -> str:
     return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-@dataclass(frozen=True)
+# slots: a frozen dataclass without them costs twice as much to make, and one is made per
+# entry and per emitted event.
+@dataclass(frozen=True, slots=True)
 class Envelope:
     type: str
     order_id: str
