@@ -34,6 +34,9 @@ CLUSTER_IN_FLUX = (redis.exceptions.ClusterError, redis.exceptions.TryAgainError
                    redis.exceptions.ReadOnlyError, redis.exceptions.SlotNotCoveredError)
 
 
+PIPELINE_ERROR = " of pipeline caused error: "
+
+
 @contextlib.contextmanager
 def translated_errors():
     """Map redis-py's exceptions onto the bus's own, so callers never import redis."""
@@ -52,8 +55,9 @@ def translated_errors():
         raise BusError(f"Redis Cluster answered MOVED/ASK ({exc}): on a cluster REDIS_URL needs "
                        f"?cluster=true (docs/cluster.md)") from exc
     except redis.ResponseError as exc:
-        # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL).
-        if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+        # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL). In a
+        # pipeline redis-py puts "Command # n (...) of pipeline caused error: " before Redis's words.
+        if str(exc).rpartition(PIPELINE_ERROR)[2].startswith(("NOGROUP", "UNBLOCKED")):
             raise GroupMissing(str(exc)) from exc
         raise BusError(f"Redis refused a command: {exc}") from exc
     except redis.exceptions.RedisClusterException as exc:    # the cluster client's own refusals
