@@ -12,8 +12,10 @@ import logging
 import ssl
 from urllib.parse import unquote_plus, urlsplit
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
@@ -25,6 +27,25 @@ from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_er
 EMBEDDED = "embedded (in-memory fakeredis)"
 # Query parameters redis-py reads as secrets: the AUTH password and the client key's passphrase.
 SECRET_PARAMETERS = ("password", "ssl_password")
+
+
+class LeanPacker:
+    """How commands are packed for the server (redis-py's `command_packer`): hiredis's packing
+    without redis-py's pass over every argument looking for a bytearray or memoryview, which the
+    bus never sends, while a batch's commit carries thousands of ARGV words. Whatever hiredis
+    refuses (those types, or a command name of two words) is packed the usual way."""
+
+    def __init__(self):
+        self._usual = HiredisRespSerializer()
+
+    def pack(self, *args) -> list[bytes]:
+        name = args[0]
+        if (" " if isinstance(name, str) else b" ") not in name:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return self._usual.pack(*args)
 
 
 class UnusableUrl(ValueError):
@@ -96,7 +117,8 @@ def client_for(url: str | None) -> redis.Redis:
         # commit must never be mistaken for a fresh one.
         client = redis.Redis.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
                                       socket_connect_timeout=3, socket_timeout=10,
-                                      retry=Retry(NoBackoff(), 0), health_check_interval=30)
+                                      retry=Retry(NoBackoff(), 0), health_check_interval=30,
+                                      command_packer=LeanPacker())
         pool = client.connection_pool
         pool.connection_class(**pool.connection_kwargs)     # checks parameters; opens no socket
     except (ValueError, TypeError, redis.RedisError) as exc:

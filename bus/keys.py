@@ -5,6 +5,8 @@ partitions (or on a cluster) their names carry the partition's hash tag after th
 `events:{p3}:OrderCreated`; with one partition on a plain Redis they read `events:OrderCreated`.
 """
 
+from functools import lru_cache
+
 from choreo.bus import layout
 
 STREAM_PREFIX = "events:"
@@ -30,12 +32,16 @@ def stream_for(event_type: str, instance_id: str) -> str:
     return stream(event_type, layout.current().partition_of(instance_id))
 
 
+# Pure functions of a stream's name, asked for every entry read: remembered per name (a worker
+# reads a few dozen streams; the bound keeps odd names from growing it).
+@lru_cache(maxsize=4096)
 def event_type_of(stream_key: str) -> str:
     if not stream_key.startswith(STREAM_PREFIX):
         return ""
     return layout.split_tag(stream_key[len(STREAM_PREFIX):])[1]
 
 
+@lru_cache(maxsize=4096)
 def partition_of(key: str) -> int:
     """The partition a tagged key belongs to (0 for an untagged one)."""
     _, _, rest = key.partition(":")

@@ -31,6 +31,11 @@ class Layout:
     partitions: int = 1
     cluster: bool = False
 
+    def __post_init__(self):
+        # Every key name is built through tag(), several times per handled entry: made once.
+        tags = tuple(f"{{p{p}}}:" for p in range(self.partitions)) if self.tagged else ()
+        object.__setattr__(self, "_tags", tags)
+
     @property
     def tagged(self) -> bool:
         """Whether keys carry their partition's hash tag."""
@@ -43,7 +48,9 @@ class Layout:
 
     def tag(self, partition: int) -> str:
         """What follows a key's prefix: `{p3}:`, or nothing when keys are not tagged."""
-        return f"{{p{partition}}}:" if self.tagged else ""
+        if not self._tags:
+            return ""
+        return self._tags[partition] if 0 <= partition < len(self._tags) else f"{{p{partition}}}:"
 
     def tag_of(self, instance_id: str) -> str:
         return self.tag(self.partition_of(instance_id))

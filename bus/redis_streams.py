@@ -34,6 +34,9 @@ CLUSTER_IN_FLUX = (redis.exceptions.ClusterError, redis.exceptions.TryAgainError
                    redis.exceptions.ReadOnlyError, redis.exceptions.SlotNotCoveredError)
 
 
+PIPELINE_ERROR = " of pipeline caused error: "
+
+
 @contextlib.contextmanager
 def translated_errors():
     """Map redis-py's exceptions onto the bus's own, so callers never import redis."""
@@ -52,8 +55,9 @@ def translated_errors():
         raise BusError(f"Redis Cluster answered MOVED/ASK ({exc}): on a cluster REDIS_URL needs "
                        f"?cluster=true (docs/cluster.md)") from exc
     except redis.ResponseError as exc:
-        # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL).
-        if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+        # UNBLOCKED: the stream was deleted while XREADGROUP waited on it (e.g. FLUSHALL). In a
+        # pipeline redis-py puts "Command # n (...) of pipeline caused error: " before Redis's words.
+        if str(exc).rpartition(PIPELINE_ERROR)[2].startswith(("NOGROUP", "UNBLOCKED")):
             raise GroupMissing(str(exc)) from exc
         raise BusError(f"Redis refused a command: {exc}") from exc
     except redis.exceptions.RedisClusterException as exc:    # the cluster client's own refusals
@@ -89,16 +93,19 @@ def decode_entry(stream: str, entry_id, fields) -> Delivery:
         return Delivery(stream, entry_id, shown, error=f"not UTF-8: {exc.reason} at byte {exc.start}")
 
 
+class _Places(dict):
+    """Each distinct key's place in KEYS (1-based), given in order of first use; "" is 0."""
+
+    def __missing__(self, name: str) -> int:
+        place = self[name] = len(self)
+        return place
+
+
 def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list]:
     """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV naming
     each by its place there (1-based; 0 for none)."""
-    places: dict[str, int] = {"": 0}
-
-    def key(name: str) -> int:
-        place = places.get(name)
-        if place is None:
-            place = places[name] = len(places)
-        return place
+    places = _Places({"": 0})
+    key = places.__getitem__                # a key seen before costs one dict lookup
 
     argv: list = [group, len(commits), 0]
     for c in commits:

@@ -14,6 +14,7 @@ import json
 
 from choreo.bus import layout
 from choreo.bus.contract import Bus, Hold
+from choreo.bus.envelope import decode_data
 from choreo.config.catalogue import CATALOGUE
 from choreo.workers import keys
 from choreo.workers.deadlines import carried
@@ -113,7 +114,7 @@ def _settle(to_status: str):
         if res["status"] != RESERVED:
             return
         if layout.current().tagged:     # the holds move the stock, in its slot, before the commit
-            moved = _holds(uow, event.order_id, _per_product(json.loads(res["lines"])),
+            moved = _holds(uow, event.order_id, _per_product(decode_data(res["lines"])),
                            "sell" if to_status == SOLD else "release")
             lost = {p: s for p, s in moved.items() if s != to_status}
             if lost:
@@ -125,7 +126,7 @@ def _settle(to_status: str):
             uow.set(res_key, status=to_status)
             uow.expire(res_key)
             return
-        for l in json.loads(res["lines"]):
+        for l in decode_data(res["lines"]):
             uow.add(keys.stock(l["product_id"]), "reserved", -l["quantity"])
             uow.add(keys.stock(l["product_id"]), "sold" if to_status == SOLD else "available",
                     l["quantity"])

@@ -7,6 +7,7 @@ choreography map can never drift from the code that runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Collection, Mapping
 
 from choreo.bus import keys as bus_keys, layout
@@ -61,7 +62,13 @@ class Service:
         return [bus_keys.stream(t, p) for p in served for t in self.consumes]
 
     def says(self, event_type: str, order_id: str) -> str:
-        return f"{self.voice}: " + self.consumes[event_type].says.format(order_id=order_id)
+        return self._lines[event_type].format(order_id=order_id)
+
+    @cached_property
+    def _lines(self) -> dict[str, str]:
+        """What it says for each event type, voice included: one format per handled entry."""
+        voice = self.voice.replace("{", "{{").replace("}", "}}")
+        return {t: f"{voice}: {on.says}" for t, on in self.consumes.items()}
 
     def says_creating(self, event_type: str, order_id: str) -> str:
         return f"{self.voice}: " + self.creates[event_type].format(order_id=order_id)
