@@ -173,6 +173,27 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
         admin.execute_command("ACL", "DELUSER", "halfway")
 
 
+def test_a_commands_permission_on_one_key_says_nothing_of_another_in_the_same_batch(redis_server, redis_url):
+    """commit.lua asks the ACL about each command on each key: XADD allowed on one stream does
+    not let a later commit of the batch XADD to a stream the user may only read."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, Outcome, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "onestream", "on", ">pw", "+@all", "-@dangerous",
+                          "~events:OrderCreated", "%R~events:*")
+    try:
+        bus = open_bus(redis_url.replace("redis://", "redis://onestream:pw@"))
+        allowed = Commit(ops=[Publish("events:OrderCreated", {"f": "v"})])
+        refused = Commit(ops=[Publish("events:InventoryChecked", {"f": "v"})])
+        assert bus.commit("", [allowed]) == [Outcome.APPLIED]
+        with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
+            bus.commit("", [allowed, refused])
+        assert admin.xlen("events:OrderCreated") == 2 and not admin.exists("events:InventoryChecked")
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "onestream")
+
+
 def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, redis_url):
     """Every HSET also bumps the hash's `_v` with HINCRBY: a hand-made user allowed the one but
     not the other is refused before the HSET, not after it."""
