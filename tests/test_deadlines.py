@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import redis
+
 from choreo.bus.envelope import Envelope
 from choreo.bus.ops import Count, SetFields
 from choreo.cli import main
@@ -97,6 +99,10 @@ def test_shipping_back_after_the_deadline_refuses_to_book_whichever_event_it_rea
     for s in ("order", "inventory", "payment"):
         procs.worker(s)
     procs.start("timers", name="timers")
+    # The 2 s deadline runs from the order's placing: on a busy machine the workers' start alone
+    # could take that long, so the order waits until each is reading.
+    wait_for(lambda: reading(r, {"order": "events:OrderCreated", "inventory": "events:OrderCreated",
+                                 "payment": "events:InventoryChecked"}), what="the workers reading")
     assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "2",
                  "--redis-url", procs.url]) == 0
     wait_for(lambda: r.hget(keys.payment("1"), "status") == "CHARGED", what="charged before the deadline")
@@ -110,6 +116,16 @@ def test_shipping_back_after_the_deadline_refuses_to_book_whichever_event_it_rea
     assert r.xlen("events:ShippingArranged") == 0
     wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
     assert r.hget(keys.order("1"), "status") == "CANCELLED"          # and it stays so
+
+
+def reading(r, streams: dict[str, str]) -> bool:
+    """Each service has its group on its stream and a client blocked in XREADGROUP."""
+    try:
+        groups = {g["name"] for s in set(streams.values()) for g in r.xinfo_groups(s)}
+    except redis.ResponseError:     # a stream not made yet
+        return False
+    readers = sum(c.get("cmd") == "xreadgroup" for c in r.client_list())
+    return set(streams) <= groups and readers >= len(streams)
 
 
 def test_a_timer_is_never_armed_to_fire_before_its_time(real_bus, redis_server):
