@@ -206,7 +206,10 @@ class UnitOfWork:
     def disarm(self, event_type: str) -> None:
         """The timer for event_type on this order is no longer needed. Best effort, after the
         commit: a timer that still fires must find nothing to do. Handling that timer's own
-        event, there is nothing to disarm: it fired (and rq is still finishing its job)."""
+        event, there is nothing to disarm: it fired (and rq is still finishing its job).
+        A round arms its timers before its commit and disarms after it (workers.committing), so
+        a timer id disarmed and armed again within one batch ends disarmed: give a timer that
+        may be armed again an id of its own (the saga's are one per order and never re-armed)."""
         if self.cause is not None and self.cause.type == event_type:
             return
         self.disarmed.append(timer_id(event_type, self.cause.order_id))

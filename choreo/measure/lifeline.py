@@ -50,10 +50,12 @@ def interrupts_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        sys.unraisablehook = hook
+        # The timer and the handlers first: a SIGALRM or Ctrl-C landing in here, before they are
+        # back, would leave SIGTERM raising KeyboardInterrupt in an in-process caller.
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in before.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = hook
 
 
 PR_SET_PDEATHSIG = 1            # <linux/prctl.h>

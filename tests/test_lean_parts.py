@@ -1,0 +1,75 @@
+"""The hot path's cheaper parts say and send exactly what the plain ones did: event timestamps,
+event ids, the packing of commands for Redis, and the reading of a pipeline's errors."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from redis.connection import HiredisRespSerializer
+
+from choreo.bus.connect import LeanPacker
+from choreo.bus.contract import BusError, GroupMissing
+from choreo.bus.envelope import iso_ms, new_id
+from choreo.bus.redis_streams import translated_errors
+
+
+def plain_iso_ms(ts: float) -> str:
+    """What iso_ms was before it cached the text up to the second."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@pytest.mark.parametrize("ts", [0.0, -0.0, 1.0, 1795958229.305, 1795958229.9995, 1795958229.9999995,
+                                1795958229.0000004, 1e9 + 0.0005, 4102444799.999, 946684799.9996,
+                                -1.5, -0.0004, 253402300799.999])
+def test_iso_ms_says_what_datetime_says(ts):
+    assert iso_ms(ts) == plain_iso_ms(ts)
+
+
+def test_iso_ms_across_a_run_of_milliseconds_and_seconds():
+    start = 1795958229.0
+    for i in range(0, 5000, 7):
+        ts = start + i / 1000 + 0.0000004
+        assert iso_ms(ts) == plain_iso_ms(ts)
+
+
+def test_event_ids_are_32_hex_digits_and_never_repeat_across_a_fork():
+    mine = [new_id() for _ in range(10)]             # the block is part used when it forks
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child: what it hands out next
+        os.write(write, "".join(new_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100 * 32 + 1).decode()
+    os.waitpid(pid, 0)
+    theirs = {child[i:i + 32] for i in range(0, len(child), 32)}
+    mine += [new_id() for _ in range(100)]
+    assert len(theirs) == 100 and len(set(mine)) == 110 and not theirs & set(mine)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in mine)
+
+
+@pytest.mark.parametrize("args", [
+    ("EVALSHA", "a" * 40, 3, "k1", "k2", "k3", "inventory", 12, 0, "1", "1795958229305-0", 0, "", 0, 1,
+     "2", "1", "PUBLISH", 11, "é", 1.5, -0.0, 2 ** 63, b"raw"),
+    ("ZADD", "seen:x", "NX", 1e-07, "m", 0.1 + 0.2, "n", 2 ** 53, "o"),
+    ("XADD", "events:OrderCreated", "MAXLEN", "~", 1000, "*", "id", "x", "data", '{"a":1}'),
+    ("SET", "k", "v", "EX", 60, "NX"),
+    ("CLIENT SETNAME", "choreo"),                    # two words: packed the usual way
+])
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(args):
+    assert b"".join(LeanPacker().pack(*args)) == b"".join(HiredisRespSerializer().pack(*args))
+
+
+def test_a_missing_group_inside_a_pipeline_is_a_missing_group():
+    """redis-py puts "Command # n (...) of pipeline caused error: " before Redis's words."""
+    with pytest.raises(GroupMissing):
+        with translated_errors():
+            raise redis.ResponseError("Command # 1 (XPENDING events:OrderCreated inventory - + 10) of "
+                                      "pipeline caused error: NOGROUP No such key 'events:OrderCreated'")
+    with pytest.raises(BusError) as refused:
+        with translated_errors():
+            raise redis.ResponseError("Command # 2 (HGET k f) of pipeline caused error: WRONGTYPE x")
+    assert not isinstance(refused.value, GroupMissing)
