@@ -173,3 +173,23 @@ def test_a_counter_on_a_hash_the_handler_read_is_refused_as_it_would_race_unseen
     uow.add("stock:101", "available", -1)
     uow.count("orders:by_status", "PENDING", 1)
     assert uow.ops == [AddTo("stock:101", "available", -1), Count("orders:by_status", "PENDING", 1)]
+
+
+@pytest.mark.parametrize("record, disarmed", [
+    ({"status": "PENDING", "_v": "1", "deadline_at_ms": "1700000300000"}, ["DeadlinePassed-1"]),
+    ({"status": "PENDING", "_v": "1"}, []),
+])
+def test_an_order_ends_disarming_a_deadline_only_when_it_was_placed_with_one(record, disarmed):
+    """Without a deadline there is no timer: asking rq anyway cost commands, and on a cluster
+    with deadlines off (no CHOREO_TIMERS_URL) it failed and held the order service back."""
+    arranged = Envelope.new("ShippingArranged", "1", "shipping", {"tracking_id": "TRK-1"})
+    uow = handle(SERVICES["order"], arranged, {keys.order("1"): record})
+    assert uow.disarmed == disarmed
+    assert any(isinstance(o, SetFields) and o.fields.get("status") == "COMPLETED" for o in uow.ops)
+
+
+def test_an_order_placed_with_a_deadline_records_it():
+    uow = UnitOfWork("order", SERVICES["order"].creates, BatchView(DictBus()), clock=lambda: 1_700_000_000.0)
+    order.create_order(uow, "1", [{"product_id": 101, "quantity": 1}], deadline_s=300)
+    (record,) = [o for o in uow.ops if isinstance(o, SetFields) and o.key == keys.order("1")]
+    assert int(record.fields["deadline_at_ms"]) == 1_700_000_300_000
