@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 from choreo.bus import keys
 from choreo.bus.contract import Delivery
+from choreo.bus.trim import parse_id
 from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, by_partition, decode_entry,
                                       translated_errors)
 
@@ -240,12 +241,7 @@ def delivered_past(bus: RedisStreamsBus, stream: str, group: str, entry_id: str)
         except redis.ResponseError:
             return False        # no such stream (trimmed away, deleted)
     last = next((g["last-delivered-id"] for g in groups if g["name"] == group), None)
-    return last is not None and _id(last) >= _id(entry_id)
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    return last is not None and parse_id(last) >= parse_id(entry_id)
 
 
 def existing(bus: RedisStreamsBus, keys_: list[str]) -> list[bool]:

@@ -412,16 +412,13 @@ def settled(target: Target) -> bool:
     return True
 
 
-def trim_acknowledged(target: Target) -> bool:
-    """Once settled, every entry of every stream is acknowledged by every group: trim them all,
-    as `choreo trim` keeping no history would (its rule, for choreo's keys, is tested in
-    tests/test_trim.py; the references have none). True once done."""
-    if not settled(target):
-        return False
+def trim_acknowledged(target: Target) -> None:
+    """Called once settled(), when every entry of every stream is acknowledged by every group:
+    trim them all, as `choreo trim` keeping no history would (its rule, for choreo's keys, is
+    tested in tests/test_trim.py; the references have none)."""
     for node in target.primaries:
         for key in node.scan_iter(match="events:*", _type="stream"):
             node.xtrim(key, maxlen=0)
-    return True
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, procs: list[Proc]) -> bool:
@@ -545,7 +542,10 @@ def measure_row(row: Row, plan: Plan, redis_url: str | None, workdir: Path,
         calm = wait_for(lambda: settled(target), SETTLE_TIMEOUT_S, procs)
         mem_after = memory(target.primaries)
         rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
-        trimmed = memory(target.primaries) if calm and trim_acknowledged(target) else None
+        trimmed = None
+        if calm:
+            trim_acknowledged(target)
+            trimmed = memory(target.primaries)
     result = summarise(row, plan.orders, seen, spent, worker_s, mem_before, mem_after, rss, calm)
     if trimmed is not None:
         result.redis_bytes_per_order_trimmed = (trimmed[0] - mem_before[0]) / plan.orders

@@ -11,6 +11,7 @@ from choreo.bus import inspect
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Delivery
 from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.bus.trim import parse_id
 from choreo.workers.order import ending_events
 
 # Entries per stream per read: a large load's backlog comes in a few round trips.
@@ -23,18 +24,13 @@ class Ending:
     at_ms: int          # when the event was published
 
 
-def entry_id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def published_ms(entry: Delivery) -> int:
     """The envelope's `at`; the entry id's time (the server's clock at XADD) if `at` is not a
     time: entries are input, and a malformed one must not stop the load."""
     try:
         return int(datetime.fromisoformat(entry.fields["at"].replace("Z", "+00:00")).timestamp() * 1000)
     except (KeyError, ValueError):
-        return entry_id_key(entry.entry_id)[0]
+        return parse_id(entry.entry_id)[0]
 
 
 class EndingWatch:
@@ -82,7 +78,7 @@ class EndingWatch:
         cursor (a server clock that went back), so it is read again from the start. An ending
         read twice counts once."""
         for stream, newest in inspect.newest_ids(bus, list(self.cursors)).items():
-            if entry_id_key(newest) < entry_id_key(self.cursors[stream]):
+            if parse_id(newest) < parse_id(self.cursors[stream]):
                 self.cursors[stream] = "0-0"
 
     def by_status(self) -> dict[str, int]:

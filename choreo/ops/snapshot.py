@@ -13,6 +13,7 @@ from choreo.bus import dead_letters, inspect, keys as bus_keys, layout
 from choreo.bus.connect import redact
 from choreo.bus.contract import BusUnavailable, GroupMissing
 from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.bus.trim import parse_id
 from choreo.measure.load import percentile
 from choreo.workers import SERVICES, keys
 from choreo.workers.order import COMPLETED
@@ -204,15 +205,10 @@ def group_row(bus: RedisStreamsBus, info: inspect.StreamInfo, g: inspect.GroupIn
     service's heartbeats whose loop is reading."""
     p = inspect.pending(bus, info.stream, g.group)
     live = sum(1 for b in beats if reading(b))
-    behind = _id_tuple(g.last_delivered_id) < _id_tuple(info.last_id)
+    behind = parse_id(g.last_delivered_id) < parse_id(info.last_id)
     return GroupRow(info.stream, g.group, g.consumers, live, p.count, g.lag,
                     _age_s(now_ms, p.oldest_id), p.max_deliveries, p.max_idle_ms / 1000,
                     group_state(live, p.count, p.max_idle_ms / 1000, behind))
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def group_state(live_consumers: int, pending: int, max_idle_s: float, behind: bool) -> str:
@@ -276,7 +272,7 @@ def dead_letter_row(bus: RedisStreamsBus, service: str, now_ms: int) -> DeadLett
 
 def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_EVENTS) -> list[EventRow]:
     entries = [d for s in streams for d in inspect.newest_entries(bus, s, count)]
-    entries.sort(key=lambda d: _id_tuple(d.entry_id), reverse=True)
+    entries.sort(key=lambda d: parse_id(d.entry_id), reverse=True)
     return [EventRow(_clock_time(inspect.entry_ms(d.entry_id)), d.stream, d.fields.get("type", "?"),
                      d.fields.get("order_id", "?"), d.entry_id) for d in entries[:count]]
 
