@@ -71,16 +71,28 @@ local function key_at(word)
   return k and K[k]
 end
 
-local function wrong_type(key, want)
-  if explaining > 0 then return nil end      -- ACL questions only
+-- The key's type: what this call knows of it, or else Redis's answer (remembered); nil and a
+-- NOPERM reason if the user may not ask.
+local function type_of(key)
   local t = planned[key] or known[key]
-  if t == 'hash?' and want ~= 'hash' then t = nil end    -- a hash or absent: ask which
   if t == nil then
     local no = denied('TYPE', key)
-    if no then return no end
+    if no then return nil, no end
     t = redis.call('TYPE', key)
     t = type(t) == 'table' and t.ok or t
     known[key] = t
+  end
+  return t
+end
+
+local function wrong_type(key, want)
+  if explaining > 0 then return nil end      -- ACL questions only
+  local t = planned[key] or known[key]
+  if t == nil or (t == 'hash?' and want ~= 'hash') then    -- unknown, or a hash or absent: ask
+    local no
+    known[key] = nil
+    t, no = type_of(key)
+    if no then return no end
   end
   if t ~= 'none' and t ~= want and not (t == 'hash?' and want == 'hash') then
     return key .. ' holds a ' .. t .. ', not a ' .. want
@@ -88,9 +100,27 @@ local function wrong_type(key, want)
   planned[key] = want
 end
 
+-- A trace is a string of "<stream> <id>" lines, each publish rewriting it one line longer (GET,
+-- then SET KEEPTTL: an exact-size string, where APPEND would leave room to grow and a list costs
+-- a quicklist; about 290 bytes for an order's four events, against 410 as a list). A trace an
+-- earlier version made as a list is still appended to as one (RPUSH).
+local function trace_is_list(key)
+  return (planned[key] or known[key]) == 'list'
+end
+
+local function trace_refusal(key)
+  local t, no = 'string', nil
+  if explaining == 0 then t, no = type_of(key) end
+  if no then return no end
+  if t == 'list' then
+    return denied('RPUSH', key, 'x') or wrong_type(key, 'list')
+  end
+  return denied('GET', key) or denied('SET', key, 'x', 'KEEPTTL') or wrong_type(key, 'string')
+end
+
 local function refusal(op, args)
   if op == 'PUBLISH' then
-    local no = denied('XADD', args[1], '*', 'f', 'v') or (args[2] ~= '' and denied('RPUSH', args[2], 'x'))
+    local no = denied('XADD', args[1], '*', 'f', 'v')
     if no then return no end
     -- Checked to the letter: the ack and the dedup id are written before the effects, so an
     -- effect Redis refuses halfway would be lost (bounded digits, fields in pairs).
@@ -100,7 +130,7 @@ local function refusal(op, args)
     if #args < 5 or (#args - 3) % 2 ~= 0 then
       return 'an event for ' .. args[1] .. ' needs fields in name, value pairs'
     end
-    return wrong_type(args[1], 'stream') or (args[2] ~= '' and wrong_type(args[2], 'list')) or nil
+    return wrong_type(args[1], 'stream') or (args[2] ~= '' and trace_refusal(args[2])) or nil
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
     if not string.match(args[2], '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
@@ -159,7 +189,15 @@ local function apply(op, args, bumped, once)
     else
       id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(fields))
     end
-    if trace ~= '' then redis.call('RPUSH', trace, stream .. ' ' .. id) end
+    if trace ~= '' then
+      local line = stream .. ' ' .. id
+      if trace_is_list(trace) then
+        redis.call('RPUSH', trace, line)
+      else
+        local before = redis.call('GET', trace)
+        redis.call('SET', trace, before and (before .. '\n' .. line) or line, 'KEEPTTL')
+      end
+    end
   elseif op == 'HINCRBY' or op == 'COUNT' then
     local value = redis.call('HINCRBY', args[1], args[2], args[3])
     counters[args[1]] = counters[args[1]] or {}

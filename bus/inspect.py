@@ -97,6 +97,21 @@ def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
         return bus.client.lrange(key, 0, -1)
 
 
+def trace_refs(bus: RedisStreamsBus, key: str) -> list[tuple[str, str]]:
+    """(stream, entry id) of every line of a trace (bus/commit.lua): a string of "<stream> <id>"
+    lines, or a list of them as earlier versions wrote it. A missing key has none."""
+    with translated_errors():
+        try:
+            text = bus.client.get(key)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            lines = bus.client.lrange(key, 0, -1)
+        else:
+            lines = text.split("\n") if text else []
+    return [tuple(line.split(" ", 1)) for line in lines if " " in line]
+
+
 # -- views for the dashboard -----------------------------------------------------------------------
 # Ages are computed on the server's clock (TIME), the same clock that stamps entry ids, so a
 # dashboard on another host with a skewed clock still shows true ages.

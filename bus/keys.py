@@ -77,7 +77,8 @@ def seen_for(group: str, instance_id: str) -> str:
 
 
 def trace(order_id: str) -> str:
-    """List of "<stream> <entry-id>" for every event published about one order, in commit order."""
+    """The "<stream> <entry-id>" line of every event published about one order, in commit order:
+    a string of lines (bus/commit.lua; a list in earlier versions), read by inspect.trace_refs."""
     return f"trace:{layout.current().tag_of(order_id)}{order_id}"
 
 

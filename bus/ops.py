@@ -93,8 +93,9 @@ class Expire:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """XADD an event's fields to its stream; with `trace`, also RPUSH "<stream> <id>" to that list;
-    with `max_len`, trim the stream to exactly its newest max_len entries (XADD MAXLEN)."""
+    """XADD an event's fields to its stream; with `trace`, also add the line "<stream> <id>" to that
+    trace (a string of such lines, bus.inspect.trace_refs); with `max_len`, trim the stream to
+    exactly its newest max_len entries (XADD MAXLEN)."""
     stream: str
     fields: Mapping[str, str]
     trace: str = ""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import fakeredis
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import inspect, keys as bus_keys
 from choreo.bus.contract import Delivery
 from choreo.bus.redis_streams import RedisStreamsBus, decode_entry
 from choreo.orders import OrderRequest, place_orders
@@ -286,15 +286,14 @@ class Simulation:
             out.append(f"order {oid} COMPLETED but reservation/payment/shipment are {seen}")
         if status in ("REJECTED", "CANCELLED") and ({"SOLD", "RESERVED", "CHARGED", "BOOKED"} & set(seen)):
             out.append(f"order {oid} {status} but reservation/payment/shipment are {seen}")
-        published = [line.split()[0] for line in self.bus.client.lrange(bus_keys.trace(oid), 0, -1)]
+        published = [stream for stream, _ in inspect.trace_refs(self.bus, bus_keys.trace(oid))]
         twice = sorted({x for x in published if published.count(x) > 1})
         if twice:
             out.append(f"order {oid} published {', '.join(twice)} more than once")
         return out
 
     def created(self, oid: str) -> dict:
-        for line in self.bus.client.lrange(bus_keys.trace(oid), 0, -1):
-            stream, entry_id = line.split()
+        for stream, entry_id in inspect.trace_refs(self.bus, bus_keys.trace(oid)):
             if stream == bus_keys.stream("OrderCreated"):
                 return json.loads(self.bus.client.xrange(stream, entry_id, entry_id)[0][1]["data"])
         return {}

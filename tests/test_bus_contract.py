@@ -10,7 +10,7 @@ from importlib import resources
 from choreo.bus.contract import Commit, Outcome
 from choreo.bus.envelope import Envelope
 from choreo.bus.ops import AddTo, Append, Count, Expire, Publish, SetFields
-from choreo.bus import keys
+from choreo.bus import inspect, keys
 
 S = keys.stream("OrderCreated")
 
@@ -191,8 +191,23 @@ def test_a_conflicting_commit_leaves_its_entry_pending_and_so_do_the_ones_after_
 
 def test_publish_appends_to_the_order_trace(any_bus):
     publish(any_bus, 2, order_id="42")
-    refs = any_bus.client.lrange(keys.trace("42"), 0, -1)
-    assert len(refs) == 2 and all(r.startswith(S + " ") for r in refs)
+    lines = any_bus.client.get(keys.trace("42")).split("\n")
+    assert len(lines) == 2 and all(line.startswith(S + " ") for line in lines)
+    assert inspect.trace_refs(any_bus, keys.trace("42")) == [tuple(line.split(" ")) for line in lines]
+
+
+def test_a_trace_keeps_its_expiry_and_one_an_earlier_version_made_as_a_list_stays_one(any_bus):
+    publish(any_bus, 1, order_id="42")
+    any_bus.client.expire(keys.trace("42"), 500)            # the order ended
+    publish(any_bus, 1, order_id="42")                       # a late compensation
+    assert 0 < any_bus.client.ttl(keys.trace("42")) <= 500
+    assert len(inspect.trace_refs(any_bus, keys.trace("42"))) == 2
+    any_bus.client.rpush(keys.trace("7"), f"{S} 1-0")        # in flight across an upgrade
+    publish(any_bus, 2, order_id="7")
+    assert any_bus.client.type(keys.trace("7")) == "list"
+    refs = inspect.trace_refs(any_bus, keys.trace("7"))
+    assert refs[0] == (S, "1-0") and len(refs) == 3 and refs[1][1] != refs[2][1]
+    assert inspect.trace_refs(any_bus, keys.trace("8")) == []
 
 
 def test_publish_with_a_max_length_keeps_only_the_newest_entries(any_bus):

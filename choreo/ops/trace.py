@@ -31,7 +31,7 @@ class TracedEvent:
 
 
 def load_events(bus: RedisStreamsBus, order_id: str) -> list[TracedEvent]:
-    refs = [tuple(item.split(" ", 1)) for item in inspect.list_items(bus, bus_keys.trace(order_id))]
+    refs = inspect.trace_refs(bus, bus_keys.trace(order_id))
     found = []
     for d in inspect.entries(bus, refs):
         try:
