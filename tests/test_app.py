@@ -3,14 +3,19 @@ command its services and event types (workers.app)."""
 
 from __future__ import annotations
 
+import fakeredis
 import pytest
+from msgspec import Struct
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
+from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.cli import main
+from choreo.config.settings import Settings
 from tests.apps.ping import app as PING
 from tests.helpers import wait_for
 from choreo.workers.app import App, AppError, load_app
+from choreo.workers.runtime import Worker
 from choreo.workers.service import On, Service, confirm
 
 SPEC = "tests.apps.ping:app"
@@ -205,3 +210,48 @@ def test_what_an_event_carries_every_consumer_can_read_back():
         with pytest.raises(InvalidEvent, match="cannot be written as JSON every consumer reads"):
             uow.emit("Ping", order_id="1", n=bad)
     assert uow.ops == [] and uow.emitted == []
+
+
+class Flip(Struct):
+    arm: bool
+
+
+class Tick(Struct):
+    pass
+
+
+def flip(event, uow) -> None:
+    if event.data["arm"]:
+        uow.publish_later("Tick", 2 ** 41)
+    else:
+        uow.disarm("Tick")
+
+
+class KeptTimers:
+    def __init__(self):
+        self.armed: set[str] = set()
+
+    def schedule(self, calls) -> None:
+        self.armed |= {c.job_id for c in calls}
+
+    def unschedule(self, job_ids) -> None:
+        self.armed -= set(job_ids)
+
+
+@pytest.mark.parametrize("arms, armed", [((False, True), True), ((True, False), False),
+                                         ((True, False, True), True)])
+def test_the_last_entry_of_a_batch_to_name_a_timer_decides_whether_it_stays_armed(arms, armed):
+    """Timers are armed before the commit and disarmed after it: one disarmed and then armed
+    again within a batch stays armed, and the other way round ends disarmed."""
+    flipper = Service("flipper", "Flipper", consumes={"Flip": On(flip, "Flip {order_id}")},
+                      emits=(), creates={"Flip": "Flip {order_id}", "Tick": "Tick {order_id}"})
+    bus = RedisStreamsBus(fakeredis.FakeRedis(decode_responses=True))
+    timers = KeptTimers()
+    worker = Worker(flipper, bus, Settings(), "flipper-1", events={"Flip": Flip, "Tick": Tick},
+                    timers=timers)
+    worker.start()
+    stream = bus_keys.stream("Flip")
+    for arm in arms:
+        bus.client.xadd(stream, Envelope.new("Flip", "1", "flipper", {"arm": arm}).fields())
+    assert worker.poll(block_ms=0) == len(arms)             # one batch
+    assert timers.armed == ({"Tick-1"} if armed else set())

@@ -71,7 +71,7 @@ class Committing:
         self.arm_timers(ready)
         if self.settings.commit_delay_ms:
             time.sleep(self.settings.commit_delay_ms / 1000)
-        again, disarmed = [], []
+        again, timers = [], {}          # timer id -> armed (True) or disarmed, by the last applied
         began = time.perf_counter()
         outcomes = self.bus.commit(self.group, [h.commit for h in ready])
         if ready:
@@ -88,8 +88,13 @@ class Committing:
                                                         h.event)))
             else:
                 self.report(h, outcome)
-                disarmed += h.disarmed if outcome is Outcome.APPLIED else []
+                if outcome is Outcome.APPLIED:
+                    timers.update((t.job_id, True) for t in h.timers)
+                    timers.update((job, False) for job in h.disarmed)
+        disarmed = [job for job, armed in timers.items() if not armed]
         if disarmed:
+            # After the commit, and only what the batch's last word on it disarmed: a timer
+            # disarmed by one entry and armed again by a later one stays armed.
             self.timers.unschedule(disarmed)
         return again
 

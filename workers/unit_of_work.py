@@ -207,9 +207,9 @@ class UnitOfWork:
         """The timer for event_type on this order is no longer needed. Best effort, after the
         commit: a timer that still fires must find nothing to do. Handling that timer's own
         event, there is nothing to disarm: it fired (and rq is still finishing its job).
-        A round arms its timers before its commit and disarms after it (workers.committing), so
-        a timer id disarmed and armed again within one batch ends disarmed: give a timer that
-        may be armed again an id of its own (the saga's are one per order and never re-armed)."""
+        A round arms its timers before its commit and disarms after it (workers.committing) what
+        the batch's last applied entry to name the timer disarmed: armed again by a later entry
+        of the batch, it stays armed."""
         if self.cause is not None and self.cause.type == event_type:
             return
         self.disarmed.append(timer_id(event_type, self.cause.order_id))
