@@ -35,7 +35,7 @@ SAMPLES = {
     "xinfo|consumers": "XINFO CONSUMERS {key} {group}", "xinfo|groups": "XINFO GROUPS {key}",
     "xinfo|stream": "XINFO STREAM {key}", "xrange": "XRANGE {key} - +",
     "xrevrange": "XREVRANGE {key} + -", "xtrim": "XTRIM {key} MINID 0-0", "xlen": "XLEN {key}",
-    "hset": "HSET {key} f v", "hincrby": "HINCRBY {key} f 1", "hget": "HGET {key} f",
+    "hset": "HSET {key} f v", "hdel": "HDEL {key} f", "hincrby": "HINCRBY {key} f 1", "hget": "HGET {key} f",
     "hgetall": "HGETALL {key}", "hmget": "HMGET {key} f", "rpush": "RPUSH {key} v",
     "lrange": "LRANGE {key} 0 -1", "zadd": "ZADD {key} 1 m", "zrem": "ZREM {key} m",
     "zrange": "ZRANGE {key} 0 -1", "zrangebyscore": "ZRANGEBYSCORE {key} -inf +inf", "zrevrange": "ZREVRANGE {key} 0 -1",

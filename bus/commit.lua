@@ -38,7 +38,8 @@ if explaining > 0 then
 end
 local out = {}
 local stopped = false
-local HOLDS = { HSET = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset', SET = 'string' }
+local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset',
+  SET = 'string' }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
@@ -147,8 +148,14 @@ local function refusal(op, args)
   if op == 'HSET' and (#args < 3 or #args % 2 ~= 1) then
     return 'HSET ' .. args[1] .. ' needs fields in name, value pairs'
   end
+  if op == 'HDEL' then       -- never the version: the hash stays, and its version only grows
+    if #args < 2 then return 'HDEL ' .. args[1] .. ' needs a field' end
+    for f = 2, #args do
+      if args[f] == '_v' then return 'HDEL ' .. args[1] .. ' may not remove the version _v' end
+    end
+  end
   local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
-    or ((op == 'HSET' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
+    or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
@@ -211,7 +218,7 @@ local function apply(op, args, bumped, once)
     end
   else
     redis.call(op, unpack(args))
-    if op == 'HSET' then
+    if op == 'HSET' or op == 'HDEL' then
       counters[args[1]] = nil
       bumped[args[1]] = true
     end
@@ -226,7 +233,7 @@ local function guarded(acked_or_seen, checked, ops)
   if acked_or_seen then return true end
   local written, deleted = {}, {}
   for _, op in ipairs(ops) do
-    if op[1] == 'HSET' or op[1] == 'HINCRBY' then
+    if op[1] == 'HSET' or op[1] == 'HDEL' or op[1] == 'HINCRBY' then
       written[op[2][1]] = true
     elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
       deleted[op[2][1]] = true

@@ -71,9 +71,9 @@ class Outcome(Enum):
 class Commit:
     """Everything one handled entry (or one command) changes, applied all-or-nothing.
 
-    ops are the typed writes of bus.ops (SetFields, AddTo, Count, Append, Index, Expire,
-    Publish), applied in order. Each hash a commit writes with SetFields or AddTo has its `_v`
-    field bumped by one when the commit is applied, which is what `checks` compare against.
+    ops are the typed writes of bus.ops (SetFields, DropFields, AddTo, Count, Append, Index,
+    Expire, Publish), applied in order. Each hash a commit writes with SetFields, DropFields or
+    AddTo has its `_v` field bumped by one when the commit is applied, which is what `checks` compare against.
     """
     checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
     ops: list[Op] = field(default_factory=list)                    # bus.ops, in order

@@ -1,7 +1,7 @@
 """What a commit writes: typed operations, each encoded as the words bus/commit.lua reads.
 
-A handler never builds these itself: workers.unit_of_work.UnitOfWork does (set, add, count, append,
-index, expire, emit), so the choice that matters is made by name — `add` (AddTo) for an integer
+A handler never builds these itself: workers.unit_of_work.UnitOfWork does (set, drop, add, count,
+append, index, expire, emit), so the choice that matters is made by name — `add` (AddTo) for an integer
 field of a hash some handler reads, which bumps the hash's version so a racing commit that read
 the old value is refused; `count` (Count) for an aggregate no handler reads, which does not.
 
@@ -35,6 +35,17 @@ class SetFields:
 
     def words(self, key: KeyIndex) -> tuple:
         return ("HSET", key(self.key), *_flat(self.fields))
+
+
+@dataclass(frozen=True, slots=True)
+class DropFields:
+    """HDEL fields of a hash (what a settled record no longer needs): versioned like SetFields.
+    Never the version `_v` itself (bus/commit.lua refuses it), so the hash never empties."""
+    key: str
+    fields: tuple[str, ...]
+
+    def words(self, key: KeyIndex) -> tuple:
+        return ("HDEL", key(self.key), *self.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,5 +117,5 @@ class Publish:
                 *_flat(self.fields))
 
 
-VERSIONED = (SetFields, AddTo)          # the ops after which a hash's version is bumped
-AnyOp = Union[SetFields, AddTo, Count, Append, Index, Expire, Publish]
+VERSIONED = (SetFields, DropFields, AddTo)      # the ops after which a hash's version is bumped
+AnyOp = Union[SetFields, DropFields, AddTo, Count, Append, Index, Expire, Publish]

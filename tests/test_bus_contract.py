@@ -9,7 +9,7 @@ from importlib import resources
 
 from choreo.bus.contract import Commit, Outcome
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import AddTo, Append, Count, Expire, Publish, SetFields
+from choreo.bus.ops import AddTo, Append, Count, DropFields, Expire, Publish, SetFields
 from choreo.bus import inspect, keys
 
 S = keys.stream("OrderCreated")
@@ -231,6 +231,8 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (Words("PUBLISH", "events:Out", "", "", "f"), "needs fields in name, value pairs"),
     (Publish("events:Out", {"f": "v"}, max_len=99999999999999999999), "max length 99999999999999999999"),
     (Words("HSET", "h", "a"), "HSET h needs fields in name, value pairs"),
+    (Words("HDEL", "h"), "HDEL h needs a field"),
+    (DropFields("h", ("a", "_v")), "HDEL h may not remove the version _v"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
     """The ack and the dedup id are written before the effects: a write Redis would refuse must
@@ -412,3 +414,19 @@ def test_a_hash_deleted_and_written_again_in_one_commit_is_the_new_one_with_one_
     again = Commit(ops=[SetFields("j", {"a": "1"}), Expire("j", 0), SetFields("j", {"b": "2"})])
     assert real_bus.commit("", [again]) == [Outcome.APPLIED]
     assert real_bus.read_hashes(["j"]) == [{"b": "2", "_v": "1"}]
+
+
+def test_dropping_fields_bumps_the_version_so_a_commit_that_read_them_conflicts(any_bus):
+    """A settled record sheds fields (DropFields, HDEL): a versioned write like SetFields, so a
+    racing commit that read the hash before is refused, and a counter it held is read afresh."""
+    assert any_bus.commit("", [Commit(ops=[SetFields("r", {"status": "RESERVED", "lines": "[1]", "n": "5"})])]) \
+        == [Outcome.APPLIED]
+    settle = Commit(checks={"r": "1"}, ops=[DropFields("r", ("lines",))])
+    racing = Commit(checks={"r": "1"}, ops=[SetFields("r", {"status": "RELEASED"})])
+    assert any_bus.commit("", [settle, racing]) == [Outcome.APPLIED, Outcome.CONFLICT]
+    assert any_bus.read_hashes(["r"]) == [{"status": "RESERVED", "n": "5", "_v": "2"}]
+    counted = Commit(ops=[AddTo("r", "n", 1), DropFields("r", ("n",)), AddTo("r", "n", 2)])
+    assert any_bus.commit("", [counted]) == [Outcome.APPLIED]
+    assert any_bus.read_hashes(["r"]) == [{"status": "RESERVED", "n": "2", "_v": "3"}]
+    on_a_list = Commit(ops=[Append("l", "x"), DropFields("l", ("a",))])
+    assert any_bus.commit("", [on_a_list]) == [Outcome.REFUSED] and "holds a list" in on_a_list.refusal

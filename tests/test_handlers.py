@@ -7,7 +7,7 @@ import json
 import pytest
 
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import AddTo, Count, SetFields
+from choreo.bus.ops import AddTo, Count, DropFields, SetFields
 from choreo.config.catalogue import CATALOGUE, RULES
 from choreo.workers import SERVICES, keys, order
 from choreo.workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
@@ -67,6 +67,7 @@ def test_release_returns_reserved_stock_and_is_a_no_op_when_repeated():
     uow = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RESERVED", "lines": lines}})
     assert AddTo("stock:101", "available", 2) in uow.ops
     assert AddTo("stock:101", "reserved", -2) in uow.ops
+    assert DropFields("reservation:1", ("lines",)) in uow.ops
     again = handle(SERVICES["inventory"], failed, {"reservation:1": {"status": "RELEASED", "lines": lines}})
     assert again.ops == []
 
@@ -83,6 +84,8 @@ def test_shipping_arranged_turns_reservation_into_sale():
     uow = handle(SERVICES["inventory"], arranged, {"reservation:1": {"status": "RESERVED", "lines": lines}})
     assert AddTo("stock:101", "sold", 2) in uow.ops
     assert AddTo("stock:101", "reserved", -2) in uow.ops
+    # Settled, the reservation sheds its lines: only a RESERVED one's lines move stock.
+    assert DropFields("reservation:1", ("lines",)) in uow.ops
 
 
 def test_payment_charges_total_in_cents_and_counts_it():
@@ -154,6 +157,8 @@ def test_batch_view_sees_earlier_writes_with_bumped_versions():
     view.get("stock:101")
     view.apply([AddTo("stock:101", "available", -3), SetFields("stock:101", {"x": "y"})])
     assert view.get("stock:101") == {"available": "2", "x": "y", "_v": "3"}    # one bump a commit
+    view.apply([DropFields("stock:101", ("x", "absent"))])
+    assert view.get("stock:101") == {"available": "2", "_v": "4"}
 
 
 def test_every_consumed_stream_has_a_producer_that_declares_it():

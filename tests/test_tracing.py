@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import inspect, keys as bus_keys
 from choreo.bus.envelope import FIELDS, Envelope
 from choreo.orders import OrderRequest, place_orders
 from choreo.config.settings import Settings
@@ -44,8 +44,8 @@ def run_saga(bus, provider=None, order_id="1") -> list[Worker]:
 
 
 def order_entries(bus, order_id="1") -> list[tuple[str, str, dict]]:
-    """(stream, entry id, fields) of every event of the order, from its trace:<id> list."""
-    refs = [item.split(" ") for item in bus.client.lrange(bus_keys.trace(order_id), 0, -1)]
+    """(stream, entry id, fields) of every event of the order, from its trace:<id>."""
+    refs = inspect.trace_refs(bus, bus_keys.trace(order_id))
     return [(s, i, bus.client.xrange(s, i, i)[0][1]) for s, i in refs]
 
 
@@ -160,7 +160,7 @@ def test_across_processes_each_event_carries_the_trace_of_the_order(procs, redis
     order_id = done.stdout.strip()
     wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", timeout=30,
              what="the order completed")
-    refs = [item.split(" ") for item in r.lrange(bus_keys.trace(order_id), 0, -1)]
+    refs = [line.split(" ") for line in r.get(bus_keys.trace(order_id)).split("\n")]
     fields = [r.xrange(s, i, i)[0][1] for s, i in refs]
     parents = [f["traceparent"].split("-") for f in fields]
     assert len(fields) >= 4 and len({p[1] for p in parents}) == 1      # one trace id

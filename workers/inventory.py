@@ -124,6 +124,7 @@ def _settle(to_status: str):
                 shown = ", ".join(f"{p} is {s or 'gone'}" for p, s in lost.items())
                 raise RuntimeError(f"order {event.order_id}: hold of product {shown}, not {to_status}")
             uow.set(res_key, status=to_status)
+            uow.drop(res_key, "lines")  # settled: only a RESERVED reservation's lines move stock
             uow.expire(res_key)
             return
         for l in decode_data(res["lines"]):
@@ -131,6 +132,7 @@ def _settle(to_status: str):
             uow.add(keys.stock(l["product_id"]), "sold" if to_status == SOLD else "available",
                     l["quantity"])
         uow.set(res_key, status=to_status)
+        uow.drop(res_key, "lines")      # settled: only a RESERVED reservation's lines move stock
         uow.expire(res_key)         # final either way; late events within the window find it
     settle.__name__ = "sell_reservation" if to_status == SOLD else "release_reservation"
     return settle

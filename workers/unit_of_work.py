@@ -12,8 +12,8 @@ import msgspec
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Bus, Commit, Hold
 from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
-from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, Expire, Index, Op, Publish,
-                     SetFields)
+from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, Index, Op,
+                     Publish, SetFields)
 from choreo.workers.events import check_data
 
 
@@ -81,6 +81,9 @@ class BatchView:
             h = self._hashes[op.key]
             if isinstance(op, SetFields):
                 h.update((k, str(v)) for k, v in op.fields.items())
+            elif isinstance(op, DropFields):
+                for name in op.fields:
+                    h.pop(name, None)
             else:
                 h[op.field] = str(int(h.get(op.field, 0)) + int(op.amount))
             written.add(op.key)
@@ -139,6 +142,11 @@ class UnitOfWork:
 
     def set(self, key: str, **fields) -> None:
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
+
+    def drop(self, key: str, *fields: str) -> None:
+        """Remove fields of a hash, as a settled record sheds what only its open state needed
+        (a sold reservation its lines): versioned like set()."""
+        self.ops.append(DropFields(key, fields))
 
     def add(self, key: str, field: str, amount: int) -> None:
         """Adjust an integer field of a hash handlers read (stock): bumps its version."""

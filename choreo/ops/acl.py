@@ -51,8 +51,8 @@ CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "
            "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
 PUBLISH = ("xadd", "type")
 SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
-DOMAIN = ("hget", "hgetall", "hmget", "hset", "hincrby", "rpush", "zadd", "incrby", "expire",
-          "exists", "type")
+DOMAIN = ("hget", "hgetall", "hmget", "hset", "hdel", "hincrby", "rpush", "zadd", "incrby",
+          "expire", "exists", "type")
 TRACE = ("get", "set", "rpush", "type")        # a trace: a string rewritten a line longer (a list before)
 # Arming a timer, one selector per key so no command reaches a key it has no business with (a
 # DEL of the whole scheduled registry would disarm every order's deadline).
