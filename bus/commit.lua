@@ -1,9 +1,14 @@
 -- Apply a batch of commits in order; each is all-or-nothing. See bus/contract.py.
--- KEYS: every key the batch touches, each once. ARGV names a key by its place in KEYS (0: none):
+-- KEYS: every key the batch touches, each once. A commit names a key by its place in KEYS (0: none):
 -- Redis Cluster routes a script by its KEYS, and ACL key patterns check only KEYS.
--- ARGV: group, n, 0, then per commit:
---   ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
--- where an op's key (a PUBLISH's stream and trace) is a key# too.
+-- ARGV: group, n, 0, then one JSON text per commit (bus.redis_streams.encode_batch):
+--   [ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, [key#, expected_v, ...], [[op, [args...]], ...]]
+-- where an op's key (a PUBLISH's stream and trace, any other op's first argument) is a key#, a
+-- number; every other argument is a string, as Redis would have read it from ARGV. One JSON text
+-- is parsed in C (cjson, in Redis and in fakeredis) into the very tables the checks below read:
+-- no ARGV word per argument for Redis to parse, and none for the script to copy or convert.
+-- One that does not decode to that shape refuses its commit, before any write, like a write Redis
+-- would refuse.
 -- Explaining (ARGV[3] = m > 0, no KEYS; after Redis refused the batch's EVALSHA for a key the user
 -- may not touch, NOPERM naming no key): the m key names follow in ARGV, and the script only asks
 -- the ACL (acl_check_cmd) the questions it asks before writing, reading and writing no key. It
@@ -43,13 +48,24 @@ local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Red
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
 
--- Whether the calling user may run a command, asked before anything is written: a write refused
--- halfway would leave the commit half-applied. (fakeredis has no ACLs, and no acl_check_cmd.)
-local function denied(...)
-  if redis.acl_check_cmd and not redis.acl_check_cmd(...) then
-    local words = { ... }
-    return 'NOPERM this user may not run ' .. words[1] .. ' on ' .. tostring(words[2])
+-- Whether the calling user may run a command on a key, asked before anything is written: a write
+-- refused halfway would leave the commit half-applied. (fakeredis has no ACLs, and no
+-- acl_check_cmd.) Asked once per command and key per call: every command here takes one key, its
+-- first argument, and the user's rules (bus.acl: commands on key patterns) cannot change while a
+-- script runs, so the answer holds for the rest of the batch (answers[command][key], false: allowed).
+local answers = {}
+local function denied(command, key, ...)
+  local by_key = answers[command]
+  local no = by_key and by_key[key or '']
+  if no == nil then
+    no = false
+    if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
+      no = 'NOPERM this user may not run ' .. command .. ' on ' .. tostring(key)
+    end
+    answers[command] = by_key or {}
+    answers[command][key or ''] = no
   end
+  return no or nil
 end
 
 -- Key types, asked of Redis once per key per call: `known` holds what Redis said or what this
@@ -64,11 +80,10 @@ local known, planned = {}, {}
 -- An HSET may store anything in a field: it forgets its hash's counters.
 local counters = {}
 
--- The key a key# names ('' for 0); nil for one not in KEYS.
-local function key_at(word)
-  local k = tonumber(word)
-  if k == 0 then return '' end
-  return k and K[k]
+-- The key a key# names ('' for 0); nil for one not in KEYS (or not a number).
+local function key_at(place)
+  if place == 0 then return '' end
+  return K[place]
 end
 
 local function wrong_type(key, want)
@@ -200,23 +215,54 @@ local function guarded(acked_or_seen, checked, ops)
   return false
 end
 
+-- A decoded commit in the shape encode_batch writes (above), down to each argument's type, so that
+-- nothing below can fail on it halfway through a batch: one that is not refuses only its commit.
+-- (A JSON array decodes to a table with keys 1..n, an object to one with string keys: # is 0.)
+local function list(t)
+  return type(t) == 'table' and (#t > 0 or next(t) == nil)
+end
+local function well_formed(commit)
+  if not list(commit) or type(commit[2]) ~= 'string' or type(commit[4]) ~= 'string'
+      or type(commit[5]) ~= 'number' or not list(commit[6]) or not list(commit[7])
+      or #commit[6] % 2 ~= 0 then
+    return false
+  end
+  for k = 2, #commit[6], 2 do
+    if type(commit[6][k]) ~= 'string' then return false end
+  end
+  for _, op in ipairs(commit[7]) do
+    if not list(op) or type(op[1]) ~= 'string' or not list(op[2]) then return false end
+    for _, arg in ipairs(op[2]) do
+      local t = type(arg)
+      if t ~= 'string' and t ~= 'number' then return false end
+    end
+  end
+  return true
+end
+local MALFORMED = { 0, '', 0, '', 0, {}, {} }    -- what a commit that did not decode stands for
+
 for c = 1, n do
-  local ack_stream, ack_id, seen, seen_id = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2]), ARGV[i + 3]
-  local seen_until = now + tonumber(ARGV[i + 4])
-  local n_checks = tonumber(ARGV[i + 5])
-  i = i + 6
+  local decoded, commit = pcall(cjson.decode, ARGV[i])
+  i = i + 1
   local status = 1
+  if not (decoded and well_formed(commit)) then
+    status = 'commit ' .. c .. ' of the batch is not the JSON bus.redis_streams.encode_batch writes'
+    commit = MALFORMED
+  end
+  local ack_stream, ack_id, seen, seen_id = key_at(commit[1]), commit[2], key_at(commit[3]), commit[4]
+  local seen_until = now + commit[5]
+  local versions = commit[6]      -- key#, expected _v, ...
   if stopped and explaining == 0 then status = -1 end
   local checked = {}
-  for k = 1, n_checks do
-    checked[k] = key_at(ARGV[i + 2 * k - 2])
+  for k = 1, #versions / 2 do
+    checked[k] = key_at(versions[2 * k - 1])
     if status == 1 and (checked[k] == nil or checked[k] == '') then
-      status = 'key# ' .. ARGV[i + 2 * k - 2] .. ' is not in KEYS'
+      status = 'key# ' .. tostring(versions[2 * k - 1]) .. ' is not in KEYS'
     end
   end
   if status == 1 and (ack_stream == nil or seen == nil) then status = 'the ack stream or seen set is not in KEYS' end
   -- What this commit reads and acknowledges, asked first: the reads below run before any write.
-  for k = 1, n_checks do
+  for k = 1, #checked do
     if status == 1 then status = denied('HGET', checked[k], '_v') or 1 end
   end
   planned = {}
@@ -225,30 +271,26 @@ for c = 1, n do
       or wrong_type(seen, 'zset') or 1
   end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
-  for k = 1, n_checks do
+  for k = 1, #checked do
     if status == 1 and explaining == 0 then
-      if (redis.call('HGET', checked[k], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+      if (redis.call('HGET', checked[k], '_v') or '0') ~= versions[2 * k] then status = -1 end
       known[checked[k]] = known[checked[k]] or 'hash?'
     end
-    i = i + 2
   end
-  local ops = {}
-  for o = 1, tonumber(ARGV[i]) do
-    local n_args = tonumber(ARGV[i + 2])
-    local args = { unpack(ARGV, i + 3, i + 2 + n_args) }
-    -- The op's keys, from key# to name: a PUBLISH's stream and trace, every other op's first.
-    for a = 1, (ARGV[i + 1] == 'PUBLISH' and 2 or 1) do
+  -- Each op is {name, args} as decoded; its keys go from key# to name in place: a PUBLISH's
+  -- stream and trace, every other op's first argument.
+  local ops = commit[7]
+  for _, op in ipairs(ops) do
+    local args = op[2]
+    for a = 1, (op[1] == 'PUBLISH' and 2 or 1) do
       local name = key_at(args[a])
       if name == nil or (a == 1 and name == '') then
-        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. ARGV[i + 1] .. ' is not in KEYS' end
+        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. op[1] .. ' is not in KEYS' end
       else
         args[a] = name
       end
     end
-    ops[o] = { ARGV[i + 1], args }
-    i = i + 2 + n_args
   end
-  i = i + 1
   if status == 1 then
     for _, op in ipairs(ops) do
       local why = refusal(op[1], op[2])
