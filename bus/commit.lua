@@ -1,14 +1,9 @@
 -- Apply a batch of commits in order; each is all-or-nothing. See bus/contract.py.
--- KEYS: every key the batch touches, each once. A commit names a key by its place in KEYS (0: none):
+-- KEYS: every key the batch touches, each once. ARGV names a key by its place in KEYS (0: none):
 -- Redis Cluster routes a script by its KEYS, and ACL key patterns check only KEYS.
--- ARGV: group, n, 0, then one JSON text per commit (bus.redis_streams.encode_batch):
---   [ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, [key#, expected_v, ...], [[op, [args...]], ...]]
--- where an op's key (a PUBLISH's stream and trace, any other op's first argument) is a key#, a
--- number; every other argument is a string, as Redis would have read it from ARGV. One JSON text
--- is parsed in C (cjson, in Redis and in fakeredis) into the very tables the checks below read:
--- no ARGV word per argument for Redis to parse, and none for the script to copy or convert.
--- One that does not decode to that shape refuses its commit, before any write, like a write Redis
--- would refuse.
+-- ARGV: group, n, 0, then per commit:
+--   ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
+-- where an op's key (a PUBLISH's stream and trace) is a key# too.
 -- Explaining (ARGV[3] = m > 0, no KEYS; after Redis refused the batch's EVALSHA for a key the user
 -- may not touch, NOPERM naming no key): the m key names follow in ARGV, and the script only asks
 -- the ACL (acl_check_cmd) the questions it asks before writing, reading and writing no key. It
@@ -31,6 +26,15 @@
 -- sets hold only ids of events published otherwise. A replay is addressed to its letter's group
 -- (`for`, bus.dead_letters.republish) and carries no `once`.
 local unpack = unpack or table.unpack
+-- What tonumber says of an ARGV word, parsed once per distinct word in a call: a batch names the
+-- same few key places, counts and amounts thousands of times, and each tonumber of a string costs
+-- two strtod calls. A word already parsed is one table lookup (false: not a number).
+local number = setmetatable({}, { __index = function(parsed, word)
+  if word == nil then return false end
+  local value = tonumber(word) or false
+  parsed[word] = value
+  return value
+end })
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local explaining = tonumber(ARGV[3])
@@ -80,10 +84,11 @@ local known, planned = {}, {}
 -- An HSET may store anything in a field: it forgets its hash's counters.
 local counters = {}
 
--- The key a key# names ('' for 0); nil for one not in KEYS (or not a number).
-local function key_at(place)
-  if place == 0 then return '' end
-  return K[place]
+-- The key a key# names ('' for 0); nil for one not in KEYS.
+local function key_at(word)
+  local k = number[word]
+  if k == 0 then return '' end
+  return k and K[k] or nil
 end
 
 local function wrong_type(key, want)
@@ -152,7 +157,7 @@ local function refusal(op, args)
       counters[args[1]][args[2]] = now
     end
   end
-  if math.abs(now) > LIMIT or math.abs(tonumber(args[3])) > LIMIT then
+  if math.abs(now) > LIMIT or math.abs(number[args[3]]) > LIMIT then
     return args[1] .. ' field ' .. args[2] .. ' would leave the safe integer range'
   end
 end
@@ -215,54 +220,23 @@ local function guarded(acked_or_seen, checked, ops)
   return false
 end
 
--- A decoded commit in the shape encode_batch writes (above), down to each argument's type, so that
--- nothing below can fail on it halfway through a batch: one that is not refuses only its commit.
--- (A JSON array decodes to a table with keys 1..n, an object to one with string keys: # is 0.)
-local function list(t)
-  return type(t) == 'table' and (#t > 0 or next(t) == nil)
-end
-local function well_formed(commit)
-  if not list(commit) or type(commit[2]) ~= 'string' or type(commit[4]) ~= 'string'
-      or type(commit[5]) ~= 'number' or not list(commit[6]) or not list(commit[7])
-      or #commit[6] % 2 ~= 0 then
-    return false
-  end
-  for k = 2, #commit[6], 2 do
-    if type(commit[6][k]) ~= 'string' then return false end
-  end
-  for _, op in ipairs(commit[7]) do
-    if not list(op) or type(op[1]) ~= 'string' or not list(op[2]) then return false end
-    for _, arg in ipairs(op[2]) do
-      local t = type(arg)
-      if t ~= 'string' and t ~= 'number' then return false end
-    end
-  end
-  return true
-end
-local MALFORMED = { 0, '', 0, '', 0, {}, {} }    -- what a commit that did not decode stands for
-
 for c = 1, n do
-  local decoded, commit = pcall(cjson.decode, ARGV[i])
-  i = i + 1
+  local ack_stream, ack_id, seen, seen_id = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2]), ARGV[i + 3]
+  local seen_until = now + number[ARGV[i + 4]]
+  local n_checks = number[ARGV[i + 5]]
+  i = i + 6
   local status = 1
-  if not (decoded and well_formed(commit)) then
-    status = 'commit ' .. c .. ' of the batch is not the JSON bus.redis_streams.encode_batch writes'
-    commit = MALFORMED
-  end
-  local ack_stream, ack_id, seen, seen_id = key_at(commit[1]), commit[2], key_at(commit[3]), commit[4]
-  local seen_until = now + commit[5]
-  local versions = commit[6]      -- key#, expected _v, ...
   if stopped and explaining == 0 then status = -1 end
   local checked = {}
-  for k = 1, #versions / 2 do
-    checked[k] = key_at(versions[2 * k - 1])
+  for k = 1, n_checks do
+    checked[k] = key_at(ARGV[i + 2 * k - 2])
     if status == 1 and (checked[k] == nil or checked[k] == '') then
-      status = 'key# ' .. tostring(versions[2 * k - 1]) .. ' is not in KEYS'
+      status = 'key# ' .. ARGV[i + 2 * k - 2] .. ' is not in KEYS'
     end
   end
   if status == 1 and (ack_stream == nil or seen == nil) then status = 'the ack stream or seen set is not in KEYS' end
   -- What this commit reads and acknowledges, asked first: the reads below run before any write.
-  for k = 1, #checked do
+  for k = 1, n_checks do
     if status == 1 then status = denied('HGET', checked[k], '_v') or 1 end
   end
   planned = {}
@@ -271,26 +245,30 @@ for c = 1, n do
       or wrong_type(seen, 'zset') or 1
   end
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
-  for k = 1, #checked do
+  for k = 1, n_checks do
     if status == 1 and explaining == 0 then
-      if (redis.call('HGET', checked[k], '_v') or '0') ~= versions[2 * k] then status = -1 end
+      if (redis.call('HGET', checked[k], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
       known[checked[k]] = known[checked[k]] or 'hash?'
     end
+    i = i + 2
   end
-  -- Each op is {name, args} as decoded; its keys go from key# to name in place: a PUBLISH's
-  -- stream and trace, every other op's first argument.
-  local ops = commit[7]
-  for _, op in ipairs(ops) do
-    local args = op[2]
-    for a = 1, (op[1] == 'PUBLISH' and 2 or 1) do
+  local ops = {}
+  for o = 1, number[ARGV[i]] do
+    local n_args = number[ARGV[i + 2]]
+    local args = { unpack(ARGV, i + 3, i + 2 + n_args) }
+    -- The op's keys, from key# to name: a PUBLISH's stream and trace, every other op's first.
+    for a = 1, (ARGV[i + 1] == 'PUBLISH' and 2 or 1) do
       local name = key_at(args[a])
       if name == nil or (a == 1 and name == '') then
-        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. op[1] .. ' is not in KEYS' end
+        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. ARGV[i + 1] .. ' is not in KEYS' end
       else
         args[a] = name
       end
     end
+    ops[o] = { ARGV[i + 1], args }
+    i = i + 2 + n_args
   end
+  i = i + 1
   if status == 1 then
     for _, op in ipairs(ops) do
       local why = refusal(op[1], op[2])

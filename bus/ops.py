@@ -5,10 +5,9 @@ index, expire, emit), so the choice that matters is made by name — `add` (AddT
 field of a hash some handler reads, which bumps the hash's version so a racing commit that read
 the old value is refused; `count` (Count) for an aggregate no handler reads, which does not.
 
-Every op has `words(key)`: its name then its arguments, each a string as Redis reads it, but each
-key it touches given as `key(name)`, that key's place in the script's KEYS (a number;
-bus.redis_streams collects a batch's distinct keys there; Redis Cluster routes by KEYS and ACL key
-patterns check them), 0 for none.
+Every op has `words(key)`: its name then its arguments, as strings or numbers, each key it touches
+given as `key(name)`, that key's place in the script's KEYS (bus.redis_streams collects a batch's
+distinct keys there; Redis Cluster routes by KEYS and ACL key patterns check them), 0 for none.
 The script checks every op before it writes anything.
 """
 
@@ -46,7 +45,7 @@ class AddTo:
     amount: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("HINCRBY", key(self.key), self.field, str(int(self.amount)))
+        return ("HINCRBY", key(self.key), self.field, int(self.amount))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class Count:
     amount: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("COUNT", key(self.key), self.field, str(int(self.amount)))
+        return ("COUNT", key(self.key), self.field, int(self.amount))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +78,7 @@ class Index:
     member: str
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("ZADD", key(self.key), str(self.score), self.member)
+        return ("ZADD", key(self.key), self.score, self.member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +88,7 @@ class Expire:
     seconds: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("EXPIRE", key(self.key), str(self.seconds))
+        return ("EXPIRE", key(self.key), self.seconds)
 
 
 @dataclass(frozen=True, slots=True)

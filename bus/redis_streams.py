@@ -8,7 +8,6 @@ import time
 from importlib import resources
 from typing import Callable, Iterable, Sequence
 
-import msgspec
 import redis
 from redis.crc import key_slot
 
@@ -102,28 +101,22 @@ class _Places(dict):
         return place
 
 
-# msgspec's JSON encoder: one C call per commit, and what bus/commit.lua decodes with cjson (in
-# Redis and in fakeredis, which has no cmsgpack).
-_json = msgspec.json.Encoder().encode
-
-
 def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list]:
-    """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV the
-    group, the number of commits, 0, then each commit as one JSON text naming each key by its
-    place in KEYS (1-based; 0 for none):
-    [ack#, ack_id, seen#, seen_id, seen_ttl, [key#, expected_v, ...], [[op, [args...]], ...]]."""
+    """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV naming
+    each by its place there (1-based; 0 for none)."""
     places = _Places({"": 0})
     key = places.__getitem__                # a key seen before costs one dict lookup
 
     argv: list = [group, len(commits), 0]
     for c in commits:
         stream, entry_id = c.ack or ("", "")
-        head = (key(stream), entry_id, key(c.seen), c.seen_id, c.seen_ttl_s or 1)
-        checks: list = []
+        argv += [key(stream), entry_id, key(c.seen), c.seen_id, c.seen_ttl_s or 1, len(c.checks)]
         for name, version in c.checks.items():
-            checks += (key(name), version)
-        ops = [(words[0], words[1:]) for words in [op.words(key) for op in c.ops]]
-        argv.append(_json((*head, checks, ops)))
+            argv += [key(name), version]
+        argv.append(len(c.ops))
+        for op in c.ops:
+            words = op.words(key)
+            argv += [words[0], len(words) - 1, *words[1:]]
     return list(places)[1:], argv
 
 
