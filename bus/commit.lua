@@ -26,6 +26,9 @@
 -- sets hold only ids of events published otherwise. A replay is addressed to its letter's group
 -- (`for`, bus.dead_letters.republish) and carries no `once`.
 local unpack = unpack or table.unpack
+-- Globals the loops below use, as locals: each global read is a table lookup in Lua 5.1.
+local redis, string, math, type, tostring, tonumber, pairs, ipairs =
+  redis, string, math, type, tostring, tonumber, pairs, ipairs
 -- What tonumber says of an ARGV word, parsed once per distinct word in a call: a batch names the
 -- same few key places, counts and amounts thousands of times, and each tonumber of a string costs
 -- two strtod calls. A word already parsed is one table lookup (false: not a number).
