@@ -26,6 +26,18 @@
 -- sets hold only ids of events published otherwise. A replay is addressed to its letter's group
 -- (`for`, bus.dead_letters.republish) and carries no `once`.
 local unpack = unpack or table.unpack
+-- Globals the loops below use, as locals: each global read is a table lookup in Lua 5.1.
+local redis, string, math, type, tostring, tonumber, pairs, ipairs =
+  redis, string, math, type, tostring, tonumber, pairs, ipairs
+-- What tonumber says of an ARGV word, parsed once per distinct word in a call: a batch names the
+-- same few key places, counts and amounts thousands of times, and each tonumber of a string costs
+-- two strtod calls. A word already parsed is one table lookup (false: not a number).
+local number = setmetatable({}, { __index = function(parsed, word)
+  if word == nil then return false end
+  local value = tonumber(word) or false
+  parsed[word] = value
+  return value
+end })
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local explaining = tonumber(ARGV[3])
@@ -44,13 +56,24 @@ local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Red
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
 
--- Whether the calling user may run a command, asked before anything is written: a write refused
--- halfway would leave the commit half-applied. (fakeredis has no ACLs, and no acl_check_cmd.)
-local function denied(...)
-  if redis.acl_check_cmd and not redis.acl_check_cmd(...) then
-    local words = { ... }
-    return 'NOPERM this user may not run ' .. words[1] .. ' on ' .. tostring(words[2])
+-- Whether the calling user may run a command on a key, asked before anything is written: a write
+-- refused halfway would leave the commit half-applied. (fakeredis has no ACLs, and no
+-- acl_check_cmd.) Asked once per command and key per call: every command here takes one key, its
+-- first argument, and the user's rules (bus.acl: commands on key patterns) cannot change while a
+-- script runs, so the answer holds for the rest of the batch (answers[command][key], false: allowed).
+local answers = {}
+local function denied(command, key, ...)
+  local by_key = answers[command]
+  local no = by_key and by_key[key or '']
+  if no == nil then
+    no = false
+    if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
+      no = 'NOPERM this user may not run ' .. command .. ' on ' .. tostring(key)
+    end
+    answers[command] = by_key or {}
+    answers[command][key or ''] = no
   end
+  return no or nil
 end
 
 -- Key types, asked of Redis once per key per call: `known` holds what Redis said or what this
@@ -67,9 +90,9 @@ local counters = {}
 
 -- The key a key# names ('' for 0); nil for one not in KEYS.
 local function key_at(word)
-  local k = tonumber(word)
+  local k = number[word]
   if k == 0 then return '' end
-  return k and K[k]
+  return k and K[k] or nil
 end
 
 -- The key's type: what this call knows of it, or else Redis's answer (remembered); nil and a
@@ -174,7 +197,7 @@ local function refusal(op, args)
       counters[args[1]][args[2]] = now
     end
   end
-  if math.abs(now) > LIMIT or math.abs(tonumber(args[3])) > LIMIT then
+  if math.abs(now) > LIMIT or math.abs(number[args[3]]) > LIMIT then
     return args[1] .. ' field ' .. args[2] .. ' would leave the safe integer range'
   end
 end
@@ -247,8 +270,8 @@ end
 
 for c = 1, n do
   local ack_stream, ack_id, seen, seen_id = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2]), ARGV[i + 3]
-  local seen_until = now + tonumber(ARGV[i + 4])
-  local n_checks = tonumber(ARGV[i + 5])
+  local seen_until = now + number[ARGV[i + 4]]
+  local n_checks = number[ARGV[i + 5]]
   i = i + 6
   local status = 1
   if stopped and explaining == 0 then status = -1 end
@@ -278,8 +301,8 @@ for c = 1, n do
     i = i + 2
   end
   local ops = {}
-  for o = 1, tonumber(ARGV[i]) do
-    local n_args = tonumber(ARGV[i + 2])
+  for o = 1, number[ARGV[i]] do
+    local n_args = number[ARGV[i + 2]]
     local args = { unpack(ARGV, i + 3, i + 2 + n_args) }
     -- The op's keys, from key# to name: a PUBLISH's stream and trace, every other op's first.
     for a = 1, (ARGV[i + 1] == 'PUBLISH' and 2 or 1) do

@@ -430,3 +430,59 @@ def test_dropping_fields_bumps_the_version_so_a_commit_that_read_them_conflicts(
     assert any_bus.read_hashes(["r"]) == [{"status": "RESERVED", "n": "2", "_v": "3"}]
     on_a_list = Commit(ops=[Append("l", "x"), DropFields("l", ("a",))])
     assert any_bus.commit("", [on_a_list]) == [Outcome.REFUSED] and "holds a list" in on_a_list.refusal
+
+
+
+# -- the batch's encoding: KEYS once each, ARGV words (bus.redis_streams.encode_batch) ------------
+
+def test_an_empty_batch_is_three_words_and_the_script_answers_nothing(any_bus):
+    from choreo.bus.redis_streams import encode_batch
+    assert encode_batch("g", []) == ([], ["g", 0, 0])
+    assert any_bus._commit(keys=[], args=["g", 0, 0]) == []
+    assert any_bus.commit("g", []) == []
+
+
+def test_a_batch_names_each_key_by_its_place_in_keys(any_bus):
+    """Keys go to KEYS once each (Cluster routes by them); ARGV names them by place, and the
+    script parses each distinct number word once per call, however often the batch repeats it."""
+    from choreo.bus.redis_streams import encode_batch
+    one = Commit(checks={"h": "3"}, ack=("s", "1-1"), seen="seen:g", seen_id="e1", seen_ttl_s=60,
+                 ops=[AddTo("h", "n", -2), Publish("s2", {"a": "1"}, trace="t", max_len=5),
+                      Expire("h", 30)])
+    two = Commit(ops=[SetFields("h", {"f": "v"})])
+    keys_, argv = encode_batch("g", [one, two])
+    assert keys_ == ["s", "seen:g", "h", "s2", "t"]
+    assert argv == ["g", 2, 0,
+                    1, "1-1", 2, "e1", 60, 1, 3, "3",
+                    3, "HINCRBY", 3, 3, "n", -2, "PUBLISH", 5, 4, 5, "5", "a", "1", "EXPIRE", 2, 3, 30,
+                    0, "", 0, "", 1, 0,
+                    1, "HSET", 3, 3, "f", "v"]
+
+
+def test_text_of_any_script_and_escape_arrives_byte_for_byte(any_bus):
+    """Accents, emoji, other scripts, quotes, backslashes, control characters and NUL are stored
+    exactly as given, in fields, values, keys and events."""
+    odd = 'é ü 中文 🚀 "quoted" back\\slash \x00 nul \x01 \n\t \u2028 \ud7ff'
+    key = f"h:{odd}"
+    c = Commit(ops=[SetFields(key, {odd: odd, "plain": "x"}), Publish(S, {"v": odd}, trace=f"t:{odd}")])
+    assert any_bus.commit("", [c]) == [Outcome.APPLIED]
+    assert any_bus.read_hashes([key]) == [{odd: odd, "plain": "x", "_v": "1"}]
+    ((_, fields),) = any_bus.client.xrange(S)
+    assert fields["v"] == odd
+    assert any_bus.client.get(f"t:{odd}").startswith(S + " ")
+
+
+def test_integers_travel_exactly_up_to_the_safe_range_and_are_refused_past_it(any_bus):
+    """2^50 is added exactly; an amount one past it is refused, as is one far past int64."""
+    edge = 2 ** 50
+    assert any_bus.commit("", [Commit(ops=[AddTo("n", "up", edge), Count("n", "down", -edge)])]) == \
+        [Outcome.APPLIED]
+    assert any_bus.read_hashes(["n"]) == [{"up": str(edge), "down": str(-edge), "_v": "1"}]
+    for amount in (2 ** 50 + 1, -(2 ** 50) - 1, 2 ** 64 + 1, -(2 ** 70)):
+        far = Commit(ops=[Count("m", "y", 1), Count("m", "x", amount)])
+        assert any_bus.commit("", [far]) == [Outcome.REFUSED] and "range" in far.refusal, amount
+    assert not any_bus.client.exists("m")
+    score = 1_700_000_000.123456
+    from choreo.bus.ops import Index
+    assert any_bus.commit("", [Commit(ops=[Index("z", score, "m")])]) == [Outcome.APPLIED]
+    assert any_bus.client.zscore("z", "m") == score
