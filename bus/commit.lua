@@ -182,6 +182,9 @@ local function refusal(op, args)
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
+  if not string.match(args[3] or '', '^-?%d+$') then     -- Redis would refuse it halfway
+    return 'amount ' .. tostring(args[3]) .. ' for ' .. args[1] .. ' field ' .. tostring(args[2]) .. ' is not an integer'
+  end
   local fields = counters[args[1]]
   local now = fields and fields[args[2]]
   if now == nil then

@@ -232,6 +232,9 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (Publish("events:Out", {"f": "v"}, max_len=99999999999999999999), "max length 99999999999999999999"),
     (Words("HSET", "h", "a"), "HSET h needs fields in name, value pairs"),
     (Words("HDEL", "h"), "HDEL h needs a field"),
+    (Words("HINCRBY", "h", "n", "1.5"), "amount 1.5 for h field n is not an integer"),
+    (Words("COUNT", "h", "n", "x"), "amount x for h field n is not an integer"),
+    (Words("COUNT", "h", "n"), "amount nil for h field n is not an integer"),
     (DropFields("h", ("a", "_v")), "HDEL h may not remove the version _v"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
