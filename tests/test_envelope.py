@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from choreo.bus.envelope import FIELDS, Envelope, MalformedEntry
+from choreo.bus.envelope import FIELDS, Envelope, MalformedEntry, decode_data, encode_data
 
 
 def test_fields_are_flat_strings_and_round_trip():
@@ -33,3 +33,21 @@ def test_malformed_entries_are_refused_with_a_reason(mutate, reason):
     mutate(fields)
     with pytest.raises(MalformedEntry, match=reason):
         Envelope.parse(fields)
+
+
+@pytest.mark.parametrize("data", [
+    {}, {"b": 1, "a": [{"quantity": 2, "product_id": 101}]}, {"text": "é 中文 🚀 \"q\" \\ \x00 \u2028"},
+    {"big": 2 ** 70, "f": 0.1, "e": 1e16, "t": True, "list": (1, 2)}, {"none": None}, {1: "int key"},
+])
+def test_data_is_written_as_strict_compact_sorted_json_that_reads_back_as_given(data):
+    text = encode_data(data)
+    assert json.loads(text) == json.loads(json.dumps(data)) == decode_data(text)
+    orders = []
+    json.loads(text, object_pairs_hook=lambda pairs: orders.append([k for k, _ in pairs]))
+    assert all(keys == sorted(keys) for keys in orders)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "\ud800"])
+def test_data_json_cannot_carry_is_refused_not_written_as_null(bad):
+    with pytest.raises(ValueError):
+        encode_data({"x": [bad]})

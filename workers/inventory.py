@@ -10,11 +10,10 @@ docs/partitions.md argues why stock stays exact.
 
 from __future__ import annotations
 
-import json
 
 from choreo.bus import layout
 from choreo.bus.contract import Bus, Hold
-from choreo.bus.envelope import decode_data
+from choreo.bus.envelope import decode_data, encode_data
 from choreo.config.catalogue import CATALOGUE
 from choreo.workers import keys
 from choreo.workers.deadlines import carried
@@ -63,7 +62,7 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
     for l in lines:
         uow.add(keys.stock(l["product_id"]), "available", -l["quantity"])
         uow.add(keys.stock(l["product_id"]), "reserved", l["quantity"])
-    uow.set(res_key, status=RESERVED, lines=json.dumps(lines))
+    uow.set(res_key, status=RESERVED, lines=encode_data(lines))
     uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"], **carried(event))
 
 
@@ -83,7 +82,7 @@ def _reserve_by_holds(event, uow: UnitOfWork, res_key: str) -> None:
         uow.expire(res_key)
         uow.emit("InventoryRejected", reason=reason)
         return
-    uow.set(res_key, status=RESERVED, lines=json.dumps(lines))
+    uow.set(res_key, status=RESERVED, lines=encode_data(lines))
     uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"], **carried(event))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 from choreo.bus import keys as bus_keys
+from choreo.bus.envelope import encode_data
 from choreo.config.catalogue import CATALOGUE
 from choreo.workers import deadlines, keys
 from choreo.workers.events import MAX_QUANTITY, valid_lines
@@ -32,7 +32,7 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
     now = uow.now_ms()
     deadline = {"deadline_at_ms": now + int(deadline_s * 1000)} if deadline_s else {}
     # The record says whether a deadline was armed: only then has its end a timer to disarm.
-    uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=json.dumps(lines),
+    uow.set(keys.order(order_id), id=order_id, status=PENDING, lines=encode_data(lines),
             total_cents=total, created_at_ms=now, **deadline)
     uow.count(keys.of_order(keys.orders_by_status, order_id), PENDING, 1)
     uow.index(keys.of_order(keys.orders_index, order_id), now, order_id)
