@@ -50,9 +50,15 @@ if explaining > 0 then
 end
 local out = {}
 local stopped = false
-local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset',
-  SET = 'string' }
+-- The ops bus.ops writes, by the type of key each needs. (No SET: its options are not checked,
+-- and Redis could refuse one halfway.)
+local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset' }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
+
+-- Whether Redis reads the word as an integer (string2ll): no leading zeros, no '-0', no '+'.
+local function whole(word)
+  return word == '0' or (type(word) == 'string' and string.match(word, '^-?[1-9]%d*$') ~= nil)
+end
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
 
@@ -132,6 +138,9 @@ local function trace_is_list(key)
   return (planned[key] or known[key]) == 'list'
 end
 
+-- Explaining asks no TYPE (it touches no key), so it asks what a string trace needs, GET and
+-- SET; the real run asks RPUSH of a list trace. (The batch's commits still go through the real
+-- run, which asks again: this only chooses which missing permission the worker names.)
 local function trace_refusal(key)
   local t, no = 'string', nil
   if explaining == 0 then t, no = type_of(key) end
@@ -182,7 +191,7 @@ local function refusal(op, args)
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
-  if not string.match(args[3] or '', '^-?%d+$') then     -- Redis would refuse it halfway
+  if not whole(args[3]) then     -- Redis would refuse it halfway
     return 'amount ' .. tostring(args[3]) .. ' for ' .. args[1] .. ' field ' .. tostring(args[2]) .. ' is not an integer'
   end
   local fields = counters[args[1]]
@@ -191,7 +200,7 @@ local function refusal(op, args)
     local unreadable = denied('HGET', args[1], args[2])
     if unreadable then return unreadable end
     local value = redis.call('HGET', args[1], args[2])
-    if value and not string.match(value, '^-?%d+$') then
+    if value and not whole(value) then
       return args[1] .. ' field ' .. args[2] .. ' is not an integer'
     end
     now = tonumber(value or '0')
@@ -208,7 +217,8 @@ end
 -- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied.
 -- once: the commit cannot be applied a second time (guarded), so each event it publishes reaches
 -- its stream once, and says so (`once` 1): its consumers need no dedup id for it.
-local function apply(op, args, bumped, once)
+-- trace_list: a PUBLISH's trace is a list (earlier versions), as its checks found it.
+local function apply(op, args, bumped, once, trace_list)
   if op == 'PUBLISH' then
     local stream, trace, max_len = args[1], args[2], args[3]
     local fields = { unpack(args, 4) }
@@ -224,7 +234,7 @@ local function apply(op, args, bumped, once)
     end
     if trace ~= '' then
       local line = stream .. ' ' .. id
-      if trace_is_list(trace) then
+      if trace_list then
         redis.call('RPUSH', trace, line)
       else
         local before = redis.call('GET', trace)
@@ -324,6 +334,9 @@ for c = 1, n do
     for _, op in ipairs(ops) do
       local why = refusal(op[1], op[2])
       if why then status = why; break end
+      -- How the trace is written is decided here, with its checks: a later op of the commit (an
+      -- EXPIRE 0) may make the checks forget the key's type before the apply.
+      if op[1] == 'PUBLISH' and op[2][2] ~= '' then op[3] = trace_is_list(op[2][2]) end
     end
   end
   if explaining > 0 then
@@ -345,7 +358,7 @@ for c = 1, n do
   if status == 1 then
     local bumped = {}
     local once = guarded(ack_stream ~= '' or seen ~= '', checked, ops)
-    for _, op in ipairs(ops) do apply(op[1], op[2], bumped, once) end
+    for _, op in ipairs(ops) do apply(op[1], op[2], bumped, once, op[3]) end
     for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then

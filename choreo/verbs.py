@@ -210,7 +210,7 @@ def cmd_place_order(args, settings: Settings) -> int:
 def _not_found(order_id: str, settings: Settings, orders: bool = True) -> str:
     """One line for an order Redis no longer (or never) had: after the retention window an
     ended order's keys are gone, and this is what a user asking about it sees. Another app's
-    instances: nothing on its trace list (trace:<id>) nor in its dead letters."""
+    instances: nothing on its trace (trace:<id>) nor in its dead letters."""
     if not orders:
         return f"instance {order_id}: not found (no events on trace:{order_id}, no dead letters)"
     return (f"order {order_id}: not found — orders are kept CHOREO_RETENTION_S "

@@ -11,7 +11,7 @@ import redis
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import Publish, SetFields
+from choreo.bus.ops import DropFields, Publish, SetFields
 from choreo.ops.acl import roles
 from tests.conftest import BIN, ROOT, Processes
 from tests.helpers import wait_for
@@ -205,10 +205,31 @@ def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, re
         bus = open_bus(redis_url.replace("redis://", "redis://nobump:pw@"))
         with pytest.raises(PermissionsMissing, match="HINCRBY on stock:101"):
             bus.commit("", [Commit(ops=[SetFields("stock:101", {"available": "1"})])])
+        with pytest.raises(PermissionsMissing, match="HINCRBY on stock:101"):
+            bus.commit("", [Commit(ops=[DropFields("stock:101", ("available",))])])
         assert not admin.exists("stock:101")
         bus.close()
     finally:
         admin.execute_command("ACL", "DELUSER", "nobump")
+
+
+@pytest.mark.parametrize("missing", ["set", "get"])
+def test_a_trace_the_user_may_not_rewrite_is_refused_before_the_event_is_added(redis_server, redis_url,
+                                                                                missing):
+    """A publish rewrites its order's trace (GET, SET): a user without either is refused before
+    the XADD, not after it."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "notrace", "on", ">pw", "+@all", "-@dangerous", f"-{missing}", "~*")
+    try:
+        bus = open_bus(redis_url.replace("redis://", "redis://notrace:pw@"))
+        with pytest.raises(PermissionsMissing, match=f"{missing.upper()} on trace:1"):
+            bus.commit("", [Commit(ops=[Publish("events:OrderCreated", {"f": "v"}, trace="trace:1")])])
+        assert not admin.exists("events:OrderCreated", "trace:1")
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "notrace")
 
 
 def test_a_batch_whose_evalsha_redis_refuses_commits_the_ones_before_the_refused_one(redis_server, redis_url):

@@ -210,6 +210,23 @@ def test_a_trace_keeps_its_expiry_and_one_an_earlier_version_made_as_a_list_stay
     assert inspect.trace_refs(any_bus, keys.trace("8")) == []
 
 
+@pytest.mark.parametrize("make", [lambda c: c.hset("t:odd", "f", "v"), lambda c: c.zadd("t:odd", {"m": 1})])
+def test_a_trace_key_of_another_type_is_refused_before_the_event_is_added(any_bus, make):
+    make(any_bus.client)
+    c = Commit(ops=[Publish(S, {"f": "v"}, trace="t:odd")])
+    assert any_bus.commit("", [c]) == [Outcome.REFUSED] and "t:odd holds a" in c.refusal
+    assert not any_bus.client.exists(S)
+
+
+def test_a_list_trace_a_later_op_of_the_commit_deletes_is_appended_to_as_checked(any_bus):
+    """The trace's form is decided with its checks: an EXPIRE 0 after the publish (which makes
+    the checks forget the key's type) must not turn the RPUSH into a GET of a list halfway."""
+    any_bus.client.rpush("t:old", f"{S} 1-0")
+    c = Commit(ops=[Publish(S, {"f": "v"}, trace="t:old"), Expire("t:old", 0), SetFields("after", {"a": "1"})])
+    assert any_bus.commit("", [c]) == [Outcome.APPLIED]
+    assert not any_bus.client.exists("t:old") and any_bus.read_hashes(["after"]) == [{"a": "1", "_v": "1"}]
+
+
 def test_publish_with_a_max_length_keeps_only_the_newest_entries(any_bus):
     ids = []
     for n in range(5):
@@ -235,6 +252,8 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (Words("HINCRBY", "h", "n", "1.5"), "amount 1.5 for h field n is not an integer"),
     (Words("COUNT", "h", "n", "x"), "amount x for h field n is not an integer"),
     (Words("COUNT", "h", "n"), "amount nil for h field n is not an integer"),
+    (Words("COUNT", "h", "n", "007"), "amount 007 for h field n is not an integer"),
+    (Words("HINCRBY", "h", "n", "-0"), "amount -0 for h field n is not an integer"),
     (DropFields("h", ("a", "_v")), "HDEL h may not remove the version _v"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
@@ -342,6 +361,11 @@ def test_a_commit_redis_would_refuse_applies_nothing_and_stops_the_batch(any_bus
     too_big = Commit(ops=[AddTo("big", "n", 2 ** 60)])
     assert any_bus.commit("", [bad_counter]) == [Outcome.REFUSED] and "not an integer" in bad_counter.refusal
     assert any_bus.commit("", [too_big]) == [Outcome.REFUSED] and "range" in too_big.refusal
+    for stored in ("007", "-0"):               # hand-edited: Redis's HINCRBY refuses both
+        any_bus.client.hset("counters", "n", stored)
+        zeros = Commit(ops=[SetFields("z", {"a": "1"}), Count("counters", "n", 1)])
+        assert any_bus.commit("", [zeros]) == [Outcome.REFUSED] and "not an integer" in zeros.refusal
+        assert not any_bus.client.exists("z")
 
 
 def test_counters_read_once_a_batch_still_see_every_write_of_the_batch(any_bus):

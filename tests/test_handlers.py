@@ -198,3 +198,10 @@ def test_an_order_placed_with_a_deadline_records_it():
     order.create_order(uow, "1", [{"product_id": 101, "quantity": 1}], deadline_s=300)
     (record,) = [o for o in uow.ops if isinstance(o, SetFields) and o.key == keys.order("1")]
     assert int(record.fields["deadline_at_ms"]) == 1_700_000_300_000
+
+
+def test_drop_names_the_fields_it_removes_and_never_the_version():
+    uow = handle(SERVICES["inventory"], created(), {"stock:101": {"available": "10"}})
+    for bad in ((), ("lines", "_v")):
+        with pytest.raises(ValueError, match="never the version _v"):
+            uow.drop("reservation:1", *bad)

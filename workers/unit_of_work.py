@@ -145,7 +145,10 @@ class UnitOfWork:
 
     def drop(self, key: str, *fields: str) -> None:
         """Remove fields of a hash, as a settled record sheds what only its open state needed
-        (a sold reservation its lines): versioned like set()."""
+        (a sold reservation its lines): versioned like set(), so the hash keeps `_v` and is never
+        emptied by it (an absent hash becomes one holding only `_v`: drop from what was read)."""
+        if not fields or VERSION in fields:
+            raise ValueError(f"drop() needs the fields to remove, never the version {VERSION}")
         self.ops.append(DropFields(key, fields))
 
     def add(self, key: str, field: str, amount: int) -> None:
