@@ -98,18 +98,24 @@ def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
 
 
 def trace_refs(bus: RedisStreamsBus, key: str) -> list[tuple[str, str]]:
-    """(stream, entry id) of every line of a trace (bus/commit.lua): a string of "<stream> <id>"
-    lines, or a list of them as earlier versions wrote it. A missing key has none."""
+    """(stream, entry id) of every event on a trace (bus/commit.lua), oldest first: the fields of
+    a hash, "<stream> <id>", or the items of a list as earlier versions wrote it. A missing key
+    has none."""
     with translated_errors():
         try:
-            text = bus.client.get(key)
+            refs = [tuple(f.split(" ", 1)) for f in bus.client.hkeys(key) if " " in f]
         except redis.ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise
-            lines = bus.client.lrange(key, 0, -1)
-        else:
-            lines = text.split("\n") if text else []
-    return [tuple(line.split(" ", 1)) for line in lines if " " in line]
+            return [tuple(item.split(" ", 1)) for item in bus.client.lrange(key, 0, -1) if " " in item]
+    return sorted(refs, key=_id_order)     # a large hash (a hashtable) keeps no order of its own
+
+
+def _id_order(ref: tuple[str, str]) -> tuple[int, int]:
+    try:
+        return parse_id(ref[1])
+    except ValueError:          # not an entry id (anyone who publishes may write a trace): first
+        return (0, 0)
 
 
 # -- views for the dashboard -----------------------------------------------------------------------

@@ -77,8 +77,8 @@ def seen_for(group: str, instance_id: str) -> str:
 
 
 def trace(order_id: str) -> str:
-    """The "<stream> <entry-id>" line of every event published about one order, in commit order:
-    a string of lines (bus/commit.lua; a list in earlier versions), read by inspect.trace_refs."""
+    """The "<stream> <entry-id>" of every event published about one order: a hash of them as
+    fields (bus/commit.lua; a list in earlier versions), read by inspect.trace_refs."""
     return f"trace:{layout.current().tag_of(order_id)}{order_id}"
 
 

@@ -105,7 +105,7 @@ class Expire:
 @dataclass(frozen=True, slots=True)
 class Publish:
     """XADD an event's fields to its stream; with `trace`, also add the line "<stream> <id>" to that
-    trace (a string of such lines, bus.inspect.trace_refs); with `max_len`, trim the stream to
+    trace (a hash of such fields, bus.inspect.trace_refs); with `max_len`, trim the stream to
     exactly its newest max_len entries (XADD MAXLEN)."""
     stream: str
     fields: Mapping[str, str]

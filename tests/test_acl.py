@@ -213,11 +213,11 @@ def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, re
         admin.execute_command("ACL", "DELUSER", "nobump")
 
 
-@pytest.mark.parametrize("missing", ["set", "get"])
+@pytest.mark.parametrize("missing", ["hset"])
 def test_a_trace_the_user_may_not_rewrite_is_refused_before_the_event_is_added(redis_server, redis_url,
                                                                                 missing):
-    """A publish rewrites its order's trace (GET, SET): a user without either is refused before
-    the XADD, not after it."""
+    """A publish adds to its order's trace (HSET): a user who may not is refused before the XADD,
+    not after it."""
     from choreo.bus.connect import open_bus
     from choreo.bus.contract import Commit, PermissionsMissing
     admin = redis_server.client()

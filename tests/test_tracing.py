@@ -160,7 +160,7 @@ def test_across_processes_each_event_carries_the_trace_of_the_order(procs, redis
     order_id = done.stdout.strip()
     wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", timeout=30,
              what="the order completed")
-    refs = [line.split(" ") for line in r.get(bus_keys.trace(order_id)).split("\n")]
+    refs = [ref.split(" ") for ref in r.hkeys(bus_keys.trace(order_id))]
     fields = [r.xrange(s, i, i)[0][1] for s, i in refs]
     parents = [f["traceparent"].split("-") for f in fields]
     assert len(fields) >= 4 and len({p[1] for p in parents}) == 1      # one trace id

@@ -53,7 +53,7 @@ PUBLISH = ("xadd", "type")
 SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hdel", "hincrby", "rpush", "zadd", "incrby",
           "expire", "exists", "type")
-TRACE = ("get", "set", "rpush", "type")        # a trace: a string rewritten a line longer (a list before)
+TRACE = ("hset", "rpush", "type")       # a trace: a hash of "<stream> <id>" fields (a list before)
 # Arming a timer, one selector per key so no command reaches a key it has no business with (a
 # DEL of the whole scheduled registry would disarm every order's deadline).
 ARM = (("hset", "del"), ("zadd", "zrem"), ("sadd",))
