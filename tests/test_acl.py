@@ -214,7 +214,7 @@ def test_a_commit_whose_version_bump_is_refused_applies_nothing(redis_server, re
 
 
 @pytest.mark.parametrize("missing", ["hset"])
-def test_a_trace_the_user_may_not_rewrite_is_refused_before_the_event_is_added(redis_server, redis_url,
+def test_a_trace_the_user_may_not_add_to_is_refused_before_the_event_is_added(redis_server, redis_url,
                                                                                 missing):
     """A publish adds to its order's trace (HSET): a user who may not is refused before the XADD,
     not after it."""
