@@ -97,17 +97,22 @@ def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
         return bus.client.lrange(key, 0, -1)
 
 
-def trace_refs(bus: RedisStreamsBus, key: str) -> list[tuple[str, str]]:
-    """(stream, entry id) of every event on a trace (bus/commit.lua), oldest first: the fields of
-    a hash, "<stream> <id>", or the items of a list as earlier versions wrote it. A missing key
-    has none."""
+def trace_refs(bus: RedisStreamsBus, *keys_: str) -> list[tuple[str, str]]:
+    """(stream, entry id) of every event on the traces at keys_ (bus/commit.lua), oldest first: the
+    fields of a hash that read "<stream> <id>" (a trace key, or a service's record of the instance,
+    whose other fields hold no space), or the items of a list as earlier versions wrote traces. A
+    missing key has none."""
     with translated_errors():
-        try:
-            refs = [tuple(f.split(" ", 1)) for f in bus.client.hkeys(key) if " " in f]
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
-                raise
-            return [tuple(item.split(" ", 1)) for item in bus.client.lrange(key, 0, -1) if " " in item]
+        pipe = bus.client.pipeline(transaction=False)
+        for key in keys_:
+            pipe.hkeys(key)
+        refs = []
+        for key, reply in zip(keys_, pipe.execute(raise_on_error=False)):
+            if isinstance(reply, redis.ResponseError):
+                if not str(reply).startswith("WRONGTYPE"):
+                    raise reply
+                reply = bus.client.lrange(key, 0, -1)
+            refs += [tuple(f.split(" ", 1)) for f in reply if " " in f]
     return sorted(refs, key=_id_order)     # a large hash (a hashtable) keeps no order of its own
 
 

@@ -33,7 +33,8 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
     order = SERVICES["order"]
     commits, spans = [], []
     for r in requests:
-        uow = UnitOfWork(order.name, order.creates, view, clock=clock, models=EVENTS)
+        uow = UnitOfWork(order.name, order.creates, view, clock=clock, models=EVENTS,
+                         record=order.record)
         if tracing is not None:
             span, uow.traceparent = tracing.placing(r.order_id)
             spans.append(span)

@@ -210,9 +210,9 @@ def cmd_place_order(args, settings: Settings) -> int:
 def _not_found(order_id: str, settings: Settings, orders: bool = True) -> str:
     """One line for an order Redis no longer (or never) had: after the retention window an
     ended order's keys are gone, and this is what a user asking about it sees. Another app's
-    instances: nothing on its trace (trace:<id>) nor in its dead letters."""
+    instances: no event traced (trace:<id>, its services' records) and no dead letter."""
     if not orders:
-        return f"instance {order_id}: not found (no events on trace:{order_id}, no dead letters)"
+        return f"instance {order_id}: not found (no events traced, no dead letters)"
     return (f"order {order_id}: not found — orders are kept CHOREO_RETENTION_S "
             f"({settings.retention_s} s) after they end; this one may have expired")
 
@@ -230,7 +230,7 @@ def cmd_status(args, settings: Settings) -> int:
               + (f" ({order['reason']})" if order.get("reason") else ""))
         _show(f"  total_cents={order.get('total_cents', '?')} lines={order.get('lines', '?')}")
         for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
-            shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v") or "-"
+            shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v" and " " not in k) or "-"
             _show(f"  {name}: {shown}")
         for item in status_changes(order) or inspect.list_items(bus, keys.order_history(oid)):
             _show(f"  history: {item}")
@@ -240,22 +240,24 @@ def cmd_status(args, settings: Settings) -> int:
 
 def cmd_trace(args, settings: Settings) -> int:
     from rich.console import Console
-    from choreo.ops.trace import build_trace, load_events, order_dead_letters, render_tree, trace_json
+    from choreo.ops.trace import build_trace, load_trace, order_dead_letters, render_tree, trace_json
     with open_bus(settings.url) as bus:
-        events = load_events(bus, args.order_id)
+        events, trimmed = load_trace(bus, args.order_id, args.app.by_name.values())
         dead = order_dead_letters(bus, args.order_id, args.app.by_name)
-        if not events and not dead:
+        if not events and not dead and not trimmed:
             _show(_not_found(args.order_id, settings, args.app.orders))
             return 1
         status = (bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
                   if args.app.orders else "")
         nodes = build_trace(bus, events, dead, args.app.by_name)
         if args.json:
-            _out(trace_json(args.order_id, status, nodes, dead, events, args.app.by_name))
+            _out(trace_json(args.order_id, status, nodes, dead, events, args.app.by_name, trimmed))
         else:
             # A pipe gets whole lines (grep-able), not lines cut at rich's default 80 columns.
             wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-            Console(width=None if wide else 400).print(render_tree(args.order_id, status, nodes, dead, 'order' if args.app.orders else 'instance'))
+            noun = 'order' if args.app.orders else 'instance'
+            Console(width=None if wide else 400).print(
+                render_tree(args.order_id, status, nodes, dead, noun, trimmed))
         return 0
 
 

@@ -38,6 +38,7 @@ from choreo.workers import PUBLISHERS, SERVICES, keys
 from choreo.workers.deadlines import fire_deadline
 from choreo.workers.order import TERMINAL
 from choreo.workers.runtime import Worker
+from choreo.workers.service import trace_keys
 from choreo.workers.unit_of_work import BatchView
 
 NAMES = list(SERVICES)
@@ -286,14 +287,14 @@ class Simulation:
             out.append(f"order {oid} COMPLETED but reservation/payment/shipment are {seen}")
         if status in ("REJECTED", "CANCELLED") and ({"SOLD", "RESERVED", "CHARGED", "BOOKED"} & set(seen)):
             out.append(f"order {oid} {status} but reservation/payment/shipment are {seen}")
-        published = [stream for stream, _ in inspect.trace_refs(self.bus, bus_keys.trace(oid))]
+        published = [stream for stream, _ in inspect.trace_refs(self.bus, *trace_keys(oid, SERVICES.values()))]
         twice = sorted({x for x in published if published.count(x) > 1})
         if twice:
             out.append(f"order {oid} published {', '.join(twice)} more than once")
         return out
 
     def created(self, oid: str) -> dict:
-        for stream, entry_id in inspect.trace_refs(self.bus, bus_keys.trace(oid)):
+        for stream, entry_id in inspect.trace_refs(self.bus, *trace_keys(oid, SERVICES.values())):
             if stream == bus_keys.stream("OrderCreated"):
                 return json.loads(self.bus.client.xrange(stream, entry_id, entry_id)[0][1]["data"])
         return {}

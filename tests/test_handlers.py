@@ -7,7 +7,8 @@ import json
 import pytest
 
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import AddTo, Count, DropFields, SetFields
+from choreo.bus import keys as bus_keys
+from choreo.bus.ops import AddTo, Count, DropFields, Publish, SetFields
 from choreo.config.catalogue import CATALOGUE, RULES
 from choreo.workers import SERVICES, keys, order
 from choreo.workers.unit_of_work import BatchView, UndeclaredEvent, UnitOfWork
@@ -205,3 +206,39 @@ def test_drop_names_the_fields_it_removes_and_never_the_version():
     for bad in ((), ("lines", "_v")):
         with pytest.raises(ValueError, match="never the version _v"):
             uow.drop("reservation:1", *bad)
+
+
+def traced_in(uow) -> list[str]:
+    """Where each publish of the unit's commit lists its event: the trace field's key."""
+    return [op.trace for op in uow.to_commit().ops if isinstance(op, Publish)]
+
+
+def test_a_publish_is_listed_in_the_record_its_commit_writes_not_in_a_trace_key():
+    inventory = SERVICES["inventory"]
+    uow = UnitOfWork(inventory.name, inventory.emits, BatchView(DictBus({"stock:101": {"available": "10"}})),
+                     cause=created(), clock=lambda: 1_700_000_000.0, record=inventory.record)
+    inventory.consumes["OrderCreated"].handle(uow.cause, uow)
+    assert keys.reservation("1") in {o.key for o in writes(uow)}
+    assert traced_in(uow) == [keys.reservation("1")]
+    assert [o.trace for o in uow.ops if isinstance(o, Publish)] == [bus_keys.trace("1")]  # ops kept
+
+
+def test_a_publish_whose_commit_writes_no_record_goes_to_the_trace_key():
+    # A record this commit does not write may not exist: a trace field would make it, with no
+    # expiry and no version. (And a unit without a record, as the timers', always uses trace:<id>.)
+    inventory = SERVICES["inventory"]
+    for record in (inventory.record, None):
+        uow = UnitOfWork(inventory.name, inventory.emits, BatchView(DictBus()), cause=created(),
+                         record=record)
+        uow.emit("InventoryRejected", reason="test")
+        uow.set(keys.reservation("2"), status="REJECTED")       # another order's record
+        assert traced_in(uow) == [bus_keys.trace("1")]
+
+
+def test_reads_leave_out_trace_fields_and_writes_refuse_names_with_a_space():
+    ref = "events:InventoryChecked 1700000000000-0"
+    uow = UnitOfWork("inventory", (), BatchView(DictBus({"reservation:1": {"status": "SOLD", ref: "",
+                                                                         "_v": "2"}})))
+    assert uow.read("reservation:1") == {"status": "SOLD"}
+    with pytest.raises(ValueError, match="space"):
+        uow.set("reservation:1", **{ref: ""})

@@ -119,3 +119,27 @@ def test_trace_marks_retries_and_dead_letters(real_bus, redis_url, capsys):
 def test_trace_of_an_unknown_order(real_bus, redis_url, capsys):
     assert main(["trace", "404", "--redis-url", redis_url]) == 1
     assert capsys.readouterr().out == "order 404: not found — orders are kept CHOREO_RETENTION_S (86400 s) after they end; this one may have expired\n"
+
+
+def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_tell(real_bus, redis_url,
+                                                                                      capsys):
+    workers = start_workers(real_bus)
+    place_orders(real_bus, [OrderRequest("5", [{"product_id": 101, "quantity": 1}])])
+    drain(workers)
+    # Each service listed the event it published in its own record of the order: no trace key.
+    assert not real_bus.client.exists(bus_keys.trace("5"))
+    assert [f for f in real_bus.client.hkeys(keys.reservation("5")) if " " in f] == \
+        [f"{bus_keys.stream('InventoryChecked')} {json.loads(trace(capsys, redis_url, '5', '--json'))['events'][1]['entry_id']}"]
+    assert main(["trim", "--redis-url", redis_url]) == 0
+    capsys.readouterr()
+    assert real_bus.client.xlen(bus_keys.stream("OrderCreated")) == 0
+
+    output = trace(capsys, redis_url, "5")      # found, not "may have expired"
+    assert output.splitlines()[0] == "order 5  COMPLETED"
+    assert [(line.split()[0], line.endswith("trimmed from its stream")) for line in tree_lines(output)] == [
+        ("OrderCreated", True), ("InventoryChecked", True), ("PaymentProcessed", True),
+        ("ShippingArranged", True)]
+    data = json.loads(trace(capsys, redis_url, "5", "--json"))
+    assert data["events"] == [] and [t["type"] for t in data["trimmed"]] == [
+        "OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
+    assert all(t["at"].startswith("20") and t["at"].endswith("Z") for t in data["trimmed"])

@@ -18,6 +18,7 @@ from tests.helpers import wait_for
 from tests.inprocess import drain
 from choreo.workers import SERVICES, keys
 from choreo.workers.runtime import Worker
+from choreo.workers.service import trace_keys
 from choreo.workers.tracing import Tracing
 
 GOOD = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -44,8 +45,9 @@ def run_saga(bus, provider=None, order_id="1") -> list[Worker]:
 
 
 def order_entries(bus, order_id="1") -> list[tuple[str, str, dict]]:
-    """(stream, entry id, fields) of every event of the order, from its trace:<id>."""
-    refs = inspect.trace_refs(bus, bus_keys.trace(order_id))
+    """(stream, entry id, fields) of every event of the order, from its trace (the services'
+    records of it, and trace:<id>)."""
+    refs = inspect.trace_refs(bus, *trace_keys(order_id, SERVICES.values()))
     return [(s, i, bus.client.xrange(s, i, i)[0][1]) for s, i in refs]
 
 
@@ -160,7 +162,8 @@ def test_across_processes_each_event_carries_the_trace_of_the_order(procs, redis
     order_id = done.stdout.strip()
     wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", timeout=30,
              what="the order completed")
-    refs = [ref.split(" ") for ref in r.hkeys(bus_keys.trace(order_id))]
+    refs = [ref.split(" ") for key in trace_keys(order_id, SERVICES.values())
+            for ref in r.hkeys(key) if " " in ref]
     fields = [r.xrange(s, i, i)[0][1] for s, i in refs]
     parents = [f["traceparent"].split("-") for f in fields]
     assert len(fields) >= 4 and len({p[1] for p in parents}) == 1      # one trace id

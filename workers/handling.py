@@ -122,7 +122,7 @@ class Handling:
                            None, started, elsewhere=True)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
-                         models=self.models)
+                         models=self.models, record=self.service.record)
         uow.hold_retention_s = max(self.settings.retention_s, self.settings.seen_ttl_s)
         uow.traceparent = self.observer.handling(d, event)
         try:

@@ -171,6 +171,7 @@ SERVICE = Service(
     },
     emits=("InventoryChecked", "InventoryRejected"),
     owns=(*keys.OWNED["inventory"], keys.hold("*", "*")),
+    record=keys.reservation,
     on_start=seed_stock,
     on_dead_letter=forget_holds,
     deletes=(keys.hold("*", "*"),),

@@ -101,6 +101,7 @@ SERVICE = Service(
     },
     emits=(),                               # its handlers only end orders
     owns=keys.OWNED["order"],
+    record=keys.order,
     # Published by a command (place-order) and by a timer (the deadline), not by a handler.
     creates={"OrderCreated": "Creating order {order_id}",
              "DeadlinePassed": "Deadline passed for order {order_id}"},

@@ -69,4 +69,5 @@ SERVICE = Service(
     },
     emits=("PaymentProcessed", "PaymentFailed"),
     owns=keys.OWNED["payment"],
+    record=keys.payment,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Collection, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 from choreo.bus import keys as bus_keys, layout
 from choreo.bus.envelope import Envelope
@@ -50,6 +50,10 @@ class Service:
     on_dead_letter: Callable | None = field(default=None, compare=False)
     # Key patterns (within `owns`) the service may also delete: forgotten holds.
     deletes: tuple[str, ...] = ()
+    # The hash this service keeps for an instance (inventory's reservation:<order id>): a commit
+    # that writes it lists there the events it publishes for the instance, as trace fields,
+    # instead of in the instance's trace key (UnitOfWork.to_commit; read by `choreo trace`).
+    record: Callable[[str], str] | None = field(default=None, compare=False)
 
     @property
     def streams(self) -> list[str]:
@@ -72,6 +76,13 @@ class Service:
 
     def says_creating(self, event_type: str, order_id: str) -> str:
         return f"{self.voice}: " + self.creates[event_type].format(order_id=order_id)
+
+
+def trace_keys(instance_id: str, services: Iterable[Service]) -> list[str]:
+    """Where the refs of an instance's events are (bus.inspect.trace_refs): each service's record
+    of it, for what a commit writing that record published, and its trace key for the rest
+    (timers' events, services without a record, earlier versions' traces)."""
+    return [bus_keys.trace(instance_id), *(s.record(instance_id) for s in services if s.record)]
 
 
 def confirm(event: Envelope, uow: UnitOfWork) -> None:

@@ -66,4 +66,5 @@ SERVICE = Service(
     },
     emits=("ShippingArranged", "ShippingFailed"),
     owns=keys.OWNED["shipping"],
+    record=keys.shipment,
 )

@@ -4,7 +4,7 @@ events that are only collected. The runtime turns a unit of work into one bus Co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Mapping, Sequence
 
 import msgspec
@@ -100,8 +100,13 @@ class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
                  cause: Envelope | None = None, clock: Callable[[], float] = time.time,
                  creates: Collection[str] = (), retention_s: int = DEFAULT_RETENTION_S,
-                 models: Mapping[str, type] | None = None):
+                 models: Mapping[str, type] | None = None,
+                 record: Callable[[str], str] | None = None):
         self.producer = producer
+        # The service's record of an instance (Service.record): a commit that writes it lists
+        # there the events it publishes for the instance, not in the instance's trace key.
+        self.record = record
+        self._traced: dict[int, str] = {}   # place of a Publish in ops -> its instance's record
         # The app's event models (App.events): each emitted event's data is checked against its
         # type's, so a handler or command that would publish what every consumer dead-letters
         # fails here instead. None: the instance id is still checked, the data is not.
@@ -127,7 +132,7 @@ class UnitOfWork:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
         fields = self._view.get(key)
         self.checks.setdefault(key, fields.get(VERSION, "0"))
-        return {k: v for k, v in fields.items() if k != VERSION}
+        return {k: v for k, v in fields.items() if k != VERSION and " " not in k}
 
     def holds(self, requests: Sequence[Hold]) -> list[str]:
         """Steps on holds (bus/hold.lua: reserve, release, sell, forget), made NOW, before and
@@ -141,6 +146,10 @@ class UnitOfWork:
         return self._view.holds(requests, self.hold_retention_s)
 
     def set(self, key: str, **fields) -> None:
+        """Write fields of a hash: bumps its version. A name with a space is a trace field's
+        ("<stream> <entry id>", which reads leave out), refused."""
+        if any(" " in k for k in fields):
+            raise ValueError(f"{key}: a field name may not hold a space (trace fields do)")
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
 
     def drop(self, key: str, *fields: str) -> None:
@@ -199,6 +208,8 @@ class UnitOfWork:
             raise InvalidEvent(f"{event_type} data cannot be written as JSON every consumer "
                                f"reads: {exc}") from None
         self.emitted.append(event)
+        if self.record is not None:
+            self._traced[len(self.ops)] = self.record(event.order_id)
         self.ops.append(Publish(bus_keys.stream_for(event_type, event.order_id), fields,
                                 trace=bus_keys.trace(event.order_id)))
         return event
@@ -230,5 +241,18 @@ class UnitOfWork:
 
     def to_commit(self, ack: tuple[str, str] | None = None, seen: str = "", seen_id: str = "",
                   seen_ttl_s: int = 0) -> Commit:
-        return Commit(checks=dict(self.checks), ops=list(self.ops), ack=ack, seen=seen,
+        return Commit(checks=dict(self.checks), ops=self._traced_ops(), ack=ack, seen=seen,
                       seen_id=seen_id, seen_ttl_s=seen_ttl_s)
+
+    def _traced_ops(self) -> list[Op]:
+        """The ops, each publish traced in the service's record of its instance when this commit
+        writes that record (so it exists, and expires as its owner settles it), else in the
+        instance's trace key. An order then keeps no trace key of its own: ~290 B of Redis memory
+        an order, its key and expiry entry (docs/keys.md)."""
+        ops = list(self.ops)
+        if self._traced:
+            written = {op.key for op in ops if isinstance(op, VERSIONED)}
+            for place, record in self._traced.items():
+                if record in written:
+                    ops[place] = replace(ops[place], trace=record)
+        return ops

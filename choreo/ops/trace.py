@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
 
 from rich.text import Text
 from rich.tree import Tree
 
 from choreo.bus import dead_letters, inspect, keys as bus_keys
 from choreo.bus.dead_letters import DeadLetter
-from choreo.bus.envelope import Envelope, MalformedEntry
+from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
 from choreo.bus.redis_streams import RedisStreamsBus
+from choreo.bus.trim import parse_id
 from choreo.plain import text
 from choreo.workers import SERVICES
-from choreo.workers.service import Service
+from choreo.workers.service import Service, trace_keys
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,45 @@ class TracedEvent:
     entry_id: str
 
 
-def load_events(bus: RedisStreamsBus, order_id: str) -> list[TracedEvent]:
-    refs = inspect.trace_refs(bus, bus_keys.trace(order_id))
-    found = []
+@dataclass(frozen=True)
+class Trimmed:
+    """An event of the trace whose entry is no longer in its stream (trimmed once every group had
+    it, `choreo trim`): what its ref still tells, its type and when it was published."""
+    stream: str
+    entry_id: str
+
+    @property
+    def type(self) -> str:
+        return bus_keys.event_type_of(self.stream)
+
+    @property
+    def at(self) -> str:
+        try:
+            return iso_ms(parse_id(self.entry_id)[0] / 1000)
+        except (ValueError, OverflowError, OSError):
+            return "?"                  # anyone who publishes may write a trace: not an entry id
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "stream": self.stream, "entry_id": self.entry_id, "at": self.at}
+
+
+def load_trace(bus: RedisStreamsBus, order_id: str, services: Iterable[Service] = SERVICES.values()
+               ) -> tuple[list[TracedEvent], list[Trimmed]]:
+    """The instance's events still in their streams, and the refs of those trimmed away."""
+    refs = inspect.trace_refs(bus, *trace_keys(order_id, services))
+    found, present = [], set()
     for d in inspect.entries(bus, refs):
+        present.add((d.stream, d.entry_id))
         try:
             found.append(TracedEvent(Envelope.parse(d.fields), d.stream, d.entry_id))
         except MalformedEntry:
             continue                    # trace shows what parses; bad entries live in the DLQ
-    return found
+    return found, [Trimmed(*ref) for ref in refs if ref not in present]
+
+
+def load_events(bus: RedisStreamsBus, order_id: str,
+                services: Iterable[Service] = SERVICES.values()) -> list[TracedEvent]:
+    return load_trace(bus, order_id, services)[0]
 
 
 def walk(events: list[TracedEvent]) -> list[tuple[int, TracedEvent]]:
@@ -209,9 +241,9 @@ _REACTION_STYLE = {"handled": "green", "dead-lettered": "bold red"}
 
 
 def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],
-                noun: str = "order") -> Tree:
+                noun: str = "order", trimmed: Sequence[Trimmed] = ()) -> Tree:
     """noun: what the instance is called, "order" in the saga, "instance" in another app (which
-    has no status record: none is shown)."""
+    has no status record: none is shown). trimmed: events whose entries are gone, listed after."""
     head = f"  {status or 'unknown'}" if noun == "order" else ""
     tree = Tree(text((f"{noun} {order_id}", "bold"), head))
     branches: list[Tree] = [tree]
@@ -229,6 +261,9 @@ def render_tree(order_id: str, status: str, nodes: list[TraceNode], dead: list[D
     for d in dead:
         if (d.partition, d.dlq_id) not in listed:              # e.g. a malformed entry that never made the trace
             tree.add(_dead_letter_text(d))
+    for t in trimmed:
+        tree.add(text((t.type, "bold"), (f"  {t.stream} {t.entry_id}  at={t.at}", "dim"),
+                      ("  trimmed from its stream", "yellow")))
     return tree
 
 
@@ -239,8 +274,10 @@ def _dead_letter_text(d: DeadLetter) -> Text:
 
 
 def trace_json(order_id: str, status: str, nodes: list[TraceNode], dead: list[DeadLetter],
-               events: list[TracedEvent], services: dict[str, Service] = SERVICES) -> str:
+               events: list[TracedEvent], services: dict[str, Service] = SERVICES,
+               trimmed: Sequence[Trimmed] = ()) -> str:
     return json.dumps({"order_id": order_id, "status": status,
                        "events": [n.to_dict() for n in nodes],
+                       "trimmed": [t.to_dict() for t in trimmed],
                        "dead_letters": [dead_letter_dict(d) for d in dead],
                        "story": story(events, services)}, indent=2)

@@ -157,6 +157,7 @@ ACCOUNTS = Service(
              "EmailVerified": "Verifying {order_id}",
              "VerificationExpired": "Verification of {order_id} timed out"},
     owns=("signup:account:*", "signup:email:*", SEQUENCE),
+    record=account,         # the events it publishes for an account are listed there
 )
 
 
@@ -184,6 +185,7 @@ def mailer(gateway) -> Service:
         consumes={"SignUpRequested": On(send_verification, "Verification email for {order_id}")},
         emits=("VerificationEmailSent", "EmailFailed"),
         owns=("signup:mail:*",),
+        record=mail,
     )
 
 

@@ -26,7 +26,8 @@ from .app import ACCOUNTS, SEQUENCE, SignUpRefused, account, app, request_sign_u
 def _run(bus, command, *args, clock=time.time):
     """One command in one commit; SignUpRefused if it cannot be done, or if what it read
     changed before the commit (a racing sign-up of the same address)."""
-    uow = UnitOfWork(ACCOUNTS.name, ACCOUNTS.creates, BatchView(bus), clock=clock, models=app.events)
+    uow = UnitOfWork(ACCOUNTS.name, ACCOUNTS.creates, BatchView(bus), clock=clock, models=app.events,
+                     record=ACCOUNTS.record)
     result = command(uow, *args)
     if bus.commit("", [uow.to_commit()])[0] is not Outcome.APPLIED:
         raise SignUpRefused("changed concurrently: try again")
