@@ -79,7 +79,7 @@ def test_completion_disarms_the_deadline_and_a_late_one_publishes_nothing(procs,
     wait_for(lambda: not r.exists("rq:job:DeadlinePassed-1"), what="timer disarmed")
     assert r.zscore("rq:scheduled:choreo-timers", "DeadlinePassed-1") is None
     # A timer that fires anyway (its disarming was lost) finds the order ended and does nothing.
-    cause = min(r.hkeys("trace:1"), key=lambda ref: ref.split()[1]).split()
+    cause = min((f for f in r.hkeys(keys.order("1")) if " " in f), key=lambda ref: ref.split()[1]).split()
     created_id = r.xrange(cause[0], cause[1], cause[1])[0][1]["id"]
     RqTimers(real_bus).schedule([scheduled_call(Timer("DeadlinePassed-1", int(time.time() * 1000),
                                             "DeadlinePassed", "1", created_id))])
