@@ -93,12 +93,6 @@ local known, planned = {}, {}
 -- a batch adjusts many times (stock, totals) is read and checked once per call, not once per op.
 -- An HSET may store anything in a field: it forgets its hash's counters.
 local counters = {}
--- Versions (`_v`) as this call last read or wrote them (versions[key], the string Redis holds;
--- '0' for an absent hash). No op may write `_v` itself (refused below), so only this call's own
--- bumps and deletions move it: a hash many commits of a batch check (stock) is read once per
--- call, and a commit that HSETs a hash whose version it knows writes the new version in the
--- same HSET instead of bumping it with one more call.
-local versions = {}
 
 -- The key a key# names ('' for 0); nil for one not in KEYS.
 local function key_at(word)
@@ -186,13 +180,6 @@ local function refusal(op, args)
   if op == 'HSET' and (#args < 3 or #args % 2 ~= 1) then
     return 'HSET ' .. args[1] .. ' needs fields in name, value pairs'
   end
-  if op == 'HSET' then       -- the version is the commit's to write, never an op's
-    for f = 2, #args, 2 do
-      if args[f] == '_v' then return 'HSET ' .. args[1] .. ' may not write the version _v' end
-    end
-  elseif (op == 'HINCRBY' or op == 'COUNT') and args[2] == '_v' then
-    return op .. ' ' .. args[1] .. ' may not change the version _v'
-  end
   if op == 'HDEL' then       -- never the version: the hash stays, and its version only grows
     if #args < 2 then return 'HDEL ' .. args[1] .. ' needs a field' end
     for f = 2, #args do
@@ -227,8 +214,7 @@ local function refusal(op, args)
   end
 end
 
--- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied;
--- bumped[key] is the new version when an HSET of the commit already wrote it (true: not yet).
+-- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied.
 -- once: the commit cannot be applied a second time (guarded), so each event it publishes reaches
 -- its stream once, and says so (`once` 1): its consumers need no dedup id for it.
 -- trace_list: a PUBLISH's trace is a list (earlier versions), as its checks found it.
@@ -257,30 +243,18 @@ local function apply(op, args, bumped, once, trace_list)
     local value = redis.call('HINCRBY', args[1], args[2], args[3])
     counters[args[1]] = counters[args[1]] or {}
     counters[args[1]][args[2]] = value
-    if op == 'HINCRBY' then bumped[args[1]] = bumped[args[1]] or true end
+    if op == 'HINCRBY' then bumped[args[1]] = true end
   elseif op == 'EXPIRE' then
     -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
     redis.call('EXPIRE', args[1], args[2])
     if string.match(args[2], '^0+$') then    -- deleted: no version to bump (absent is version 0),
       bumped[args[1]], counters[args[1]] = nil, nil     -- unless a later write makes it again
-      versions[args[1]] = '0'
     end
-  elseif op == 'HSET' then
-    local key, v = args[1], versions[args[1]]
-    if type(bumped[key]) ~= 'string' and v ~= nil and whole(v) then   -- the new version, in this HSET
-      local new = tostring(number[v] + 1)
-      args[#args + 1] = '_v'
-      args[#args + 1] = new
-      bumped[key] = new
-    end
-    redis.call('HSET', unpack(args))
-    counters[key] = nil
-    bumped[key] = bumped[key] or true
   else
     redis.call(op, unpack(args))
-    if op == 'HDEL' then
+    if op == 'HSET' or op == 'HDEL' then
       counters[args[1]] = nil
-      bumped[args[1]] = bumped[args[1]] or true
+      bumped[args[1]] = true
     end
   end
 end
@@ -332,14 +306,8 @@ for c = 1, n do
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for k = 1, n_checks do
     if status == 1 and explaining == 0 then
-      local key = checked[k]
-      local v = versions[key]
-      if v == nil then
-        v = redis.call('HGET', key, '_v') or '0'
-        versions[key] = v
-      end
-      if v ~= ARGV[i + 1] then status = -1 end
-      known[key] = known[key] or 'hash?'
+      if (redis.call('HGET', checked[k], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+      known[checked[k]] = known[checked[k]] or 'hash?'
     end
     i = i + 2
   end
@@ -389,10 +357,7 @@ for c = 1, n do
     local bumped = {}
     local once = guarded(ack_stream ~= '' or seen ~= '', checked, ops)
     for _, op in ipairs(ops) do apply(op[1], op[2], bumped, once, op[3]) end
-    for key, new in pairs(bumped) do
-      if new == true then new = tostring(redis.call('HINCRBY', key, '_v', 1)) end
-      versions[key] = new
-    end
+    for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then
     stopped = true
