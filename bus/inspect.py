@@ -48,13 +48,15 @@ def groups(bus: RedisStreamsBus, stream: str) -> list[GroupInfo]:
 
 
 def entries(bus: RedisStreamsBus, refs: list[tuple[str, str]]) -> list[Delivery]:
-    """The entries named by (stream, id), one round trip; trimmed ones are left out."""
+    """The entries named by (stream, id), one round trip; trimmed ones are left out, and so are
+    refs Redis refuses (a key that is not a stream, an id that is not one)."""
     with translated_errors():
         pipe = bus.client.pipeline(transaction=False)
         for stream, entry_id in refs:
             pipe.xrange(stream, entry_id, entry_id)
-        found = pipe.execute()
-    return [Delivery(stream, rows[0][0], rows[0][1]) for (stream, _), rows in zip(refs, found) if rows]
+        found = pipe.execute(raise_on_error=False)
+    return [Delivery(stream, rows[0][0], rows[0][1]) for (stream, _), rows in zip(refs, found)
+            if rows and not isinstance(rows, Exception)]
 
 
 def newest_ids(bus: RedisStreamsBus, streams: Sequence[str]) -> dict[str, str]:

@@ -244,11 +244,15 @@ def cmd_trace(args, settings: Settings) -> int:
     with open_bus(settings.url) as bus:
         events, trimmed = load_trace(bus, args.order_id, args.app.by_name.values())
         dead = order_dead_letters(bus, args.order_id, args.app.by_name)
+        order = bus.read_hashes([keys.order(args.order_id)])[0] if args.app.orders else {}
+        # Events trimmed from their streams are still an order's while its record lives; once it
+        # has expired, what the other services' records (which may outlive it) list is not shown.
+        if args.app.orders and not order:
+            trimmed = []
         if not events and not dead and not trimmed:
             _show(_not_found(args.order_id, settings, args.app.orders))
             return 1
-        status = (bus.read_hashes([keys.order(args.order_id)])[0].get("status", "")
-                  if args.app.orders else "")
+        status = order.get("status", "")
         nodes = build_trace(bus, events, dead, args.app.by_name)
         if args.json:
             _out(trace_json(args.order_id, status, nodes, dead, events, args.app.by_name, trimmed))

@@ -463,6 +463,36 @@ def test_dropping_fields_bumps_the_version_so_a_commit_that_read_them_conflicts(
 
 
 
+
+def test_versions_a_batch_writes_are_what_its_later_commits_check(any_bus):
+    """Every commit bumps each hash it wrote once, whatever ops wrote it, and a later commit of
+    the same batch checks against exactly that."""
+    c = any_bus.client
+    any_bus.commit("", [Commit(ops=[SetFields("v", {"a": "1"})])])            # v._v is 1
+    batch = [Commit(checks={"v": "1"}, ops=[SetFields("v", {"a": "2"}), AddTo("v", "n", 5)]),
+             Commit(checks={"v": "2"}, ops=[AddTo("v", "n", 1), SetFields("v", {"b": "x"})]),
+             Commit(checks={"v": "3"}, ops=[DropFields("v", ("b",))]),
+             Commit(checks={"v": "4"}, ops=[SetFields("v", {"c": "1"})]),
+             Commit(checks={"v": "5"}, ops=[SetFields("v", {"d": "1"})])]
+    assert any_bus.commit("", batch) == [Outcome.APPLIED] * 5
+    assert c.hgetall("v") == {"a": "2", "n": "6", "c": "1", "d": "1", "_v": "6"}
+    stale = [Commit(checks={"v": "6"}, ops=[SetFields("v", {"e": "1"})]),
+             Commit(checks={"v": "6"}, ops=[SetFields("v", {"f": "1"})])]   # read before the first
+    assert any_bus.commit("", stale) == [Outcome.APPLIED, Outcome.CONFLICT]
+    assert c.hget("v", "_v") == "7" and not c.hexists("v", "f")
+
+
+def test_a_hash_a_batch_deletes_is_version_0_to_its_later_commits(real_bus):
+    """(Real Redis: fakeredis keeps an EXPIRE 0 key's expiry for the later write.)"""
+    batch = [Commit(checks={"w": "0"}, ops=[SetFields("w", {"a": "1"}), Expire("w", 0)]),
+             Commit(checks={"w": "0"}, ops=[SetFields("w", {"a": "2"})]),
+             Commit(checks={"w": "1"}, ops=[SetFields("w", {"b": "3"}), Expire("w", 0),
+                                            SetFields("w", {"c": "4"})]),
+             Commit(checks={"w": "1"}, ops=[AddTo("w", "n", 2)])]
+    assert real_bus.commit("", batch) == [Outcome.APPLIED] * 4
+    assert real_bus.client.hgetall("w") == {"c": "4", "n": "2", "_v": "2"}
+
+
 # -- the batch's encoding: KEYS once each, ARGV words (bus.redis_streams.encode_batch) ------------
 
 def test_an_empty_batch_is_three_words_and_the_script_answers_nothing(any_bus):

@@ -130,6 +130,7 @@ def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_
     assert not real_bus.client.exists(bus_keys.trace("5"))
     assert [f for f in real_bus.client.hkeys(keys.reservation("5")) if " " in f] == \
         [f"{bus_keys.stream('InventoryChecked')} {json.loads(trace(capsys, redis_url, '5', '--json'))['events'][1]['entry_id']}"]
+    real_bus.client.hset(keys.payment("5"), "amount x", "")        # no event: not listed
     assert main(["trim", "--redis-url", redis_url]) == 0
     capsys.readouterr()
     assert real_bus.client.xlen(bus_keys.stream("OrderCreated")) == 0
@@ -143,3 +144,25 @@ def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_
     assert data["events"] == [] and [t["type"] for t in data["trimmed"]] == [
         "OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
     assert all(t["at"].startswith("20") and t["at"].endswith("Z") for t in data["trimmed"])
+
+
+def test_trace_of_an_expired_order_is_not_found_and_odd_record_fields_are_no_events(real_bus, redis_url,
+                                                                                    capsys):
+    workers = start_workers(real_bus)
+    place_orders(real_bus, [OrderRequest("6", [{"product_id": 101, "quantity": 1}])])
+    drain(workers)
+    c = real_bus.client
+    # Fields with a space that name no stream entry (a record anyone with its service's rights
+    # may write) are not events: the trace shows the order's four and does not fail on them.
+    c.hset(keys.payment("6"), mapping={"amount x": "", "events:PaymentProcessed 1_0-0": "",
+                                        f"{keys.order('6')} 1-0": ""})
+    assert [line.split()[0] for line in tree_lines(trace(capsys, redis_url, "6"))
+            if line.split()[0].endswith(("Created", "Checked", "Processed", "Arranged"))] == [
+        "OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
+    # The order's record expired (a CHARGED payment and a BOOKED shipment outlive it, to the
+    # deadline's retention): what they list is not shown as the order.
+    c.delete(keys.order("6"), keys.reservation("6"))
+    assert main(["trim", "--redis-url", redis_url]) == 0
+    capsys.readouterr()
+    assert main(["trace", "6", "--redis-url", redis_url]) == 1
+    assert "order 6: not found" in capsys.readouterr().out

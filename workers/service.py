@@ -82,7 +82,8 @@ def trace_keys(instance_id: str, services: Iterable[Service]) -> list[str]:
     """Where the refs of an instance's events are (bus.inspect.trace_refs): each service's record
     of it, for what a commit writing that record published, and its trace key for the rest
     (timers' events, services without a record, earlier versions' traces)."""
-    return [bus_keys.trace(instance_id), *(s.record(instance_id) for s in services if s.record)]
+    return list(dict.fromkeys([bus_keys.trace(instance_id),
+                               *(s.record(instance_id) for s in services if s.record)]))
 
 
 def confirm(event: Envelope, uow: UnitOfWork) -> None:

@@ -92,6 +92,15 @@ class BatchView:
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
 
 
+def _own_fields(key: str, names: Collection[str]) -> None:
+    """What a handler may name: not the version (the commit's to bump), nor a name with a space
+    (a trace field's, "<stream> <entry id>", which reads leave out)."""
+    for name in names:
+        if name == VERSION or " " in name:
+            raise ValueError(f"{key}: a handler may not write {name[:80]!r}: {VERSION} is the "
+                             f"commit's, and names with a space are trace fields")
+
+
 def timer_id(event_type: str, order_id: str) -> str:
     return f"{event_type}-{order_id}"        # rq job ids may not contain ':'
 
@@ -146,10 +155,8 @@ class UnitOfWork:
         return self._view.holds(requests, self.hold_retention_s)
 
     def set(self, key: str, **fields) -> None:
-        """Write fields of a hash: bumps its version. A name with a space is a trace field's
-        ("<stream> <entry id>", which reads leave out), refused."""
-        if any(" " in k for k in fields):
-            raise ValueError(f"{key}: a field name may not hold a space (trace fields do)")
+        """Write fields of a hash: bumps its version."""
+        _own_fields(key, fields)
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
 
     def drop(self, key: str, *fields: str) -> None:
@@ -158,10 +165,12 @@ class UnitOfWork:
         emptied by it (an absent hash becomes one holding only `_v`: drop from what was read)."""
         if not fields or VERSION in fields:
             raise ValueError(f"drop() needs the fields to remove, never the version {VERSION}")
+        _own_fields(key, fields)
         self.ops.append(DropFields(key, fields))
 
     def add(self, key: str, field: str, amount: int) -> None:
         """Adjust an integer field of a hash handlers read (stock): bumps its version."""
+        _own_fields(key, (field,))
         self.ops.append(AddTo(key, field, int(amount)))
 
     def count(self, key: str, field: str, amount: int) -> None:
@@ -169,6 +178,7 @@ class UnitOfWork:
         is checked here for this handler: a counter it read would race unseen."""
         if key in self.checks:
             raise UncheckedCounter(f"{key} was read by this handler: use add(), which is versioned")
+        _own_fields(key, (field,))
         self.ops.append(Count(key, field, int(amount)))
 
     def append(self, key: str, value: str) -> None:

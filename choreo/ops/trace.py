@@ -9,6 +9,7 @@ delivery count, dead-lettered) and the order's dead letters."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -20,6 +21,8 @@ from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.bus.trim import parse_id
+
+ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 from choreo.plain import text
 from choreo.workers import SERVICES
 from choreo.workers.service import Service, trace_keys
@@ -57,7 +60,9 @@ class Trimmed:
 def load_trace(bus: RedisStreamsBus, order_id: str, services: Iterable[Service] = SERVICES.values()
                ) -> tuple[list[TracedEvent], list[Trimmed]]:
     """The instance's events still in their streams, and the refs of those trimmed away."""
-    refs = inspect.trace_refs(bus, *trace_keys(order_id, services))
+    # A field that does not name a stream entry (anyone who may write a record or trace wrote
+    # it) is no event: left out, not asked of Redis.
+    refs = [ref for ref in inspect.trace_refs(bus, *trace_keys(order_id, services)) if _entry_ref(ref)]
     found, present = [], set()
     for d in inspect.entries(bus, refs):
         present.add((d.stream, d.entry_id))
@@ -66,6 +71,10 @@ def load_trace(bus: RedisStreamsBus, order_id: str, services: Iterable[Service] 
         except MalformedEntry:
             continue                    # trace shows what parses; bad entries live in the DLQ
     return found, [Trimmed(*ref) for ref in refs if ref not in present]
+
+
+def _entry_ref(ref: tuple[str, str]) -> bool:
+    return ref[0].startswith(bus_keys.STREAM_PREFIX) and ENTRY_ID.fullmatch(ref[1]) is not None
 
 
 def load_events(bus: RedisStreamsBus, order_id: str,
