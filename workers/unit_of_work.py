@@ -4,7 +4,7 @@ events that are only collected. The runtime turns a unit of work into one bus Co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
 import msgspec
@@ -264,5 +264,6 @@ class UnitOfWork:
             written = {op.key for op in ops if isinstance(op, VERSIONED)}
             for place, record in self._traced.items():
                 if record in written:
-                    ops[place] = replace(ops[place], trace=record)
+                    op = ops[place]
+                    ops[place] = Publish(op.stream, op.fields, record, op.max_len)
         return ops
