@@ -6,6 +6,8 @@ redis-server (CHOREO_TIMERS_URL), as rq needs."""
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import time
 
@@ -90,6 +92,17 @@ def test_the_saga_ends_every_way_on_a_cluster_with_eight_partitions(on_cluster, 
     print("\naudit:", audit_clean(on_cluster))
     status = on_cluster.run("status", next(iter(expected)))
     assert status.returncode == 0 and "order" in status.stdout
+    # Its trace, gathered from its records on the order's node; a list trace an earlier version
+    # made (here one naming an event that is gone) is read beside them.
+    done = next(i for i, status in expected.items() if status == "COMPLETED")
+    gone = f"{bus_keys.stream_for('OrderCreated', done)[:-len('OrderCreated')]}Nothing 1-0"
+    cluster.rpush(bus_keys.trace(done), gone)
+    trace = on_cluster.run("trace", done, "--json")
+    assert trace.returncode == 0, trace.stderr
+    shown = json.loads(trace.stdout)
+    assert [e["type"] for e in shown["events"]] == ["OrderCreated", "InventoryChecked",
+                                                   "PaymentProcessed", "ShippingArranged"]
+    assert [t["type"] for t in shown["trimmed"]] == ["Nothing"]
 
 
 def test_racing_inventory_workers_on_a_cluster_never_oversell(on_cluster, cluster):
