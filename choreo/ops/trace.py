@@ -21,11 +21,11 @@ from choreo.bus.dead_letters import DeadLetter
 from choreo.bus.envelope import Envelope, MalformedEntry, iso_ms
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.bus.trim import parse_id
-
-ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 from choreo.plain import text
 from choreo.workers import SERVICES
 from choreo.workers.service import Service, trace_keys
+
+ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")     # what a trace field's second word must be
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Trimmed:
         try:
             return iso_ms(parse_id(self.entry_id)[0] / 1000)
         except (ValueError, OverflowError, OSError):
-            return "?"                  # anyone who publishes may write a trace: not an entry id
+            return "?"                  # milliseconds past what a date can say
 
     def to_dict(self) -> dict:
         return {"type": self.type, "stream": self.stream, "entry_id": self.entry_id, "at": self.at}
