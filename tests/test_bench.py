@@ -221,3 +221,17 @@ def test_soak_json_has_every_sample_and_names_the_processes_it_stopped():
     assert len(out["processes"]) == 1 + 4 + 1           # server, workers, trimmer
     assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
     assert marked(mark) == []
+
+
+def test_record_layouts_measures_each_layout_and_never_flushes_a_database_in_use(redis_server, redis_url,
+                                                                                 capsys):
+    from choreo.benchmarks import record_layouts
+    assert record_layouts.main(["--redis-url", redis_url, "--orders", "200"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list(record_layouts.LAYOUTS)
+    assert all(float(line.split()[1].replace(",", "")) > 0 for line in lines[1:])
+    assert redis_server.client().dbsize() == 0                    # emptied again at the end
+    redis_server.client().set("someone's", "data")
+    assert record_layouts.main(["--redis-url", redis_url, "--orders", "200"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert redis_server.client().get("someone's") == "data"
