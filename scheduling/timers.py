@@ -255,11 +255,26 @@ def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
             heartbeat.end()
 
 
+class TimersWorker(SimpleWorker):
+    """rq's SimpleWorker, its command channel (rq's pubsub thread) polled every second. rq polls
+    it every 60 s, and since redis-py 8.2 stopping that thread waits for it: a stop that caught it
+    between an unsubscribe and its next poll took up to a minute, so honcho killed `choreo timers`
+    (SIGKILL after 5 s) on about one stop in ten."""
+    COMMAND_POLL_S = 1
+
+    def subscribe(self):
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=self.COMMAND_POLL_S, daemon=True,
+            exception_handler=self._pubsub_exception_handler)
+
+
 def _work(queue: Queue, connection, name: str, job_class, level: str) -> None:
     for life in range(1, 1_000_000):
         # worker_ttl 20: rq blocks on the queue for ttl - 15 = 5 s, inside the client's 10 s
         # socket timeout (its default 405 s read would time out and back off while idle).
-        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer,
+        worker = TimersWorker([queue], connection=connection, serializer=JSONSerializer,
                               name=f"{name}-{life}", job_class=job_class, worker_ttl=20)
         worker.work(with_scheduler=False, logging_level=level)
         if worker._shutdown_requested_date is not None:     # SIGTERM/SIGINT, seen by rq's handler

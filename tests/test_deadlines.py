@@ -141,3 +141,23 @@ def test_payment_refuses_to_charge_an_order_past_its_deadline():
     uow = handle(SERVICES["payment"], checked)
     assert [(e.type, e.data["reason"]) for e in uow.emitted] == [("PaymentFailed", "deadline passed before payment")]
     assert not any(isinstance(op, Count) for op in uow.ops)            # nothing charged
+
+
+def test_the_timers_rq_worker_stops_within_a_second_whenever_it_is_told(redis_server):
+    """rq's command channel (a pubsub thread) caught between an unsubscribe and its next poll held
+    a stop for that poll's length: 60 s in rq, so honcho's SIGKILL came first."""
+    import threading as th
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from choreo.scheduling.timers import QUEUE, TimersWorker
+    raw = redis_server.client(decode=False)
+    worker = TimersWorker([Queue(QUEUE, connection=raw, serializer=JSONSerializer)], connection=raw,
+                          serializer=JSONSerializer, name="stop-test")
+    worker.subscribe()
+    worker.pubsub.unsubscribe()                 # the thread reads the reply and polls again ...
+    time.sleep(0.3)
+    stopping = th.Thread(target=worker.unsubscribe, daemon=True)   # ... where rq's stop finds it
+    started = time.monotonic()
+    stopping.start()
+    stopping.join(5)
+    assert not stopping.is_alive() and time.monotonic() - started < 2.5
