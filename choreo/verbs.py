@@ -218,6 +218,7 @@ def _not_found(order_id: str, settings: Settings, orders: bool = True) -> str:
 
 
 def cmd_status(args, settings: Settings) -> int:
+    from choreo.workers.unit_of_work import record_fields
     with open_bus(settings.url) as bus:
         oid = args.order_id
         order, reservation, payment, shipment = bus.read_hashes(
@@ -230,7 +231,7 @@ def cmd_status(args, settings: Settings) -> int:
               + (f" ({order['reason']})" if order.get("reason") else ""))
         _show(f"  total_cents={order.get('total_cents', '?')} lines={order.get('lines', '?')}")
         for name, h in (("reservation", reservation), ("payment", payment), ("shipment", shipment)):
-            shown = " ".join(f"{k}={v}" for k, v in h.items() if k != "_v" and " " not in k) or "-"
+            shown = " ".join(f"{k}={v}" for k, v in record_fields(h).items()) or "-"
             _show(f"  {name}: {shown}")
         for item in status_changes(order) or inspect.list_items(bus, keys.order_history(oid)):
             _show(f"  history: {item}")

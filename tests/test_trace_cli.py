@@ -159,6 +159,9 @@ def test_trace_of_an_expired_order_is_not_found_and_odd_record_fields_are_no_eve
     assert [line.split()[0] for line in tree_lines(trace(capsys, redis_url, "6"))
             if line.split()[0].endswith(("Created", "Checked", "Processed", "Arranged"))] == [
         "OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
+    assert main(["status", "6", "--redis-url", redis_url]) == 0      # a record's own fields only
+    shown = capsys.readouterr().out
+    assert "payment: status=CHARGED" in shown and "events:" not in shown and "amount x" not in shown
     # The order's record expired (a CHARGED payment and a BOOKED shipment outlive it, to the
     # deadline's retention): what they list is not shown as the order.
     c.delete(keys.order("6"), keys.reservation("6"))

@@ -92,7 +92,13 @@ class BatchView:
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
 
 
-def _own_fields(key: str, names: Collection[str]) -> None:
+def record_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """A hash's own fields, as a handler and `choreo status` see them: not its version, nor its
+    trace fields ("<stream> <entry id>": the only names with a space)."""
+    return {k: v for k, v in fields.items() if k != VERSION and " " not in k}
+
+
+def _writable(key: str, names: Collection[str]) -> None:
     """What a handler may name: not the version (the commit's to bump), nor a name with a space
     (a trace field's, "<stream> <entry id>", which reads leave out)."""
     for name in names:
@@ -141,7 +147,7 @@ class UnitOfWork:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
         fields = self._view.get(key)
         self.checks.setdefault(key, fields.get(VERSION, "0"))
-        return {k: v for k, v in fields.items() if k != VERSION and " " not in k}
+        return record_fields(fields)
 
     def holds(self, requests: Sequence[Hold]) -> list[str]:
         """Steps on holds (bus/hold.lua: reserve, release, sell, forget), made NOW, before and
@@ -156,7 +162,7 @@ class UnitOfWork:
 
     def set(self, key: str, **fields) -> None:
         """Write fields of a hash: bumps its version."""
-        _own_fields(key, fields)
+        _writable(key, fields)
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
 
     def drop(self, key: str, *fields: str) -> None:
@@ -165,12 +171,12 @@ class UnitOfWork:
         emptied by it (an absent hash becomes one holding only `_v`: drop from what was read)."""
         if not fields or VERSION in fields:
             raise ValueError(f"drop() needs the fields to remove, never the version {VERSION}")
-        _own_fields(key, fields)
+        _writable(key, fields)
         self.ops.append(DropFields(key, fields))
 
     def add(self, key: str, field: str, amount: int) -> None:
         """Adjust an integer field of a hash handlers read (stock): bumps its version."""
-        _own_fields(key, (field,))
+        _writable(key, (field,))
         self.ops.append(AddTo(key, field, int(amount)))
 
     def count(self, key: str, field: str, amount: int) -> None:
@@ -178,7 +184,7 @@ class UnitOfWork:
         is checked here for this handler: a counter it read would race unseen."""
         if key in self.checks:
             raise UncheckedCounter(f"{key} was read by this handler: use add(), which is versioned")
-        _own_fields(key, (field,))
+        _writable(key, (field,))
         self.ops.append(Count(key, field, int(amount)))
 
     def append(self, key: str, value: str) -> None:
