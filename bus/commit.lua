@@ -3,7 +3,9 @@
 -- Redis Cluster routes a script by its KEYS, and ACL key patterns check only KEYS.
 -- ARGV: group, n, 0, then per commit:
 --   ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
--- where an op's key (a PUBLISH's stream and trace) is a key# too.
+-- where an op's key (a PUBLISH's stream and trace) is a key# too. An expected_v "!<f> <f>..." checks
+-- instead that the hash holds none of those fields: a bucket of settled records (FILE) without the
+-- records a handler found absent, which a commit that filed one meanwhile would otherwise hide.
 -- Explaining (ARGV[3] = m > 0, no KEYS; after Redis refused the batch's EVALSHA for a key the user
 -- may not touch, NOPERM naming no key): the m key names follow in ARGV, and the script only asks
 -- the ACL (acl_check_cmd) the questions it asks before writing, reading and writing no key. It
@@ -52,7 +54,9 @@ local out = {}
 local stopped = false
 -- The ops bus.ops writes, by the type of key each needs. (No SET: its options are not checked,
 -- and Redis could refuse one halfway.)
-local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', RPUSH = 'list', ZADD = 'zset' }
+local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', FILE = 'hash',
+                RPUSH = 'list', ZADD = 'zset' }
+local AS = { COUNT = 'HINCRBY', FILE = 'HSET' }    -- the command an op runs, where it is not its name
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
 
 -- Whether Redis reads the word as an integer (string2ll): no leading zeros, no '-0', no '+'.
@@ -180,13 +184,16 @@ local function refusal(op, args)
   if op == 'HSET' and (#args < 3 or #args % 2 ~= 1) then
     return 'HSET ' .. args[1] .. ' needs fields in name, value pairs'
   end
+  if op == 'FILE' and #args ~= 3 then
+    return 'FILE ' .. args[1] .. ' needs one field and its value'
+  end
   if op == 'HDEL' then       -- never the version: the hash stays, and its version only grows
     if #args < 2 then return 'HDEL ' .. args[1] .. ' needs a field' end
     for f = 2, #args do
       if args[f] == '_v' then return 'HDEL ' .. args[1] .. ' may not remove the version _v' end
     end
   end
-  local no = denied(op == 'COUNT' and 'HINCRBY' or op, unpack(args))
+  local no = denied(AS[op] or op, unpack(args))
     or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
   if no then return no end
   local bad = wrong_type(args[1], HOLDS[op])
@@ -250,6 +257,9 @@ local function apply(op, args, bumped, once, trace_list)
     if string.match(args[2], '^0+$') then    -- deleted: no version to bump (absent is version 0),
       bumped[args[1]], counters[args[1]] = nil, nil     -- unless a later write makes it again
     end
+  elseif op == 'FILE' then     -- a settled record into its bucket: no version, see HOLDS
+    redis.call('HSET', args[1], args[2], args[3])
+    counters[args[1]] = nil
   else
     redis.call(op, unpack(args))
     if op == 'HSET' or op == 'HDEL' then
@@ -267,7 +277,7 @@ local function guarded(acked_or_seen, checked, ops)
   if acked_or_seen then return true end
   local written, deleted = {}, {}
   for _, op in ipairs(ops) do
-    if op[1] == 'HSET' or op[1] == 'HDEL' or op[1] == 'HINCRBY' then
+    if op[1] == 'HSET' or op[1] == 'HDEL' or op[1] == 'HINCRBY' or op[1] == 'FILE' then
       written[op[2][1]] = true
     elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
       deleted[op[2][1]] = true
@@ -295,7 +305,7 @@ for c = 1, n do
   end
   if status == 1 and (ack_stream == nil or seen == nil) then status = 'the ack stream or seen set is not in KEYS' end
   -- What this commit reads and acknowledges, asked first: the reads below run before any write.
-  for k = 1, n_checks do
+  for k = 1, n_checks do     -- (a bucket's fields are asked with HGET too)
     if status == 1 then status = denied('HGET', checked[k], '_v') or 1 end
   end
   planned = {}
@@ -306,7 +316,14 @@ for c = 1, n do
   if status == 1 and ack_stream ~= '' then status = denied('XACK', ack_stream, group, ack_id) or 1 end
   for k = 1, n_checks do
     if status == 1 and explaining == 0 then
-      if (redis.call('HGET', checked[k], '_v') or '0') ~= ARGV[i + 1] then status = -1 end
+      local expected = ARGV[i + 1]
+      if string.byte(expected) == 33 then      -- "!": none of these fields (a bucket, above)
+        for field in string.gmatch(string.sub(expected, 2), '%S+') do
+          if redis.call('HGET', checked[k], field) then status = -1 end
+        end
+      elseif (redis.call('HGET', checked[k], '_v') or '0') ~= expected then
+        status = -1
+      end
       known[checked[k]] = known[checked[k]] or 'hash?'
     end
     i = i + 2

@@ -127,7 +127,8 @@ class Bus(Protocol):
         """Delete consumers idle that long, but only those holding nothing pending."""
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
-        """Current fields of each hash (with `_v`), one round trip."""
+        """Current fields of each hash (with `_v`), one round trip; for an absent one, the fields
+        of the settled record filed in its stead (bus.keys.filed, without `_v`), one more."""
 
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         """Apply commits in order, atomically each, in one round trip (see module doc)."""

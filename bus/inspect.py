@@ -14,7 +14,7 @@ from choreo.bus import keys
 from choreo.bus.contract import Delivery
 from choreo.bus.trim import parse_id
 from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, by_partition, decode_entry,
-                                      translated_errors)
+                                      read_records, translated_errors)
 
 
 @dataclass(frozen=True)
@@ -108,13 +108,18 @@ def trace_refs(bus: RedisStreamsBus, *keys_: str) -> list[tuple[str, str]]:
         pipe = bus.client.pipeline(transaction=False)
         for key in keys_:
             pipe.hkeys(key)
-        refs = []
+        refs, absent = [], []
         for key, reply in zip(keys_, pipe.execute(raise_on_error=False)):
             if isinstance(reply, redis.ResponseError):
                 if not str(reply).startswith("WRONGTYPE"):
                     raise reply
                 reply = bus.client.lrange(key, 0, -1)
+            elif not reply and keys.filed(key):
+                absent.append(key)
             refs += [tuple(f.split(" ", 1)) for f in reply if " " in f]
+        # A settled record filed in a bucket keeps its trace fields there (bus.ops.File).
+        for record in read_records(bus.client, absent):
+            refs += [tuple(f.split(" ", 1)) for f in record if " " in f]
     return sorted(refs, key=_id_order)     # a large hash (a hashtable) keeps no order of its own
 
 
@@ -358,15 +363,10 @@ def all_keys(bus: RedisStreamsBus, count: int = 5000) -> list[str]:
 
 
 def hashes(bus: RedisStreamsBus, keys_: Sequence[str], chunk: int = 2000) -> list[dict]:
-    """Every field of each hash ({} where absent), one round trip per `chunk` keys."""
-    out: list[dict] = []
+    """Every field of each hash, or of the settled record filed in its stead (bus.keys.filed);
+    {} where neither is. One round trip per `chunk` keys, one more for the absent ones."""
     with translated_errors():
-        for i in range(0, len(keys_), chunk):
-            pipe = bus.client.pipeline(transaction=False)
-            for key in keys_[i:i + chunk]:
-                pipe.hgetall(key)
-            out += pipe.execute()
-    return out
+        return read_records(bus.client, keys_, chunk)
 
 
 def entries_added(bus: RedisStreamsBus, streams: Sequence[str]) -> list[int]:

@@ -5,6 +5,7 @@ partitions (or on a cluster) their names carry the partition's hash tag after th
 `events:{p3}:OrderCreated`; with one partition on a plain Redis they read `events:OrderCreated`.
 """
 
+import re
 from functools import lru_cache
 
 from choreo.bus import layout
@@ -54,6 +55,29 @@ def any_partition(key: str) -> str:
     prefix, _, rest = key.partition(":")
     partition, tail = layout.split_tag(rest)
     return key if partition is None else f"{prefix}:{{p*}}:{tail}"
+
+
+# Settled records filed together: a record key of a filed kind ending in a sequential id
+# (`reservation:7`, `reservation:{p3}:130`) that its service settles for good is moved into one
+# hash per BUCKET ids of its kind and partition, as a field named by the id (bus.ops.File,
+# workers.unit_of_work.settle). The kinds are the services' (workers.service.Service.files): only
+# their absent keys are looked for in a bucket.
+BUCKET = 64
+SETTLED = "settled:"
+FILED_KINDS: set[str] = set()           # a key's name up to its first ":", e.g. "reservation"
+_FILEABLE = re.compile(r"(([^:]+):(?:.*:)?)(\d{1,18})")
+
+
+def filed(key: str) -> tuple[str, str] | None:
+    """Where the record at `key` goes once settled: (bucket hash, field), or None for a key of a
+    kind no service files, or one that does not end in ":<digits>" (ids of another shape keep
+    their own key). Buckets hold about BUCKET orders each whatever the partitions: ids are spread
+    over them, so the bucket number counts BUCKET * partitions ids.
+    `reservation:7` -> ("reservation:settled:0", "7")."""
+    m = _FILEABLE.fullmatch(key)
+    if m is None or m[2] not in FILED_KINDS or m[1].endswith(SETTLED):
+        return None
+    return f"{m[1]}{SETTLED}{int(m[3]) // (BUCKET * layout.current().partitions)}", m[3]
 
 
 def dead_letters(group: str, partition: int = 0) -> str:

@@ -103,6 +103,21 @@ class Expire:
 
 
 @dataclass(frozen=True, slots=True)
+class File:
+    """HSET one field of a bucket of settled records (bus.keys.filed): `value` is the record at
+    `record`, a JSON object of its fields, which a settling commit deletes. No version: a filed
+    record never changes again, and a bucket is written by many orders' commits, which must not
+    conflict on it. `record` is not sent: it tells a batch's view which record moved."""
+    key: str
+    field: str
+    value: str
+    record: str = ""
+
+    def words(self, key: KeyIndex) -> tuple:
+        return ("FILE", key(self.key), self.field, self.value)
+
+
+@dataclass(frozen=True, slots=True)
 class Publish:
     """XADD an event's fields to its stream; with `trace`, also add the line "<stream> <id>" to that
     trace (a hash of such fields, bus.inspect.trace_refs); with `max_len`, trim the stream to
@@ -118,4 +133,4 @@ class Publish:
 
 
 VERSIONED = (SetFields, DropFields, AddTo)      # the ops after which a hash's version is bumped
-AnyOp = Union[SetFields, DropFields, AddTo, Count, Append, Index, Expire, Publish]
+AnyOp = Union[SetFields, DropFields, AddTo, Count, Append, Index, Expire, File, Publish]

@@ -8,6 +8,7 @@ import time
 from importlib import resources
 from typing import Callable, Iterable, Sequence
 
+import msgspec
 import redis
 from redis.crc import key_slot
 
@@ -138,6 +139,40 @@ def first_key(commit: Commit) -> str:
     for op in commit.ops:
         return getattr(op, "key", None) or getattr(op, "stream", "")
     return ""
+
+
+def filed_record(value: str | None) -> dict[str, str]:
+    """A settled record as its bucket holds it (bus.ops.File: a JSON object of its fields), {} for
+    none. A value that is not one is still a record that exists, shown as `unreadable`: a handler
+    that finds it must not take the id for new (and make the record again)."""
+    if value is None:
+        return {}
+    try:
+        fields = msgspec.json.decode(value, type=dict[str, str])
+    except msgspec.DecodeError:
+        return {"unreadable": value[:200]}
+    return fields or {"unreadable": value[:200]}
+
+
+def read_records(client, keys_: Sequence[str], chunk: int = 2000) -> list[dict[str, str]]:
+    """Every field of each hash, or for one that is absent, of the settled record filed in its
+    stead (bus.keys.filed: no `_v`, it never changes again); {} where neither is. One round trip
+    per `chunk` keys, and one more for the absent ones that may be filed."""
+    out: list[dict[str, str]] = []
+    for i in range(0, len(keys_), chunk):
+        pipe = client.pipeline(transaction=False)
+        for key in keys_[i:i + chunk]:
+            pipe.hgetall(key)
+        out += pipe.execute()
+    homes = [(place, home) for place, (key, fields) in enumerate(zip(keys_, out))
+             if not fields and (home := keys.filed(key))]
+    for i in range(0, len(homes), chunk):
+        pipe = client.pipeline(transaction=False)
+        for _, (bucket, field) in homes[i:i + chunk]:
+            pipe.hget(bucket, field)
+        for (place, _), value in zip(homes[i:i + chunk], pipe.execute()):
+            out[place] = filed_record(value)
+    return out
 
 
 def by_slot(commits: Sequence[Commit]) -> list[list[int]]:
@@ -362,10 +397,7 @@ class RedisStreamsBus:
         if not keys:
             return []
         with translated_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            return pipe.execute()
+            return read_records(self.client, keys)
 
     # -- writing -------------------------------------------------------------------------------
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:

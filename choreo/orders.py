@@ -39,7 +39,7 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
             span, uow.traceparent = tracing.placing(r.order_id)
             spans.append(span)
         create_order(uow, r.order_id, r.lines, deadline_s)
-        view.apply(uow.ops)
+        view.apply(uow.commit_ops())
         commits.append(uow.to_commit())
     outcomes = bus.commit("", commits)
     for span, o in zip(spans, outcomes):

@@ -56,3 +56,10 @@ def pending_count(client, stream, group) -> int:
 
 def order_statuses(client) -> dict[str, int]:
     return {k: int(v) for k, v in client.hgetall("orders:by_status").items() if int(v)}
+
+
+def record(client, key: str) -> dict[str, str]:
+    """A record as its readers see it: its hash, or once settled and filed, its fields in its
+    bucket (bus.keys.filed); {} for neither."""
+    from choreo.bus.redis_streams import read_records
+    return read_records(client, [key])[0]

@@ -11,7 +11,7 @@ import redis
 from choreo.bus.envelope import Envelope
 from choreo.bus.ops import Count, SetFields
 from choreo.cli import main
-from tests.helpers import wait_for
+from tests.helpers import record, wait_for
 from tests.test_handlers import handle
 from choreo.workers import SERVICES, keys
 from choreo.workers.deadlines import scheduled_call
@@ -59,7 +59,7 @@ def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_se
                  "--redis-url", procs.url]) == 0
     wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
     assert r.hget(keys.order("1"), "reason") == "deadline passed before shipping"
-    wait_for(lambda: r.hget(keys.reservation("1"), "status") == "RELEASED", what="stock released")
+    wait_for(lambda: record(r, keys.reservation("1")).get("status") == "RELEASED", what="stock released")
     procs.worker("payment")          # comes back to both events at once: the charge never happens
     wait_for(lambda: r.hget(keys.payment("1"), "status") == "CANCELLED", timeout=20, what="no charge")
     assert not r.hget(keys.payment_totals(), "charged_cents")
@@ -111,7 +111,7 @@ def test_shipping_back_after_the_deadline_refuses_to_book_whichever_event_it_rea
     wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
     assert r.hget(keys.order("1"), "reason") == "deadline passed before shipping"
     wait_for(lambda: r.hget(keys.payment("1"), "status") == "REFUNDED", what="refunded")
-    wait_for(lambda: r.hget(keys.reservation("1"), "status") == "RELEASED", what="stock released")
+    wait_for(lambda: record(r, keys.reservation("1")).get("status") == "RELEASED", what="stock released")
     assert r.hget(keys.shipment("1"), "status") == "CANCELLED"
     assert r.xlen("events:ShippingArranged") == 0
     wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")

@@ -22,7 +22,7 @@ from choreo.workers.inventory import reserve_stock, seed_stock
 from choreo.workers.runtime import Worker
 from choreo.workers.service import On
 from choreo.workers.unit_of_work import BatchView
-from tests.helpers import pending_count, wait_for
+from tests.helpers import pending_count, record, wait_for
 
 
 
@@ -161,7 +161,7 @@ def test_tagged_inventory_reserves_by_holds_and_settles_them(real_bus, tagged):
     arranged = bus_keys.stream_for("ShippingArranged", "1")
     real_bus.client.xadd(arranged, e.fields())
     w.commit_batch([d for d in real_bus.read_new("inventory", w.consumer, [arranged], 10, 0)])
-    assert real_bus.client.hget(keys.reservation("1"), "status") == "SOLD"
+    assert record(real_bus.client, keys.reservation("1")).get("status") == "SOLD"
     assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "SOLD"
     assert {k: v for k, v in stock(real_bus).items() if k != "_v"} == \
         {"start": 5, "available": 2, "reserved": 0, "sold": 3}
@@ -262,7 +262,7 @@ def test_a_compensation_first_releases_the_holds_of_an_uncommitted_try(real_bus,
     real_bus.client.xadd(bus_keys.stream_for("ShippingFailed", "1"), failed.fields())
     w.commit_batch(real_bus.read_new("inventory", w.consumer, [bus_keys.stream_for("ShippingFailed", "1")],
                                      10, 0))
-    assert real_bus.client.hget(keys.reservation("1"), "status") == "RELEASED"
+    assert record(real_bus.client, keys.reservation("1")).get("status") == "RELEASED"
     _redeliver(w, real_bus)
     assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "RELEASED"
     assert stock(real_bus)["reserved"] == 0 and stock(real_bus)["available"] == 5

@@ -13,7 +13,7 @@ from choreo.bus.ops import Publish
 from choreo.cli import main
 from choreo.orders import OrderRequest, place_orders
 from choreo.config.settings import Settings
-from tests.helpers import EIGHT
+from tests.helpers import EIGHT, record
 from tests.inprocess import drain, start_workers
 from choreo.workers import keys
 
@@ -128,7 +128,7 @@ def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_
     drain(workers)
     # Each service listed the event it published in its own record of the order: no trace key.
     assert not real_bus.client.exists(bus_keys.trace("5"))
-    assert [f for f in real_bus.client.hkeys(keys.reservation("5")) if " " in f] == \
+    assert [f for f in record(real_bus.client, keys.reservation("5")) if " " in f] == \
         [f"{bus_keys.stream('InventoryChecked')} {json.loads(trace(capsys, redis_url, '5', '--json'))['events'][1]['entry_id']}"]
     real_bus.client.hset(keys.payment("5"), "amount x", "")        # no event: not listed
     assert main(["trim", "--redis-url", redis_url]) == 0

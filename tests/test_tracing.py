@@ -14,7 +14,7 @@ from choreo.bus import inspect, keys as bus_keys
 from choreo.bus.envelope import FIELDS, Envelope
 from choreo.orders import OrderRequest, place_orders
 from choreo.config.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import record, wait_for
 from tests.inprocess import drain
 from choreo.workers import SERVICES, keys
 from choreo.workers.runtime import Worker
@@ -163,7 +163,7 @@ def test_across_processes_each_event_carries_the_trace_of_the_order(procs, redis
     wait_for(lambda: r.hget(keys.order(order_id), "status") == "COMPLETED", timeout=30,
              what="the order completed")
     refs = [ref.split(" ") for key in trace_keys(order_id, SERVICES.values())
-            for ref in r.hkeys(key) if " " in ref]
+            for ref in record(r, key) if " " in ref]
     fields = [r.xrange(s, i, i)[0][1] for s, i in refs]
     parents = [f["traceparent"].split("-") for f in fields]
     assert len(fields) >= 4 and len({p[1] for p in parents}) == 1      # one trace id

@@ -127,7 +127,7 @@ class Handling:
         uow.traceparent = self.observer.handling(d, event)
         try:
             self.service.consumes[event.type].handle(event, uow)
-            view.apply(uow.ops)
+            view.apply(uow.commit_ops())
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)

@@ -108,7 +108,7 @@ def _settle(to_status: str):
         if not res:
             # Compensation before the reservation: remember it so a late OrderCreated reserves nothing.
             uow.set(res_key, status=RELEASED, reason=f"{event.type} before reservation")
-            uow.expire(res_key)     # kept the retention window: a late OrderCreated must find it
+            uow.settle(res_key)     # kept the retention window: a late OrderCreated must find it
             return
         if res["status"] != RESERVED:
             return
@@ -124,7 +124,7 @@ def _settle(to_status: str):
                 raise RuntimeError(f"order {event.order_id}: hold of product {shown}, not {to_status}")
             uow.set(res_key, status=to_status)
             uow.drop(res_key, "lines")  # settled: only a RESERVED reservation's lines move stock
-            uow.expire(res_key)
+            uow.settle(res_key)
             return
         for l in decode_data(res["lines"]):
             uow.add(keys.stock(l["product_id"]), "reserved", -l["quantity"])
@@ -132,7 +132,7 @@ def _settle(to_status: str):
                     l["quantity"])
         uow.set(res_key, status=to_status)
         uow.drop(res_key, "lines")      # settled: only a RESERVED reservation's lines move stock
-        uow.expire(res_key)         # final either way; late events within the window find it
+        uow.settle(res_key)         # final either way, filed; late events within the window find it
     settle.__name__ = "sell_reservation" if to_status == SOLD else "release_reservation"
     return settle
 
@@ -172,6 +172,7 @@ SERVICE = Service(
     emits=("InventoryChecked", "InventoryRejected"),
     owns=(*keys.OWNED["inventory"], keys.hold("*", "*")),
     record=keys.reservation,
+    files=True,                     # a sold, released or rejected reservation is final
     on_start=seed_stock,
     on_dead_letter=forget_holds,
     deletes=(keys.hold("*", "*"),),

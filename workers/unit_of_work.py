@@ -12,8 +12,9 @@ import msgspec
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Bus, Commit, Hold
 from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
-from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, Index, Op,
+from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, File, Index, Op,
                      Publish, SetFields)
+from choreo.bus.redis_streams import filed_record
 from choreo.workers.events import check_data
 
 
@@ -76,6 +77,9 @@ class BatchView:
         each hash it wrote has its version bumped once."""
         written = set()
         for op in ops:
+            if isinstance(op, File) and op.record:
+                self._hashes[op.record] = filed_record(op.value)     # its key is gone
+                continue
             if not isinstance(op, VERSIONED) or op.key not in self._hashes:
                 continue
             h = self._hashes[op.key]
@@ -122,6 +126,8 @@ class UnitOfWork:
         # there the events it publishes for the instance, not in the instance's trace key.
         self.record = record
         self._traced: dict[int, str] = {}   # place of a Publish in ops -> its instance's record
+        self._settled: dict[int, str] = {}  # place of a settle()'s Expire in ops -> its record
+        self._made: tuple[int, list[Op]] | None = None   # (ops it was made of, commit_ops())
         # The app's event models (App.events): each emitted event's data is checked against its
         # type's, so a handler or command that would publish what every consumer dead-letters
         # fails here instead. None: the instance id is still checked, the data is not.
@@ -147,6 +153,11 @@ class UnitOfWork:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
         fields = self._view.get(key)
         self.checks.setdefault(key, fields.get(VERSION, "0"))
+        if not fields and (home := bus_keys.filed(key)):
+            # Absent, and not filed either: a commit filing it meanwhile must refuse this one,
+            # which would otherwise make the record again beside its settled self.
+            bucket, field = home
+            self.checks[bucket] = f"{self.checks.get(bucket, '!')} {field}".replace("! ", "!", 1)
         return record_fields(fields)
 
     def holds(self, requests: Sequence[Hold]) -> list[str]:
@@ -196,6 +207,19 @@ class UnitOfWork:
     def expire(self, key: str, after_s: float = 0) -> None:
         """Let the key vanish retention_s (+ after_s) from now: its owner's part of the order is
         final. Until then it still guards against late events (see docs/keys.md, "Retention")."""
+        self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
+
+    def settle(self, key: str, after_s: float = 0) -> None:
+        """The record at `key` is final: nothing will change it again. Written by this commit as
+        set() and drop() left it, it moves into its bucket (bus.keys.filed), one field of a hash
+        of ~64 orders' settled records, and its own key goes: about 150 B of Redis memory less
+        per record (the key, its object and its expiry entry). The bucket lives retention_s
+        (+ after_s) from the last record filed in it, and reads (uow.read, read_hashes) find the
+        record there as before, without a version: it never changes. Kept in its key instead,
+        expiring as with expire(), where the id files nowhere (not digits) or this commit
+        publishes an event traced in the record (the trace field needs the entry's id, which only
+        the commit makes): settle it again on that event's confirmation."""
+        self._settled[len(self.ops)] = key
         self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
 
     def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",
@@ -257,8 +281,56 @@ class UnitOfWork:
 
     def to_commit(self, ack: tuple[str, str] | None = None, seen: str = "", seen_id: str = "",
                   seen_ttl_s: int = 0) -> Commit:
-        return Commit(checks=dict(self.checks), ops=self._traced_ops(), ack=ack, seen=seen,
+        return Commit(checks=dict(self.checks), ops=self.commit_ops(), ack=ack, seen=seen,
                       seen_id=seen_id, seen_ttl_s=seen_ttl_s)
+
+    def commit_ops(self) -> list[Op]:
+        """What the commit writes: the ops, with publishes traced (_traced_ops) and settled
+        records filed (_filed_ops). What a batch's view mirrors (BatchView.apply). Made once
+        (until another op is added): filing reads the view, which mirroring it changes."""
+        if self._made is None or self._made[0] != len(self.ops):
+            ops = self._traced_ops()
+            self._made = (len(self.ops), self._filed_ops(ops) if self._settled else ops)
+        return list(self._made[1])
+
+    def _filed_ops(self, ops: list[Op]) -> list[Op]:
+        """Each settle()'s Expire replaced by its record's move into its bucket: the record as
+        read (with its trace fields) and as this commit's writes leave it, FILEd; the bucket's
+        expiry; the key deleted (EXPIRE 0) if it exists. The record's own writes are dropped: the
+        move carries them. Its version check stays: a commit that read the record before the move
+        is refused."""
+        traced = set(self._traced.values())
+        moved: dict[str, list[Op]] = {}
+        for place, key in self._settled.items():
+            home = bus_keys.filed(key)
+            held = self._view.get(key)
+            if home is None or key in traced or key in moved or (held and VERSION not in held):
+                continue        # kept in its key (see settle()), or filed already
+            record = dict(held)
+            for op in ops:
+                if isinstance(op, VERSIONED) and op.key == key:
+                    if isinstance(op, SetFields):
+                        record.update(op.fields)
+                    elif isinstance(op, DropFields):
+                        for name in op.fields:
+                            record.pop(name, None)
+                    else:
+                        record[op.field] = str(int(record.get(op.field, 0)) + op.amount)
+            existed = record.pop(VERSION, None) is not None
+            bucket, field = home
+            value = msgspec.json.encode(record).decode()
+            moved[key] = [File(bucket, field, value, key), Expire(bucket, ops[place].seconds),
+                          *((Expire(key, 0),) if existed else ())]
+        if not moved:
+            return ops
+        out: list[Op] = []
+        for place, op in enumerate(ops):
+            if place in self._settled and self._settled[place] in moved:
+                out += moved[self._settled[place]]      # where the (first) settle() was
+                moved[self._settled[place]] = []
+            elif not (isinstance(op, (*VERSIONED, Expire)) and op.key in moved):
+                out.append(op)
+        return out
 
     def _traced_ops(self) -> list[Op]:
         """The ops, each publish traced in the service's record of its instance when this commit

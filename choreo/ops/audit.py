@@ -210,13 +210,21 @@ def index_and_pruned(bus: RedisStreamsBus, tries: int = 20,
 
 
 def expiring_orphans(bus: RedisStreamsBus, snap: Snapshot) -> set[str]:
-    """Keys of reservations, payments and shipments without their order that carry a TTL: the
-    leftovers of an expired order, which expire in their own time (only a few at any moment)."""
+    """Keys of reservations, payments and shipments without their order that carry a TTL (or
+    expired since they were read): the leftovers of an expired order, which expire in their own
+    time (only a few at any moment)."""
     orphans = [key_of(oid) for found, key_of in ((snap.reservations, keys.reservation),
                                                  (snap.payments, keys.payment),
                                                  (snap.shipments, keys.shipment))
                for oid in found if oid not in snap.orders]
-    return {key for key, ttl in zip(orphans, inspect.ttls_ms(bus, orphans)) if ttl > 0}
+    # One filed (bus.keys.filed) has no key of its own (PTTL -2): its bucket's TTL is its own.
+    # Gone by now (-2 where it was read a moment ago) is expired meanwhile, not a leak: only a
+    # record without an expiry (-1) is.
+    homes = {key: home[0] for key in orphans if (home := bus_keys.filed(key))}
+    asked = list(dict.fromkeys([*orphans, *homes.values()]))
+    ttls = dict(zip(asked, inspect.ttls_ms(bus, asked)))
+    return {key for key in orphans
+            if (ttls[homes[key]] if key in homes and ttls[key] == -2 else ttls[key]) != -1}
 
 
 def stream_groups(bus: RedisStreamsBus, stream: str, declared: list[str]) -> list[GroupState]:
