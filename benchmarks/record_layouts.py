@@ -1,6 +1,7 @@
-"""What a settled order costs Redis in memory, kept as today and as the layouts that would take it
-under 1 KB (issue 9's goal): one process, no workers, the records of N completed orders written
-straight into an empty database, INFO memory used_memory before and after, divided by N.
+"""What a settled order costs Redis in memory, kept in the layout the saga used before it filed
+settled records, in the one it uses now, and in one more that would take it further: one process,
+no workers, the records of N completed orders written straight into an empty database, INFO
+memory used_memory before and after, divided by N.
 
     python -m choreo.benchmarks.record_layouts --redis-url redis://127.0.0.1:6379/9 --orders 20000
 
@@ -8,15 +9,13 @@ The records are a completed order's, as the saga leaves them (docs/keys.md): its
 reservation SOLD, payment CHARGED, shipment BOOKED, each with the trace field of the event its
 service published, and its index entry. Layouts:
 
-    today        four hashes with an expiry each, one index sorted set per partition
-    buckets-2    the order and the payment keep their hashes; the reservation and the shipment,
-                 which are final once settled, live as fields of per-service hashes of 64 orders
-                 (`reservations:<id // 64>`, field: the order id, value: the record's values in
-                 fixed order), each hash with one expiry; a value under 64 bytes keeps the bucket
-                 a listpack
-    buckets-3    the same for the payment too (once settled: payment would have to hear the
-                 order's end, which it does not today)
-    +index       the same, with the index in sorted sets of 64 orders as well
+    own-keys      four hashes with an expiry each, one index sorted set per partition (before
+                  settled records were filed)
+    filed         as the saga keeps them now: the order in its hash; the reservation, payment and
+                  shipment as fields of their kinds' buckets of 64 orders, their values packed by
+                  bus.filing.pack with the fields the services declare (Service.filed_fields),
+                  one expiry per bucket
+    filed+index   the same, with the index in sorted sets of 64 orders as well (not built)
 
 It writes only into the database given, refuses one that is not empty, and empties it again
 between layouts and at the end.
@@ -56,15 +55,15 @@ def shipment(i: int) -> dict[str, str]:
 
 
 RECORDS = {"order": order, "reservation": reservation, "payment": payment, "shipment": shipment}
-LAYOUTS = {"today": ((), False), "buckets-2": (("reservation", "shipment"), False),
-           "buckets-3": (("reservation", "payment", "shipment"), False),
-           "buckets-3+index": (("reservation", "payment", "shipment"), True)}
+FILED = ("reservation", "payment", "shipment")
+LAYOUTS = {"own-keys": ((), False), "filed": (FILED, False), "filed+index": (FILED, True)}
 
 
-def packed(record: dict[str, str]) -> str:
-    """A record's values in fixed order, "|"-joined; a trace field is its "<type> <id>" (the
-    stream follows from the type and the order's partition)."""
-    return "|".join(k.removeprefix("events:") if v == "" and " " in k else v for k, v in record.items())
+def packed(name: str, record: dict[str, str]) -> str:
+    """The record as its bucket holds it (bus.filing), without its version."""
+    import choreo.workers  # noqa: F401  (the services declare the filed kinds and their fields)
+    from choreo.bus import filing
+    return filing.pack(f"{name}:0", {k: v for k, v in record.items() if k != "_v"})
 
 
 def write(r: redis.Redis, n: int, bucketed: tuple[str, ...], index_bucketed: bool) -> None:
@@ -73,8 +72,8 @@ def write(r: redis.Redis, n: int, bucketed: tuple[str, ...], index_bucketed: boo
         b = i // BUCKET
         for name, record in RECORDS.items():
             if name in bucketed:
-                pipe.hset(f"{name}s:{b}", str(i), packed(record(i)))
-                pipe.expire(f"{name}s:{b}", RETENTION_S)
+                pipe.hset(f"{name}:settled:{b}", str(i), packed(name, record(i)))
+                pipe.expire(f"{name}:settled:{b}", RETENTION_S)
             else:
                 pipe.hset(f"{name}:{i}", mapping=record(i))
                 pipe.expire(f"{name}:{i}", RETENTION_S)

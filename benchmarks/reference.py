@@ -45,7 +45,7 @@ MODES = ("plain", "atomic")
 CONSUMES: dict[str, tuple[str, ...]] = {
     "order": ("OrderCreated", "ShippingArranged"),
     "inventory": ("OrderCreated", "InventoryChecked", "ShippingArranged"),
-    "payment": ("InventoryChecked", "PaymentProcessed"),
+    "payment": ("InventoryChecked", "PaymentProcessed", "ShippingArranged"),
     "shipping": ("PaymentProcessed", "ShippingArranged"),
 }
 # (service, event it reacts to) -> the event it emits; every other entry is only acknowledged.

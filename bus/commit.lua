@@ -97,6 +97,9 @@ local known, planned = {}, {}
 -- a batch adjusts many times (stock, totals) is read and checked once per call, not once per op.
 -- An HSET may store anything in a field: it forgets its hash's counters.
 local counters = {}
+-- Expiries this call set (expiring[key] = seconds), on keys that existed then and still do: the
+-- script runs at one instant, so the same EXPIRE again would change nothing.
+local expiring = {}
 
 -- The key a key# names ('' for 0); nil for one not in KEYS.
 local function key_at(word)
@@ -253,9 +256,14 @@ local function apply(op, args, bumped, once, trace_list)
     if op == 'HINCRBY' then bumped[args[1]] = true end
   elseif op == 'EXPIRE' then
     -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
-    redis.call('EXPIRE', args[1], args[2])
+    -- The same expiry again on a key that has it since this call set it is skipped: a bucket of
+    -- settled records (FILE) gets one per record filed, ~50 a batch, each the same.
+    if expiring[args[1]] ~= args[2] then
+      expiring[args[1]] = redis.call('EXPIRE', args[1], args[2]) == 1 and args[2] or nil
+    end
     if string.match(args[2], '^0+$') then    -- deleted: no version to bump (absent is version 0),
       bumped[args[1]], counters[args[1]] = nil, nil     -- unless a later write makes it again
+      expiring[args[1]] = nil
     end
   elseif op == 'FILE' then     -- a settled record into its bucket: no version, see HOLDS
     redis.call('HSET', args[1], args[2], args[3])

@@ -72,10 +72,12 @@ class Commit:
     """Everything one handled entry (or one command) changes, applied all-or-nothing.
 
     ops are the typed writes of bus.ops (SetFields, DropFields, AddTo, Count, Append, Index,
-    Expire, Publish), applied in order. Each hash a commit writes with SetFields, DropFields or
+    Expire, File, Publish), applied in order. Each hash a commit writes with SetFields, DropFields or
     AddTo has its `_v` field bumped by one when the commit is applied, which is what `checks` compare against.
     """
-    checks: dict[str, str] = field(default_factory=dict)  # hash key -> expected `_v` ("0" = absent)
+    # hash key -> expected `_v` ("0" = absent); a bucket of filed records (bus.keys.filed) ->
+    # "!<field> <field>...": it holds none of them (records read absent, filed by none since)
+    checks: dict[str, str] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)                    # bus.ops, in order
     ack: tuple[str, str] | None = None                     # (stream, entry id) to XACK
     seen: str = ""                                         # dedup set key (bus.keys.seen), "" for none

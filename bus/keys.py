@@ -64,7 +64,9 @@ def any_partition(key: str) -> str:
 # their absent keys are looked for in a bucket.
 BUCKET = 64
 SETTLED = "settled:"
-FILED_KINDS: set[str] = set()           # a key's name up to its first ":", e.g. "reservation"
+# A key's name up to its first ":" (e.g. "reservation") -> the fields it files by position
+# (bus.filing); a kind absent here is not filed.
+FILED_KINDS: dict[str, tuple[str, ...]] = {}
 _FILEABLE = re.compile(r"(([^:]+):(?:.*:)?)(\d{1,18})")
 
 

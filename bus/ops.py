@@ -1,7 +1,7 @@
 """What a commit writes: typed operations, each encoded as the words bus/commit.lua reads.
 
 A handler never builds these itself: workers.unit_of_work.UnitOfWork does (set, drop, add, count,
-append, index, expire, emit), so the choice that matters is made by name — `add` (AddTo) for an integer
+append, index, expire, settle, emit), so the choice that matters is made by name — `add` (AddTo) for an integer
 field of a hash some handler reads, which bumps the hash's version so a racing commit that read
 the old value is refused; `count` (Count) for an aggregate no handler reads, which does not.
 

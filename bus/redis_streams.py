@@ -8,11 +8,10 @@ import time
 from importlib import resources
 from typing import Callable, Iterable, Sequence
 
-import msgspec
 import redis
 from redis.crc import key_slot
 
-from choreo.bus import keys, layout
+from choreo.bus import filing, keys, layout
 from choreo.bus.contract import (HOLD_OPS, BusError, BusUnavailable, Commit, Delivery, GroupMissing,
                           Hold, Outcome, PermissionsMissing)
 
@@ -141,19 +140,6 @@ def first_key(commit: Commit) -> str:
     return ""
 
 
-def filed_record(value: str | None) -> dict[str, str]:
-    """A settled record as its bucket holds it (bus.ops.File: a JSON object of its fields), {} for
-    none. A value that is not one is still a record that exists, shown as `unreadable`: a handler
-    that finds it must not take the id for new (and make the record again)."""
-    if value is None:
-        return {}
-    try:
-        fields = msgspec.json.decode(value, type=dict[str, str])
-    except msgspec.DecodeError:
-        return {"unreadable": value[:200]}
-    return fields or {"unreadable": value[:200]}
-
-
 def read_records(client, keys_: Sequence[str], chunk: int = 2000) -> list[dict[str, str]]:
     """Every field of each hash, or for one that is absent, of the settled record filed in its
     stead (bus.keys.filed: no `_v`, it never changes again); {} where neither is. One round trip
@@ -171,7 +157,7 @@ def read_records(client, keys_: Sequence[str], chunk: int = 2000) -> list[dict[s
         for _, (bucket, field) in homes[i:i + chunk]:
             pipe.hget(bucket, field)
         for (place, _), value in zip(homes[i:i + chunk], pipe.execute()):
-            out[place] = filed_record(value)
+            out[place] = filing.unpack(keys_[place], value)
     return out
 
 

@@ -9,9 +9,11 @@ import pytest
 import redis
 from redis.connection import AbstractConnection
 
+from choreo.bus import filing, keys as bus_keys
 from choreo.ops.audit import audit, gather
 from choreo.cli import main
 from tests.conftest import Processes
+from tests.helpers import record
 from tests.saga_run import place_mix, settle, start_workers
 from choreo.workers import SERVICES
 
@@ -51,7 +53,18 @@ def order_in(expected: dict, status: str, nth: int = 0) -> str:
 
 def refunded_order(c, expected) -> str:
     return next(i for i, s in expected.items()
-                if s == "CANCELLED" and c.hget(f"payment:{i}", "status") == "REFUNDED")
+                if s == "CANCELLED" and record(c, f"payment:{i}").get("status") == "REFUNDED")
+
+
+def edit(c, key: str, **fields) -> dict[str, str]:
+    """Change fields of a record where it is: its hash, or its filed value in its bucket."""
+    if c.exists(key):
+        c.hset(key, mapping=fields)
+        return c.hgetall(key)
+    bucket, field = bus_keys.filed(key)
+    changed = {**record(c, key), **{k: str(v) for k, v in fields.items()}}
+    c.hset(bucket, field, filing.pack(key, changed))
+    return changed
 
 
 def audit_cli(capsys, url: str, *flags: str) -> tuple[int, list[str], str]:
@@ -99,19 +112,19 @@ def totals_off(c, e):
 
 def shipped_and_refunded(c, e):
     oid = order_in(e, "COMPLETED")
-    c.hset(f"payment:{oid}", "status", "REFUNDED")
-    c.hincrby("payments:totals", "refunded_cents", int(c.hget(f"payment:{oid}", "amount_cents")))
+    paid = edit(c, f"payment:{oid}", status="REFUNDED")
+    c.hincrby("payments:totals", "refunded_cents", int(paid["amount_cents"]))
 
 
 def cancelled_still_charged(c, e):
     oid = refunded_order(c, e)
-    c.hset(f"payment:{oid}", "status", "CHARGED")
-    c.hincrby("payments:totals", "refunded_cents", -int(c.hget(f"payment:{oid}", "amount_cents")))
+    paid = edit(c, f"payment:{oid}", status="CHARGED")
+    c.hincrby("payments:totals", "refunded_cents", -int(paid["amount_cents"]))
 
 
 def completed_unpaid(c, e):
     oid = order_in(e, "COMPLETED")
-    c.hset(f"payment:{oid}", "amount_cents", 1)
+    edit(c, f"payment:{oid}", amount_cents=1)
 
 
 def missing_from_index(c, e):

@@ -13,7 +13,8 @@ from redis.crc import key_slot
 from choreo.bus import keys as bus_keys, layout
 from choreo.bus.contract import Commit, Outcome
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import File, Publish, SetFields
+from choreo.bus import filing
+from choreo.bus.ops import Expire, File, Publish, SetFields
 from choreo.cli import main
 from choreo.config.settings import Settings
 from choreo.ops.audit import Snapshot, expiring_orphans, run_audit
@@ -49,9 +50,10 @@ def test_a_sold_reservation_moves_into_its_bucket_with_its_trace_and_every_reade
     bucket = "reservation:settled:0"
     assert bus_keys.filed(keys.reservation("7")) == (bucket, "7")
     assert not c.exists(keys.reservation("7")) and not c.exists(keys.reservation("70"))
-    sold = json.loads(c.hget(bucket, "7"))
-    assert sold["status"] == "SOLD" and "lines" not in sold and "_v" not in sold
-    (ref,) = [f for f in sold if " " in f]          # the InventoryChecked its service published
+    status, ref = json.loads(c.hget(bucket, "7"))   # by position: status, then its trace field
+    assert status == "SOLD"                         # (no lines, no _v)
+    sold = filing.unpack(keys.reservation("7"), c.hget(bucket, "7"))
+    assert sold == {"status": "SOLD", ref: ""}      # the InventoryChecked its service published
     assert ref.startswith(bus_keys.stream("InventoryChecked") + " ")
     assert 0 < c.pttl(bucket) <= RETENTION_S * 1000
     # A reservation whose own commit published (InventoryRejected) keeps its key and expiry.
@@ -102,7 +104,7 @@ def test_a_commit_that_read_the_record_absent_is_refused_once_another_filed_it(r
     late.set(keys.reservation("9"), status="RESERVED", lines="[]")
     assert real_bus.commit("", [late.to_commit()]) == [Outcome.CONFLICT]
     assert not real_bus.client.exists(keys.reservation("9"))
-    assert json.loads(real_bus.client.hget("reservation:settled:0", "9"))["status"] == "RELEASED"
+    assert json.loads(real_bus.client.hget("reservation:settled:0", "9"))[0] == "RELEASED"
 
 
 def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_bus):
@@ -116,7 +118,7 @@ def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_
     assert real_bus.commit("", [settler.to_commit()]) == [Outcome.APPLIED]
     racer.set(keys.reservation("10"), status="RELEASED")
     assert real_bus.commit("", [racer.to_commit()]) == [Outcome.CONFLICT]
-    assert json.loads(real_bus.client.hget("reservation:settled:0", "10")) == {"status": "SOLD"}
+    assert json.loads(real_bus.client.hget("reservation:settled:0", "10")) == ["SOLD"]
     # Read again, it is the filed record: no version, and settling it again changes nothing.
     again = uow(real_bus)
     assert again.read(keys.reservation("10")) == {"status": "SOLD"}
@@ -159,7 +161,7 @@ def test_a_file_into_a_key_of_another_type_is_refused_untouched(real_bus):
 
 def test_ids_of_other_kinds_or_shapes_file_nowhere():
     assert bus_keys.filed(keys.reservation("o-7")) is None          # not digits: kept in its key
-    assert bus_keys.filed(keys.payment("7")) is None                # payment files nothing
+    assert bus_keys.filed(keys.order("7")) is None                  # the order files nothing
     assert bus_keys.filed(keys.stock(101)) is None
     assert bus_keys.filed("reservation:settled:3") is None          # a bucket is no record
     assert bus_keys.filed(keys.reservation("200")) == ("reservation:settled:3", "200")
@@ -177,3 +179,88 @@ def test_a_bucket_shares_its_records_slot_and_holds_about_64_orders_per_partitio
         assert len(buckets) == 4
     finally:
         layout.use(previous)
+
+
+def test_a_completed_order_keeps_one_key_its_services_records_filed_by_position(
+        real_bus, workers, redis_url, capsys):
+    run(real_bus, workers, {"20": (101, 1)})
+    c = real_bus.client
+    assert [k for k in c.scan_iter() if k.endswith(":20")] == [keys.order("20")]
+    raw = {kind: json.loads(c.hget(f"{kind}:settled:0", "20"))
+           for kind in ("reservation", "payment", "shipment")}
+    assert raw["reservation"][0] == "SOLD"
+    status, amount, charged_at, ref = raw["payment"]
+    assert (status, amount) == ("CHARGED", "1999") and int(charged_at) > 0
+    assert ref.startswith(bus_keys.stream("PaymentProcessed") + " ")
+    status, tracking, booked_at, ref = raw["shipment"]
+    assert status == "BOOKED" and tracking == c.hget(keys.order("20"), "tracking_id")
+    payment, shipment = real_bus.read_hashes([keys.payment("20"), keys.shipment("20")])
+    assert payment == {"status": "CHARGED", "amount_cents": "1999", "charged_at_ms": charged_at, ref_of(raw["payment"]): ""}
+    assert shipment["status"] == "BOOKED" and shipment["booked_at_ms"] == booked_at
+    assert main(["status", "20", "--redis-url", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "payment: status=CHARGED amount_cents=1999" in out and f"tracking_id={tracking}" in out
+    assert main(["trace", "20", "--json", "--redis-url", redis_url]) == 0
+    types = [e["type"] for e in json.loads(capsys.readouterr().out)["events"]]
+    assert types == ["OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]
+
+
+def ref_of(items: list) -> str:
+    return items[-1]
+
+
+def test_a_refund_asked_of_a_filed_charge_is_dead_lettered_and_moves_no_money(real_bus, workers):
+    run(real_bus, workers, {"21": (101, 1)})
+    totals = real_bus.client.hgetall(keys.payment_totals())
+    # A ShippingFailed replayed after the booking: nothing may refund a charge filed as final.
+    late = Envelope.new("ShippingFailed", "21", "shipping", {"reason": "replayed"})
+    real_bus.commit("", [Commit(ops=[Publish(bus_keys.stream("ShippingFailed"), late.fields())])])
+    settings = Settings(retention_s=RETENTION_S, block_ms=50, max_deliveries=1)
+    drain(start_workers(real_bus, settings, names=("payment",)))
+    assert real_bus.client.hgetall(keys.payment_totals()) == totals
+    (letter,) = real_bus.client.xrange(bus_keys.dead_letters("payment"))
+    assert "settled and filed" in letter[1]["error"]
+    assert real_bus.read_hashes([keys.payment("21")])[0]["status"] == "CHARGED"
+    assert not real_bus.client.exists(keys.payment("21"))
+
+
+def test_a_late_deadline_finds_the_filed_booking_and_cancels_nothing(real_bus, workers):
+    run(real_bus, workers, {"22": (101, 1)})
+    late = Envelope.new("DeadlinePassed", "22", "order", {})
+    real_bus.commit("", [Commit(ops=[Publish(bus_keys.stream("DeadlinePassed"), late.fields())])])
+    drain(workers)
+    assert real_bus.read_hashes([keys.shipment("22")])[0]["status"] == "BOOKED"
+    assert real_bus.client.xlen(bus_keys.stream("ShippingFailed")) == 0
+    assert real_bus.client.hget(keys.order("22"), "status") == "COMPLETED"
+
+
+def test_pack_keeps_values_by_position_and_unpack_gives_the_record_back():
+    import choreo.workers  # noqa: F401  (declares the filed kinds)
+    record = {"status": "BOOKED", "tracking_id": "TRK-1", "booked_at_ms": "17",
+              "events:ShippingArranged 1-0": "", "reason": "odd \"one\""}
+    packed = filing.pack("shipment:5", record)
+    assert json.loads(packed) == ["BOOKED", "TRK-1", "17", "events:ShippingArranged 1-0",
+                                  {"reason": 'odd "one"'}]
+    assert filing.unpack("shipment:5", packed) == record
+    assert filing.unpack("shipment:5", filing.pack("shipment:5", {"status": "FAILED"})) == {"status": "FAILED"}
+    assert json.loads(filing.pack("shipment:5", {"status": "FAILED"})) == ["FAILED", None, None]
+    assert filing.unpack("shipment:5", None) == {}
+    for bad in ("not json", "{}", "[]", "[null]", "[1, 2, 3]", '["A", "B", "C", 7]', '[{"a": 1}]'):
+        assert filing.unpack("shipment:5", bad) == {"unreadable": bad}, bad
+
+
+def test_an_expiry_set_twice_in_a_call_is_asked_once_and_a_key_made_after_one_still_gets_it(real_bus):
+    # (Real Redis only: fakeredis deletes a key expired inside a script only after it.)
+    any_bus = real_bus
+    c = real_bus.client
+    c.config_resetstat()
+    commits = [Commit(ops=[Expire("made:1", 100), SetFields("made:1", {"a": "1"}), Expire("made:1", 100)]),
+               Commit(ops=[File("bucket:0", "1", '["x"]'), Expire("bucket:0", 100),
+                           File("bucket:0", "2", '["y"]'), Expire("bucket:0", 100),
+                           Expire("bucket:0", 0), File("bucket:0", "3", '["z"]'), Expire("bucket:0", 100)])]
+    assert any_bus.commit("", commits) == [Outcome.APPLIED, Outcome.APPLIED]
+    assert 0 < c.ttl("made:1") <= 100
+    assert c.hgetall("bucket:0") == {"3": '["z"]'} and 0 < c.ttl("bucket:0") <= 100
+    # Asked of Redis: made:1's twice (the first found no key), the bucket's twice (once more
+    # after it was deleted), and the delete: the second expiry of the same bucket was skipped.
+    assert c.info("commandstats")["cmdstat_expire"]["calls"] == 5

@@ -19,10 +19,11 @@ KEYS_DOC = Path(__file__).resolve().parent.parent / "docs" / "keys.md"
 REDIS_CLI = "/usr/bin/redis-cli"
 # Keys that hold something after one demo order: reading them must show it, not just "no error".
 # (No trace:1: the events of an order are listed in the services' records of it.)
-# (No reservation:1 either: once sold it is filed, a field of reservation:settled:0.)
+# (No reservation:1, payment:1 or shipment:1 either: settled, each is filed, a field of a bucket.)
 FILLED = (keys.order("1"), keys.ORDER_SEQ,
           keys.orders_index(), keys.orders_by_status(), bus_keys.filed(keys.reservation("1"))[0],
-          keys.payment("1"), keys.payment_totals(), keys.shipment("1"), "seen:")
+          bus_keys.filed(keys.payment("1"))[0], keys.payment_totals(),
+          bus_keys.filed(keys.shipment("1"))[0], "seen:")
 
 
 def guide_commands() -> list[str]:

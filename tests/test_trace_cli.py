@@ -50,7 +50,7 @@ def test_demo_then_trace_tells_the_tutorials_story(procs, redis_url):
         (0, "OrderCreated"), (1, "InventoryChecked"), (2, "PaymentProcessed"), (3, "ShippingArranged")]
     assert [line for e in data["events"] for line in e["lines"]] == EIGHT
     assert {(r["service"], r["status"]) for r in data["events"][3]["reactions"]} == \
-        {("order", "handled"), ("inventory", "handled")}
+        {("order", "handled"), ("inventory", "handled"), ("payment", "handled")}
 
 
 def test_trace_marks_compensations(real_bus, redis_url, capsys):
@@ -130,7 +130,7 @@ def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_
     assert not real_bus.client.exists(bus_keys.trace("5"))
     assert [f for f in record(real_bus.client, keys.reservation("5")) if " " in f] == \
         [f"{bus_keys.stream('InventoryChecked')} {json.loads(trace(capsys, redis_url, '5', '--json'))['events'][1]['entry_id']}"]
-    real_bus.client.hset(keys.payment("5"), "amount x", "")        # no event: not listed
+    real_bus.client.hset(keys.order("5"), "amount x", "")          # no event: not listed
     assert main(["trim", "--redis-url", redis_url]) == 0
     capsys.readouterr()
     assert real_bus.client.xlen(bus_keys.stream("OrderCreated")) == 0
@@ -154,8 +154,8 @@ def test_trace_of_an_expired_order_is_not_found_and_odd_record_fields_are_no_eve
     c = real_bus.client
     # Fields with a space that name no stream entry (a record anyone with its service's rights
     # may write) are not events: the trace shows the order's four and does not fail on them.
-    c.hset(keys.payment("6"), mapping={"amount x": "", "events:PaymentProcessed 1_0-0": "",
-                                        f"{keys.order('6')} 1-0": ""})
+    c.hset(keys.order("6"), mapping={"amount x": "", "events:PaymentProcessed 1_0-0": "",
+                                      f"{keys.order('6')} 1-0": ""})
     assert [line.split()[0] for line in tree_lines(trace(capsys, redis_url, "6"))
             if line.split()[0].endswith(("Created", "Checked", "Processed", "Arranged"))] == [
         "OrderCreated", "InventoryChecked", "PaymentProcessed", "ShippingArranged"]

@@ -44,13 +44,22 @@ def refund(event, uow: UnitOfWork) -> None:
     if not pay:
         # Shipping failed (a deadline) before this service charged: never charge this order.
         uow.set(pay_key, status=CANCELLED, reason=event.data.get("reason", event.type))
-        uow.expire(pay_key)     # kept the retention window: a late InventoryChecked must find it
+        uow.settle(pay_key)     # kept the retention window: a late InventoryChecked must find it
         return
     if pay["status"] != CHARGED:
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
     uow.count(keys.of_order(keys.payment_totals, event.order_id), "refunded_cents", int(pay["amount_cents"]))
-    uow.expire(pay_key)
+    uow.settle(pay_key)
+
+
+def file_charge(event, uow: UnitOfWork) -> None:
+    """The order's shipment is booked: no refund can follow (ShippingFailed comes only of a
+    shipment not booked), so a CHARGED payment is final: file it (Service.files). A refund asked
+    of it anyway (a replayed ShippingFailed) raises and is dead-lettered (UnitOfWork._open)."""
+    pay_key = keys.payment(event.order_id)
+    if uow.read(pay_key).get("status") == CHARGED:
+        uow.settle(pay_key)
 
 
 def _payment(event) -> list[str]:
@@ -66,8 +75,11 @@ SERVICE = Service(
         "ShippingFailed": On(refund, "Refunding payment for order {order_id}", _payment),
         "InventoryChecked": On(charge, "Processing payment for order {order_id}", _payment),
         "PaymentProcessed": On(confirm, "Payment processed for order {order_id}"),
+        "ShippingArranged": On(file_charge, "Payment settled for order {order_id}", _payment),
     },
     emits=("PaymentProcessed", "PaymentFailed"),
     owns=keys.OWNED["payment"],
     record=keys.payment,
+    files=True,
+    filed_fields=("status", "amount_cents", "charged_at_ms"),
 )

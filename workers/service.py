@@ -56,14 +56,17 @@ class Service:
     record: Callable[[str], str] | None = field(default=None, compare=False)
     # Whether its records, once settled for good (uow.settle), are filed: moved into a bucket
     # hash of ~64 instances' settled records, a field each, their own keys deleted (bus.keys.filed;
-    # ~150 B of Redis memory less per record). Needs `record`; ids of digits only.
+    # ~150 B of Redis memory less per record). Needs `record`; ids of digits only. `filed_fields`:
+    # the fields its records usually hold, kept by position, names not repeated per record
+    # (bus.filing; append only: a value filed earlier is read by position).
     files: bool = False
+    filed_fields: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.files:
             if self.record is None:
                 raise ValueError(f"service {self.name}: files=True needs the record it files")
-            bus_keys.FILED_KINDS.add(self.record("0").partition(":")[0])
+            bus_keys.FILED_KINDS[self.record("0").partition(":")[0]] = tuple(self.filed_fields)
 
     @property
     def streams(self) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from choreo.config.catalogue import RULES
 from choreo.workers import keys
 from choreo.workers.deadlines import passed, remaining_s
-from choreo.workers.service import On, Service, confirm
+from choreo.workers.service import On, Service
 from choreo.workers.unit_of_work import UnitOfWork
 
 BOOKED, FAILED, CANCELLED = "BOOKED", "FAILED", "CANCELLED"
@@ -36,6 +36,16 @@ def book_shipment(event, uow: UnitOfWork) -> None:
     uow.emit("ShippingArranged", tracking_id=tracking_id)
 
 
+def file_booking(event, uow: UnitOfWork) -> None:
+    """Confirming ShippingArranged: the booking is durable and its event traced in the shipment,
+    and a BOOKED shipment never changes again: file it (Service.files). Its bucket lives the
+    retention from now: a DeadlinePassed can only come later than that if the order service
+    stayed down longer than the retention, which the retention must outlast (docs/keys.md)."""
+    ship_key = keys.shipment(event.order_id)
+    if uow.read(ship_key).get("status") == BOOKED:
+        uow.settle(ship_key)
+
+
 def _shipment(event) -> list[str]:
     return [keys.shipment(event.order_id)]
 
@@ -60,11 +70,13 @@ SERVICE = Service(
     voice="ShippingService",
     consumes={
         "PaymentProcessed": On(book_shipment, "Arranging shipping for order {order_id}", _shipment),
-        "ShippingArranged": On(confirm, "Shipping arranged for order {order_id}"),
+        "ShippingArranged": On(file_booking, "Shipping arranged for order {order_id}", _shipment),
         "DeadlinePassed": On(cancel_unless_booked, "Cancelling shipping for order {order_id}",
                              _shipment),
     },
     emits=("ShippingArranged", "ShippingFailed"),
     owns=keys.OWNED["shipping"],
     record=keys.shipment,
+    files=True,
+    filed_fields=("status", "tracking_id", "booked_at_ms"),
 )

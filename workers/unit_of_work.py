@@ -9,12 +9,11 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import msgspec
 
-from choreo.bus import keys as bus_keys
+from choreo.bus import filing, keys as bus_keys
 from choreo.bus.contract import Bus, Commit, Hold
 from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, File, Index, Op,
                      Publish, SetFields)
-from choreo.bus.redis_streams import filed_record
 from choreo.workers.events import check_data
 
 
@@ -78,7 +77,7 @@ class BatchView:
         written = set()
         for op in ops:
             if isinstance(op, File) and op.record:
-                self._hashes[op.record] = filed_record(op.value)     # its key is gone
+                self._hashes[op.record] = filing.unpack(op.record, op.value)  # its key is gone
                 continue
             if not isinstance(op, VERSIONED) or op.key not in self._hashes:
                 continue
@@ -104,7 +103,8 @@ def record_fields(fields: Mapping[str, str]) -> dict[str, str]:
 
 def _writable(key: str, names: Collection[str]) -> None:
     """What a handler may name: not the version (the commit's to bump), nor a name with a space
-    (a trace field's, "<stream> <entry id>", which reads leave out)."""
+    (a trace field's, "<stream> <entry id>", which reads leave out). (What it may write: see
+    UnitOfWork._open.)"""
     for name in names:
         if name == VERSION or " " in name:
             raise ValueError(f"{key}: a handler may not write {name[:80]!r}: {VERSION} is the "
@@ -171,9 +171,18 @@ class UnitOfWork:
         service's on_dead_letter forgets (docs/partitions.md)."""
         return self._view.holds(requests, self.hold_retention_s)
 
+    def _open(self, key: str) -> None:
+        """A record read as filed (settled for good: no version, bus.keys.filed) is never written
+        again: a write would make its key anew beside it, and no version guards the filed one.
+        A handler that tries raises (retried, then dead-lettered where an operator sees it)."""
+        if key in self.checks and isinstance(self._view.get(key), filing.Filed):
+            raise ValueError(f"{key} is settled and filed in {bus_keys.filed(key)[0]}: "
+                             f"it never changes again")
+
     def set(self, key: str, **fields) -> None:
         """Write fields of a hash: bumps its version."""
         _writable(key, fields)
+        self._open(key)
         self.ops.append(SetFields(key, {k: str(v) for k, v in fields.items()}))
 
     def drop(self, key: str, *fields: str) -> None:
@@ -183,11 +192,13 @@ class UnitOfWork:
         if not fields or VERSION in fields:
             raise ValueError(f"drop() needs the fields to remove, never the version {VERSION}")
         _writable(key, fields)
+        self._open(key)
         self.ops.append(DropFields(key, fields))
 
     def add(self, key: str, field: str, amount: int) -> None:
         """Adjust an integer field of a hash handlers read (stock): bumps its version."""
         _writable(key, (field,))
+        self._open(key)
         self.ops.append(AddTo(key, field, int(amount)))
 
     def count(self, key: str, field: str, amount: int) -> None:
@@ -304,7 +315,7 @@ class UnitOfWork:
         for place, key in self._settled.items():
             home = bus_keys.filed(key)
             held = self._view.get(key)
-            if home is None or key in traced or key in moved or (held and VERSION not in held):
+            if home is None or key in traced or key in moved or isinstance(held, filing.Filed):
                 continue        # kept in its key (see settle()), or filed already
             record = dict(held)
             for op in ops:
@@ -318,7 +329,7 @@ class UnitOfWork:
                         record[op.field] = str(int(record.get(op.field, 0)) + op.amount)
             existed = record.pop(VERSION, None) is not None
             bucket, field = home
-            value = msgspec.json.encode(record).decode()
+            value = filing.pack(key, record)
             moved[key] = [File(bucket, field, value, key), Expire(bucket, ops[place].seconds),
                           *((Expire(key, 0),) if existed else ())]
         if not moved:
