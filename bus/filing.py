@@ -3,13 +3,15 @@ JSON array, as short as it can be made while still naming everything. A bucket w
 all 64 bytes or less stays a listpack, which costs a few bytes a field; one longer value makes it a
 hashtable, and then each value's allocation is rounded up to a size class: every byte counts.
 
-    [<value of each of its kind's FILED_KINDS fields, in order; null where absent>,
+    [<n: how many positional values follow>,
+     <the value of each of the first n of its kind's FILED_KINDS fields, in order; null if absent>,
      <each trace field's name, "<stream> <entry id>">...,
      {<any other field>: <value>}]           (the object only when there is one)
 
 `{"status": "SOLD", "events:InventoryChecked 1733…-0": ""}` of a kind filing ("status",) is
-`["SOLD","events:InventoryChecked 1733…-0"]`. A kind's fields may only ever be appended to: a
-value filed earlier is read by position.
+`[1,"SOLD","events:InventoryChecked 1733…-0"]`. A kind's fields may only ever be appended to: a
+value filed with fewer is read by its own n; one filed with more than this version knows (a
+newer version's, read by an older one) is `unreadable`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ _decode = msgspec.json.Decoder(list).decode
 def pack(key: str, record: dict[str, str]) -> str:
     """The bucket value of the record at `key` (its fields, `_v` left out by the caller)."""
     named = keys.FILED_KINDS.get(key.partition(":")[0], ())
-    out: list = [record.get(name) for name in named]
+    out: list = [len(named), *(record.get(name) for name in named)]
     rest = {k: v for k, v in record.items() if k not in named}
     out += [k for k, v in rest.items() if " " in k and v == ""]
     other = {k: v for k, v in rest.items() if not (" " in k and v == "")}
@@ -46,15 +48,18 @@ def unpack(key: str, value: str | None) -> dict[str, str]:
         return {}
     try:
         items = _decode(value)
+        n = items[0]
         named = keys.FILED_KINDS.get(key.partition(":")[0], ())
-        record = {name: v for name, v in zip(named, items) if v is not None}
-        for item in items[len(named):]:
+        if type(n) is not int or not 0 <= n <= min(len(named), len(items) - 1):
+            raise ValueError("positional count")
+        record = {name: v for name, v in zip(named, items[1:n + 1]) if v is not None}
+        for item in items[n + 1:]:
             if isinstance(item, str):
                 record[item] = ""
             else:
                 record.update(item)
         if record and all(isinstance(v, str) for v in record.values()):
             return Filed(record)
-    except (msgspec.DecodeError, TypeError, ValueError, AttributeError):
+    except (msgspec.DecodeError, TypeError, ValueError, AttributeError, IndexError):
         pass
     return Filed(unreadable=value[:200])

@@ -50,7 +50,8 @@ def test_a_sold_reservation_moves_into_its_bucket_with_its_trace_and_every_reade
     bucket = "reservation:settled:0"
     assert bus_keys.filed(keys.reservation("7")) == (bucket, "7")
     assert not c.exists(keys.reservation("7")) and not c.exists(keys.reservation("70"))
-    status, ref = json.loads(c.hget(bucket, "7"))   # by position: status, then its trace field
+    n, status, ref = json.loads(c.hget(bucket, "7"))    # by position: status, its trace field
+    assert n == 1
     assert status == "SOLD"                         # (no lines, no _v)
     sold = filing.unpack(keys.reservation("7"), c.hget(bucket, "7"))
     assert sold == {"status": "SOLD", ref: ""}      # the InventoryChecked its service published
@@ -104,7 +105,7 @@ def test_a_commit_that_read_the_record_absent_is_refused_once_another_filed_it(r
     late.set(keys.reservation("9"), status="RESERVED", lines="[]")
     assert real_bus.commit("", [late.to_commit()]) == [Outcome.CONFLICT]
     assert not real_bus.client.exists(keys.reservation("9"))
-    assert json.loads(real_bus.client.hget("reservation:settled:0", "9"))[0] == "RELEASED"
+    assert json.loads(real_bus.client.hget("reservation:settled:0", "9"))[:2] == [1, "RELEASED"]
 
 
 def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_bus):
@@ -118,7 +119,7 @@ def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_
     assert real_bus.commit("", [settler.to_commit()]) == [Outcome.APPLIED]
     racer.set(keys.reservation("10"), status="RELEASED")
     assert real_bus.commit("", [racer.to_commit()]) == [Outcome.CONFLICT]
-    assert json.loads(real_bus.client.hget("reservation:settled:0", "10")) == ["SOLD"]
+    assert json.loads(real_bus.client.hget("reservation:settled:0", "10")) == [1, "SOLD"]
     # Read again, it is the filed record: no version, and settling it again changes nothing.
     again = uow(real_bus)
     assert again.read(keys.reservation("10")) == {"status": "SOLD"}
@@ -188,11 +189,11 @@ def test_a_completed_order_keeps_one_key_its_services_records_filed_by_position(
     assert [k for k in c.scan_iter() if k.endswith(":20")] == [keys.order("20")]
     raw = {kind: json.loads(c.hget(f"{kind}:settled:0", "20"))
            for kind in ("reservation", "payment", "shipment")}
-    assert raw["reservation"][0] == "SOLD"
-    status, amount, charged_at, ref = raw["payment"]
+    assert raw["reservation"][:2] == [1, "SOLD"]
+    _, status, amount, charged_at, ref = raw["payment"]
     assert (status, amount) == ("CHARGED", "1999") and int(charged_at) > 0
     assert ref.startswith(bus_keys.stream("PaymentProcessed") + " ")
-    status, tracking, booked_at, ref = raw["shipment"]
+    _, status, tracking, booked_at, ref = raw["shipment"]
     assert status == "BOOKED" and tracking == c.hget(keys.order("20"), "tracking_id")
     payment, shipment = real_bus.read_hashes([keys.payment("20"), keys.shipment("20")])
     assert payment == {"status": "CHARGED", "amount_cents": "1999", "charged_at_ms": charged_at, ref_of(raw["payment"]): ""}
@@ -239,14 +240,42 @@ def test_pack_keeps_values_by_position_and_unpack_gives_the_record_back():
     record = {"status": "BOOKED", "tracking_id": "TRK-1", "booked_at_ms": "17",
               "events:ShippingArranged 1-0": "", "reason": "odd \"one\""}
     packed = filing.pack("shipment:5", record)
-    assert json.loads(packed) == ["BOOKED", "TRK-1", "17", "events:ShippingArranged 1-0",
+    assert json.loads(packed) == [3, "BOOKED", "TRK-1", "17", "events:ShippingArranged 1-0",
                                   {"reason": 'odd "one"'}]
     assert filing.unpack("shipment:5", packed) == record
     assert filing.unpack("shipment:5", filing.pack("shipment:5", {"status": "FAILED"})) == {"status": "FAILED"}
-    assert json.loads(filing.pack("shipment:5", {"status": "FAILED"})) == ["FAILED", None, None]
+    assert json.loads(filing.pack("shipment:5", {"status": "FAILED"})) == [3, "FAILED", None, None]
+    # Filed when the kind had fewer fields: read by its own count, the rest after it as before.
+    assert filing.unpack("shipment:5", '[2, "BOOKED", "TRK-1", "events:ShippingArranged 1-0"]') == \
+        {"status": "BOOKED", "tracking_id": "TRK-1", "events:ShippingArranged 1-0": ""}
     assert filing.unpack("shipment:5", None) == {}
-    for bad in ("not json", "{}", "[]", "[null]", "[1, 2, 3]", '["A", "B", "C", 7]', '[{"a": 1}]'):
+    for bad in ("not json", "{}", "[]", "[null]", "[0]", "[1, null]", '["A", "B"]', "[true, \"A\"]",
+                '[4, "A", "B", "C", "D"]', '[3, "A", "B"]', "[1, 2, 3]", '[1, "A", 7]', '[0, {"a": 1}]'):
         assert filing.unpack("shipment:5", bad) == {"unreadable": bad}, bad
+
+
+def test_a_record_traced_by_an_earlier_entry_of_the_batch_is_kept_in_its_key_with_its_trace(real_bus):
+    # One batch: OrderCreated 30 reserves (InventoryChecked traced in reservation:30), then a
+    # ShippingFailed 30 (a deadline) releases it. Filing it from the view would lose the trace
+    # field the first commit makes; it stays in its key, with it.
+    inventory = SERVICES["inventory"]
+    inventory.on_start(real_bus)                    # the catalogue's stock
+    view = BatchView(real_bus)
+    handled = []
+    for event in (Envelope.new("OrderCreated", "30", "order",
+                               {"lines": [{"product_id": 101, "quantity": 1}], "total_cents": 1999}),
+                  Envelope.new("ShippingFailed", "30", "shipping", {"reason": "deadline"})):
+        u = UnitOfWork("inventory", inventory.emits, view, cause=event, retention_s=RETENTION_S,
+                       record=keys.reservation)
+        inventory.consumes[event.type].handle(event, u)
+        view.apply(u.commit_ops())
+        handled.append(u.to_commit())
+    assert not any(isinstance(op, File) for op in handled[1].ops)
+    assert real_bus.commit("", handled) == [Outcome.APPLIED, Outcome.APPLIED]
+    c = real_bus.client
+    assert c.hget(keys.reservation("30"), "status") == "RELEASED"
+    assert any(f.startswith(bus_keys.stream("InventoryChecked") + " ") for f in c.hkeys(keys.reservation("30")))
+    assert 0 < c.pttl(keys.reservation("30")) <= RETENTION_S * 1000
 
 
 def test_an_expiry_set_twice_in_a_call_is_asked_once_and_a_key_made_after_one_still_gets_it(real_bus):

@@ -56,6 +56,10 @@ class BatchView:
     def __init__(self, bus: Bus):
         self._bus = bus
         self._hashes: dict[str, dict[str, str]] = {}
+        # Records an earlier entry of the batch traced an event in: their trace field is made by
+        # that commit (it names the entry's id), so this view cannot show it, nor may a later
+        # entry file the record as the view holds it (UnitOfWork.settle keeps them in their keys).
+        self.traced: set[str] = set()
 
     def get(self, key: str) -> dict[str, str]:
         if key not in self._hashes:
@@ -78,6 +82,9 @@ class BatchView:
         for op in ops:
             if isinstance(op, File) and op.record:
                 self._hashes[op.record] = filing.unpack(op.record, op.value)  # its key is gone
+                continue
+            if isinstance(op, Publish) and op.trace:
+                self.traced.add(op.trace)
                 continue
             if not isinstance(op, VERSIONED) or op.key not in self._hashes:
                 continue
@@ -220,18 +227,19 @@ class UnitOfWork:
         final. Until then it still guards against late events (see docs/keys.md, "Retention")."""
         self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
 
-    def settle(self, key: str, after_s: float = 0) -> None:
+    def settle(self, key: str) -> None:
         """The record at `key` is final: nothing will change it again. Written by this commit as
         set() and drop() left it, it moves into its bucket (bus.keys.filed), one field of a hash
         of ~64 orders' settled records, and its own key goes: about 150 B of Redis memory less
-        per record (the key, its object and its expiry entry). The bucket lives retention_s
-        (+ after_s) from the last record filed in it, and reads (uow.read, read_hashes) find the
-        record there as before, without a version: it never changes. Kept in its key instead,
-        expiring as with expire(), where the id files nowhere (not digits) or this commit
-        publishes an event traced in the record (the trace field needs the entry's id, which only
-        the commit makes): settle it again on that event's confirmation."""
+        per record (the key, its object and its expiry entry). The bucket lives retention_s from
+        the last record filed in it (each filing sets it again: no longer window per record),
+        and reads (uow.read, read_hashes) find the record there as before, without a version: it
+        never changes. Kept in its key instead, expiring as with expire(), where the id files
+        nowhere (not digits), or an event is traced in the record by this commit or by an earlier
+        one of the same batch not yet applied (the trace field needs the entry's id, which only
+        that commit makes): settle it again later, e.g. on that event's confirmation."""
         self._settled[len(self.ops)] = key
-        self.ops.append(Expire(key, int(self.retention_s + max(0, after_s))))
+        self.ops.append(Expire(key, int(self.retention_s)))
 
     def emit(self, event_type: str, order_id: str | None = None, causation_id: str = "",
              **data) -> Envelope:
@@ -310,7 +318,7 @@ class UnitOfWork:
         expiry; the key deleted (EXPIRE 0) if it exists. The record's own writes are dropped: the
         move carries them. Its version check stays: a commit that read the record before the move
         is refused."""
-        traced = set(self._traced.values())
+        traced = set(self._traced.values()) | self._view.traced
         moved: dict[str, list[Op]] = {}
         for place, key in self._settled.items():
             home = bus_keys.filed(key)
