@@ -20,6 +20,7 @@ import msgspec
 
 from choreo.bus import keys
 
+
 class Filed(dict):
     """A record read from its bucket (not from a hash of its own): settled for good."""
 

@@ -58,7 +58,7 @@ class Service:
     # hash of ~64 instances' settled records, a field each, their own keys deleted (bus.keys.filed;
     # ~150 B of Redis memory less per record). Needs `record`; ids of digits only. `filed_fields`:
     # the fields its records usually hold, kept by position, names not repeated per record
-    # (bus.filing; append only: a value filed earlier is read by position).
+    # (bus.filing; append only: each value says how many it was filed with).
     files: bool = False
     filed_fields: tuple[str, ...] = ()
 
