@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import redis
 from redis.crc import key_slot
 
-from choreo.bus import keys
+from choreo.bus import filing, keys
 from choreo.bus.contract import Delivery
 from choreo.bus.trim import parse_id
 from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, by_partition, decode_entry,
@@ -118,8 +118,11 @@ def trace_refs(bus: RedisStreamsBus, *keys_: str) -> list[tuple[str, str]]:
                 absent.append(key)
             refs += [tuple(f.split(" ", 1)) for f in reply if " " in f]
         # A settled record filed in a bucket keeps its trace fields there (bus.ops.File).
-        for record in read_records(bus.client, absent):
-            refs += [tuple(f.split(" ", 1)) for f in record if " " in f]
+        pipe = bus.client.pipeline(transaction=False)
+        for key in absent:
+            pipe.hget(*keys.filed(key))
+        for key, value in zip(absent, pipe.execute() if absent else []):
+            refs += [tuple(f.split(" ", 1)) for f in filing.unpack(key, value) if " " in f]
     return sorted(refs, key=_id_order)     # a large hash (a hashtable) keeps no order of its own
 
 
