@@ -127,6 +127,26 @@ def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_
     assert not any(isinstance(op, File) for op in again.to_commit().ops)
 
 
+def test_a_write_to_a_filed_record_raises_whether_or_not_it_was_read(real_bus):
+    settler = uow(real_bus)
+    settler.read(keys.reservation("40"))
+    settler.set(keys.reservation("40"), status="RELEASED")
+    settler.settle(keys.reservation("40"))
+    assert real_bus.commit("", [settler.to_commit()]) == [Outcome.APPLIED]
+    for write in (lambda u: u.set(keys.reservation("40"), status="RESERVED"),
+                  lambda u: u.drop(keys.reservation("40"), "status"),
+                  lambda u: u.add(keys.reservation("40"), "n", 1)):
+        with pytest.raises(ValueError, match="settled and filed"):
+            write(uow(real_bus))                     # not read first: looked up all the same
+        reader = uow(real_bus)
+        reader.read(keys.reservation("40"))
+        with pytest.raises(ValueError, match="settled and filed"):
+            write(reader)
+    blind = uow(real_bus)
+    blind.set(keys.reservation("41"), status="RESERVED")     # neither key nor filed: a new one
+    assert real_bus.commit("", [blind.to_commit()]) == [Outcome.APPLIED]
+
+
 def test_later_entries_of_a_batch_see_what_an_earlier_one_filed(real_bus):
     view = BatchView(real_bus)
     first = UnitOfWork("inventory", (), view, retention_s=RETENTION_S)

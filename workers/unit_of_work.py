@@ -179,10 +179,12 @@ class UnitOfWork:
         return self._view.holds(requests, self.hold_retention_s)
 
     def _open(self, key: str) -> None:
-        """A record read as filed (settled for good: no version, bus.keys.filed) is never written
-        again: a write would make its key anew beside it, and no version guards the filed one.
-        A handler that tries raises (retried, then dead-lettered where an operator sees it)."""
-        if key in self.checks and isinstance(self._view.get(key), filing.Filed):
+        """A filed record (settled for good: no version, bus.keys.filed) is never written again:
+        a write would make its key anew beside it, and no version guards the filed one. A handler
+        that tries raises (retried, then dead-lettered where an operator sees it). A write to a
+        fileable key the handler did not read looks first (one read, where it is not cached)."""
+        if (key in self.checks or bus_keys.filed(key)) and \
+                isinstance(self._view.get(key), filing.Filed):
             raise ValueError(f"{key} is settled and filed in {bus_keys.filed(key)[0]}: "
                              f"it never changes again")
 
