@@ -108,6 +108,16 @@ def test_a_commit_that_read_the_record_absent_is_refused_once_another_filed_it(r
     assert json.loads(real_bus.client.hget("reservation:settled:0", "9"))[:2] == [1, "RELEASED"]
 
 
+def test_two_records_of_one_bucket_read_absent_are_both_checked(real_bus):
+    both = uow(real_bus)
+    both.read(keys.reservation("2"))
+    both.read(keys.reservation("3"))
+    assert both.checks["reservation:settled:0"] == "!2 3"
+    real_bus.client.hset("reservation:settled:0", "3", '[1,"SOLD"]')
+    both.set(keys.reservation("2"), status="RESERVED")
+    assert real_bus.commit("", [both.to_commit()]) == [Outcome.CONFLICT]
+
+
 def test_a_commit_that_read_the_record_in_its_key_is_refused_once_it_moved(real_bus):
     real_bus.client.hset(keys.reservation("10"), mapping={"status": "RESERVED", "lines": "[]", "_v": "1"})
     racer, settler = uow(real_bus), uow(real_bus)

@@ -49,6 +49,18 @@ class Timer:
     job: str = PUBLISH_DUE                  # the timers' function that fires it (App.timer_jobs)
 
 
+def write_to(fields: dict[str, str], op: Op) -> None:
+    """What a versioned op (SetFields, DropFields, AddTo) does to a hash's fields, as commit.lua
+    does it (the version bump aside)."""
+    if isinstance(op, SetFields):
+        fields.update((k, str(v)) for k, v in op.fields.items())
+    elif isinstance(op, DropFields):
+        for name in op.fields:
+            fields.pop(name, None)
+    else:
+        fields[op.field] = str(int(fields.get(op.field, 0)) + int(op.amount))
+
+
 class BatchView:
     """Hash reads for one batch. Reads go to Redis once per key; what an earlier entry of the same
     batch wrote is visible to later ones, matching the order in which the commit applies them."""
@@ -88,14 +100,7 @@ class BatchView:
                 continue
             if not isinstance(op, VERSIONED) or op.key not in self._hashes:
                 continue
-            h = self._hashes[op.key]
-            if isinstance(op, SetFields):
-                h.update((k, str(v)) for k, v in op.fields.items())
-            elif isinstance(op, DropFields):
-                for name in op.fields:
-                    h.pop(name, None)
-            else:
-                h[op.field] = str(int(h.get(op.field, 0)) + int(op.amount))
+            write_to(self._hashes[op.key], op)
             written.add(op.key)
         for key in written:
             h = self._hashes[key]
@@ -164,7 +169,8 @@ class UnitOfWork:
             # Absent, and not filed either: a commit filing it meanwhile must refuse this one,
             # which would otherwise make the record again beside its settled self.
             bucket, field = home
-            self.checks[bucket] = f"{self.checks.get(bucket, '!')} {field}".replace("! ", "!", 1)
+            before = self.checks.get(bucket)       # another record of the same bucket, read absent
+            self.checks[bucket] = f"{before} {field}" if before else f"!{field}"
         return record_fields(fields)
 
     def holds(self, requests: Sequence[Hold]) -> list[str]:
@@ -330,13 +336,7 @@ class UnitOfWork:
             record = dict(held)
             for op in ops:
                 if isinstance(op, VERSIONED) and op.key == key:
-                    if isinstance(op, SetFields):
-                        record.update(op.fields)
-                    elif isinstance(op, DropFields):
-                        for name in op.fields:
-                            record.pop(name, None)
-                    else:
-                        record[op.field] = str(int(record.get(op.field, 0)) + op.amount)
+                    write_to(record, op)
             existed = record.pop(VERSION, None) is not None
             bucket, field = home
             value = filing.pack(key, record)
