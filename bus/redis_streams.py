@@ -8,6 +8,7 @@ import time
 from importlib import resources
 from typing import Callable, Iterable, Sequence
 
+import hiredis
 import redis
 from redis.crc import key_slot
 
@@ -140,23 +141,67 @@ def first_key(commit: Commit) -> str:
     return ""
 
 
+def pipelined(client, commands: Sequence[tuple]) -> list:
+    """The replies to `commands` (each a tuple of words), sent in one round trip on one of the
+    client's connections; a reply Redis refused raises, as a pipeline's execute() raises it, once
+    every reply is read. What redis-py's pipeline does per command besides (its bookkeeping and
+    callbacks) cost a worker more than the command itself: a batch's prefetch sends ~80 HGETALLs.
+    Not for a cluster client (its commands go to several nodes): use its pipeline."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join(hiredis.pack_command(c) for c in commands)])
+        replies, refused = [], None
+        for n, command in enumerate(commands, 1):
+            try:
+                reply = conn.read_response()
+            except redis.ResponseError as exc:      # the others are still to be read
+                reply = exc
+            if isinstance(reply, redis.ResponseError) and refused is None:
+                # Annotated as redis-py's pipeline annotates it: its words, in place, so a kind
+                # made of its message (MOVED's slot and node) stays what it is.
+                words = " ".join(map(str, command))[:200]
+                reply.args = (f"Command # {n} ({words}){PIPELINE_ERROR}{reply.args[0] if reply.args else ''}",
+                              *reply.args[1:])
+                refused = reply
+            replies.append(reply)
+    except BaseException:
+        conn.disconnect()           # replies may be left unread on it
+        raise
+    finally:
+        pool.release(conn)
+    if refused is not None:
+        raise refused
+    return replies
+
+
+def _hash(reply) -> dict[str, str]:
+    """HGETALL's reply as a dict: a flat list of names and values (RESP2), or a map (RESP3)."""
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
+
+
+def _replies(client, commands: Sequence[tuple]) -> list:
+    """pipelined(), or on a cluster its client's pipeline, which sends each node its commands."""
+    if not isinstance(client, redis.RedisCluster):
+        return pipelined(client, commands)
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute()
+
+
 def read_records(client, keys_: Sequence[str], chunk: int = 2000) -> list[dict[str, str]]:
     """Every field of each hash, or for one that is absent, of the settled record filed in its
     stead (bus.keys.filed: no `_v`, it never changes again); {} where neither is. One round trip
     per `chunk` keys, and one more for the absent ones that may be filed."""
     out: list[dict[str, str]] = []
     for i in range(0, len(keys_), chunk):
-        pipe = client.pipeline(transaction=False)
-        for key in keys_[i:i + chunk]:
-            pipe.hgetall(key)
-        out += pipe.execute()
+        out += map(_hash, _replies(client, [("HGETALL", key) for key in keys_[i:i + chunk]]))
     homes = [(place, home) for place, (key, fields) in enumerate(zip(keys_, out))
              if not fields and (home := keys.filed(key))]
     for i in range(0, len(homes), chunk):
-        pipe = client.pipeline(transaction=False)
-        for _, (bucket, field) in homes[i:i + chunk]:
-            pipe.hget(bucket, field)
-        for (place, _), value in zip(homes[i:i + chunk], pipe.execute()):
+        part = homes[i:i + chunk]
+        for (place, _), value in zip(part, _replies(client, [("HGET", *home) for _, home in part])):
             out[place] = filing.unpack(keys_[place], value)
     return out
 

@@ -13,7 +13,7 @@ from redis.connection import HiredisRespSerializer
 from choreo.bus.connect import LeanPacker
 from choreo.bus.contract import BusError, GroupMissing
 from choreo.bus.envelope import iso_ms, new_id
-from choreo.bus.redis_streams import translated_errors
+from choreo.bus.redis_streams import pipelined, read_records, translated_errors
 
 
 def plain_iso_ms(ts: float) -> str:
@@ -73,3 +73,23 @@ def test_a_missing_group_inside_a_pipeline_is_a_missing_group():
         with translated_errors():
             raise redis.ResponseError("Command # 2 (HGET k f) of pipeline caused error: WRONGTYPE x")
     assert not isinstance(refused.value, GroupMissing)
+
+
+def test_pipelined_replies_are_a_pipelines_and_a_refusal_raises_after_every_reply_is_read(any_bus):
+    """bus.redis_streams.pipelined, as redis-py's pipeline: the replies in order; a command Redis
+    refuses raises (with the pipeline's words before Redis's) once the others are read, so the
+    connection goes back to the pool with nothing left on it."""
+    client = any_bus.client
+    client.hset("h", mapping={"a": "1", "b": "é"})
+    client.set("s", "v")
+    commands = [("HGETALL", "h"), ("HGETALL", "none"), ("HGET", "h", "b"), ("HGET", "h", "zz")]
+    assert [r if not isinstance(r, list) else dict(zip(r[::2], r[1::2]))
+            for r in pipelined(client, commands)] == [{"a": "1", "b": "é"}, {}, "é", None]
+    with pytest.raises(redis.ResponseError) as refused:
+        pipelined(client, [("HGET", "h", "a"), ("HGETALL", "s"), ("HGETALL", "s"), ("HGET", "h", "a")])
+    assert str(refused.value).startswith("Command # 2 (HGETALL s) of pipeline caused error: WRONGTYPE")
+    with pytest.raises(BusError):
+        with translated_errors():
+            pipelined(client, [("HGETALL", "s")])
+    assert pipelined(client, [("HGET", "h", "a")] * 3) == ["1", "1", "1"]   # nothing left unread
+    assert read_records(client, ["h", "none"]) == [{"a": "1", "b": "é"}, {}]
