@@ -326,12 +326,13 @@ class UnitOfWork:
         expiry; the key deleted (EXPIRE 0) if it exists. The record's own writes are dropped: the
         move carries them. Its version check stays: a commit that read the record before the move
         is refused."""
-        traced = set(self._traced.values()) | self._view.traced
+        traced = self._traced.values()
         moved: dict[str, list[Op]] = {}
         for place, key in self._settled.items():
             home = bus_keys.filed(key)
             held = self._view.get(key)
-            if home is None or key in traced or key in moved or isinstance(held, filing.Filed):
+            if home is None or key in traced or key in self._view.traced or key in moved \
+                    or isinstance(held, filing.Filed):
                 continue        # kept in its key (see settle()), or filed already
             record = dict(held)
             for op in ops:
