@@ -83,14 +83,18 @@ def _text(value) -> str:
 
 
 def decode_entry(stream: str, entry_id, fields) -> Delivery:
+    """An entry as redis-py's stream commands give it (fields a dict of bytes), or as Redis sends
+    it (a flat list of names and values, read_new's)."""
     entry_id = _text(entry_id)
     if fields is None:                      # deleted (trimmed) while pending
         return Delivery(stream, entry_id, {})
+    pairs = zip(fields[::2], fields[1::2]) if isinstance(fields, list) else fields.items()
     try:
-        return Delivery(stream, entry_id, {k.decode(): v.decode() for k, v in fields.items()})
+        return Delivery(stream, entry_id, {k.decode(): v.decode() for k, v in pairs})
     except UnicodeDecodeError as exc:
+        pairs = zip(fields[::2], fields[1::2]) if isinstance(fields, list) else fields.items()
         shown = {k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace")
-                 for k, v in fields.items()}
+                 for k, v in pairs}
         return Delivery(stream, entry_id, shown, error=f"not UTF-8: {exc.reason} at byte {exc.start}")
 
 
@@ -260,10 +264,16 @@ class RedisStreamsBus:
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
         groups = by_partition(streams)
         if len(groups) == 1:
+            # As Redis sends it (pipelined): redis-py's reading of each entry into a dict of
+            # bytes, which decode_entry then made again of text, cost a worker more than Redis
+            # took to send it.
+            wait = ("BLOCK", block_ms) if block_ms > 0 else ()
             with translated_errors(), self.routed():
-                reply = self.reader_of(streams[0]).xreadgroup(
-                    group, consumer, {s: ">" for s in streams}, count=count,
-                    block=block_ms if block_ms > 0 else None)
+                reply, = pipelined(self.reader_of(streams[0]), [
+                    ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *wait, "STREAMS",
+                     *streams, *(">",) * len(streams))])
+            if isinstance(reply, dict):     # RESP3: a map of stream to entries
+                reply = reply.items()
             return [decode_entry(_text(stream), entry_id, fields) for stream, entries in reply or []
                     for entry_id, fields in entries]
         # One XREADGROUP per partition, all in one pipeline (one per node on a cluster).
