@@ -36,6 +36,8 @@ CLUSTER_IN_FLUX = (redis.exceptions.ClusterError, redis.exceptions.TryAgainError
 
 
 PIPELINE_ERROR = " of pipeline caused error: "
+# The script's statuses (bus/commit.lua): a dict lookup, where Outcome(status) costs an Enum call.
+OUTCOMES = {o.value: o for o in Outcome}
 
 
 @contextlib.contextmanager
@@ -466,7 +468,7 @@ class RedisStreamsBus:
                 commit.refusal = status
                 outcomes.append(Outcome.REFUSED)
             else:
-                outcomes.append(Outcome(int(status)))
+                outcomes.append(OUTCOMES[int(status)])
         return outcomes
 
     def _run_commit(self, keys_: list[str], argv: list):

@@ -126,4 +126,5 @@ class Committing:
         if letter:                          # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})
         else:
-            self.events.log(EVENT_LEVEL, h.line, extra={"context": context})
+            line = h.line or self.handling.service.says(h.event.type, h.event.order_id)
+            self.events.log(EVENT_LEVEL, line, extra={"context": context})

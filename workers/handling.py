@@ -49,7 +49,8 @@ class Elsewhere:
 class Handled:
     delivery: Delivery
     commit: Commit
-    line: str                       # what to log once the commit is applied (no context)
+    line: str                       # what to log once the commit is applied (no context); for an
+                                    # event, "": the service's line for it, made only if logged
     event: Envelope | None          # the event applied; None for a dead letter
     started: float
     timers: list[Timer] = field(default_factory=list)
@@ -136,8 +137,7 @@ class Handling:
         seen = "" if event.once else bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream))
         commit = uow.to_commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
                                seen_ttl_s=self.settings.seen_ttl_s if seen else 0)
-        return Handled(d, commit, self.service.says(event.type, event.order_id), event, started,
-                       uow.timers, uow.disarmed)
+        return Handled(d, commit, "", event, started, uow.timers, uow.disarmed)
 
     def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float,
                        view: BatchView | None = None) -> Handled | None:
