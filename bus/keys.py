@@ -76,10 +76,22 @@ def filed(key: str) -> tuple[str, str] | None:
     their own key). Buckets hold about BUCKET orders each whatever the partitions: ids are spread
     over them, so the bucket number counts BUCKET * partitions ids.
     `reservation:7` -> ("reservation:settled:0", "7")."""
-    m = _FILEABLE.fullmatch(key)
-    if m is None or m[2] not in FILED_KINDS or m[1].endswith(SETTLED):
+    parts = _fileable(key)
+    if parts is None or parts[1] not in FILED_KINDS:
         return None
-    return f"{m[1]}{SETTLED}{int(m[3]) // (BUCKET * layout.current().partitions)}", m[3]
+    head, _, digits = parts
+    return f"{head}{SETTLED}{int(digits) // (BUCKET * layout.current().partitions)}", digits
+
+
+# A handled entry asks filed() of the same few keys several times (its reads, writes and settling):
+# the match is remembered per key name, which decides it alone.
+@lru_cache(maxsize=4096)
+def _fileable(key: str) -> tuple[str, str, str] | None:
+    """(the key up to its id, its kind, its id's digits), or None for a key that files nowhere."""
+    m = _FILEABLE.fullmatch(key)
+    if m is None or m[1].endswith(SETTLED):
+        return None
+    return m[1], m[2], m[3]
 
 
 def dead_letters(group: str, partition: int = 0) -> str:
