@@ -284,14 +284,16 @@ end
 local function guarded(acked_or_seen, checked, ops)
   if acked_or_seen then return true end
   local written, deleted = {}, {}
-  for _, op in ipairs(ops) do
+  for o = 1, #ops do
+    local op = ops[o]
     if op[1] == 'HSET' or op[1] == 'HDEL' or op[1] == 'HINCRBY' or op[1] == 'FILE' then
       written[op[2][1]] = true
     elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
       deleted[op[2][1]] = true
     end
   end
-  for _, key in ipairs(checked) do
+  for k = 1, #checked do
+    local key = checked[k]
     if written[key] and not deleted[key] then return true end
   end
   return false
@@ -354,7 +356,8 @@ for c = 1, n do
   end
   i = i + 1
   if status == 1 then
-    for _, op in ipairs(ops) do
+    for o = 1, #ops do
+      local op = ops[o]
       local why = refusal(op[1], op[2])
       if why then status = why; break end
       -- How the trace is written is decided here, with its checks: a later op of the commit (an
@@ -381,7 +384,10 @@ for c = 1, n do
   if status == 1 then
     local bumped = {}
     local once = guarded(ack_stream ~= '' or seen ~= '', checked, ops)
-    for _, op in ipairs(ops) do apply(op[1], op[2], bumped, once, op[3]) end
+    for o = 1, #ops do
+      local op = ops[o]
+      apply(op[1], op[2], bumped, once, op[3])
+    end
     for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then
