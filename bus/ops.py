@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Union
 
-KeyIndex = Callable[[str], int]     # a key's place in KEYS (1-based); "" -> 0, no key
+KeyIndex = Callable[[str], str]     # a key's place in KEYS (1-based), as text; "" -> "0", no key
 
 
 class Op(Protocol):
@@ -56,7 +56,7 @@ class AddTo:
     amount: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("HINCRBY", key(self.key), self.field, int(self.amount))
+        return ("HINCRBY", key(self.key), self.field, str(int(self.amount)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class Count:
     amount: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("COUNT", key(self.key), self.field, int(self.amount))
+        return ("COUNT", key(self.key), self.field, str(int(self.amount)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class Expire:
     seconds: int
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("EXPIRE", key(self.key), self.seconds)
+        return ("EXPIRE", key(self.key), str(self.seconds))
 
 
 @dataclass(frozen=True, slots=True)
