@@ -59,7 +59,7 @@ def cmd_worker(args, settings: Settings) -> int:
     from choreo.ops.acl import service_role
     from choreo.workers.observer import NO_OBSERVER, combined
     from choreo.scheduling.timers import RqTimers
-    from choreo.workers.runtime import Worker, consumer_name
+    from choreo.workers.runtime import Worker, consumer_name, tune_gc
     from choreo.workers.tracing import tracing_for
     service = args.app.service(args.service)
     partitions = served_partitions(args.partitions)
@@ -90,6 +90,7 @@ def cmd_worker(args, settings: Settings) -> int:
     worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
                     publishers=args.app.publishers, events=args.app.events, observer=observer,
                     timers=timers, partitions=partitions)
+    tune_gc()
     try:
         return worker.run(stop)
     finally:

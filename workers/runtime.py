@@ -16,6 +16,7 @@ one that failed max_deliveries times, goes to dlq:<service> in the same commit a
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -41,6 +42,15 @@ from choreo.workers.unit_of_work import BatchView
 
 # Moved with their part, still importable from here.
 __all__ = ["Handled", "Unhandleable", "Worker", "consumer_name", "failure_kind", "parse_delivery"]
+
+
+def tune_gc() -> None:
+    """For a worker process, once started: what it has loaded is set aside from the cyclic garbage
+    collector (gc.freeze), and a young collection waits for 10,000 allocations instead of 700. An
+    entry makes a few dozen objects, nearly all freed by their counts; the default threshold ran
+    a collection every few entries (about 2% of a worker's instructions, measured by callgrind)."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def consumer_name(service: str, env=None, host: str | None = None) -> str:
