@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -235,3 +236,24 @@ def test_record_layouts_measures_each_layout_and_never_flushes_a_database_in_use
     assert record_layouts.main(["--redis-url", redis_url, "--orders", "200"]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert redis_server.client().get("someone's") == "data"
+
+
+def test_profile_drains_its_orders_and_counts_instructions_under_callgrind():
+    """benchmarks/profile.py, as docs/benchmarks.md runs it: every order completes, CPU per order
+    by service; with --callgrind, instructions per order of the workers and of the server."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "choreo.benchmarks.profile", *args],
+                              capture_output=True, text=True, timeout=120)
+    done = run("--orders", "40")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("40 orders drained in ") and lines[0].endswith(", 40 completed")
+    assert [part.split()[0] for part in lines[1].split(": ")[1].split("; ")[0].split(", ")] == \
+        ["order", "inventory", "payment", "shipping"]
+    counted = run("--orders", "5", "--callgrind")
+    assert counted.returncode == 0, counted.stderr
+    figures = counted.stdout.splitlines()[-1].split(": ")[1]
+    workers, server = (int(part.split()[-1].replace(",", "")) for part in figures.split(", "))
+    assert workers > 100_000 and server > 10_000
+    refused = run("--orders", "0")
+    assert refused.returncode == 2 and "--orders must be at least 1" in refused.stderr

@@ -72,7 +72,8 @@ def _openssl(*args) -> None:
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, persist: bool = False,
                  tls: Certificates | None = None, password: str | None = None,
-                 extra: tuple[str, ...] = (), auth: tuple[str, str] | None = None):
+                 extra: tuple[str, ...] = (), auth: tuple[str, str] | None = None,
+                 wrapper: tuple[str, ...] = ()):
         self.workdir = workdir
         self.port = port or free_port()
         # persist: AOF with fsync on every write, so a SIGKILLed server comes back with everything
@@ -83,6 +84,7 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
         self.extra = extra          # more redis-server arguments (e.g. --aclfile)
         self.auth = auth            # (user, password) for client(), where default is off
+        self.wrapper = wrapper      # what runs the server (e.g. valgrind and its options)
 
     @property
     def url(self) -> str:
@@ -106,7 +108,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / "redis.log"
         self.proc = subprocess.Popen(
-            [find_redis_server(), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
+            [*self.wrapper, find_redis_server(), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--logfile", str(log),
              *(["--requirepass", self.password] if self.password else []), *self.extra],
