@@ -42,6 +42,7 @@ class EndingWatch:
         self.watched = set(order_ids)
         self.cursors = cursors
         self.endings: dict[str, Ending] = {}
+        self._counts: dict[str, int] = {}       # endings by status, kept as they come (by_status)
         self.outages_seen = 0
         # Every partition's stream of each ending event (bus.layout).
         self._status = {stream: status for t, status in ending_events().items()
@@ -70,7 +71,9 @@ class EndingWatch:
     def _note(self, entry: Delivery) -> None:
         order_id = entry.fields.get("order_id")
         if order_id in self.watched and order_id not in self.endings:
-            self.endings[order_id] = Ending(self._status[entry.stream], published_ms(entry))
+            status = self._status[entry.stream]
+            self.endings[order_id] = Ending(status, published_ms(entry))
+            self._counts[status] = self._counts.get(status, 0) + 1
 
     def _rewind_lost_streams(self, bus: RedisStreamsBus) -> None:
         """A stream whose newest id is below our cursor was lost with a Redis that came back empty
@@ -82,7 +85,6 @@ class EndingWatch:
                 self.cursors[stream] = "0-0"
 
     def by_status(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for ending in self.endings.values():
-            counts[ending.status] = counts.get(ending.status, 0) + 1
-        return counts
+        """Endings seen so far by status: asked after every read, so counted as they come, not
+        by going over every ending each time."""
+        return dict(self._counts)
