@@ -92,16 +92,16 @@ class BatchView:
         each hash it wrote has its version bumped once."""
         written = set()
         for op in ops:
-            if isinstance(op, File) and op.record:
-                self._hashes[op.record] = filing.unpack(op.record, op.value)  # its key is gone
-                continue
-            if isinstance(op, Publish) and op.trace:
-                self.traced.add(op.trace)
-                continue
-            if not isinstance(op, VERSIONED) or op.key not in self._hashes:
-                continue
-            write_to(self._hashes[op.key], op)
-            written.add(op.key)
+            kind = type(op)             # (a handled entry's few ops, by their exact type)
+            if kind is File:
+                if op.record:
+                    self._hashes[op.record] = filing.unpack(op.record, op.value)  # its key is gone
+            elif kind is Publish:
+                if op.trace:
+                    self.traced.add(op.trace)
+            elif kind in VERSIONED and op.key in self._hashes:
+                write_to(self._hashes[op.key], op)
+                written.add(op.key)
         for key in written:
             h = self._hashes[key]
             h[VERSION] = str(int(h.get(VERSION, 0)) + 1)
