@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         out = os.environ.get(CALLGRIND)
         wrapper = (("valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={out}.redis") if out else ())
-        server = RedisServer(Path(workdir), wrapper=wrapper).start()
+        server = RedisServer(Path(workdir), wrapper=wrapper).start(timeout_s=60 if out else 10)
         try:
             return _drain(server, args, counting=out is not None)
         finally:
@@ -136,10 +136,13 @@ def _under_callgrind(args: argparse.Namespace) -> int:
         run = subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.workers",
              sys.executable, "-m", "choreo.benchmarks.profile", "--orders", str(args.orders), "--callgrind"],
-            env={**os.environ, CALLGRIND: str(out)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, CALLGRIND: str(out)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         print(run.stdout.splitlines()[0] if run.stdout else "the run under valgrind printed nothing")
         if run.returncode:
+            # valgrind's own lines start with ==pid==: what is left is the run's
+            print("\n".join(line for line in run.stderr.splitlines() if not line.startswith("==")),
+                  file=sys.stderr)
             return run.returncode
         counted = {part: _total(Path(f"{out}.{part}")) for part in ("workers", "redis")}
     n = args.orders

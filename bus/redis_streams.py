@@ -117,9 +117,9 @@ def _count(n: int) -> str:
     return _COUNTS[n] if n < 256 else str(n)
 
 
-def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list[str]]:
+def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list]:
     """(KEYS, ARGV) of bus/commit.lua for a batch: every distinct key once in KEYS, and ARGV naming
-    each by its place there (1-based; 0 for none), every word a str."""
+    each by its place there (1-based; 0 for none), its counts and places as text."""
     places = _Places({"": "0"})
     key = places.__getitem__                # a key seen before costs one dict lookup
 
@@ -173,11 +173,13 @@ def pipelined(client, commands: Sequence[tuple]) -> list:
             except redis.ResponseError as exc:      # the others are still to be read
                 reply = exc
             if isinstance(reply, redis.ResponseError) and refused is None:
-                # Annotated as redis-py's pipeline annotates it: its words, in place, so a kind
-                # made of its message (MOVED's slot and node) stays what it is.
-                words = " ".join(map(str, command))[:200]
-                reply.args = (f"Command # {n} ({words}){PIPELINE_ERROR}{reply.args[0] if reply.args else ''}",
-                              *reply.args[1:])
+                if len(commands) > 1:
+                    # Which one, as redis-py's pipeline says it: in place, so a kind made of its
+                    # message (MOVED's slot and node) stays what it is.
+                    words = " ".join(map(str, command))
+                    words = words if len(words) <= 200 else words[:199] + "…"
+                    reply.args = (f"Command # {n} ({words}){PIPELINE_ERROR}"
+                                  f"{reply.args[0] if reply.args else ''}", *reply.args[1:])
                 refused = reply
             replies.append(reply)
     except BaseException:

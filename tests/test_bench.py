@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,8 +251,9 @@ def test_profile_drains_its_orders_and_counts_instructions_under_callgrind():
     assert lines[0].startswith("40 orders drained in ") and lines[0].endswith(", 40 completed")
     assert [part.split()[0] for part in lines[1].split(": ")[1].split("; ")[0].split(", ")] == \
         ["order", "inventory", "payment", "shipping"]
+    assert shutil.which("valgrind"), "valgrind is not installed (./dev test installs it: apt-get install valgrind)"
     counted = run("--orders", "5", "--callgrind")
-    assert counted.returncode == 0, counted.stderr
+    assert counted.returncode == 0, counted.stdout + counted.stderr
     figures = counted.stdout.splitlines()[-1].split(": ")[1]
     workers, server = (int(part.split()[-1].replace(",", "")) for part in figures.split(", "))
     assert workers > 100_000 and server > 10_000

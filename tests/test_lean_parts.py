@@ -4,14 +4,16 @@ event ids, the packing of commands for Redis, and the reading of a pipeline's er
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
 import redis
 from redis.connection import HiredisRespSerializer
 
-from choreo.bus.connect import LeanPacker
-from choreo.bus.contract import BusError, GroupMissing
+from choreo.bus.connect import LeanPacker, open_bus
+from choreo.bus.contract import BusError, BusUnavailable, GroupMissing
 from choreo.bus.envelope import iso_ms, new_id
 from choreo.bus.redis_streams import pipelined, read_records, translated_errors
 
@@ -93,3 +95,46 @@ def test_pipelined_replies_are_a_pipelines_and_a_refusal_raises_after_every_repl
             pipelined(client, [("HGETALL", "s")])
     assert pipelined(client, [("HGET", "h", "a")] * 3) == ["1", "1", "1"]   # nothing left unread
     assert read_records(client, ["h", "none"]) == [{"a": "1", "b": "é"}, {}]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_reads_sent_past_redis_pys_pipeline_read_alike_over_resp2_and_resp3(redis_url, protocol):
+    """read_new and read_hashes take Redis's replies as they come (RESP2 lists, RESP3 maps)."""
+    with open_bus(f"{redis_url}?protocol={protocol}") as bus:
+        bus.ensure_groups("g", ["s1", "s2"])
+        bus.raw.xadd("s1", {"id": "a", "data": "é"})
+        bus.raw.xadd("s2", {b"k": b"\xff"})
+        bus.client.hset("h", mapping={"f": "1", "_v": "2"})
+        got = bus.read_new("g", "c", ["s1", "s2"], 10, 0)
+        assert [(d.stream, d.fields, bool(d.error)) for d in got] == \
+            [("s1", {"id": "a", "data": "é"}, False), ("s2", {"k": "\\xff"}, True)]
+        began = time.monotonic()
+        assert bus.read_new("g", "c", ["s1", "s2"], 10, 150) == []      # blocked, then nothing
+        assert time.monotonic() - began >= 0.14
+        assert bus.read_hashes(["h", "absent"]) == [{"f": "1", "_v": "2"}, {}]
+
+
+def test_a_blocked_read_cut_off_is_redis_unavailable_and_the_next_read_works(redis_url):
+    """pipelined disconnects a connection it could not read to the end, and gives it back."""
+    with open_bus(redis_url) as bus:
+        bus.ensure_groups("g", ["s"])
+        outcome: list = []
+
+        def read():
+            try:
+                outcome.append(bus.read_new("g", "c", ["s"], 10, 1000))
+            except Exception as exc:            # noqa: BLE001 (what it raises is the point)
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        admin = redis.Redis.from_url(redis_url, decode_responses=True)
+        deadline = time.monotonic() + 2
+        while not (blocked := [c for c in admin.client_list() if c["cmd"] == "xreadgroup"]):
+            assert time.monotonic() < deadline, "the read never blocked"
+            time.sleep(0.01)
+        admin.client_kill_filter(_id=blocked[0]["id"])
+        reader.join(5)
+        assert isinstance(outcome[0], BusUnavailable), outcome
+        bus.raw.xadd("s", {"a": "1"})
+        assert [d.fields for d in bus.read_new("g", "c", ["s"], 10, 0)] == [{"a": "1"}]

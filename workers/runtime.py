@@ -41,7 +41,7 @@ from choreo.workers.service import Service
 from choreo.workers.unit_of_work import BatchView
 
 # Moved with their part, still importable from here.
-__all__ = ["Handled", "Unhandleable", "Worker", "consumer_name", "failure_kind", "parse_delivery"]
+__all__ = ["Handled", "Unhandleable", "Worker", "consumer_name", "failure_kind", "parse_delivery", "tune_gc"]
 
 
 def tune_gc() -> None:

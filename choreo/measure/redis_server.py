@@ -104,7 +104,7 @@ class RedisServer:
                 "--tls-key-file", str(t.server_key), "--tls-ca-cert-file", str(t.ca),
                 "--tls-auth-clients", "yes"]
 
-    def start(self) -> "RedisServer":
+    def start(self, timeout_s: float = 10) -> "RedisServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / "redis.log"
         self.proc = subprocess.Popen(
@@ -113,7 +113,7 @@ class RedisServer:
              "--dir", str(self.workdir), "--logfile", str(log),
              *(["--requirepass", self.password] if self.password else []), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if self.client().ping():
