@@ -13,7 +13,7 @@ The script checks every op before it writes anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Callable, Mapping, Protocol, Union
 
 # The ops are not frozen dataclasses, though nothing ever changes one: a handled entry makes a few,
@@ -109,13 +109,15 @@ class Expire:
 @dataclass(slots=True)
 class File:
     """HSET one field of a bucket of settled records (bus.keys.filed): `value` is the record at
-    `record`, a JSON object of its fields, which a settling commit deletes. No version: a filed
-    record never changes again, and a bucket is written by many orders' commits, which must not
-    conflict on it. `record` is not sent: it tells a batch's view which record moved."""
+    `record`, packed by bus.filing, which a settling commit deletes. No version: a filed record
+    never changes again, and a bucket is written by many orders' commits, which must not conflict
+    on it. `record` and `unpacked` are not sent: they tell a batch's view which record moved and
+    what it now reads as (bus.filing.unpack of `value`, given by its maker to spare the parse)."""
     key: str
     field: str
     value: str
     record: str = ""
+    unpacked: Mapping[str, str] | None = dataclass_field(default=None, compare=False)
 
     def words(self, key: KeyIndex) -> tuple:
         return ("FILE", key(self.key), self.field, self.value)

@@ -94,8 +94,9 @@ class BatchView:
         for op in ops:
             kind = type(op)             # (a handled entry's few ops, by their exact type)
             if kind is File:
-                if op.record:
-                    self._hashes[op.record] = filing.unpack(op.record, op.value)  # its key is gone
+                if op.record:                                           # its key is gone
+                    self._hashes[op.record] = op.unpacked if op.unpacked is not None else \
+                        filing.unpack(op.record, op.value)
             elif kind is Publish:
                 if op.trace:
                     self.traced.add(op.trace)
@@ -341,8 +342,11 @@ class UnitOfWork:
             existed = record.pop(VERSION, None) is not None
             bucket, field = home
             value = filing.pack(key, record)
-            moved[key] = [File(bucket, field, value, key), Expire(bucket, ops[place].seconds),
-                          *((Expire(key, 0),) if existed else ())]
+            # What the value reads back as (bus.filing.unpack), for the batch's view: the record,
+            # every value a str, unless there is none (an empty record reads back unreadable).
+            unpacked = filing.Filed(record) if record else None
+            moved[key] = [File(bucket, field, value, key, unpacked),
+                          Expire(bucket, ops[place].seconds), *((Expire(key, 0),) if existed else ())]
         if not moved:
             return ops
         out: list[Op] = []
