@@ -12,7 +12,7 @@ from run to run; --callgrind counts instructions instead, which repeat to 0.1% w
 machine does: it runs this process and the server under valgrind's callgrind, counting only while
 the workers drain (callgrind_control), and prints instructions per order for each. That is the
 measure to compare two versions of the hot path by (slow: ~30 s for 300 orders). --cprofile
-writes the workers' cProfile (pstats) to a file.
+writes the workers' cProfile (pstats) to a file; the CPU figures then include the profiler's own.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class BatchView:
         each hash it wrote has its version bumped once."""
         written = set()
         for op in ops:
-            kind = type(op)             # (a handled entry's few ops, by their exact type)
+            kind = type(op)             # exact types (ops are never subclassed): no isinstance chain
             if kind is File:
                 if op.record:                                           # its key is gone
                     self._hashes[op.record] = op.unpacked if op.unpacked is not None else \
