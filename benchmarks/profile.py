@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-PRODUCT, QUANTITY = 101, 1          # choreo bench's order: one widget
 CALLGRIND = "CHOREO_PROFILE_CALLGRIND"      # set in the process run under valgrind: its out file
 
 
@@ -68,6 +67,7 @@ def _drain(server, args: argparse.Namespace, counting: bool) -> int:
     os.environ["CHOREO_ORDER_DEADLINE_S"] = "0"     # choreo bench's `choreo` row: no timers
     from choreo.bus.connect import open_bus
     from choreo.config.settings import Settings
+    from choreo.measure.bench import PRODUCT, QUANTITY     # choreo bench's order: one widget
     from choreo.orders import OrderRequest, new_order_ids, place_orders
     from choreo.scheduling.timers import RqTimers
     from choreo.workers import PUBLISHERS, SERVICES, keys
