@@ -4,6 +4,7 @@ none has anything left. What `choreo bench` measures end to end, taken apart per
 
     python -m choreo.benchmarks.profile --orders 3000
     python -m choreo.benchmarks.profile --orders 1000 --callgrind
+    python -m choreo.benchmarks.profile --orders 300 --callgrind --keep cg
     python -m choreo.benchmarks.profile --orders 3000 --cprofile workers.prof
 
 It prints the workers' CPU per order by service (time.process_time around each poll) and the
@@ -13,6 +14,7 @@ machine does: it runs this process and the server under valgrind's callgrind, co
 the workers drain (callgrind_control), and prints instructions per order for each. That is the
 measure to compare two versions of the hot path by (slow: ~30 s for 300 orders). --cprofile
 writes the workers' cProfile (pstats) to a file; the CPU figures then include the profiler's own.
+--keep DIR keeps callgrind's two out files there (cg.workers, cg.redis), for callgrind_annotate.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--orders", type=int, default=3000, help="orders placed up front (default 3000)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
     parser.add_argument("--cprofile", metavar="FILE", help="write the workers' cProfile stats here")
+    parser.add_argument("--keep", metavar="DIR", help="with --callgrind: keep its out files in DIR")
     args = parser.parse_args(argv)
     if args.orders < 1:
         parser.error("--orders must be at least 1")
     if args.callgrind and args.cprofile:
         parser.error("--callgrind and --cprofile measure one at a time")
+    if args.keep and not args.callgrind:
+        parser.error("--keep keeps --callgrind's out files: add --callgrind")
     if args.callgrind and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         parser.error("--callgrind needs valgrind (Debian: apt-get install valgrind)")
     return args
@@ -132,7 +137,9 @@ def _count(pid: int, server_pid: int, state: str) -> None:
 def _under_callgrind(args: argparse.Namespace) -> int:
     """This command again under callgrind (and its server too), then instructions per order."""
     with tempfile.TemporaryDirectory(prefix="choreo-callgrind-") as workdir:
-        out = Path(workdir) / "cg"
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+        out = Path(args.keep or workdir).resolve() / "cg"
         run = subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.workers",
              sys.executable, "-m", "choreo.benchmarks.profile", "--orders", str(args.orders), "--callgrind"],
@@ -148,6 +155,8 @@ def _under_callgrind(args: argparse.Namespace) -> int:
     n = args.orders
     print(f"instructions per order (callgrind): workers {counted['workers'] / n:,.0f}, "
           f"redis-server {counted['redis'] / n:,.0f}")
+    if args.keep:
+        print(f"callgrind out files: {out}.workers, {out}.redis (callgrind_annotate FILE)")
     return 0
 
 

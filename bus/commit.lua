@@ -158,121 +158,144 @@ local function trace_refusal(key)
   return denied('HSET', key, 'f', '') or wrong_type(key, 'hash')
 end
 
-local function refusal(op, args)
+-- A commit's ops as places in ARGV, not a table each (a batch has ~30 an order): op o is named
+-- op_name[o]; its n = op_n[o] arguments are ARGV[op_at[o]] .. ARGV[op_at[o] + n - 1], the first
+-- (a key#) read as the key op_key[o], a PUBLISH's second as its trace op_trace[o]; op_list[o]: a
+-- PUBLISH's trace is a list (earlier versions), as its checks found it. Reused by every commit.
+local op_name, op_at, op_n, op_key, op_trace, op_list = {}, {}, {}, {}, {}, {}
+
+-- Why Redis would refuse op o of the commit being checked (nil: it would not).
+local function refusal(o)
+  local op, at, n, key = op_name[o], op_at[o], op_n[o], op_key[o]
   if op == 'PUBLISH' then
-    local no = denied('XADD', args[1], '*', 'f', 'v')
+    local no = denied('XADD', key, '*', 'f', 'v')
     if no then return no end
     -- Checked to the letter: the ack and the dedup id are written before the effects, so an
     -- effect Redis refuses halfway would be lost (bounded digits, fields in pairs).
-    if args[3] ~= '' and not string.match(args[3], '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
-      return 'max length ' .. args[3] .. ' of ' .. args[1] .. ' is not a whole number below 10^12'
+    if n < 5 or (n - 3) % 2 ~= 0 then
+      return 'an event for ' .. key .. ' needs fields in name, value pairs'
     end
-    if #args < 5 or (#args - 3) % 2 ~= 0 then
-      return 'an event for ' .. args[1] .. ' needs fields in name, value pairs'
+    local max_len = ARGV[at + 2]
+    if max_len ~= '' and not string.match(max_len, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+      return 'max length ' .. max_len .. ' of ' .. key .. ' is not a whole number below 10^12'
     end
-    return wrong_type(args[1], 'stream') or (args[2] ~= '' and trace_refusal(args[2])) or nil
+    local trace = op_trace[o]
+    return wrong_type(key, 'stream') or (trace ~= '' and trace_refusal(trace)) or nil
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
-    if not string.match(args[2], '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
-      return 'expiry ' .. args[2] .. ' of ' .. args[1] .. ' is not whole seconds below 10^11'
+    local seconds = ARGV[at + 1]
+    if n ~= 2 or not string.match(seconds, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+      return 'expiry ' .. tostring(n == 2 and seconds or nil) .. ' of ' .. key .. ' is not whole seconds below 10^11'
     end
     -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
     -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
-    if string.match(args[2], '^0+$') then
-      known[args[1]], planned[args[1]], counters[args[1]] = nil, nil, nil
+    if string.match(seconds, '^0+$') then
+      known[key], planned[key], counters[key] = nil, nil, nil
     end
-    return denied('EXPIRE', args[1], args[2])
+    return denied('EXPIRE', key, seconds)
   end
   if HOLDS[op] == nil then return 'unknown op ' .. tostring(op) end
-  if op == 'HSET' and (#args < 3 or #args % 2 ~= 1) then
-    return 'HSET ' .. args[1] .. ' needs fields in name, value pairs'
+  if op == 'HSET' and (n < 3 or n % 2 ~= 1) then
+    return 'HSET ' .. key .. ' needs fields in name, value pairs'
   end
-  if op == 'FILE' and #args ~= 3 then
-    return 'FILE ' .. args[1] .. ' needs one field and its value'
+  if op == 'FILE' and n ~= 3 then
+    return 'FILE ' .. key .. ' needs one field and its value'
   end
+  if (op == 'HINCRBY' or op == 'COUNT') and n > 3 then
+    return op .. ' ' .. key .. ' takes one field and one amount'
+  end
+  if op == 'ZADD' and n ~= 3 then return 'ZADD ' .. key .. ' needs a score and a member' end
+  if op == 'RPUSH' and n < 2 then return 'RPUSH ' .. key .. ' needs a value' end
   if op == 'HDEL' then       -- never the version: the hash stays, and its version only grows
-    if #args < 2 then return 'HDEL ' .. args[1] .. ' needs a field' end
-    for f = 2, #args do
-      if args[f] == '_v' then return 'HDEL ' .. args[1] .. ' may not remove the version _v' end
+    if n < 2 then return 'HDEL ' .. key .. ' needs a field' end
+    for f = at + 1, at + n - 1 do
+      if ARGV[f] == '_v' then return 'HDEL ' .. key .. ' may not remove the version _v' end
     end
   end
-  local no = denied(AS[op] or op, unpack(args))
-    or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', args[1], '_v', '1'))
+  local no = denied(AS[op] or op, key, unpack(ARGV, at + 1, at + n - 1))
+    or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', key, '_v', '1'))
   if no then return no end
-  local bad = wrong_type(args[1], HOLDS[op])
+  local bad = wrong_type(key, HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
-  if not whole(args[3]) then     -- Redis would refuse it halfway
-    return 'amount ' .. tostring(args[3]) .. ' for ' .. args[1] .. ' field ' .. tostring(args[2]) .. ' is not an integer'
+  local field, amount = n >= 2 and ARGV[at + 1] or nil, n >= 3 and ARGV[at + 2] or nil
+  if not whole(amount) then     -- Redis would refuse it halfway
+    return 'amount ' .. tostring(amount) .. ' for ' .. key .. ' field ' .. tostring(field) .. ' is not an integer'
   end
-  local fields = counters[args[1]]
-  local now = fields and fields[args[2]]
+  local fields = counters[key]
+  local now = fields and fields[field]
   if now == nil then
-    local unreadable = denied('HGET', args[1], args[2])
+    local unreadable = denied('HGET', key, field)
     if unreadable then return unreadable end
-    local value = redis.call('HGET', args[1], args[2])
+    local value = redis.call('HGET', key, field)
     if value and not whole(value) then
-      return args[1] .. ' field ' .. args[2] .. ' is not an integer'
+      return key .. ' field ' .. field .. ' is not an integer'
     end
     now = tonumber(value or '0')
     if math.abs(now) <= LIMIT then
-      counters[args[1]] = fields or {}
-      counters[args[1]][args[2]] = now
+      counters[key] = fields or {}
+      counters[key][field] = now
     end
   end
-  if math.abs(now) > LIMIT or math.abs(number[args[3]]) > LIMIT then
-    return args[1] .. ' field ' .. args[2] .. ' would leave the safe integer range'
+  if math.abs(now) > LIMIT or math.abs(number[amount]) > LIMIT then
+    return key .. ' field ' .. field .. ' would leave the safe integer range'
   end
 end
 
 -- bumped: the hashes this commit wrote, each of whose version goes up once when it is applied.
 -- once: the commit cannot be applied a second time (guarded), so each event it publishes reaches
 -- its stream once, and says so (`once` 1): its consumers need no dedup id for it.
--- trace_list: a PUBLISH's trace is a list (earlier versions), as its checks found it.
-local function apply(op, args, bumped, once, trace_list)
+local function apply(o, bumped, once)
+  local op, at, n, key = op_name[o], op_at[o], op_n[o], op_key[o]
   if op == 'PUBLISH' then
-    local stream, trace, max_len = args[1], args[2], args[3]
-    local fields = { unpack(args, 4) }
+    local trace, max_len = op_trace[o], ARGV[at + 2]
+    local id
     if once then
+      local fields = { unpack(ARGV, at + 3, at + n - 1) }
       fields[#fields + 1] = 'once'
       fields[#fields + 1] = '1'
-    end
-    local id
-    if max_len == '' then
-      id = redis.call('XADD', stream, '*', unpack(fields))
+      if max_len == '' then
+        id = redis.call('XADD', key, '*', unpack(fields))
+      else
+        id = redis.call('XADD', key, 'MAXLEN', max_len, '*', unpack(fields))
+      end
+    elseif max_len == '' then
+      id = redis.call('XADD', key, '*', unpack(ARGV, at + 3, at + n - 1))
     else
-      id = redis.call('XADD', stream, 'MAXLEN', max_len, '*', unpack(fields))
+      id = redis.call('XADD', key, 'MAXLEN', max_len, '*', unpack(ARGV, at + 3, at + n - 1))
     end
     if trace ~= '' then
-      if trace_list then
-        redis.call('RPUSH', trace, stream .. ' ' .. id)
+      if op_list[o] then
+        redis.call('RPUSH', trace, key .. ' ' .. id)
       else
-        redis.call('HSET', trace, stream .. ' ' .. id, '')
+        redis.call('HSET', trace, key .. ' ' .. id, '')
       end
     end
   elseif op == 'HINCRBY' or op == 'COUNT' then
-    local value = redis.call('HINCRBY', args[1], args[2], args[3])
-    counters[args[1]] = counters[args[1]] or {}
-    counters[args[1]][args[2]] = value
-    if op == 'HINCRBY' then bumped[args[1]] = true end
+    local field = ARGV[at + 1]
+    local value = redis.call('HINCRBY', key, field, ARGV[at + 2])
+    counters[key] = counters[key] or {}
+    counters[key][field] = value
+    if op == 'HINCRBY' then bumped[key] = true end
   elseif op == 'EXPIRE' then
     -- Any type of key; an absent one stays absent. Later writes keep the expiry (HSET, RPUSH).
     -- The same expiry again on a key that has it since this call set it is skipped: a bucket of
     -- settled records (FILE) gets one per record filed, ~50 a batch, each the same.
-    if expiring[args[1]] ~= args[2] then
-      expiring[args[1]] = redis.call('EXPIRE', args[1], args[2]) == 1 and args[2] or nil
+    local seconds = ARGV[at + 1]
+    if expiring[key] ~= seconds then
+      expiring[key] = redis.call('EXPIRE', key, seconds) == 1 and seconds or nil
     end
-    if string.match(args[2], '^0+$') then    -- deleted: no version to bump (absent is version 0),
-      bumped[args[1]], counters[args[1]] = nil, nil     -- unless a later write makes it again
-      expiring[args[1]] = nil
+    if string.match(seconds, '^0+$') then    -- deleted: no version to bump (absent is version 0),
+      bumped[key], counters[key] = nil, nil     -- unless a later write makes it again
+      expiring[key] = nil
     end
   elseif op == 'FILE' then     -- a settled record into its bucket: no version, see HOLDS
-    redis.call('HSET', args[1], args[2], args[3])
-    counters[args[1]] = nil
+    redis.call('HSET', key, ARGV[at + 1], ARGV[at + 2])
+    counters[key] = nil
   else
-    redis.call(op, unpack(args))
+    redis.call(op, key, unpack(ARGV, at + 1, at + n - 1))
     if op == 'HSET' or op == 'HDEL' then
-      counters[args[1]] = nil
-      bumped[args[1]] = true
+      counters[key] = nil
+      bumped[key] = true
     end
   end
 end
@@ -281,15 +304,15 @@ end
 -- its id was new (acked_or_seen), or it writes a hash whose version it checked, so the same
 -- commit sent again (a retry after a lost reply) finds that version moved and is refused. A hash
 -- the commit also deletes (EXPIRE 0) proves nothing: made again, it may carry the same version.
-local function guarded(acked_or_seen, checked, ops)
+local function guarded(acked_or_seen, checked, n_ops)
   if acked_or_seen then return true end
   local written, deleted = {}, {}
-  for o = 1, #ops do
-    local op = ops[o]
-    if op[1] == 'HSET' or op[1] == 'HDEL' or op[1] == 'HINCRBY' or op[1] == 'FILE' then
-      written[op[2][1]] = true
-    elseif op[1] == 'EXPIRE' and string.match(op[2][2], '^0+$') then
-      deleted[op[2][1]] = true
+  for o = 1, n_ops do
+    local op = op_name[o]
+    if op == 'HSET' or op == 'HDEL' or op == 'HINCRBY' or op == 'FILE' then
+      written[op_key[o]] = true
+    elseif op == 'EXPIRE' and string.match(ARGV[op_at[o] + 1], '^0+$') then
+      deleted[op_key[o]] = true
     end
   end
   for k = 1, #checked do
@@ -338,31 +361,29 @@ for c = 1, n do
     end
     i = i + 2
   end
-  local ops = {}
-  for o = 1, number[ARGV[i]] do
-    local n_args = number[ARGV[i + 2]]
-    local args = { unpack(ARGV, i + 3, i + 2 + n_args) }
+  local n_ops = number[ARGV[i]]
+  for o = 1, n_ops do
+    local op, n_args, at = ARGV[i + 1], number[ARGV[i + 2]], i + 3
+    op_name[o], op_n[o], op_at[o] = op, n_args, at
     -- The op's keys, from key# to name: a PUBLISH's stream and trace, every other op's first.
-    for a = 1, (ARGV[i + 1] == 'PUBLISH' and 2 or 1) do
-      local name = key_at(args[a])
+    for a = 1, (op == 'PUBLISH' and 2 or 1) do
+      local word = a <= n_args and ARGV[at + a - 1] or nil
+      local name = key_at(word)
       if name == nil or (a == 1 and name == '') then
-        if status == 1 then status = 'key# ' .. tostring(args[a]) .. ' of ' .. ARGV[i + 1] .. ' is not in KEYS' end
-      else
-        args[a] = name
+        if status == 1 then status = 'key# ' .. tostring(word) .. ' of ' .. op .. ' is not in KEYS' end
       end
+      if a == 1 then op_key[o] = name else op_trace[o] = name end
     end
-    ops[o] = { ARGV[i + 1], args }
     i = i + 2 + n_args
   end
   i = i + 1
   if status == 1 then
-    for o = 1, #ops do
-      local op = ops[o]
-      local why = refusal(op[1], op[2])
+    for o = 1, n_ops do
+      local why = refusal(o)
       if why then status = why; break end
       -- How the trace is written is decided here, with its checks: a later op of the commit (an
       -- EXPIRE 0) may make the checks forget the key's type before the apply.
-      if op[1] == 'PUBLISH' and op[2][2] ~= '' then op[3] = trace_is_list(op[2][2]) end
+      if op_name[o] == 'PUBLISH' and op_trace[o] ~= '' then op_list[o] = trace_is_list(op_trace[o]) end
     end
   end
   if explaining > 0 then
@@ -383,11 +404,8 @@ for c = 1, n do
   end
   if status == 1 then
     local bumped = {}
-    local once = guarded(ack_stream ~= '' or seen ~= '', checked, ops)
-    for o = 1, #ops do
-      local op = ops[o]
-      apply(op[1], op[2], bumped, once, op[3])
-    end
+    local once = guarded(ack_stream ~= '' or seen ~= '', checked, n_ops)
+    for o = 1, n_ops do apply(o, bumped, once) end
     for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
     for key, t in pairs(planned) do known[key] = t end
   elseif status ~= 0 then

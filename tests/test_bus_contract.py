@@ -258,6 +258,9 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (Words("COUNT", "h", "n", "007"), "amount 007 for h field n is not an integer"),
     (Words("HINCRBY", "h", "n", "-0"), "amount -0 for h field n is not an integer"),
     (DropFields("h", ("a", "_v")), "HDEL h may not remove the version _v"),
+    (Words("COUNT", "h", "n", "1", "2"), "COUNT h takes one field and one amount"),
+    (Words("ZADD", "z", "1"), "ZADD z needs a score and a member"),
+    (Words("RPUSH", "l"), "RPUSH l needs a value"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
     """The ack and the dedup id are written before the effects: a write Redis would refuse must

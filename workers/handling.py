@@ -21,7 +21,7 @@ from choreo.config.settings import Settings
 from choreo.workers.events import EVENTS as MODELS, check_data
 from choreo.workers.logs import Bound
 from choreo.workers.observer import Observer
-from choreo.workers.service import Service
+from choreo.workers.service import Service, confirm
 from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork
 
 
@@ -121,20 +121,27 @@ class Handling:
             return Handled(d, Commit(ack=(d.stream, d.entry_id)),
                            f"{self.service.voice}: replay for {event.group[:40]!r} ignored",
                            None, started, elsewhere=True)
+        handler = self.service.consumes[event.type].handle
+        # An event published once (bus/commit.lua) needs only the ack's guard; any other may come
+        # again as a new entry with the same id, which the service's seen set catches.
+        seen = "" if event.once else bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream))
+        if handler is confirm:      # changes nothing: its commit is the ack (and the id), no unit of work
+            self.observer.handling(d, event)
+            self.observer.handler_ran(d, time.perf_counter() - started)
+            return Handled(d, Commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
+                                     seen_ttl_s=self.settings.seen_ttl_s if seen else 0),
+                           "", event, started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models, record=self.service.record)
         uow.hold_retention_s = max(self.settings.retention_s, self.settings.seen_ttl_s)
         uow.traceparent = self.observer.handling(d, event)
         try:
-            self.service.consumes[event.type].handle(event, uow)
+            handler(event, uow)
             view.apply(uow.commit_ops())
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)
-        # An event published once (bus/commit.lua) needs only the ack's guard; any other may come
-        # again as a new entry with the same id, which the service's seen set catches.
-        seen = "" if event.once else bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream))
         commit = uow.to_commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
                                seen_ttl_s=self.settings.seen_ttl_s if seen else 0)
         return Handled(d, commit, "", event, started, uow.timers, uow.disarmed)
