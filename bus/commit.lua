@@ -51,6 +51,9 @@ if explaining > 0 then
   i = 4 + explaining
 end
 local out = {}
+-- Reused by every commit, not made anew for each (a table made costs more than emptying one):
+local checked = {}      -- the hashes a commit checks, in order (n_checks of them)
+local bumped = {}       -- the hashes an applied commit wrote (apply), emptied as their versions go up
 local stopped = false
 -- The ops bus.ops writes, by the type of key each needs. (No SET: its options are not checked,
 -- and Redis could refuse one halfway.)
@@ -212,8 +215,10 @@ local function refusal(o)
       if ARGV[f] == '_v' then return 'HDEL ' .. key .. ' may not remove the version _v' end
     end
   end
-  local no = denied(AS[op] or op, key, unpack(ARGV, at + 1, at + n - 1))
-    or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', key, '_v', '1'))
+  local command = AS[op] or op
+  local no = answers[command] and answers[command][key]     -- asked before: no words unpacked
+  if no == nil then no = denied(command, key, unpack(ARGV, at + 1, at + n - 1)) end
+  no = no or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', key, '_v', '1'))
   if no then return no end
   local bad = wrong_type(key, HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
@@ -248,16 +253,12 @@ local function apply(o, bumped, once)
   local op, at, n, key = op_name[o], op_at[o], op_n[o], op_key[o]
   if op == 'PUBLISH' then
     local trace, max_len = op_trace[o], ARGV[at + 2]
+    -- `once` goes first: after the event's own fields it would need a table made of them.
     local id
-    if once then
-      local fields = { unpack(ARGV, at + 3, at + n - 1) }
-      fields[#fields + 1] = 'once'
-      fields[#fields + 1] = '1'
-      if max_len == '' then
-        id = redis.call('XADD', key, '*', unpack(fields))
-      else
-        id = redis.call('XADD', key, 'MAXLEN', max_len, '*', unpack(fields))
-      end
+    if once and max_len == '' then
+      id = redis.call('XADD', key, '*', 'once', '1', unpack(ARGV, at + 3, at + n - 1))
+    elseif once then
+      id = redis.call('XADD', key, 'MAXLEN', max_len, '*', 'once', '1', unpack(ARGV, at + 3, at + n - 1))
     elseif max_len == '' then
       id = redis.call('XADD', key, '*', unpack(ARGV, at + 3, at + n - 1))
     else
@@ -304,7 +305,7 @@ end
 -- its id was new (acked_or_seen), or it writes a hash whose version it checked, so the same
 -- commit sent again (a retry after a lost reply) finds that version moved and is refused. A hash
 -- the commit also deletes (EXPIRE 0) proves nothing: made again, it may carry the same version.
-local function guarded(acked_or_seen, checked, n_ops)
+local function guarded(acked_or_seen, checked, n_checks, n_ops)
   if acked_or_seen then return true end
   local written, deleted = {}, {}
   for o = 1, n_ops do
@@ -315,7 +316,7 @@ local function guarded(acked_or_seen, checked, n_ops)
       deleted[op_key[o]] = true
     end
   end
-  for k = 1, #checked do
+  for k = 1, n_checks do
     local key = checked[k]
     if written[key] and not deleted[key] then return true end
   end
@@ -329,7 +330,6 @@ for c = 1, n do
   i = i + 6
   local status = 1
   if stopped and explaining == 0 then status = -1 end
-  local checked = {}
   for k = 1, n_checks do
     checked[k] = key_at(ARGV[i + 2 * k - 2])
     if status == 1 and (checked[k] == nil or checked[k] == '') then
@@ -341,7 +341,7 @@ for c = 1, n do
   for k = 1, n_checks do     -- (a bucket's fields are asked with HGET too)
     if status == 1 then status = denied('HGET', checked[k], '_v') or 1 end
   end
-  planned = {}
+  if next(planned) ~= nil then planned = {} end     -- left by a commit not applied (else emptied)
   if status == 1 and seen ~= '' then
     status = denied('ZADD', seen, 'NX', '1', seen_id) or denied('ZREMRANGEBYSCORE', seen, '-inf', '1')
       or wrong_type(seen, 'zset') or 1
@@ -403,11 +403,16 @@ for c = 1, n do
     known[seen] = 'zset'
   end
   if status == 1 then
-    local bumped = {}
-    local once = guarded(ack_stream ~= '' or seen ~= '', checked, n_ops)
+    local once = guarded(ack_stream ~= '' or seen ~= '', checked, n_checks, n_ops)
     for o = 1, n_ops do apply(o, bumped, once) end
-    for key in pairs(bumped) do redis.call('HINCRBY', key, '_v', 1) end
-    for key, t in pairs(planned) do known[key] = t end
+    for key in pairs(bumped) do
+      redis.call('HINCRBY', key, '_v', 1)
+      bumped[key] = nil
+    end
+    for key, t in pairs(planned) do
+      known[key] = t
+      planned[key] = nil
+    end
   elseif status ~= 0 then
     stopped = true
   end

@@ -275,6 +275,31 @@ def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, o
     assert any_bus.client.xpending(S, "g")["pending"] == 1
 
 
+def test_a_duplicates_planned_writes_say_nothing_of_the_next_commits_keys(any_bus):
+    """A duplicate (its XACK returns 0) is checked, so its writes' key types are planned, and
+    then not applied: the next commit of the batch writing the same key as another type must
+    find the key as Redis has it (absent), not as the duplicate would have left it."""
+    publish(any_bus, 1)
+    any_bus.ensure_groups("g", [S])
+    [d] = any_bus.read_new("g", "c", [S], 10, 10)
+    assert any_bus.commit("g", [Commit(ack=(S, d.entry_id))]) == [Outcome.APPLIED]
+    again = Commit(ops=[Append("k", "x")], ack=(S, d.entry_id))
+    after = Commit(ops=[SetFields("k", {"a": "1"})])
+    assert any_bus.commit("g", [again, after]) == [Outcome.DUPLICATE, Outcome.APPLIED], after.refusal
+    assert any_bus.read_hashes(["k"]) == [{"a": "1", "_v": "1"}]
+
+
+def test_versions_go_up_once_per_commit_in_a_batch_of_many(any_bus):
+    """Each commit bumps the versions of the hashes it wrote once: not again for a later commit
+    of the same batch that writes other hashes."""
+    batch = [Commit(ops=[SetFields("h1", {"a": "1"}), AddTo("h1", "n", 1)]),
+             Commit(ops=[SetFields("h2", {"a": "1"})]),
+             Commit(ops=[AddTo("h1", "n", 1), DropFields("h3", ("b",))])]
+    assert any_bus.commit("", batch) == [Outcome.APPLIED] * 3
+    assert any_bus.read_hashes(["h1", "h2", "h3"]) == [{"a": "1", "n": "2", "_v": "2"},
+                                                       {"a": "1", "_v": "1"}, {"_v": "1"}]
+
+
 def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])

@@ -23,7 +23,7 @@ from choreo.workers.logs import EVENTS
 from tests.inprocess import drain
 from choreo.workers import SERVICES, keys
 from choreo.workers.runtime import Worker
-from choreo.workers.service import On, Service
+from choreo.workers.service import On, Service, confirm
 
 CREATED = bus_keys.stream("OrderCreated")
 CONSUMER = "inventory-test-1"
@@ -122,6 +122,25 @@ def test_an_event_published_twice_is_applied_once_by_the_commits_own_guard(real_
     assert pending_count(real_bus.client, CREATED, "tally") == 0          # both acked
     assert [("duplicate=ignored" in line) for line in log_lines(caplog, logger=EVENTS)] == [False, True]
     assert real_bus.client.zscore(bus_keys.seen("tally"), event.id) is not None
+
+
+def test_a_confirmation_published_twice_is_acknowledged_twice_and_reported_once(real_bus, caplog):
+    """A confirm handler changes nothing, so its commit is only the ack (no unit of work): it
+    still keeps the event's id, and the second entry of the same event reads as a duplicate."""
+    caplog.set_level(logging.INFO)
+    confirming = Service("confirming", "ConfirmingService",
+                         {"OrderCreated": On(confirm, "Confirmed order {order_id}")}, emits=())
+    worker = Worker(confirming, real_bus, out_of_reach(), "confirming-test-1")
+    worker.start()
+    event = Envelope.new("OrderCreated", "1", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                        "total_cents": 1999})
+    retry = Commit(ops=[Publish(CREATED, event.fields(), trace=bus_keys.trace("1"))])
+    for _ in range(2):                          # the same publish twice: two entries
+        real_bus.commit("", [retry])
+        worker.poll(block_ms=5)
+    assert pending_count(real_bus.client, CREATED, "confirming") == 0     # both acked
+    assert [("duplicate=ignored" in line) for line in log_lines(caplog, logger=EVENTS)] == [False, True]
+    assert real_bus.client.zscore(bus_keys.seen("confirming"), event.id) is not None
 
 
 def test_a_replay_for_another_group_is_acknowledged_however_often_it_was_delivered(real_bus):
