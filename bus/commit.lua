@@ -60,6 +60,10 @@ local stopped = false
 local HOLDS = { HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', COUNT = 'hash', FILE = 'hash',
                 RPUSH = 'list', ZADD = 'zset' }
 local AS = { COUNT = 'HINCRBY', FILE = 'HSET' }    -- the command an op runs, where it is not its name
+-- What the ACL is asked about an op's command after its key: words of the right number, not the
+-- op's own (a user's rules name commands and key patterns, never other arguments).
+local ASKED_WITH = { HSET = { 'f', 'v' }, HDEL = { 'f' }, HINCRBY = { 'f', '1' }, RPUSH = { 'x' },
+                     ZADD = { '1', 'm' } }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
 
 -- Whether Redis reads the word as an integer (string2ll): no leading zeros, no '-0', no '+'.
@@ -71,16 +75,26 @@ local forgotten = {}    -- seen keys already rid of expired ids in this call
 
 -- Whether the calling user may run a command on a key, asked before anything is written: a write
 -- refused halfway would leave the commit half-applied. (fakeredis has no ACLs, and no
--- acl_check_cmd.) Asked once per command and key per call: every command here takes one key, its
--- first argument, and the user's rules (bus.acl: commands on key patterns) cannot change while a
--- script runs, so the answer holds for the rest of the batch (answers[command][key], false: allowed).
-local answers = {}
+-- acl_check_cmd.) Every command here takes one key, its first argument, and the user's rules
+-- (bus.acl: commands on key patterns) cannot change while a script runs, so an answer holds for
+-- the rest of the batch. Asked first, once per command, of the empty key: a key pattern that
+-- matches "" is stars alone (every other glob element needs a character), which match any key, so
+-- a user allowed it there is allowed it everywhere (everywhere[command]: the default user, ~*) and
+-- asked nothing more. Otherwise asked once per command and key (answers[command][key], false:
+-- allowed).
+local answers, everywhere = {}, {}
 local function denied(command, key, ...)
+  if everywhere[command] then return nil end
   local by_key = answers[command]
   local no = by_key and by_key[key or '']
   if no == nil then
+    if not redis.acl_check_cmd then return nil end
+    if everywhere[command] == nil then
+      everywhere[command] = redis.acl_check_cmd(command, '', ...) and true or false
+      if everywhere[command] then return nil end
+    end
     no = false
-    if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
+    if not redis.acl_check_cmd(command, key, ...) then
       no = 'NOPERM this user may not run ' .. command .. ' on ' .. tostring(key)
     end
     answers[command] = by_key or {}
@@ -216,8 +230,7 @@ local function refusal(o)
     end
   end
   local command = AS[op] or op
-  local no = answers[command] and answers[command][key]     -- asked before: no words unpacked
-  if no == nil then no = denied(command, key, unpack(ARGV, at + 1, at + n - 1)) end
+  local no = denied(command, key, unpack(ASKED_WITH[command]))
   no = no or ((op == 'HSET' or op == 'HDEL' or op == 'HINCRBY') and denied('HINCRBY', key, '_v', '1'))
   if no then return no end
   local bad = wrong_type(key, HOLDS[op])
