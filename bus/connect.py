@@ -32,8 +32,11 @@ SECRET_PARAMETERS = ("password", "ssl_password")
 class LeanPacker:
     """How commands are packed for the server (redis-py's `command_packer`): hiredis's packing
     without redis-py's pass over every argument looking for a bytearray or memoryview, which the
-    bus never sends, while a batch's commit carries thousands of ARGV words. Whatever hiredis
+    bus never sends, while a batch's commit carries thousands of ARGV words; and a long command of
+    ASCII text only (a commit's EVALSHA) joined as one string (joined_words). Whatever hiredis
     refuses (those types, or a command name of two words) is packed the usual way."""
+
+    LONG = 32           # words from which joining beats hiredis
 
     def __init__(self):
         self._usual = HiredisRespSerializer()
@@ -41,11 +44,41 @@ class LeanPacker:
     def pack(self, *args) -> list[bytes]:
         name = args[0]
         if (" " if isinstance(name, str) else b" ") not in name:
+            if len(args) >= self.LONG:
+                joined = joined_words(args)
+                if joined is not None:
+                    return [joined]
             try:
                 return [hiredis.pack_command(args)]
             except TypeError:
                 pass
         return self._usual.pack(*args)
+
+
+class _Heads(dict):
+    """A word's length -> its RESP bulk header ("$12"), made once per length."""
+
+    def __missing__(self, length: int) -> str:
+        head = self[length] = f"${length}"
+        return head
+
+
+_HEADS = _Heads()
+
+
+def joined_words(words: tuple) -> bytes | None:
+    """The RESP of a command whose words are all ASCII str, made by one join, or None for any
+    other word (then hiredis packs it). hiredis formats each word's header with sprintf: for a
+    commit's thousands of words, 13% of a worker's instructions."""
+    flat = [""] * (2 * len(words))
+    try:
+        flat[0::2] = map(_HEADS.__getitem__, map(len, words))
+        flat[1::2] = words
+        text = f"*{len(words)}\r\n" + "\r\n".join(flat) + "\r\n"
+        data = text.encode()
+    except (TypeError, UnicodeEncodeError):     # a word not a str; a lone surrogate
+        return None
+    return data if len(data) == len(text) else None     # not ASCII: lengths are of characters
 
 
 class UnusableUrl(ValueError):

@@ -488,7 +488,7 @@ class RedisStreamsBus:
         wait_timeout_ms: then the commit stands, counted in short_waits, and may be lost if its
         primary dies before a replica has it)."""
         if not self.wait_replicas:
-            return self._commit(keys=keys_, args=argv)
+            return self._evalsha(self._commit, keys_, argv)
         node = (self.client.get_redis_connection(self.client.get_node_from_key(keys_[0]))
                 if self.cluster and keys_ else self.client)
         pipe = node.pipeline(transaction=False)
@@ -499,6 +499,18 @@ class RedisStreamsBus:
         if int(acknowledged) < self.wait_replicas:
             self.short_waits += 1
         return statuses
+
+    def _evalsha(self, script, keys_: list[str], argv: list):
+        """The script run as its Script object would (EVALSHA, loaded again after NOSCRIPT),
+        with its number of keys as text: every word a str, the packer joins them all at once
+        (bus.connect.joined_words). A cluster client routes by its own Script."""
+        if self.cluster:
+            return script(keys=keys_, args=argv)
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, str(len(keys_)), *keys_, *argv)
+        except redis.exceptions.NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return self.client.execute_command("EVALSHA", script.sha, str(len(keys_)), *keys_, *argv)
 
     def _explain_refusal(self, group, commits, keys_, argv, refused: PermissionsMissing):
         """Redis refused the EVALSHA itself: one of KEYS is a key the user may not touch, and

@@ -300,6 +300,15 @@ def test_versions_go_up_once_per_commit_in_a_batch_of_many(any_bus):
                                                        {"a": "1", "_v": "1"}, {"_v": "1"}]
 
 
+def test_a_commit_after_the_servers_scripts_were_flushed_loads_its_script_again(any_bus):
+    """A server restarted without persistence, or SCRIPT FLUSH, forgets the script: the commit's
+    EVALSHA meets NOSCRIPT and loads it again, once."""
+    assert any_bus.commit("", [Commit(ops=[SetFields("h", {"a": "1"})])]) == [Outcome.APPLIED]
+    any_bus.client.script_flush()
+    assert any_bus.commit("", [Commit(ops=[SetFields("h", {"a": "2"})])]) == [Outcome.APPLIED]
+    assert any_bus.read_hashes(["h"]) == [{"a": "2", "_v": "2"}]
+
+
 def test_claim_stale_takes_over_idle_entries_with_their_delivery_count(any_bus):
     publish(any_bus, 1)
     any_bus.ensure_groups("g", [S])

@@ -8,11 +8,12 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import hiredis
 import pytest
 import redis
 from redis.connection import HiredisRespSerializer
 
-from choreo.bus.connect import LeanPacker, open_bus
+from choreo.bus.connect import LeanPacker, joined_words, open_bus
 from choreo.bus.contract import BusError, BusUnavailable, GroupMissing
 from choreo.bus.envelope import iso_ms, new_id
 from choreo.bus.redis_streams import pipelined, read_records, translated_errors
@@ -60,9 +61,21 @@ def test_event_ids_are_32_hex_digits_and_never_repeat_across_a_fork():
     ("XADD", "events:OrderCreated", "MAXLEN", "~", 1000, "*", "id", "x", "data", '{"a":1}'),
     ("SET", "k", "v", "EX", 60, "NX"),
     ("CLIENT SETNAME", "choreo"),                    # two words: packed the usual way
+    # Long enough to be joined (LeanPacker.LONG): all ASCII text; one word not; one not a str.
+    ("EVALSHA", "a" * 40, "2", "k1", "k2", "g", "40", "", *[f"w{n}" for n in range(40)], "x" * 300),
+    ("EVALSHA", "a" * 40, "1", "k1", *["w"] * 40, "prix: 12 €", "end"),
+    ("EVALSHA", "a" * 40, 1, "k1", *["w"] * 40, b"raw", 2.5),
 ])
 def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(args):
     assert b"".join(LeanPacker().pack(*args)) == b"".join(HiredisRespSerializer().pack(*args))
+
+
+def test_long_commands_of_ascii_text_are_joined_and_any_other_is_left_to_hiredis():
+    words = ("EVALSHA", "a" * 40, "1", "k", *[str(n) for n in range(100)])
+    assert joined_words(words) == hiredis.pack_command(words)
+    assert joined_words((*words, "é")) is None           # lengths would be of characters
+    assert joined_words((*words, 1)) is None and joined_words((*words, b"x")) is None
+    assert joined_words((*words, "\udc80")) is None      # a lone surrogate: hiredis says why
 
 
 def test_a_missing_group_inside_a_pipeline_is_a_missing_group():
