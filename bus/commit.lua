@@ -66,10 +66,25 @@ local ASKED_WITH = { HSET = { 'f', 'v' }, HDEL = { 'f' }, HINCRBY = { 'f', '1' }
                      ZADD = { '1', 'm' } }
 local LIMIT = 2 ^ 50    -- counters stay exact in Lua numbers and far inside Redis's int64
 
--- Whether Redis reads the word as an integer (string2ll): no leading zeros, no '-0', no '+'.
-local function whole(word)
-  return word == '0' or (type(word) == 'string' and string.match(word, '^-?[1-9]%d*$') ~= nil)
+-- What a test says of a word, asked once per distinct word in a call: a batch repeats the same
+-- few amounts and expiries hundreds of times, and a pattern match is a C call each. (nil: false.)
+local function remembered(test)
+  return setmetatable({}, { __index = function(said, word)
+    if word == nil then return false end
+    local value = test(word)
+    said[word] = value
+    return value
+  end })
 end
+-- Whether Redis reads the word as an integer (string2ll): no leading zeros, no '-0', no '+'.
+local whole = remembered(function(word)
+  return word == '0' or (type(word) == 'string' and string.match(word, '^-?[1-9]%d*$') ~= nil)
+end)
+-- Whole seconds below 10^11, digits only (an expiry); all zeros (an EXPIRE that deletes).
+local seconds_word = remembered(function(word)
+  return string.match(word, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') ~= nil
+end)
+local zeros = remembered(function(word) return string.match(word, '^0+$') ~= nil end)
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
 
@@ -201,12 +216,12 @@ local function refusal(o)
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
     local seconds = ARGV[at + 1]
-    if n ~= 2 or not string.match(seconds, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+    if n ~= 2 or not seconds_word[seconds] then
       return 'expiry ' .. tostring(n == 2 and seconds or nil) .. ' of ' .. key .. ' is not whole seconds below 10^11'
     end
     -- An EXPIRE of 0 would delete the key: the types remembered for it are forgotten, so the
     -- next write to it asks Redis again. (Workers' expiries are never 0: retention_s >= 1.)
-    if string.match(seconds, '^0+$') then
+    if zeros[seconds] then
       known[key], planned[key], counters[key] = nil, nil, nil
     end
     return denied('EXPIRE', key, seconds)
@@ -236,7 +251,7 @@ local function refusal(o)
   local bad = wrong_type(key, HOLDS[op])
   if bad or (op ~= 'HINCRBY' and op ~= 'COUNT') or explaining > 0 then return bad end
   local field, amount = n >= 2 and ARGV[at + 1] or nil, n >= 3 and ARGV[at + 2] or nil
-  if not whole(amount) then     -- Redis would refuse it halfway
+  if not whole[amount] then     -- Redis would refuse it halfway
     return 'amount ' .. tostring(amount) .. ' for ' .. key .. ' field ' .. tostring(field) .. ' is not an integer'
   end
   local fields = counters[key]
@@ -245,7 +260,7 @@ local function refusal(o)
     local unreadable = denied('HGET', key, field)
     if unreadable then return unreadable end
     local value = redis.call('HGET', key, field)
-    if value and not whole(value) then
+    if value and not whole[value] then
       return key .. ' field ' .. field .. ' is not an integer'
     end
     now = tonumber(value or '0')
@@ -298,7 +313,7 @@ local function apply(o, bumped, once)
     if expiring[key] ~= seconds then
       expiring[key] = redis.call('EXPIRE', key, seconds) == 1 and seconds or nil
     end
-    if string.match(seconds, '^0+$') then    -- deleted: no version to bump (absent is version 0),
+    if zeros[seconds] then    -- deleted: no version to bump (absent is version 0),
       bumped[key], counters[key] = nil, nil     -- unless a later write makes it again
       expiring[key] = nil
     end
@@ -325,7 +340,7 @@ local function guarded(acked_or_seen, checked, n_checks, n_ops)
     local op = op_name[o]
     if op == 'HSET' or op == 'HDEL' or op == 'HINCRBY' or op == 'FILE' then
       written[op_key[o]] = true
-    elseif op == 'EXPIRE' and string.match(ARGV[op_at[o] + 1], '^0+$') then
+    elseif op == 'EXPIRE' and zeros[ARGV[op_at[o] + 1]] then
       deleted[op_key[o]] = true
     end
   end
