@@ -2,7 +2,8 @@
 -- KEYS: every key the batch touches, each once. ARGV names a key by its place in KEYS (0: none):
 -- Redis Cluster routes a script by its KEYS, and ACL key patterns check only KEYS.
 -- ARGV: group, n, 0, then per commit:
---   ack_stream#, ack_id, seen_key#, seen_id, seen_ttl, n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
+--   ack_stream#, ack_id, seen_key#, [seen_id, seen_ttl,] n_checks, (key#, expected_v)*, n_ops, (op, n_args, args*)*
+-- where seen_id and seen_ttl are there only when seen_key# is not 0 (most commits keep no id),
 -- where an op's key (a PUBLISH's stream and trace) is a key# too. An expected_v "!<f> <f>..." checks
 -- instead that the hash holds none of those fields: a bucket of settled records (FILE) without the
 -- records a handler found absent, which a commit that filed one meanwhile would otherwise hide.
@@ -352,10 +353,14 @@ local function guarded(acked_or_seen, checked, n_checks, n_ops)
 end
 
 for c = 1, n do
-  local ack_stream, ack_id, seen, seen_id = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2]), ARGV[i + 3]
-  local seen_until = now + number[ARGV[i + 4]]
-  local n_checks = number[ARGV[i + 5]]
-  i = i + 6
+  local ack_stream, ack_id, seen = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2])
+  local seen_id, seen_until = '', now
+  if ARGV[i + 2] ~= '0' then      -- a dedup id, and how long it is kept
+    seen_id, seen_until = ARGV[i + 3], now + number[ARGV[i + 4]]
+    i = i + 2
+  end
+  local n_checks = number[ARGV[i + 3]]
+  i = i + 4
   local status = 1
   if stopped and explaining == 0 then status = -1 end
   for k = 1, n_checks do

@@ -126,7 +126,10 @@ def encode_batch(group: str, commits: Sequence[Commit]) -> tuple[list[str], list
     argv: list = [group, _count(len(commits)), "0"]
     for c in commits:
         stream, entry_id = c.ack or ("", "")
-        argv += [key(stream), entry_id, key(c.seen), c.seen_id, str(c.seen_ttl_s or 1), _count(len(c.checks))]
+        if c.seen:
+            argv += [key(stream), entry_id, key(c.seen), c.seen_id, str(c.seen_ttl_s or 1), _count(len(c.checks))]
+        else:                           # no dedup id: no id nor time for it (bus/commit.lua)
+            argv += [key(stream), entry_id, "0", _count(len(c.checks))]
         for name, version in c.checks.items():
             argv += [key(name), version]
         argv.append(_count(len(c.ops)))

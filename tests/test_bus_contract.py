@@ -554,7 +554,7 @@ def test_a_batch_names_each_key_by_its_place_in_keys(any_bus):
                     "1", "1-1", "2", "e1", "60", "1", "3", "3",
                     "3", "HINCRBY", "3", "3", "n", "-2", "PUBLISH", "5", "4", "5", "5", "a", "1",
                     "EXPIRE", "2", "3", "30",
-                    "0", "", "0", "", "1", "0",
+                    "0", "", "0", "0",          # no dedup id: neither it nor its time is sent
                     "1", "HSET", "3", "3", "f", "v"]
 
 
