@@ -91,26 +91,18 @@ local forgotten = {}    -- seen keys already rid of expired ids in this call
 
 -- Whether the calling user may run a command on a key, asked before anything is written: a write
 -- refused halfway would leave the commit half-applied. (fakeredis has no ACLs, and no
--- acl_check_cmd.) Every command here takes one key, its first argument, and the user's rules
--- (bus.acl: commands on key patterns) cannot change while a script runs, so an answer holds for
--- the rest of the batch. Asked first, once per command, of the empty key: a key pattern that
--- matches "" is stars alone (every other glob element needs a character), which match any key, so
--- a user allowed it there is allowed it everywhere (everywhere[command]: the default user, ~*) and
--- asked nothing more. Otherwise asked once per command and key (answers[command][key], false:
--- allowed).
-local answers, everywhere = {}, {}
+-- acl_check_cmd.) Asked once per command and key per call: every command here takes one key, its
+-- first argument, and the user's rules (bus.acl: commands on key patterns) cannot change while a
+-- script runs, so the answer holds for the rest of the batch (answers[command][key], false: allowed).
+-- Never inferred from another key's answer: no key proves a user may touch every key (a pattern
+-- may name exactly that key; an empty pattern, `~`, allows the empty key and no other).
+local answers = {}
 local function denied(command, key, ...)
-  if everywhere[command] then return nil end
   local by_key = answers[command]
   local no = by_key and by_key[key or '']
   if no == nil then
-    if not redis.acl_check_cmd then return nil end
-    if everywhere[command] == nil then
-      everywhere[command] = redis.acl_check_cmd(command, '', ...) and true or false
-      if everywhere[command] then return nil end
-    end
     no = false
-    if not redis.acl_check_cmd(command, key, ...) then
+    if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
       no = 'NOPERM this user may not run ' .. command .. ' on ' .. tostring(key)
     end
     answers[command] = by_key or {}

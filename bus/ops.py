@@ -93,7 +93,7 @@ class Index:
     member: str
 
     def words(self, key: KeyIndex) -> tuple:
-        return ("ZADD", key(self.key), self.score, self.member)
+        return ("ZADD", key(self.key), str(self.score), self.member)   # text, as Redis reads it
 
 
 @dataclass(slots=True)

@@ -176,6 +176,30 @@ def test_a_commit_with_one_refused_write_is_refused_whole_not_half_applied(redis
         admin.execute_command("ACL", "DELUSER", "halfway")
 
 
+def test_a_permission_on_the_empty_key_says_nothing_of_any_other(redis_server, redis_url):
+    """An empty key pattern (`~`) allows the empty key and no other: a user allowed HSET there
+    and on h, not on x, gets a commit writing h then x refused whole, never h written and the
+    entry acknowledged (the script once took an answer for "" to stand for every key)."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "emptykey", "on", ">pw", "+@all", "-@dangerous", "-hset",
+                          "~s", "~h", "~x", "(+hset ~ ~h)")
+    try:
+        admin.xgroup_create("s", "g", id="0", mkstream=True)
+        entry_id = admin.xadd("s", {"f": "v"})
+        bus = open_bus(redis_url.replace("redis://", "redis://emptykey:pw@"), check=False)
+        bus.read_new("g", "c", ["s"], 10, 0)
+        commit = Commit(ops=[SetFields("h", {"f": "v"}), SetFields("x", {"f": "v"})], ack=("s", entry_id))
+        with pytest.raises(PermissionsMissing, match="HSET on x"):
+            bus.commit("g", [commit])
+        assert not admin.exists("h") and not admin.exists("x")
+        assert admin.xpending("s", "g")["pending"] == 1
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "emptykey")
+
+
 def test_a_commands_permission_on_one_key_says_nothing_of_another_in_the_same_batch(redis_server, redis_url):
     """commit.lua asks the ACL about each command on each key: XADD allowed on one stream does
     not let a later commit of the batch XADD to a stream the user may only read."""
