@@ -125,12 +125,12 @@ class Handling:
         # An event published once (bus/commit.lua) needs only the ack's guard; any other may come
         # again as a new entry with the same id, which the service's seen set catches.
         seen = "" if event.once else bus_keys.seen(self.service.name, bus_keys.partition_of(d.stream))
+        guard = {"ack": (d.stream, d.entry_id), "seen": seen, "seen_id": event.id if seen else "",
+                 "seen_ttl_s": self.settings.seen_ttl_s if seen else 0}
         if handler is confirm:      # changes nothing: its commit is the ack (and the id), no unit of work
             self.observer.handling(d, event)
             self.observer.handler_ran(d, time.perf_counter() - started)
-            return Handled(d, Commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
-                                     seen_ttl_s=self.settings.seen_ttl_s if seen else 0),
-                           "", event, started)
+            return Handled(d, Commit(**guard), "", event, started)
         uow = UnitOfWork(self.service.name, self.service.emits, view, cause=event, clock=self.clock,
                          creates=self.service.creates, retention_s=self.settings.retention_s,
                          models=self.models, record=self.service.record)
@@ -142,8 +142,7 @@ class Handling:
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)
-        commit = uow.to_commit(ack=(d.stream, d.entry_id), seen=seen, seen_id=event.id if seen else "",
-                               seen_ttl_s=self.settings.seen_ttl_s if seen else 0)
+        commit = uow.to_commit(**guard)
         return Handled(d, commit, "", event, started, uow.timers, uow.disarmed)
 
     def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float,
