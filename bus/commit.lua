@@ -86,6 +86,22 @@ local seconds_word = remembered(function(word)
   return string.match(word, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') ~= nil
 end)
 local zeros = remembered(function(word) return string.match(word, '^0+$') ~= nil end)
+-- Whether Redis reads the word as a score (string2d): what strtod reads whole, with no space
+-- around it, not NaN, and not out of range (an overflow to infinity or an underflow to zero). A
+-- few words Redis takes are refused here too (a subnormal, a hex zero): refused is safe, halfway
+-- is not.
+local score_word = remembered(function(word)
+  local s = tonumber(word)
+  if s == nil or s ~= s or string.find(word, '%s') then return false end
+  if s == math.huge or s == -math.huge then
+    local bare = string.lower(string.gsub(word, '^[-+]', ''))
+    return bare == 'inf' or bare == 'infinity'
+  end
+  if s == 0 then        -- written as zero (its digits all zeros), not a small number underflowed
+    return (string.match(word, '^[-+]?0*%.?0*$') or string.match(word, '^[-+]?0*%.?0*[eE][-+]?%d+$')) ~= nil
+  end
+  return math.abs(s) >= 2.2250738585072014e-308
+end)
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = {}    -- seen keys already rid of expired ids in this call
 
@@ -230,6 +246,9 @@ local function refusal(o)
     return op .. ' ' .. key .. ' takes one field and one amount'
   end
   if op == 'ZADD' and n ~= 3 then return 'ZADD ' .. key .. ' needs a score and a member' end
+  if op == 'ZADD' and not score_word[ARGV[at + 1]] then
+    return 'score ' .. ARGV[at + 1] .. ' for ' .. key .. ' is not a number Redis takes'
+  end
   if op == 'RPUSH' and n < 2 then return 'RPUSH ' .. key .. ' needs a value' end
   if op == 'HDEL' then       -- never the version: the hash stays, and its version only grows
     if n < 2 then return 'HDEL ' .. key .. ' needs a field' end
@@ -347,7 +366,7 @@ end
 for c = 1, n do
   local ack_stream, ack_id, seen = key_at(ARGV[i]), ARGV[i + 1], key_at(ARGV[i + 2])
   local seen_id, seen_until = '', now
-  if ARGV[i + 2] ~= '0' then      -- a dedup id, and how long it is kept
+  if number[ARGV[i + 2]] ~= 0 then      -- a dedup id, and how long it is kept ('0', or '00')
     seen_id, seen_until = ARGV[i + 3], now + number[ARGV[i + 4]]
     i = i + 2
   end

@@ -4,12 +4,13 @@ a case here fails instead of a surprise in production."""
 from __future__ import annotations
 
 import pytest
+import redis
 
 from importlib import resources
 
 from choreo.bus.contract import Commit, Outcome
 from choreo.bus.envelope import Envelope
-from choreo.bus.ops import AddTo, Append, Count, DropFields, Expire, Publish, SetFields
+from choreo.bus.ops import AddTo, Append, Count, DropFields, Expire, Index, Publish, SetFields
 from choreo.bus import inspect, keys
 
 S = keys.stream("OrderCreated")
@@ -260,6 +261,13 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (DropFields("h", ("a", "_v")), "HDEL h may not remove the version _v"),
     (Words("COUNT", "h", "n", "1", "2"), "COUNT h takes one field and one amount"),
     (Words("ZADD", "z", "1"), "ZADD z needs a score and a member"),
+    (Index("z", float("nan"), "m"), "score nan for z is not a number Redis takes"),
+    (Words("ZADD", "z", " 1", "m"), "score  1 for z is not a number"),
+    (Words("ZADD", "z", "1 ", "m"), "score 1  for z is not a number"),
+    (Words("ZADD", "z", "1e500", "m"), "score 1e500 for z is not a number"),
+    (Words("ZADD", "z", "-1e-500", "m"), "score -1e-500 for z is not a number"),
+    (Words("ZADD", "z", "", "m"), "score  for z is not a number"),
+    (Words("ZADD", "z", "one", "m"), "score one for z is not a number"),
     (Words("RPUSH", "l"), "RPUSH l needs a value"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
@@ -273,6 +281,22 @@ def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, o
     assert any_bus.commit("g", [bad]) == [Outcome.REFUSED] and why in bad.refusal
     assert any_bus.read_hashes(["money"]) == [{}] and not any_bus.client.exists("events:Out")
     assert any_bus.client.xpending(S, "g")["pending"] == 1
+
+
+@pytest.mark.parametrize("score", ["0", "-0", "0.0", ".0e7", "1e3", "-2.5", ".5", "5.", "0x10", "1e308",
+                                   "inf", "-inf", "+Infinity", "1e-300"])
+def test_a_score_redis_takes_is_written(real_bus, score):
+    """The score check refuses what Redis would refuse halfway, and no more of what a user
+    writes: each of these is a score Redis takes (a real server: fakeredis refuses hex)."""
+    assert real_bus.commit("", [Commit(ops=[Words("ZADD", "z", score, "m")])]) == [Outcome.APPLIED]
+    assert real_bus.client.zscore("z", "m") == float(score if "x" not in score else int(score, 16))
+
+
+@pytest.mark.parametrize("score", ["nan", " 1", "1 ", "1e500", "-1e-500", "", "one"])
+def test_a_score_the_check_refuses_is_one_redis_refuses(real_bus, score):
+    """What the check above refuses, Redis itself refuses (a real server: its string2d)."""
+    with pytest.raises(redis.ResponseError, match="not a valid float"):
+        real_bus.client.zadd("z", {"m": score})
 
 
 def test_a_duplicates_planned_writes_say_nothing_of_the_next_commits_keys(any_bus):
@@ -466,6 +490,18 @@ def test_a_key_number_not_in_keys_is_refused_before_any_write(any_bus):
     bad = Commit(ops=[SetFields("h", {"a": "1"}), Outside()])
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED] and "is not in KEYS" in bad.refusal
     assert any_bus.read_hashes(["h"]) == [{}]
+
+
+def test_no_dedup_id_is_a_key_place_of_zero_however_it_is_written(any_bus):
+    """A key place is read as a number everywhere ("00" is 0, no key): so is the one that says
+    a commit keeps no dedup id, whose id and time then are not in ARGV to be read."""
+    from choreo.bus.redis_streams import encode_batch
+    KEYS, argv = encode_batch("", [Commit(ops=[SetFields("h", {"a": "1"})]), Commit(ops=[AddTo("h", "n", 2)])])
+    assert argv[5] == "0"                       # group, n, 0, ack stream#, ack id, seen#
+    argv[5] = "00"
+    script = resources.files("choreo.bus").joinpath("commit.lua").read_text()
+    assert any_bus.client.eval(script, len(KEYS), *KEYS, *argv) == [1, 1]
+    assert any_bus.read_hashes(["h"]) == [{"a": "1", "n": "2", "_v": "2"}]
 
 
 def test_a_hash_a_commit_writes_then_expires_at_once_is_gone_not_remade_by_its_version(any_bus):
