@@ -20,8 +20,9 @@ from choreo.bus.contract import (HOLD_OPS, BusError, BusUnavailable, Commit, Del
 # A heartbeat's name stays in heartbeats:<service> this long after its last renewal (by the
 # writer's clock: an hour absorbs any skew between hosts); the heartbeat key itself decides liveness.
 HEARTBEAT_INDEX_MS = 3_600_000
-# Streams of several partitions cannot be read in one blocking XREADGROUP (each partition is its
-# own slot): they are read together without blocking, and an empty round waits this long.
+# On a cluster, streams of several partitions cannot be read in one blocking XREADGROUP (each
+# partition is its own slot): they are read together without blocking, and an empty round waits
+# this long. One server reads them all in one XREADGROUP that blocks, as with one partition.
 IDLE_POLL_MS = 10
 
 
@@ -278,7 +279,7 @@ class RedisStreamsBus:
     # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
     # Delivery with `error` set (dead-lettered by the worker), instead of failing the whole reply.
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
-        groups = by_partition(streams)
+        groups = by_partition(streams) if self.cluster else [streams]
         if len(groups) == 1:
             # As Redis sends it (pipelined): redis-py's reading of each entry into a dict of
             # bytes, which decode_entry then made again of text, cost a worker more than Redis

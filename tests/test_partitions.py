@@ -347,3 +347,30 @@ def test_a_process_whose_partition_count_disagrees_refuses_to_write(tmp_path, re
     from redis import Redis
     r = Redis.from_url(redis_url, decode_responses=True)
     assert r.get("choreo:partitions") == "4" and r.get("orders:seq") == "1"
+
+
+def test_one_server_reads_every_partition_in_one_xreadgroup_that_blocks(four, real_bus):
+    """Idle workers with partitions on one server wait in Redis, as with one partition: a read
+    of all four partitions' streams is one XREADGROUP that blocks (not one per partition, polled
+    every few ms), and an entry published on any partition while it waits is returned."""
+    import threading
+    streams = [bus_keys.stream("OrderCreated", p) for p in range(PARTITIONS)]
+    real_bus.ensure_groups("inventory", streams)
+
+    def reads() -> int:
+        return int(real_bus.client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    before = reads()
+    assert real_bus.read_new("inventory", "c", streams, 10, 200) == []
+    assert reads() - before == 1
+    e = Envelope.new("OrderCreated", "7", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                     "total_cents": 1999})
+    home = bus_keys.stream_for("OrderCreated", "7")
+    later = threading.Timer(0.3, lambda: real_bus.client.xadd(home, e.fields()))
+    later.start()
+    try:
+        [got] = real_bus.read_new("inventory", "c", streams, 10, 30_000)
+    finally:
+        later.cancel()
+    assert got.stream == home and got.fields["id"] == e.id
+    assert reads() - before == 2
