@@ -144,8 +144,11 @@ def require(bus: RedisStreamsBus, role: Role) -> None:
     user = whoami(bus)
     if user is None:
         return
+    # WAIT only where this process waits for replicas (CHOREO_WAIT_REPLICAS): users rendered
+    # before `+wait` was granted still start without it.
+    needs = (*role.needs, *((("WAIT", "0", "0"),) if bus.wait_replicas else ()))
     try:
-        missing = [v for v in check(bus, [Role(user, role.what, role.grants, role.root, role.needs)],
+        missing = [v for v in check(bus, [Role(user, role.what, role.grants, role.root, needs)],
                                     refusals=False) if not v.ok]
     except PermissionsMissing as exc:
         raise PermissionsMissing(f"user {user!r} cannot check its permissions ({exc}); grant it "

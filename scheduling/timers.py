@@ -110,7 +110,11 @@ def job_bus() -> RedisStreamsBus:
     came from. Either way nothing of this process's environment is read here."""
     job = get_current_job()
     target = getattr(job, "publishes_to", None) or job.connection
-    return RedisStreamsBus(same_server(target, decode=True))
+    bus = RedisStreamsBus(same_server(target, decode=True))
+    # Its commits wait for replicas as the timers process's own (CHOREO_WAIT_REPLICAS): a timer's
+    # event lost in a failover would never fire again, its job being done.
+    bus.wait_replicas, bus.wait_timeout_ms = getattr(job, "waits", (0, bus.wait_timeout_ms))
+    return bus
 
 
 def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
@@ -145,17 +149,19 @@ class RefusedJob(Exception):
     """A queue entry naming a function the timers were not told to run."""
 
 
-def allowing(functions: Collection[str], publishes_to=None) -> type[Job]:
+def allowing(functions: Collection[str], publishes_to=None, waits: tuple[int, int] = (0, 1000)) -> type[Job]:
     """A Job class that runs only the named functions. The JSON serializer keeps pickle out, not
     code: anyone who can write the queue could name any importable function (`os.system`), so
     every other name is refused, failed without retries, and never imported. `publishes_to` (a
-    client on the streams' server) is where job_bus() publishes; None: the job's own server."""
+    client on the streams' server) is where job_bus() publishes; None: the job's own server.
+    `waits`: the replicas its commits wait for, and how long at most (bus wait_replicas)."""
     allowed = frozenset(functions)
 
     class TimerJob(Job):
         # Read by job_bus() in the running job: a class attribute, not a module-level global, so
         # two run_timers in one process (tests) each publish where they were told.
         publishes_to = None
+        waits = (0, 1000)
 
         def _execute(self):
             if self.func_name not in allowed:
@@ -168,6 +174,7 @@ def allowing(functions: Collection[str], publishes_to=None) -> type[Job]:
         success_callback = failure_callback = stopped_callback = property(lambda self: None)
 
     TimerJob.publishes_to = publishes_to
+    TimerJob.waits = waits
     return TimerJob
 
 
@@ -239,7 +246,8 @@ def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
     client returning bytes: CHOREO_TIMERS_URL's server), else on the bus's server; the jobs
     publish through a bus on the bus's server either way."""
     # Without a server of rq's own the jobs publish where they came from, as they always did.
-    job_class = allowing(functions, publishes_to=None if rq_connection is None else bus.client)
+    job_class = allowing(functions, publishes_to=None if rq_connection is None else bus.client,
+                         waits=(bus.wait_replicas, bus.wait_timeout_ms))
     connection = bus.raw if rq_connection is None else rq_connection     # rq reads bytes
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
     threading.Thread(target=_sweeping, args=(queue, frozenset(functions), heartbeat), daemon=True).start()

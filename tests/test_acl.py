@@ -4,6 +4,7 @@ what it must not do — checked by really trying, not only by asking ACL DRYRUN.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -24,8 +25,10 @@ PASSWORDS = {u: f"pw-{u}-0123456789" for u in USERS}
 
 def render(tmp_path) -> str:
     env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in PASSWORDS.items()}
+    # Nothing of this environment but PYTHONPATH (scripts/mutate.py puts its copy there).
+    keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
     done = subprocess.run([str(BIN / "choreo"), "acl", "render"], capture_output=True, text=True,
-                          env={"PATH": str(BIN), **env}, cwd=ROOT, timeout=30)
+                          env={"PATH": str(BIN), **keep, **env}, cwd=ROOT, timeout=30)
     assert done.returncode == 0, done.stderr
     assert not any(p in done.stdout for p in PASSWORDS.values())      # hashes only
     path = tmp_path / "users.acl"
@@ -101,6 +104,32 @@ def test_a_worker_missing_one_permission_refuses_to_start_naming_it(acl_server, 
         assert not admin.exists(bus_keys.stream("OrderCreated"))           # nothing half done
         check = acl_procs.run("acl", "check")
         assert check.returncode == 1 and "MISMATCH" in check.stdout
+    finally:
+        admin.execute_command("ACL", "LOAD")
+
+
+def test_processes_waiting_for_replicas_may_wait_on_their_own_users(acl_server, acl_procs):
+    """CHOREO_WAIT_REPLICAS: every commit is followed by WAIT, which each user may run (a server
+    without replicas: each WAIT times out, the commit stands). A worker whose user may not, and
+    that waits, refuses to start naming it."""
+    admin = acl_server.client()
+    admin.execute_command("ACL", "LOG", "RESET")        # what earlier tests were refused
+    waiting = {"CHOREO_WAIT_REPLICAS": 1, "CHOREO_WAIT_TIMEOUT_MS": 5}
+    for name in SERVICES:
+        acl_procs.worker(name, **waiting)
+    done = acl_procs.run("place-order", "--product", "101", "--quantity", "1", **waiting)
+    assert done.returncode == 0, done.stderr
+    order_id = done.stdout.strip()
+    wait_for(lambda: admin.hget(keys.order(order_id), "status") == "COMPLETED", what="completed")
+    assert all(p.poll() is None for p in acl_procs.procs), "a process died"
+    denied = admin.execute_command("ACL", "LOG")
+    assert not denied, [(d["username"], d["object"]) for d in denied]
+    assert int(admin.info("commandstats")["cmdstat_wait"]["calls"]) >= 5     # the order's commits
+    admin.execute_command("ACL", "SETUSER", "payment", "-wait")
+    try:
+        answer = acl_procs.run("worker", "payment", timeout=30, **waiting)
+        assert answer.returncode == 1 and "lacks 1 permission" in answer.stderr
+        assert "WAIT 0 0" in answer.stderr
     finally:
         admin.execute_command("ACL", "LOAD")
 

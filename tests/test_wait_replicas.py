@@ -49,3 +49,23 @@ class _NoTimers:
 
     def unschedule(self, job_ids):
         pass
+
+
+def test_a_timers_event_waits_for_replicas_as_the_timers_process_is_told(procs, redis_server):
+    """CHOREO_WAIT_REPLICAS on `choreo timers`: the commit that publishes a due timer's event
+    (DeadlinePassed) waits as a worker's does. Its job is done once it ran, so an event lost in
+    a failover would never fire again. Here only the timers wait: every WAIT is theirs."""
+    from tests.helpers import wait_for
+    r = redis_server.client()
+
+    def waits() -> int:
+        return int(r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    before = waits()                                     # (the server's count since it started)
+    for s in ("order", "inventory", "shipping"):
+        procs.worker(s)                                  # payment is down: the order cannot finish
+    procs.start("timers", name="timers", CHOREO_WAIT_REPLICAS=1, CHOREO_WAIT_TIMEOUT_MS=10)
+    assert procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", "1").returncode == 0
+    wait_for(lambda: r.xlen("events:DeadlinePassed") == 1, timeout=20, what="the deadline fired")
+    wait_for(lambda: waits() > before, what="the timer's commit waited")
+    wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")

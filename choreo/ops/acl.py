@@ -36,8 +36,9 @@ from choreo.workers.unit_of_work import timer_id
 # selector: `scripted` grants EVALSHA alone on the keys a role's scripts touch; what each command
 # of the script may do to them is still the role's other selectors' say.
 # (SCRIPT EXISTS: a pipeline of script calls, e.g. stock holds, asks first whether they are loaded.)
+# (WAIT: after each commit with CHOREO_WAIT_REPLICAS set; it blocks only the caller.)
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+script|exists", "+multi",
-          "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time")
+          "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time", "+wait")
 # What redis-py's cluster client asks every node it connects to, on a cluster only: the slot map
 # and the command table (COMMAND, COMMAND GETKEYS: where XREADGROUP's keys are).
 CLUSTER_CLIENT = ("+cluster|slots", "+cluster|shards", "+command")
