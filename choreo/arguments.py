@@ -90,6 +90,7 @@ def entry_id(text: str) -> str:
 
 replica_count = Bounded(1, 16, int)             # processes of one service in `choreo bench`
 bench_partitions = Bounded(1, 1024, int)        # the cluster rows' CHOREO_PARTITIONS (bus.layout's bounds)
+bench_repeat = Bounded(1, 9, int)               # `choreo bench` rounds, each row once per round
 
 
 def replicas(text: str) -> dict[str, int]:

@@ -105,6 +105,9 @@ def _add_bench_verb(sub, common) -> None:
                         f"{' and '.join(CLUSTER_ROWS)} run on a fresh 3-primary Redis Cluster)")
     p.add_argument("--partitions", type=arg.bench_partitions, metavar="N",
                    help=f"the cluster rows' CHOREO_PARTITIONS, {arg.bench_partitions.bounds} (default: {PARTITIONS})")
+    p.add_argument("--repeat", type=arg.bench_repeat, default=1, metavar="N",
+                   help=f"rounds, {arg.bench_repeat.bounds}, each running every row in turn: figures "
+                        f"are medians of the rounds, ratios the median of each round's (default: 1)")
     p.add_argument("--curve", action="store_true",
                    help="also run every row paced at 25/50/75%% of the slowest row's maximum")
     p.add_argument("--timeout", type=arg.load_timeout, default=120.0, metavar="SECONDS",

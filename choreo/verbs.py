@@ -479,7 +479,7 @@ def _bench_misuse(args) -> str:
     from choreo.measure.bench import CLUSTER_ROWS
     if args.soak:
         wrong = [f for f, v in (("--rows", args.rows), ("--curve", args.curve),
-                                ("--partitions", args.partitions)) if v]
+                                ("--partitions", args.partitions), ("--repeat", args.repeat > 1)) if v]
         return f"{' and '.join(wrong)}: not with --soak" if wrong else ""
     wrong = [f for f, v in (("--retention", args.retention), ("--seen-ttl", args.seen_ttl)) if v]
     if wrong:
@@ -512,10 +512,11 @@ def _bench(args) -> int:
     from choreo.measure.bench import DEFAULT_ROWS, PARTITIONS, Plan, run_bench
     from choreo.measure.bench_report import render, to_json
     plan = Plan(args.orders, args.rows or DEFAULT_ROWS, args.replicas, rate=args.rate,
-                timeout_s=args.timeout, curve=args.curve, partitions=args.partitions or PARTITIONS)
+                timeout_s=args.timeout, curve=args.curve, partitions=args.partitions or PARTITIONS,
+                repeat=args.repeat)
     run = run_bench(plan, args.redis_url)
     _print_run(run, args.json, render, to_json)
-    return 0 if all(r.completed == r.orders for r in run.results) else 1
+    return 0 if all(r.completed == r.orders for rows in run.rounds for r in rows) else 1
 
 
 def _soak(args) -> int:

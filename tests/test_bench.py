@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -88,6 +89,44 @@ def test_json_has_every_figure_and_names_the_processes_it_stopped():
     assert marked(mark) == []
 
 
+def test_repeat_runs_every_row_each_round_and_reports_the_medians():
+    mark = uuid.uuid4().hex
+    done = bench("--orders", "100", "--rows", "reference-plain,choreo", "--repeat", "2", "--json",
+                 mark=mark)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["repeat"] == 2 and len(out["rounds"]) == 2
+    assert [[r["name"] for r in rows] for rows in out["rounds"]] == [["reference-plain", "choreo"]] * 2
+    for place, row in enumerate(out["rows"]):
+        same = [rows[place] for rows in out["rounds"]]
+        assert row["orders_per_s"] == statistics.median(r["orders_per_s"] for r in same)
+        assert row["ratio"]["reference-plain"]["orders_per_s"] == statistics.median(
+            r["ratio"]["reference-plain"]["orders_per_s"] for r in same)
+        assert row["completed"] == 100
+    assert len(out["processes"]) == 2 * 2 * 5            # a server and four workers per row, per round
+    assert not [p for p in out["processes"] if Path(f"/proc/{p}").exists()]
+    assert marked(mark) == []
+
+
+def test_the_rounds_ratio_is_the_median_of_each_rounds_own():
+    """Rows of one round ran under much the same load of the machine: a ratio is taken within a
+    round first, so a slow round slows both sides of it, not one."""
+    from choreo.measure.bench import RowResult, add_ratios, combine
+
+    def row(name: str, per_s: float, rss: float) -> RowResult:
+        return RowResult(name, 10, 10, 1.0, per_s, 1.0, 2.0, 3.0, 5.0, {"xadd": 4.0}, 10.0, 20.0,
+                         100.0, 1.0, {"order.1": rss}, True)
+    rounds = [[row("reference-atomic", 50, 30), row("choreo", 45, 41)],        # 0.9: a slow round
+              [row("reference-atomic", 100, 30), row("choreo", 80, 40)],       # 0.8
+              [row("reference-atomic", 200, 30), row("choreo", 60, 39)]]       # 0.3
+    for rows in rounds:
+        add_ratios(rows)
+    ref, choreo = combine(rounds)
+    assert choreo.orders_per_s == 60 and ref.orders_per_s == 100
+    assert choreo.ratio["reference-atomic"]["orders_per_s"] == pytest.approx(0.8)   # not 60/100
+    assert choreo.peak_rss_mib == {"order.1": 41} and choreo.commands == {"xadd": 4.0}
+
+
 def test_a_cluster_row_beside_a_single_node_has_every_figure_and_leaves_no_process():
     mark = uuid.uuid4().hex
     done = bench("--orders", "200", "--rows", "choreo,choreo-cluster", "--json", mark=mark, timeout=120)
@@ -162,7 +201,8 @@ def _kill_if_left(proc: subprocess.Popen) -> None:
                                   ["--rows", "choreo-cluster", "--partitions", "eight"],
                                   ["--partitions", "4"], ["--rows", "choreo", "--partitions", "4"],
                                   ["--soak", "9", "--partitions", "4"],
-                                  ["--rows", "choreo,choreo-cluster", "--redis-url", "redis://127.0.0.1:1/0"]])
+                                  ["--rows", "choreo,choreo-cluster", "--redis-url", "redis://127.0.0.1:1/0"],
+                                  ["--repeat", "0"], ["--repeat", "10"], ["--soak", "9", "--repeat", "2"]])
 def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()

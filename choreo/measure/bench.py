@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -87,6 +88,7 @@ class Plan:
     timeout_s: float = 120.0
     curve: bool = False
     partitions: int = PARTITIONS    # the cluster rows' CHOREO_PARTITIONS
+    repeat: int = 1                 # rounds, each running every row in turn (medians reported)
 
 
 @dataclass
@@ -582,6 +584,37 @@ def add_ratios(results: list[RowResult]) -> None:
                    for name, ref in refs.items()}
 
 
+MEDIAN_FIELDS = ("elapsed_s", "orders_per_s", "p50_ms", "p99_ms", "max_ms", "commands_per_order",
+                 "redis_cpu_us_per_order", "worker_cpu_us_per_order", "redis_bytes_per_order",
+                 "redis_keys_per_order", "redis_bytes_per_order_trimmed", "replica_cpu_us_per_order")
+
+
+def _medians(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Key by key, the median of the values the dicts have for it."""
+    return {k: statistics.median(d[k] for d in dicts if k in d) for k in dict.fromkeys(k for d in dicts for k in d)}
+
+
+def combine(rounds: list[list[RowResult]]) -> list[RowResult]:
+    """One row per name from several rounds (each already given its ratios): each figure the
+    median of the rounds', each ratio the median of the rounds' own ratios (rows of one round
+    ran minutes apart, under much the same load of the machine), peak RSS the highest, and
+    completed the fewest."""
+    out = []
+    for place, first in enumerate(rounds[0]):
+        same = [rows[place] for rows in rounds]
+        r = replace(first, **{f: statistics.median(getattr(x, f) for x in same) for f in MEDIAN_FIELDS})
+        r.completed = min(x.completed for x in same)
+        r.settled = all(x.settled for x in same)
+        r.commands = _medians([x.commands for x in same])
+        r.redis_cpu_us_per_order_by_node = _medians([x.redis_cpu_us_per_order_by_node for x in same])
+        r.peak_rss_mib = {k: max(x.peak_rss_mib.get(k, 0.0) for x in same)
+                          for k in dict.fromkeys(k for x in same for k in x.peak_rss_mib)}
+        r.ratio = {ref: _medians([x.ratio[ref] for x in same if ref in x.ratio])
+                   for ref in dict.fromkeys(ref for x in same for ref in x.ratio)}
+        out.append(r)
+    return out
+
+
 # -- the curve -----------------------------------------------------------------------------------
 
 def curve_rates(results: list[RowResult]) -> list[tuple[int, float]]:
@@ -612,9 +645,10 @@ def measure_curve(row: Row, plan: Plan, rates: list[tuple[int, float]], redis_ur
 class BenchRun:
     plan: Plan
     redis_version: str
-    results: list[RowResult]
+    results: list[RowResult]                # the rounds' medians (the one round's rows, with one)
     curve: list[CurvePoint]
     processes: list[int]                    # every pid the bench started, all stopped by now
+    rounds: list[list[RowResult]] = field(default_factory=list)     # each round's rows, as measured
 
 
 def run_bench(plan: Plan, redis_url: str | None) -> BenchRun:
@@ -623,18 +657,23 @@ def run_bench(plan: Plan, redis_url: str | None) -> BenchRun:
     started: list[int] = []
     with tempfile.TemporaryDirectory(prefix="choreo-bench-") as tmp:
         workdir = Path(tmp)
-        results = []
-        for name in plan.rows:
-            on = f" on a 3-primary cluster, {plan.partitions} partitions" if ROWS[name].cluster else ""
-            say(f"{name}: {plan.orders} orders" + (f" at {plan.rate:g}/s" if plan.rate else " placed up front") + on)
-            results.append(measure_row(ROWS[name], plan, redis_url, workdir, started))
-        add_ratios(results)
+        rounds = []
+        for n in range(plan.repeat):
+            results = []
+            for name in plan.rows:
+                on = f" on a 3-primary cluster, {plan.partitions} partitions" if ROWS[name].cluster else ""
+                say(f"{name}: {plan.orders} orders" + (f" at {plan.rate:g}/s" if plan.rate else " placed up front")
+                    + on + (f" (round {n + 1} of {plan.repeat})" if plan.repeat > 1 else ""))
+                results.append(measure_row(ROWS[name], plan, redis_url, workdir, started))
+            add_ratios(results)
+            rounds.append(results)
+        results = combine(rounds) if plan.repeat > 1 else rounds[0]
         curve = []
         if plan.curve:
             rates = curve_rates(results)
             for name in plan.rows:
                 curve += measure_curve(ROWS[name], plan, rates, redis_url, workdir, started)
-    return BenchRun(plan, server_version(redis_url), results, curve, started)
+    return BenchRun(plan, server_version(redis_url), results, curve, started, rounds)
 
 
 def server_version(redis_url: str | None) -> str:

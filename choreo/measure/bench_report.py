@@ -28,10 +28,15 @@ NOTES = (
 
 
 def notes(run: BenchRun) -> list[str]:
-    """NOTES, and what a cluster row means when the run had one."""
+    """NOTES, what --repeat did, and what a cluster row means when the run had one."""
+    out = list(NOTES)
+    if run.plan.repeat > 1:
+        out.append(f"Median of {run.plan.repeat} rounds, each running every row in turn: each figure "
+                   "is the median of the rounds' figures, each ratio the median of the rounds' own "
+                   "ratios, peak RSS the highest, done the fewest completed.")
     if not any(ROWS[r.name].cluster for r in run.results):
-        return list(NOTES)
-    return [*NOTES, (
+        return out
+    return [*out, (
         f"Cluster rows: a fresh local cluster of 3 primaries with a replica each, CHOREO_PARTITIONS="
         f"{run.plan.partitions}, every node on this machine; +wait sets CHOREO_WAIT_REPLICAS=1 for the "
         "workers and the loader. Redis cmds, CPU, bytes and keys are summed over the primaries; "
@@ -50,7 +55,8 @@ def _ratio(r: RowResult, ref: str) -> str:
 def speed_table(run: BenchRun) -> Table:
     p = run.plan
     how = f"paced at {p.rate:g}/s" if p.rate else "placed up front"
-    t = Table(title=f"choreo bench: {p.orders} orders {how}, Redis {run.redis_version}",
+    rounds = f", median of {p.repeat} rounds" if p.repeat > 1 else ""
+    t = Table(title=f"choreo bench: {p.orders} orders {how}{rounds}, Redis {run.redis_version}",
               box=box.SIMPLE, title_justify="left")
     for name in ("row", "orders/s", *(f"× {r.removeprefix('reference-')}" for r in REFERENCES),
                  "p50 ms", "p99 ms", "max ms", "done"):
@@ -103,8 +109,9 @@ def to_json(run: BenchRun) -> str:
     p = run.plan
     return json.dumps({
         "orders": p.orders, "rate": p.rate, "replicas": p.replicas, "partitions": p.partitions,
-        "redis_version": run.redis_version,
+        "redis_version": run.redis_version, "repeat": p.repeat,
         "rows": [asdict(r) for r in run.results],
+        "rounds": [[asdict(r) for r in rows] for rows in run.rounds],
         "curve": [asdict(c) for c in run.curve],
         "processes": run.processes, "notes": notes(run),
     }, indent=2)
