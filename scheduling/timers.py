@@ -133,16 +133,21 @@ def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
 
 
 def unschedule(queue: Queue, job_ids: Sequence[str]) -> None:
-    """Disarm timers that are no longer needed, in one round trip of two commands whatever their
-    number (the order service disarms one per finished order); an unknown id is a no-op."""
+    """Disarm timers that are no longer needed (the order service disarms one per finished
+    order); an unknown id is a no-op. A job still scheduled is taken out of the registry and its
+    hash deleted, in two round trips whatever their number. One no longer scheduled is left to
+    rq: moved to the queue or running (the sweep took it), it runs and finds nothing to do; its
+    hash deleted under it, rq would fail the job it had just run ("Failed to retrieve status")."""
     if not job_ids:
         return
     registry = ScheduledJobRegistry(queue=queue)
     with translated_errors():
         pipe = queue.connection.pipeline()
-        pipe.zrem(registry.key, *job_ids)
-        pipe.delete(*(Job.key_for(job_id) for job_id in job_ids))
-        pipe.execute()
+        for job_id in job_ids:
+            pipe.zrem(registry.key, job_id)
+        taken = [job_id for job_id, removed in zip(job_ids, pipe.execute()) if removed]
+        if taken:
+            queue.connection.delete(*(Job.key_for(job_id) for job_id in taken))
 
 
 class RefusedJob(Exception):

@@ -161,3 +161,24 @@ def test_the_timers_rq_worker_stops_within_a_second_whenever_it_is_told(redis_se
     stopping.start()
     stopping.join(5)
     assert not stopping.is_alive() and time.monotonic() - started < 2.5
+
+
+def test_disarming_leaves_a_timer_the_sweep_already_took_to_rq(real_bus, redis_server):
+    """The order service disarms a deadline once the order ends, which may be while its job runs
+    (the job's own DeadlinePassed ended it). A timer still scheduled goes, registry entry and
+    hash; one the sweep already moved to the queue (or rq is running) keeps its hash: deleted
+    under a running job, rq failed the job it had just run, with a traceback in the timers' log.
+    Left, it runs and finds nothing to do."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from choreo.scheduling.timers import QUEUE, sweep_due
+    from choreo.workers.deadlines import JOB
+    r = redis_server.client()
+    timers = RqTimers(real_bus)
+    timers.schedule([scheduled_call(Timer("DeadlinePassed-1", 1_000_000_000_000, "DeadlinePassed", "1", "c")),
+                     scheduled_call(Timer("DeadlinePassed-2", 4_000_000_000_000, "DeadlinePassed", "2", "c"))])
+    queue = Queue(QUEUE, connection=real_bus.raw, serializer=JSONSerializer)
+    assert sweep_due(queue, [JOB], now=2_000_000_000) == 1      # the first is due: queued
+    timers.unschedule(["DeadlinePassed-1", "DeadlinePassed-2"])
+    assert r.exists("rq:job:DeadlinePassed-1") and queue.job_ids == ["DeadlinePassed-1"]
+    assert not r.exists("rq:job:DeadlinePassed-2") and r.zcard("rq:scheduled:choreo-timers") == 0
