@@ -61,6 +61,10 @@ class Grant:
     commands: tuple[str, ...]
     keys: tuple[str, ...]
     read_only: bool = False         # %R~: the keys may be read, never written
+    # Asked of the server by `choreo acl check` and at a process's start. False: granted for one
+    # command's sake (place-order --order-id), which says so itself if refused, so that users
+    # rendered before it was granted still run everything else.
+    checked: bool = True
 
     def rule(self) -> str:
         mark = "%R~" if self.read_only else "~"
@@ -79,7 +83,7 @@ class Role:
 
     def needed(self) -> list[tuple[str, ...]]:
         """A sample for every granted command on every granted key pattern, then `needs`."""
-        found = [sample(c, k, self.user) for g in self.grants for c in g.commands for k in g.keys]
+        found = [sample(c, k, self.user) for g in self.grants if g.checked for c in g.commands for k in g.keys]
         found += [sample(t[1:]) for t in self.root if t[1:] in SAMPLES and t.startswith("+")
                   and "{key}" not in SAMPLES[t[1:]]]
         return list(dict.fromkeys([*found, *self.needs]))

@@ -22,12 +22,31 @@ class OrderRequest:
     lines: list[dict]
 
 
+# The other services' records of an order: an id is free again only once they are gone too.
+EARLIER_RECORDS = (keys.reservation, keys.payment, keys.shipment)
+
+
 def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadline_s: float = 0,
-                 clock: Callable[[], float] = time.time, tracing=None) -> list[str]:
+                 clock: Callable[[], float] = time.time, tracing=None, given_ids: bool = False) -> list[str]:
     """Create orders and publish their OrderCreated events in one round trip; returns the ids.
     Raises OrderRejected if any cannot be placed: none is checked invalid after some were written,
     but an id taken concurrently stops the batch there (those before it stay placed).
-    With `tracing` (workers.tracing.Tracing), each order's trace starts here."""
+    With `tracing` (workers.tracing.Tracing), each order's trace starts here.
+    `given_ids`: the ids are the caller's (`place-order --order-id`), not new from orders:seq, so
+    one may be an earlier order's whose record has expired while its reservation, payment or
+    shipment has not (a settled one lives in a bucket that expires after the last record filed
+    in it): refused while any does, or the services would take the old record for the new
+    order's and the order would wait for ever."""
+    if given_ids:
+        ids = [r.order_id for r in requests]
+        records = bus.read_hashes([k(i) for i in ids for k in EARLIER_RECORDS])
+        for place, order_id in enumerate(ids):
+            held = [k(order_id) for n, k in enumerate(EARLIER_RECORDS)
+                    if records[place * len(EARLIER_RECORDS) + n]]
+            if held:
+                raise OrderRejected(f"order {order_id}: an earlier order with this id still has "
+                                    f"{', '.join(held)} (kept CHOREO_RETENTION_S after it settled): "
+                                    f"choose another id")
     view = BatchView(bus)
     view.prefetch([keys.order(r.order_id) for r in requests])
     order = SERVICES["order"]

@@ -203,7 +203,8 @@ def cmd_place_order(args, settings: Settings) -> int:
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
-                     deadline_s=_deadline(args, settings), tracing=tracing)
+                     deadline_s=_deadline(args, settings), tracing=tracing,
+                     given_ids=bool(args.order_id))
         _out(order_id)
         return 0
 

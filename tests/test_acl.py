@@ -134,6 +134,23 @@ def test_processes_waiting_for_replicas_may_wait_on_their_own_users(acl_server, 
         admin.execute_command("ACL", "LOAD")
 
 
+def test_a_given_id_is_checked_against_earlier_records_on_the_order_users_permissions(acl_server, acl_procs):
+    """place-order --order-id reads the other services' records of an earlier order with that id
+    (a settled one in its bucket): the order user may read them, never write them."""
+    admin = acl_server.client()
+    admin.execute_command("ACL", "LOG", "RESET")
+    for name in SERVICES:
+        acl_procs.worker(name)
+    assert acl_procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", "700").returncode == 0
+    wait_for(lambda: admin.hget(keys.order("700"), "status") == "COMPLETED", what="completed")
+    wait_for(lambda: admin.hget("shipment:settled:10", "700"), what="its shipment filed")
+    admin.delete(keys.order("700"))
+    again = acl_procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", "700")
+    assert again.returncode == 1 and "still has reservation:700" in again.stderr, again.stderr
+    assert not admin.execute_command("ACL", "LOG")
+    assert _refused(as_user(acl_server, "order"), "HSET", "reservation:settled:10", "700", "x")
+
+
 def _refused(client: redis.Redis, *command) -> bool:
     try:
         client.execute_command(*command)

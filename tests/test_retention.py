@@ -166,3 +166,30 @@ def test_an_expire_op_sets_a_ttl_and_a_bad_one_is_refused_untouched(any_bus):
     bad = Commit(ops=[SetFields("j", {"f": "1"}), Expire("j", "soon")])
     assert any_bus.commit("", [bad]) == [Outcome.REFUSED]
     assert "not whole seconds" in bad.refusal and not any_bus.client.exists("j")
+
+
+def test_a_given_id_is_refused_while_an_earlier_orders_records_remain(real_bus, workers, redis_url, capsys):
+    """An order's record may expire before its settled reservation, payment and shipment, filed
+    in buckets that live on while later orders file into them. A new order given that id would
+    find them and be taken as decided (reserved, charged, booked: nothing done), and wait for
+    ever: `place-order --order-id` refuses it, naming what remains, until they are gone."""
+    from choreo.orders import OrderRejected
+    place_orders(real_bus, [OrderRequest("700", [{"product_id": 101, "quantity": 1}])], given_ids=True)
+    drain(workers)
+    assert real_bus.client.hget(keys.order("700"), "status") == "COMPLETED"
+    real_bus.client.delete(keys.order("700"))                  # its own retention is over
+    assert real_bus.read_hashes([keys.reservation("700")])[0]   # filed, in its bucket
+    with pytest.raises(OrderRejected, match=r"order 700: an earlier order with this id still has "
+                                            r"reservation:700, payment:700, shipment:700"):
+        place_orders(real_bus, [OrderRequest("700", [{"product_id": 101, "quantity": 1}])], given_ids=True)
+    capsys.readouterr()                                         # the workers' lines so far
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--order-id", "700",
+                 "--redis-url", redis_url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "choose another id" in err
+    for k in ("reservation:settled:10", "payment:settled:10", "shipment:settled:10"):
+        real_bus.client.delete(k)                               # their retention over too
+    assert place_orders(real_bus, [OrderRequest("700", [{"product_id": 101, "quantity": 1}])],
+                        given_ids=True) == ["700"]
+    drain(workers)
+    assert real_bus.client.hget(keys.order("700"), "status") == "COMPLETED"

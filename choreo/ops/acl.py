@@ -152,6 +152,12 @@ def service_role(service: Service, services: Sequence[Service] = (),
                            if g.commands not in (HEARTBEAT, HEARTBEAT_INDEX) and g is not LAYOUT))
     for event in armed_timers(service, timer_events):
         grants += [Grant(commands, (key,)) for commands, key in zip(ARM, armed_keys(timer_id(event, "*")))]
+    if owns_orders(service):
+        # place-order --order-id: an id is free once the other services' records of an earlier
+        # order with it are gone too (choreo.orders.place_orders reads them, a settled one in
+        # its bucket).
+        earlier = tuple(pattern(k("*")) for k in (keys.reservation, keys.payment, keys.shipment))
+        grants.append(Grant(("hgetall", "hget"), earlier, read_only=True, checked=False))
     return Role(service.name, f"the {service.name} service", tuple(grants), client_rules(),
                 refuses=tuple(refusals(service, services, timer_events)))
 
