@@ -87,12 +87,12 @@ local seconds_word = remembered(function(word)
 end)
 local zeros = remembered(function(word) return string.match(word, '^0+$') ~= nil end)
 -- Whether Redis reads the word as a score (string2d): what strtod reads whole, with no space
--- around it, not NaN, and not out of range (an overflow to infinity or an underflow to zero). A
--- few words Redis takes are refused here too (a subnormal, a hex zero): refused is safe, halfway
--- is not.
+-- around it nor NUL in it (Lua's tonumber stops at a NUL and takes what came before), not NaN,
+-- and not out of range (an overflow to infinity or an underflow to zero). A few words Redis
+-- takes are refused here too (a subnormal, a hex zero): refused is safe, halfway is not.
 local score_word = remembered(function(word)
   local s = tonumber(word)
-  if s == nil or s ~= s or string.find(word, '%s') then return false end
+  if s == nil or s ~= s or string.find(word, '[%s%z]') then return false end
   if s == math.huge or s == -math.huge then
     local bare = string.lower(string.gsub(word, '^[-+]', ''))
     return bare == 'inf' or bare == 'infinity'

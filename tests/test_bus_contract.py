@@ -268,6 +268,7 @@ def test_publish_with_a_bad_max_length_is_refused_before_any_write(any_bus):
     (Words("ZADD", "z", "-1e-500", "m"), "score -1e-500 for z is not a number"),
     (Words("ZADD", "z", "", "m"), "score  for z is not a number"),
     (Words("ZADD", "z", "one", "m"), "score one for z is not a number"),
+    (Words("ZADD", "z", "5\x00junk", "m"), "for z is not a number Redis takes"),
     (Words("RPUSH", "l"), "RPUSH l needs a value"),
 ])
 def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, op, why):
@@ -283,20 +284,29 @@ def test_a_write_redis_would_refuse_halfway_is_refused_before_the_ack(any_bus, o
     assert any_bus.client.xpending(S, "g")["pending"] == 1
 
 
+# Score words Redis's ZADD refuses (string2d), and words it takes: the commit script's check must
+# refuse the first (else a commit is half-applied) and should pass the second.
+REFUSED_SCORES = ["nan", " 1", "1 ", "\t1", "1e500", "-1e-500", "", "one", "5\x00junk", "0x", "1x"]
+
+
 @pytest.mark.parametrize("score", ["0", "-0", "0.0", ".0e7", "1e3", "-2.5", ".5", "5.", "0x10", "1e308",
-                                   "inf", "-inf", "+Infinity", "1e-300"])
+                                   "inf", "-inf", "+Infinity", "1e-300", "+1", "0X1P3"])
 def test_a_score_redis_takes_is_written(real_bus, score):
     """The score check refuses what Redis would refuse halfway, and no more of what a user
     writes: each of these is a score Redis takes (a real server: fakeredis refuses hex)."""
     assert real_bus.commit("", [Commit(ops=[Words("ZADD", "z", score, "m")])]) == [Outcome.APPLIED]
-    assert real_bus.client.zscore("z", "m") == float(score if "x" not in score else int(score, 16))
+    assert real_bus.client.zscore("z", "m") == (float.fromhex(score) if "x" in score.lower() else float(score))
 
 
-@pytest.mark.parametrize("score", ["nan", " 1", "1 ", "1e500", "-1e-500", "", "one"])
+@pytest.mark.parametrize("score", REFUSED_SCORES)
 def test_a_score_the_check_refuses_is_one_redis_refuses(real_bus, score):
-    """What the check above refuses, Redis itself refuses (a real server: its string2d)."""
+    """The same words, each refused by the check and by Redis itself (a real server's string2d):
+    the check refuses no word Redis would take halfway through a commit, as far as these go."""
+    bad = Commit(ops=[SetFields("h", {"a": "1"}), Words("ZADD", "z", score, "m")])
+    assert real_bus.commit("", [bad]) == [Outcome.REFUSED] and "is not a number Redis takes" in bad.refusal
     with pytest.raises(redis.ResponseError, match="not a valid float"):
         real_bus.client.zadd("z", {"m": score})
+    assert real_bus.read_hashes(["h"]) == [{}] and not real_bus.client.exists("z")
 
 
 def test_a_duplicates_planned_writes_say_nothing_of_the_next_commits_keys(any_bus):
