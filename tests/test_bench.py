@@ -127,6 +127,19 @@ def test_the_rounds_ratio_is_the_median_of_each_rounds_own():
     assert choreo.peak_rss_mib == {"order.1": 41} and choreo.commands == {"xadd": 4.0}
 
 
+def test_the_rounds_commands_count_a_round_without_one_as_zero_and_nodes_are_one_rounds():
+    from choreo.measure.bench import RowResult, add_ratios, combine
+    rounds = []
+    for n, (per_s, extra) in enumerate([(10, {"xclaim": 0.3}), (30, {}), (20, {})]):
+        r = RowResult("choreo", 10, 10, 1.0, per_s, 1.0, 2.0, 3.0, 5.0, {"xadd": 4.0, **extra}, 10.0,
+                      20.0, 100.0, 1.0, {}, True, redis_cpu_us_per_order_by_node={f"127.0.0.1:{4000 + n}": per_s})
+        rounds.append([r])
+        add_ratios(rounds[-1])
+    [row] = combine(rounds)
+    assert row.commands == {"xadd": 4.0, "xclaim": 0.0}
+    assert row.redis_cpu_us_per_order_by_node == {"127.0.0.1:4002": 20}        # the median round's
+
+
 def test_a_cluster_row_beside_a_single_node_has_every_figure_and_leaves_no_process():
     mark = uuid.uuid4().hex
     done = bench("--orders", "200", "--rows", "choreo,choreo-cluster", "--json", mark=mark, timeout=120)

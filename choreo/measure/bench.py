@@ -589,24 +589,30 @@ MEDIAN_FIELDS = ("elapsed_s", "orders_per_s", "p50_ms", "p99_ms", "max_ms", "com
                  "redis_keys_per_order", "redis_bytes_per_order_trimmed", "replica_cpu_us_per_order")
 
 
-def _medians(dicts: list[dict[str, float]]) -> dict[str, float]:
-    """Key by key, the median of the values the dicts have for it."""
-    return {k: statistics.median(d[k] for d in dicts if k in d) for k in dict.fromkeys(k for d in dicts for k in d)}
+def _medians(dicts: list[dict[str, float]], missing: float | None = None) -> dict[str, float]:
+    """Key by key, the median over the dicts, a dict without the key counting as `missing`
+    (None: left out, as a ratio to a reference's zero is)."""
+    keys_ = dict.fromkeys(k for d in dicts for k in d)
+    if missing is None:
+        return {k: statistics.median(d[k] for d in dicts if k in d) for k in keys_}
+    return {k: statistics.median(d.get(k, missing) for d in dicts) for k in keys_}
 
 
 def combine(rounds: list[list[RowResult]]) -> list[RowResult]:
     """One row per name from several rounds (each already given its ratios): each figure the
-    median of the rounds', each ratio the median of the rounds' own ratios (rows of one round
-    ran minutes apart, under much the same load of the machine), peak RSS the highest, and
-    completed the fewest."""
+    median of the rounds' (a command a round did not run counts 0 there), each ratio the median
+    of the rounds' own ratios (rows of one round ran minutes apart, under much the same load of
+    the machine), peak RSS the highest, completed the fewest, and Redis CPU by node the median
+    round's (by orders/s: each round's servers have ports of their own)."""
     out = []
     for place, first in enumerate(rounds[0]):
         same = [rows[place] for rows in rounds]
         r = replace(first, **{f: statistics.median(getattr(x, f) for x in same) for f in MEDIAN_FIELDS})
         r.completed = min(x.completed for x in same)
         r.settled = all(x.settled for x in same)
-        r.commands = _medians([x.commands for x in same])
-        r.redis_cpu_us_per_order_by_node = _medians([x.redis_cpu_us_per_order_by_node for x in same])
+        r.commands = _medians([x.commands for x in same], missing=0.0)
+        median_round = sorted(same, key=lambda x: x.orders_per_s)[len(same) // 2]
+        r.redis_cpu_us_per_order_by_node = dict(median_round.redis_cpu_us_per_order_by_node)
         r.peak_rss_mib = {k: max(x.peak_rss_mib.get(k, 0.0) for x in same)
                           for k in dict.fromkeys(k for x in same for k in x.peak_rss_mib)}
         r.ratio = {ref: _medians([x.ratio[ref] for x in same if ref in x.ratio])

@@ -33,7 +33,8 @@ def notes(run: BenchRun) -> list[str]:
     if run.plan.repeat > 1:
         out.append(f"Median of {run.plan.repeat} rounds, each running every row in turn: each figure "
                    "is the median of the rounds' figures, each ratio the median of the rounds' own "
-                   "ratios, peak RSS the highest, done the fewest completed.")
+                   "ratios, peak RSS the highest, done the fewest completed. The paced latencies "
+                   "are one run per step, after the rounds.")
     if not any(ROWS[r.name].cluster for r in run.results):
         return out
     return [*out, (
