@@ -42,7 +42,7 @@ SAMPLES = {
     "zscore": "ZSCORE {key} m", "zremrangebyscore": "ZREMRANGEBYSCORE {key} -inf 0", "sadd": "SADD {key} m",
     "set": "SET {key} 1 EX 1", "get": "GET {key}", "pexpire": "PEXPIRE {key} 1000", "pttl": "PTTL {key}", "del": "DEL {key}", "expire": "EXPIRE {key} 1", "exists": "EXISTS {key}", "type": "TYPE {key}",
     "incrby": "INCRBY {key} 1", "scan": "SCAN 0 MATCH {key}",
-    "ping": "PING", "time": "TIME", "info": "INFO server", "multi": "MULTI", "exec": "EXEC",
+    "ping": "PING", "time": "TIME", "info": "INFO server", "multi": "MULTI", "exec": "EXEC", "wait": "WAIT 0 0",
     "evalsha": "EVALSHA " + "0" * 40 + " 1 {key}", "script|load": "SCRIPT LOAD return",
     "acl|dryrun": "ACL DRYRUN default PING", "acl|whoami": "ACL WHOAMI",
     "cluster|nodes": "CLUSTER NODES",
@@ -142,6 +142,22 @@ def whoami(bus: RedisStreamsBus) -> str | None:
         raise
 
 
+WAIT_SAMPLE = ("WAIT", "0", "0")
+
+
+def require_wait(bus: RedisStreamsBus) -> None:
+    """For a command that commits without require() (place-order, load): when it waits for
+    replicas, raise PermissionsMissing if its user may not WAIT, before it writes anything: a
+    WAIT refused after a commit leaves the commit standing and the command reporting failure."""
+    if not bus.wait_replicas or (user := whoami(bus)) is None:
+        return
+    with translated_errors():
+        answer = bus.client.execute_command("ACL", "DRYRUN", user, *WAIT_SAMPLE)
+    if answer != "OK":
+        raise PermissionsMissing(f"user {user!r} may not run WAIT, which CHOREO_WAIT_REPLICAS needs "
+                                 f"after each commit: {answer} (render the ACL file again and load it)")
+
+
 def require(bus: RedisStreamsBus, role: Role) -> None:
     """Raise PermissionsMissing naming every command `role` needs that this client's user may
     not run. A server without ACLs (the embedded one) has nothing to refuse."""
@@ -149,10 +165,11 @@ def require(bus: RedisStreamsBus, role: Role) -> None:
     if user is None:
         return
     # WAIT only where this process waits for replicas (CHOREO_WAIT_REPLICAS): users rendered
-    # before `+wait` was granted still start without it.
-    needs = (*role.needs, *((("WAIT", "0", "0"),) if bus.wait_replicas else ()))
+    # before `+wait` was granted still start without it. (`choreo acl check` asks it of all.)
+    root = role.root if bus.wait_replicas else tuple(t for t in role.root if t != "+wait")
+    needs = (*role.needs, *((WAIT_SAMPLE,) if bus.wait_replicas else ()))
     try:
-        missing = [v for v in check(bus, [Role(user, role.what, role.grants, role.root, needs)],
+        missing = [v for v in check(bus, [Role(user, role.what, role.grants, root, needs)],
                                     refusals=False) if not v.ok]
     except PermissionsMissing as exc:
         raise PermissionsMissing(f"user {user!r} cannot check its permissions ({exc}); grant it "

@@ -75,10 +75,11 @@ def read_after(bus: RedisStreamsBus, after: Mapping[str, str], count: int,
     """Entries after the given id of each stream (plain XREAD: no group, nothing acknowledged);
     block_ms > 0 waits that long for the first one. Entries are input: not UTF-8 comes back
     with `error` set, as from a group read.
-    Streams of several partitions are read with one XREAD per partition (each its own slot), in
-    one pipeline and without blocking; when none has anything, it waits IDLE_POLL_MS instead."""
+    On a cluster, streams of several partitions are read with one XREAD per partition (each its
+    own slot), in one pipeline and without blocking; when none has anything, it waits
+    IDLE_POLL_MS instead. One server reads them all in one XREAD that blocks."""
     after = dict(after)
-    groups = by_partition(after)
+    groups = by_partition(after) if bus.cluster else [list(after)]
     with translated_errors():
         if len(groups) <= 1:
             with bus.routed():

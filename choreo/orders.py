@@ -39,14 +39,14 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
     order's and the order would wait for ever."""
     if given_ids:
         ids = [r.order_id for r in requests]
-        records = bus.read_hashes([k(i) for i in ids for k in EARLIER_RECORDS])
+        kinds = (keys.order, *EARLIER_RECORDS)
+        records = bus.read_hashes([k(i) for i in ids for k in kinds])
         for place, order_id in enumerate(ids):
-            held = [k(order_id) for n, k in enumerate(EARLIER_RECORDS)
-                    if records[place * len(EARLIER_RECORDS) + n]]
-            if held:
+            order, *earlier = records[place * len(kinds):(place + 1) * len(kinds)]
+            held = [k(order_id) for k, record in zip(EARLIER_RECORDS, earlier) if record]
+            if held and not order:      # (an order that exists: create_order says so)
                 raise OrderRejected(f"order {order_id}: an earlier order with this id still has "
-                                    f"{', '.join(held)} (kept CHOREO_RETENTION_S after it settled): "
-                                    f"choose another id")
+                                    f"{', '.join(held)} until they expire: choose another id")
     view = BatchView(bus)
     view.prefetch([keys.order(r.order_id) for r in requests])
     order = SERVICES["order"]

@@ -198,8 +198,10 @@ def cmd_place_order(args, settings: Settings) -> int:
     from choreo.orders import OrderRequest, new_order_ids, place_orders
     from choreo.workers.tracing import tracing_for
     tracing = tracing_for("order", settings.tracing, os.environ)
+    from choreo.bus.acl import require_wait
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
+        require_wait(bus)
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
@@ -273,8 +275,10 @@ def cmd_load(args, settings: Settings) -> int:
     from choreo.measure.load import LoadPlan, rich_progress, run_load, summary_table
     plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
                     deadline_s=_deadline(args, settings))
+    from choreo.bus.acl import require_wait
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
+        require_wait(bus)
         with rich_progress(args.orders) as progress:
             result = run_load(bus, plan, progress=progress, reconnect_max_s=settings.reconnect_max_s)
         # The table goes to stderr, before the figures: scripts read stdout's last line.

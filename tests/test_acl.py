@@ -126,10 +126,18 @@ def test_processes_waiting_for_replicas_may_wait_on_their_own_users(acl_server, 
     assert not denied, [(d["username"], d["object"]) for d in denied]
     assert int(admin.info("commandstats")["cmdstat_wait"]["calls"]) >= 5     # the order's commits
     admin.execute_command("ACL", "SETUSER", "payment", "-wait")
+    admin.execute_command("ACL", "SETUSER", "order", "-wait")
     try:
         answer = acl_procs.run("worker", "payment", timeout=30, **waiting)
         assert answer.returncode == 1 and "lacks 1 permission" in answer.stderr
         assert "WAIT 0 0" in answer.stderr
+        # place-order asks before it writes: no order placed, no id taken
+        seq = admin.get(keys.ORDER_SEQ)
+        refused = acl_procs.run("place-order", "--product", "101", "--quantity", "1", **waiting)
+        assert refused.returncode == 1 and "may not run WAIT" in refused.stderr, refused.stderr
+        assert admin.get(keys.ORDER_SEQ) == seq
+        check = acl_procs.run("acl", "check")
+        assert check.returncode == 1 and "payment WAIT 0 0 should be allowed" in check.stdout
     finally:
         admin.execute_command("ACL", "LOAD")
 

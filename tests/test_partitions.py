@@ -374,3 +374,24 @@ def test_one_server_reads_every_partition_in_one_xreadgroup_that_blocks(four, re
         later.cancel()
     assert got.stream == home and got.fields["id"] == e.id
     assert reads() - before == 2
+
+
+def test_one_server_watches_every_partition_in_one_xread_that_blocks(four, real_bus):
+    """The loader's watch of the streams that end orders (bus.inspect.read_after), likewise."""
+    import threading
+    from choreo.bus import inspect
+    streams = {bus_keys.stream("ShippingArranged", p): "0-0" for p in range(PARTITIONS)}
+
+    def reads() -> int:
+        return int(real_bus.client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+    before = reads()
+    e = Envelope.new("ShippingArranged", "7", "shipping", {"tracking_id": "T"})
+    home = bus_keys.stream_for("ShippingArranged", "7")
+    later = threading.Timer(0.3, lambda: real_bus.client.xadd(home, e.fields()))
+    later.start()
+    try:
+        [got] = inspect.read_after(real_bus, streams, 10, block_ms=30_000)
+    finally:
+        later.cancel()
+    assert got.stream == home and reads() - before == 1

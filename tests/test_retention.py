@@ -177,6 +177,8 @@ def test_a_given_id_is_refused_while_an_earlier_orders_records_remain(real_bus, 
     place_orders(real_bus, [OrderRequest("700", [{"product_id": 101, "quantity": 1}])], given_ids=True)
     drain(workers)
     assert real_bus.client.hget(keys.order("700"), "status") == "COMPLETED"
+    with pytest.raises(OrderRejected, match=r"order 700 already exists"):      # still there
+        place_orders(real_bus, [OrderRequest("700", [{"product_id": 101, "quantity": 1}])], given_ids=True)
     real_bus.client.delete(keys.order("700"))                  # its own retention is over
     assert real_bus.read_hashes([keys.reservation("700")])[0]   # filed, in its bucket
     with pytest.raises(OrderRejected, match=r"order 700: an earlier order with this id still has "

@@ -36,9 +36,11 @@ from choreo.workers.unit_of_work import timer_id
 # selector: `scripted` grants EVALSHA alone on the keys a role's scripts touch; what each command
 # of the script may do to them is still the role's other selectors' say.
 # (SCRIPT EXISTS: a pipeline of script calls, e.g. stock holds, asks first whether they are loaded.)
-# (WAIT: after each commit with CHOREO_WAIT_REPLICAS set; it blocks only the caller.)
 CLIENT = ("+ping", "+hello", "+select", "+evalsha", "+script|load", "+script|exists", "+multi",
-          "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time", "+wait")
+          "+exec", "+discard", "+acl|whoami", "+acl|dryrun", "+time")
+# A service's user commits: WAIT after each commit with CHOREO_WAIT_REPLICAS (it blocks only the
+# caller). The timers' user has it in +@all; the trimmer never commits.
+COMMITS = ("+wait",)
 # What redis-py's cluster client asks every node it connects to, on a cluster only: the slot map
 # and the command table (COMMAND, COMMAND GETKEYS: where XREADGROUP's keys are).
 CLUSTER_CLIENT = ("+cluster|slots", "+cluster|shards", "+command")
@@ -158,7 +160,7 @@ def service_role(service: Service, services: Sequence[Service] = (),
         # its bucket).
         earlier = tuple(pattern(k("*")) for k in (keys.reservation, keys.payment, keys.shipment))
         grants.append(Grant(("hgetall", "hget"), earlier, read_only=True, checked=False))
-    return Role(service.name, f"the {service.name} service", tuple(grants), client_rules(),
+    return Role(service.name, f"the {service.name} service", tuple(grants), (*client_rules(), *COMMITS),
                 refuses=tuple(refusals(service, services, timer_events)))
 
 
