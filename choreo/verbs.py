@@ -195,10 +195,10 @@ def timers_name() -> str:
 
 
 def cmd_place_order(args, settings: Settings) -> int:
+    from choreo.bus.acl import require_wait
     from choreo.orders import OrderRequest, new_order_ids, place_orders
     from choreo.workers.tracing import tracing_for
     tracing = tracing_for("order", settings.tracing, os.environ)
-    from choreo.bus.acl import require_wait
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
         require_wait(bus)
@@ -272,10 +272,10 @@ def cmd_trace(args, settings: Settings) -> int:
 
 def cmd_load(args, settings: Settings) -> int:
     from rich.console import Console
+    from choreo.bus.acl import require_wait
     from choreo.measure.load import LoadPlan, rich_progress, run_load, summary_table
     plan = LoadPlan(args.orders, args.timeout, args.product, args.quantity, rate=args.rate,
                     deadline_s=_deadline(args, settings))
-    from choreo.bus.acl import require_wait
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
         require_wait(bus)
