@@ -145,24 +145,12 @@ def whoami(bus: RedisStreamsBus) -> str | None:
 WAIT_SAMPLE = ("WAIT", "0", "0")
 
 
-def require_wait(bus: RedisStreamsBus) -> None:
-    """For a command that commits without require() (place-order, load): when it waits for
-    replicas, raise PermissionsMissing if its user may not WAIT, before it writes anything: a
-    WAIT refused after a commit leaves the commit standing and the command reporting failure."""
-    if not bus.wait_replicas or (user := whoami(bus)) is None:
-        return
-    try:
-        with translated_errors():
-            answer = bus.client.execute_command("ACL", "DRYRUN", user, *WAIT_SAMPLE)
-    except PermissionsMissing:
-        raise
-    except BusError as exc:
-        if "unknown" in str(exc).lower():
-            return                  # Redis < 7 has no ACL DRYRUN: nothing to ask
-        raise
-    if answer != "OK":
-        raise PermissionsMissing(f"user {user!r} may not run WAIT, which CHOREO_WAIT_REPLICAS needs "
-                                 f"after each commit: {answer} (render the ACL file again and load it)")
+def require_wait(bus: RedisStreamsBus, command: str) -> None:
+    """For a command that commits without require() of its role (place-order, load): when it
+    waits for replicas, require() the WAIT its commits need, before it writes anything: a WAIT
+    refused after a commit leaves the commit standing and the command reporting failure."""
+    if bus.wait_replicas:
+        require(bus, Role(command, f"{command}, waiting for replicas after each commit"))
 
 
 def require(bus: RedisStreamsBus, role: Role) -> None:

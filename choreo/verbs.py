@@ -201,7 +201,7 @@ def cmd_place_order(args, settings: Settings) -> int:
     tracing = tracing_for("order", settings.tracing, os.environ)
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
-        require_wait(bus)
+        require_wait(bus, "place-order")
         order_id = args.order_id or new_order_ids(bus, 1)[0]
         place_orders(bus, [OrderRequest(order_id, [{"product_id": args.product,
                                                      "quantity": args.quantity}])],
@@ -278,7 +278,7 @@ def cmd_load(args, settings: Settings) -> int:
                     deadline_s=_deadline(args, settings))
     with open_bus(settings.url, **durable(settings)) as bus:
         bus.agree_layout()
-        require_wait(bus)
+        require_wait(bus, "load")
         with rich_progress(args.orders) as progress:
             result = run_load(bus, plan, progress=progress, reconnect_max_s=settings.reconnect_max_s)
         # The table goes to stderr, before the figures: scripts read stdout's last line.

@@ -134,7 +134,7 @@ def test_processes_waiting_for_replicas_may_wait_on_their_own_users(acl_server, 
         # place-order asks before it writes: no order placed, no id taken
         seq = admin.get(keys.ORDER_SEQ)
         refused = acl_procs.run("place-order", "--product", "101", "--quantity", "1", **waiting)
-        assert refused.returncode == 1 and "may not run WAIT" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "the place-order role needs: WAIT 0 0" in refused.stderr, refused.stderr
         assert admin.get(keys.ORDER_SEQ) == seq
         check = acl_procs.run("acl", "check")
         assert check.returncode == 1 and "payment WAIT 0 0 should be allowed" in check.stdout
