@@ -13,7 +13,7 @@ from redis.crc import key_slot
 from choreo.bus import filing, keys
 from choreo.bus.contract import Delivery
 from choreo.bus.trim import parse_id
-from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, by_partition, decode_entry,
+from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, decode_entry,
                                       read_records, translated_errors)
 
 
@@ -79,7 +79,7 @@ def read_after(bus: RedisStreamsBus, after: Mapping[str, str], count: int,
     own slot), in one pipeline and without blocking; when none has anything, it waits
     IDLE_POLL_MS instead. One server reads them all in one XREAD that blocks."""
     after = dict(after)
-    groups = by_partition(after) if bus.cluster else [list(after)]
+    groups = bus.read_together(after)
     with translated_errors():
         if len(groups) <= 1:
             with bus.routed():

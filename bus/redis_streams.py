@@ -278,8 +278,13 @@ class RedisStreamsBus:
     # -- reading -------------------------------------------------------------------------------
     # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
     # Delivery with `error` set (dead-lettered by the worker), instead of failing the whole reply.
+    def read_together(self, streams: Iterable[str]) -> list[list[str]]:
+        """The streams one read can cover together: all of them on one server; on a cluster,
+        each partition's apart (its own slot: a read cannot span slots, IDLE_POLL_MS above)."""
+        return by_partition(streams) if self.cluster else [list(streams)]
+
     def read_new(self, group, consumer, streams, count, block_ms) -> list[Delivery]:
-        groups = by_partition(streams) if self.cluster else [streams]
+        groups = self.read_together(streams)
         if len(groups) == 1:
             # As Redis sends it (pipelined): redis-py's reading of each entry into a dict of
             # bytes, which decode_entry then made again of text, cost a worker more than Redis
