@@ -13,7 +13,7 @@ from choreo.config.settings import Settings
 from choreo.orders import OrderRequest, is_terminal, new_order_ids, place_orders, read_orders
 from choreo.scenarios import HAPPY, SCENARIOS, Scenario
 from choreo.ops.trace import load_events, story_with_compensations
-from choreo.workers import PUBLISHERS, SERVICES, keys
+from choreo.workers import CONSUMERS, PUBLISHERS, SERVICES, keys
 from choreo.workers.deadlines import fire_deadline
 from choreo.workers.order import OrderRejected
 from choreo.scheduling.timers import RqTimers
@@ -29,7 +29,7 @@ def run_demo(bus: RedisStreamsBus, settings: Settings, out: Callable[[str], None
     # The demo fires deadlines itself (fire_deadline): its timers stay on its own bus, even when
     # CHOREO_TIMERS_URL names a server for the real ones.
     workers = {name: Worker(s, bus, settings, consumer_name(name) + "-demo", publishers=PUBLISHERS,
-                            timers=RqTimers(bus))
+                            consumers=CONSUMERS, timers=RqTimers(bus))
                for name, s in SERVICES.items()}
     for w in workers.values():
         w.start()

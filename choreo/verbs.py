@@ -88,7 +88,8 @@ def cmd_worker(args, settings: Settings) -> int:
              + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits) or 'nothing'}")
     role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
-                    publishers=args.app.publishers, events=args.app.events, observer=observer,
+                    publishers=args.app.publishers, consumers=args.app.consumers,
+                    events=args.app.events, observer=observer,
                     timers=timers, partitions=partitions)
     tune_gc()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,22 @@ def test_a_nonsense_setting_is_refused_by_any_command_in_one_line(verb, monkeypa
     assert main(verb) == 2
     assert capsys.readouterr().err.strip().splitlines() == \
         ["choreo: CHOREO_SEEN_TTL_S must be 60..315360000, got -5"]
+
+
+@pytest.mark.parametrize("partitions, says", [("0", "must be 1..1024, got 0"),
+                                                ("abc", "must be an integer, got 'abc'")])
+def test_a_nonsense_partition_count_is_one_line_from_a_fresh_process(partitions, says, tmp_path):
+    """CHOREO_PARTITIONS is read by the commands, not while the services are declared on import
+    (a traceback before main() could say anything)."""
+    env = {**os.environ, "CHOREO_PARTITIONS": partitions}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "choreo", *argv], cwd=tmp_path, env=env,
+                                       capture_output=True, text=True, timeout=60)
+    done = run("--version")
+    assert (done.returncode, done.stderr) == (0, "")
+    for argv in (["status", "1"], ["topology"], ["worker", "order"]):
+        done = run(*argv)
+        assert done.returncode == 2, argv
+        assert done.stderr.strip().splitlines() == [f"choreo: CHOREO_PARTITIONS {says}"], argv
 
 
 def test_a_worker_refuses_a_nonsense_per_service_setting_at_start(procs, real_bus):

@@ -130,6 +130,28 @@ def test_an_event_claiming_a_producer_that_does_not_publish_it_is_dead_lettered(
     _all_alive(procs)
 
 
+def test_an_entry_addressed_to_a_group_that_does_not_consume_its_stream_is_dead_lettered(procs, redis_server):
+    """`for` marks a replayed copy for the one group it is for; every other group acknowledges it
+    and does nothing. Naming a group that does not read the stream, it would be acknowledged by
+    every group and lost: each dead-letters it instead. A copy for a real consumer stays ignored
+    by the others (and handled by it)."""
+    r = redis_server.client()
+    start_workers(procs)
+    stream = bus_keys.stream("OrderCreated")        # read by order and inventory
+    r.xadd(stream, {"garbage": "1", "for": "nobody"})
+    r.xadd(stream, {**_valid_order("for-payment"), "for": "payment"})    # payment reads no OrderCreated
+    r.xadd(stream, {**_valid_order("for-inventory"), "for": "inventory"})
+    for service in ("order", "inventory"):
+        wait_for(lambda: len(_dead_letters(r, service)) == 2, what=f"{service} dead-letters both")
+        errors = [letter["error"] for letter in _dead_letters(r, service)]
+        assert errors == ["malformed: `for` names 'nobody', which does not consume OrderCreated",
+                          "malformed: `for` names 'payment', which does not consume OrderCreated"]
+    wait_for(lambda: r.hget(keys.reservation("for-inventory"), "status"), what="inventory handles its copy")
+    assert not r.exists(keys.order("for-inventory"))    # the order service ignored it
+    wait_for(lambda: r.xpending(stream, "order")["pending"] == 0, what="order acknowledges all three")
+    _all_alive(procs)
+
+
 def test_a_malformed_timer_is_refused_and_the_others_still_fire(procs, redis_server):
     """One job hash rq cannot read (anyone who may arm a timer may write one) used to stop rq's
     scheduler for every timer; now it is refused alone, and a real order's deadline still fires.

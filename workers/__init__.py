@@ -18,5 +18,6 @@ APP = App("order saga", services=SERVICES.values(), events=EVENTS, timer_jobs=TI
 # Who may publish each event type (what it emits or creates): an entry claiming another producer
 # is dead-lettered. ACLs (choreo acl render) make the claim itself unforgeable.
 PUBLISHERS: dict[str, frozenset[str]] = APP.publishers
+CONSUMERS: dict[str, frozenset[str]] = APP.consumers
 
-__all__ = ["APP", "PUBLISHERS", "SERVICES", "TIMER_JOBS", "App", "On", "Service"]
+__all__ = ["APP", "CONSUMERS", "PUBLISHERS", "SERVICES", "TIMER_JOBS", "App", "On", "Service"]

@@ -103,6 +103,12 @@ class App:
         return {t: frozenset(s.name for s in self.services if t in (*s.emits, *s.creates))
                 for t in self.events}
 
+    @cached_property
+    def consumers(self) -> dict[str, frozenset[str]]:
+        """Which services consume each event type: the only groups a replayed copy's `for` may name
+        on its stream (bus.dead_letters.republish); one naming another is malformed."""
+        return {t: frozenset(s.name for s in self.services if t in s.consumes) for t in self.events}
+
     def service(self, name: str) -> Service:
         try:
             return self.by_name[name]

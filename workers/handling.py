@@ -62,7 +62,8 @@ class Handled:
 class Handling:
     def __init__(self, service: Service, settings: Settings, clock: Callable[[], float],
                  observer: Observer, log: Bound, backoff_ms: Callable[[int], int],
-                 publishers: Mapping[str, Collection[str]] | None, models: Mapping[str, type]):
+                 publishers: Mapping[str, Collection[str]] | None, models: Mapping[str, type],
+                 consumers: Mapping[str, Collection[str]] | None = None):
         self.service = service
         self.settings = settings
         self.clock = clock
@@ -71,12 +72,19 @@ class Handling:
         self.backoff_ms = backoff_ms
         self.publishers = publishers        # event type -> services that may publish it
         self.models = models                # event type -> its data's model
+        self.consumers = consumers          # event type -> services that consume it (None: unchecked)
         self.last_error: dict[str, str] = {}    # entry id -> its handler's last error, until applied
 
     def parse(self, d: Delivery) -> Envelope | Unhandleable | Elsewhere:
         """The event, or why the entry goes to the dead-letter stream unhandled, or Elsewhere."""
         addressed = d.fields.get("for", "") if d.fields else ""
         if addressed and addressed != self.service.name:
+            # Only a group that consumes the stream can have a letter replayed on it: an entry
+            # addressed to any other would be acknowledged by every group and lost.
+            kind = bus_keys.event_type_of(d.stream)
+            if self.consumers is not None and addressed not in self.consumers.get(kind, ()):
+                return Unhandleable(f"malformed: `for` names {addressed[:40]!r}, which does not "
+                                    f"consume {kind}")
             return Elsewhere(addressed)
         if d.deliveries > self.crash_guard:
             last = self.last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")

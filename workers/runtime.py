@@ -67,7 +67,8 @@ class Worker:
                  publishers: Mapping[str, Collection[str]] | None = None,
                  events: Mapping[str, type] | None = None,
                  observer: Observer = NO_OBSERVER, timers=None,
-                 partitions: Collection[int] | None = None):
+                 partitions: Collection[int] | None = None,
+                 consumers: Mapping[str, Collection[str]] | None = None):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -90,7 +91,7 @@ class Worker:
             raise TypeError(f"{service.name} handles or emits {', '.join(unknown)}, which the event "
                             f"models given do not declare: pass events=app.events")
         self.handling = Handling(service, settings, clock, observer, self.log, self.reading.backoff_ms,
-                                 publishers, models)
+                                 publishers, models, consumers)
         # Timers are armed with rq on the bus's server, or CHOREO_TIMERS_URL's, unless given
         # (tests keep them in memory; `choreo worker` gives its own, to close it).
         self.committing = Committing(bus, service.name, settings, self.handling, observer, self.log,

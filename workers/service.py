@@ -66,7 +66,15 @@ class Service:
         if self.files:
             if self.record is None:
                 raise ValueError(f"service {self.name}: files=True needs the record it files")
-            bus_keys.FILED_KINDS[self.record("0").partition(":")[0]] = tuple(self.filed_fields)
+            # The kind is the record key's prefix, the same in every layout: asked of a plain one,
+            # so that declaring a service (on import) never reads CHOREO_PARTITIONS, whose bad
+            # value a command reports in one line once it runs.
+            previous = layout.use(layout.Layout())
+            try:
+                kind = self.record("0").partition(":")[0]
+            finally:
+                layout.use(previous)
+            bus_keys.FILED_KINDS[kind] = tuple(self.filed_fields)
 
     @property
     def streams(self) -> list[str]:
