@@ -16,6 +16,7 @@ REFUSED with the reason, nothing of it applied, and stops the batch the same way
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
@@ -35,6 +36,16 @@ def reconnect_delay_s(failures: int, cap_s: float) -> float:
     """The wait before reconnect attempt `failures` (1, 2, ...): 0.5 s doubling, capped at cap_s,
     so a Redis that is restarting is found soon and one that stays down is not hammered."""
     return min(cap_s, 0.5 * 2 ** min(failures - 1, 10))
+
+
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether `text` is a stream entry id Redis takes, `<ms>-<seq>`: ASCII digits, each part
+    within 64 bits (a larger one Redis refuses as an invalid stream ID)."""
+    parts = _ENTRY_ID.fullmatch(text)
+    return parts is not None and int(parts[1]) < 2 ** 64 and int(parts[2]) < 2 ** 64
 
 
 class PermissionsMissing(BusError):

@@ -31,7 +31,7 @@ import redis
 
 from choreo.bus.ops import Publish
 from choreo.bus import keys, layout
-from choreo.bus.contract import Delivery
+from choreo.bus.contract import Delivery, is_entry_id
 from choreo.bus.envelope import FIELDS
 from choreo.bus.redis_streams import RedisStreamsBus, decode_entry, translated_errors
 
@@ -252,15 +252,15 @@ def original_entry(bus: RedisStreamsBus, letter: DeadLetter) -> dict[str, str] |
     sha256; None when it is gone (trimmed). DeadLetterError when the stream holds something else
     at that id: the letter does not describe a real entry (a service may write only its own dlq,
     so its copy is a claim, not a proof)."""
-    if not letter.stream.startswith(keys.STREAM_PREFIX) or not letter.entry_id:
-        raise DeadLetterError(f"{letter.ref}: names no stream entry ({letter.stream!r} {letter.entry_id!r})")
+    if not letter.stream.startswith(keys.STREAM_PREFIX) or not is_entry_id(letter.entry_id):
+        raise DeadLetterError(f"it names no stream entry ({letter.stream[:80]!r} {letter.entry_id[:80]!r})")
     with translated_errors():
         rows = bus.raw.xrange(letter.stream, letter.entry_id, letter.entry_id)
     if not rows:
         return None
     fields = decode_entry(letter.stream, *rows[0]).fields
     if hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest() != letter.entry_sha256:
-        raise DeadLetterError(f"{letter.ref}: does not match entry {letter.entry_id} on {letter.stream}")
+        raise DeadLetterError(f"it does not match entry {letter.entry_id} on {letter.stream}")
     return fields
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from dataclasses import dataclass
 
+from choreo.bus.contract import is_entry_id
 from choreo.bus.envelope import ORDER_ID
 from choreo.config.catalogue import CATALOGUE
 from choreo.config.settings import MAX_DEADLINE_S, plain_number
@@ -82,8 +82,9 @@ def order_id(text: str) -> str:
 
 def entry_id(text: str) -> str:
     """A stream entry id, `<ms>-<seq>`: checked here so Redis never sees a malformed one."""
-    if not re.fullmatch(r"\d+-\d+", text.rpartition("/")[2]):
-        raise argparse.ArgumentTypeError(f"expected an entry id like 1700000000000-0, got {text!r}")
+    if not is_entry_id(text.rpartition("/")[2]):
+        raise argparse.ArgumentTypeError(f"expected an entry id like 1700000000000-0 (each part "
+                                         f"below 2^64), got {text!r}")
     return text
 
 

@@ -126,6 +126,40 @@ def test_replay_all_replays_the_good_and_keeps_the_refused(real_bus, redis_url, 
     assert [e for e, _ in c.xrange("dlq:inventory")] == [bad]
 
 
+def test_replay_all_refuses_letters_naming_ids_or_streams_redis_refuses_and_replays_the_rest(
+        real_bus, redis_url, capsys):
+    """A letter is a claim of its service's user: one naming an id Redis would refuse (beyond 64
+    bits, non-ASCII digits, not an id) or a stream of the wrong type is refused in its own line,
+    and the letters after it are still replayed."""
+    c = real_bus.client
+    forged = []
+    for stream, entry_id in (("events:OrderCreated", "nope"), ("events:OrderCreated", "99999999999999999999999-0"),
+                             ("events:OrderCreated", "\u0661-0"), ("events:PaymentSettled", "1-0")):
+        letter = DeadLetter.of("inventory", Delivery(stream, entry_id, an_event()), "x", "-")
+        forged.append(c.xadd("dlq:inventory", letter.to_fields()))
+    c.set("events:PaymentSettled", "not a stream")
+    good = letter_for(c, "inventory", "events:OrderCreated", "5-0", an_event())
+
+    code, out, err = cli(capsys, "dlq", "replay", "inventory", "--all", url=redis_url)
+
+    assert code == 1 and out.splitlines() == [f"replayed inventory/{good} to events:OrderCreated as "
+                                              f"{c.xrange('events:OrderCreated')[-1][0]}"]
+    lines = err.splitlines()
+    assert len(lines) == 4 and "Traceback" not in err
+    for line, dlq_id in zip(lines[:3], forged):
+        assert line.startswith(f"choreo: inventory/{dlq_id}: refused, it names no stream entry"), line
+    assert lines[3].startswith(f"choreo: inventory/{forged[3]}: refused, Redis refused its reads or writes:")
+    assert "WRONGTYPE" in lines[3]
+    assert [e for e, _ in c.xrange("dlq:inventory")] == forged
+
+
+@pytest.mark.parametrize("ref", ["99999999999999999999999-0", "1-18446744073709551616", "\u0661-0",
+                                 "inventory/1-99999999999999999999999"])
+def test_an_entry_id_redis_would_refuse_is_a_bad_argument(ref, redis_url, capsys):
+    code, out, err = cli(capsys, "dlq", "show", ref, url=redis_url)
+    assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1 and "each part below 2^64" in err
+
+
 def test_purge_without_yes_counts_and_exits_2_and_with_yes_deletes(real_bus, redis_url, capsys):
     c = real_bus.client
     for n in range(3):

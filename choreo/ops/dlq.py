@@ -25,7 +25,7 @@ import json
 from typing import Callable, Iterable
 
 from choreo.bus import dead_letters as store, keys as bus_keys
-from choreo.bus.contract import Delivery
+from choreo.bus.contract import BusError, BusUnavailable, Delivery, PermissionsMissing
 from choreo.bus.dead_letters import DeadLetter, DeadLetterError
 from choreo.bus.envelope import MalformedEntry
 from choreo.bus.redis_streams import RedisStreamsBus
@@ -155,6 +155,11 @@ def replay_cmd(bus: RedisStreamsBus, service: Service, max_entry_bytes: int, dlq
         except DeadLetterError as exc:
             refused += 1
             err(f"choreo: {exc}")
+        except (BusUnavailable, PermissionsMissing):
+            raise                           # the same for every letter: stop, in one line
+        except BusError as exc:             # Redis refused this letter's reads or write (a stream
+            refused += 1                    # of the wrong type): the rest are still looked at
+            err(f"choreo: {letter.ref}: refused, Redis refused its reads or writes: {exc}")
     if not letters:
         out(f"{_streams(service.name)}: nothing to replay")
     return 1 if refused else 0
