@@ -384,11 +384,11 @@ def entries_added(bus: RedisStreamsBus, streams: Sequence[str]) -> list[int]:
 
 
 def index_and_counter(bus: RedisStreamsBus, index: str, counter: str,
-                      tries: int = 20) -> tuple[dict[str, float], int]:
+                      tries: int = 20) -> tuple[dict[str, float], str]:
     """A sorted set (member -> score) and a counter as of one moment, for a pair some script
     changes together (bus.trim's prune moves members from the one to the other): the counter is
     read either side of the set, again until it did not move. No MULTI, so a read-only user may
-    call it."""
+    call it. The counter as stored ("0" when absent): whether it is a count is the caller's to say."""
     with translated_errors():
         for _ in range(tries):
             pipe = bus.client.pipeline(transaction=False)
@@ -398,7 +398,7 @@ def index_and_counter(bus: RedisStreamsBus, index: str, counter: str,
             before, members, after = pipe.execute()
             if before == after:
                 break
-    return dict(members), int(after or 0)
+    return dict(members), "0" if after is None else after
 
 
 def ttls_ms(bus: RedisStreamsBus, keys_: Sequence[str]) -> list[int]:

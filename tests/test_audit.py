@@ -146,6 +146,34 @@ def unread_trimmed_away(c, e):
     c.xtrim("events:PaymentProcessed", maxlen=0, approximate=False)
 
 
+def status_count_not_a_number(c, e):
+    c.hset("orders:by_status", "COMPLETED", "abc")
+
+
+def totals_not_a_number(c, e):
+    c.hset("payments:totals", "charged_cents", "abc")
+
+
+def completed_cents_not_a_number(c, e):
+    c.hset("orders:totals", "completed_cents", "1e3")
+
+
+def expired_not_a_number(c, e):
+    c.set("orders:expired", "abc")
+
+
+def order_total_not_a_number(c, e):
+    edit(c, f"order:{order_in(e, 'COMPLETED')}", total_cents="nan")
+
+
+def amount_not_a_number(c, e):
+    edit(c, f"payment:{order_in(e, 'COMPLETED')}", amount_cents="abc")
+
+
+def lines_not_json(c, e):
+    c.hset("reservation:777", mapping={"status": "RESERVED", "lines": "[{"})
+
+
 @pytest.mark.parametrize("corrupt, violation", [
     (bad_status, "is neither terminal nor PENDING"),
     (counter_off, "orders:by_status: COMPLETED=3 but 2 order hashes are COMPLETED"),
@@ -161,6 +189,14 @@ def unread_trimmed_away(c, e):
     (stray_payment, "order 999: payment:999 exists but order:999 does not"),
     (pending_trimmed_away, "group inventory: 1 pending entries were deleted before they were"),
     (unread_trimmed_away, "group shipping: 1 entries after its last-delivered-id"),
+    # Values the saga never writes, by hand: each a violation naming its key, the other checks still run.
+    (status_count_not_a_number, "orders:by_status COMPLETED is not a whole number: 'abc'"),
+    (totals_not_a_number, "payments:totals charged_cents is not a whole number: 'abc'"),
+    (completed_cents_not_a_number, "orders:totals completed_cents is not a whole number: '1e3'"),
+    (expired_not_a_number, "orders:expired is not a whole number: 'abc'"),
+    (order_total_not_a_number, "total_cents is not a whole number: 'nan'"),
+    (amount_not_a_number, "amount_cents is not a whole number: 'abc'"),
+    (lines_not_json, "reserved: stopped at a value the saga never writes (JSONDecodeError"),
 ])
 def test_each_violation_is_found_and_exits_1(run, redis_url, capsys, corrupt, violation):
     c, expected = run
@@ -276,4 +312,4 @@ def test_an_id_pruned_while_the_audit_reads_the_index_is_counted_once(redis_serv
             return pipe
         bus.client.pipeline = racing_pipeline
         index, pruned = index_and_pruned(bus)
-    assert len(reads) == 2 and (sorted(index), pruned) == (["2"], 1)
+    assert len(reads) == 2 and (sorted(index), int(pruned)) == (["2"], 1)

@@ -17,6 +17,7 @@ from choreo.ops.dashboard import (ConsumerRow, DeadLetterRow, EventRow, GroupRow
                               StreamRow, gather, group_state, groups_table, heights, render)
 from choreo.measure.load import percentile
 from choreo.orders import OrderRequest, place_orders
+from choreo.cli import main
 from choreo.workers import SERVICES, keys
 from tests.helpers import wait_for
 from tests.inprocess import drain, start_workers
@@ -202,6 +203,23 @@ def test_gather_after_real_orders(real_bus, redis_url):
     assert [(tuple(map(int, e.entry_id.split("-"))), e.stream) for e in s.events] == \
         sorted(every, key=lambda x: x[0], reverse=True)[:10]
     assert all(e.type == bus_keys.event_type_of(e.stream) and e.order_id in "1234" for e in s.events)
+
+
+def test_hand_written_values_that_are_no_counts_are_left_out_not_a_crash(real_bus, redis_url, capsys):
+    """redis-cli can write anything: a view shows what it can read (choreo audit names the rest),
+    in the dashboard's every form and so the exporter's (the same gathering)."""
+    workers = start_workers(real_bus)
+    place_orders(real_bus, [OrderRequest(str(i), [{"product_id": 101, "quantity": 1}]) for i in (1, 2, 3)])
+    drain(workers)
+    c = real_bus.client
+    c.hset(keys.orders_by_status(0), "SHIPPED?", "abc")
+    c.hset(keys.order("1"), "created_at_ms", "nan")
+    c.hset(keys.order("2"), "ended_at_ms", "")
+    s = gather(real_bus, redis_url)
+    assert s.orders.by_status == {"COMPLETED": 3} and s.orders.sampled == 1
+    for form in ("--json", "--once"):
+        assert main(["dashboard", form, "--redis-url", redis_url]) == 0, form
+        assert "COMPLETED" in capsys.readouterr().out
 
 
 def test_gather_pending_dead_consumer_stuck_and_lag(real_bus, redis_url):

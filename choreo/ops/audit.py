@@ -82,6 +82,8 @@ class Snapshot:
     quiet: bool = True               # no entry was published while the snapshot was read
     # Orders in another partition's orders:index than their own: (order id, that index).
     misindexed: list[tuple[str, str]] = field(default_factory=list)
+    # What the gathering found that the saga never writes (a counter that is not a count).
+    malformed: list[str] = field(default_factory=list)
 
     def aged(self, oid: str) -> bool:
         """Whether this order is old enough for its keys, or its services' keys, to be gone."""
@@ -180,6 +182,11 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
     found = domain_keys(bus)
     for p in layout.current().all():
         created_ms, pruned = index_and_pruned(bus, partition=p)
+        try:
+            pruned = whole(pruned, keys.orders_expired(p))
+        except NotWhole as exc:
+            snap.malformed.append(str(exc))
+            pruned = 0
         snap.misindexed += [(oid, keys.orders_index(p)) for oid in created_ms
                             if layout.current().partition_of(oid) != p]
         snap.created_ms.update(created_ms)
@@ -199,7 +206,7 @@ def gather_domain(bus: RedisStreamsBus, snap: Snapshot) -> None:
 
 
 def index_and_pruned(bus: RedisStreamsBus, tries: int = 20,
-                     partition: int = 0) -> tuple[dict[str, float], int]:
+                     partition: int = 0) -> tuple[dict[str, float], str]:
     """orders:index and orders:expired as of one moment. The trimmer moves an id from the one to
     the other in one script, so read apart, an id pruned in between was counted twice as expired
     (a soak with a 1 s trimmer: 400 too many). The counter is read either side of the index, again
@@ -275,6 +282,17 @@ def trimmed_pending(bus: RedisStreamsBus, stream: str, group: str, info: dict, p
 
 # -- checks (pure) -------------------------------------------------------------------------------
 
+class NotWhole(ValueError):
+    """A count the saga writes holds something else (a hand-written key): a violation, named."""
+
+
+def whole(value, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise NotWhole(f"{where} is not a whole number: {str(value)[:40]!r}") from None
+
+
 def check_orders(snap: Snapshot, strict: bool) -> list[str]:
     out = []
     indexed = set(snap.index)
@@ -308,13 +326,14 @@ def check_counters(snap: Snapshot) -> list[str]:
     out = []
     lenient = snap.may_have_expired
     for status in sorted(set(counted) | set(snap.by_status), key=str):
-        stored = int(snap.by_status.get(status, 0))
+        stored = whole(snap.by_status.get(status, 0), f"{summed_name(keys.orders_by_status)} {status}")
         if stored > counted.get(status, 0) and lenient and status in TERMINAL:
             continue
         if stored != counted.get(status, 0):
             out.append(f"{summed_name(keys.orders_by_status)}: {status}={stored} but {counted.get(status, 0)} "
                        f"order hashes are {status}")
-    gone = sum(int(snap.by_status.get(s, 0)) - counted.get(s, 0) for s in TERMINAL)
+    gone = sum(whole(snap.by_status.get(s, 0), f"{summed_name(keys.orders_by_status)} {s}")
+               - counted.get(s, 0) for s in TERMINAL)
     if lenient and gone != snap.expired:
         out.append(f"{summed_name(keys.orders_by_status)}: {gone} more ended orders counted than order "
                    f"hashes, but {snap.expired} orders have expired")
@@ -373,7 +392,7 @@ def check_holds(snap: Snapshot) -> list[str]:
     out = []
     for (pid, oid), hold in sorted(snap.holds.items()):
         if hold.get("status") == "RESERVED":
-            held[pid] += int(hold.get("qty", 0))
+            held[pid] += whole(hold.get("qty", 0), f"{keys.hold(pid, oid)} qty")
     for pid, stock in sorted(snap.stocks.items()):
         n = stock_counts(stock)
         if n is not None and n["reserved"] != held.get(pid, 0):
@@ -385,7 +404,7 @@ def check_holds(snap: Snapshot) -> list[str]:
             for line in json.loads(res.get("lines", "[]")):
                 pair = (str(line["product_id"]), oid)
                 wanted[pair] = wanted.get(pair, 0) + int(line["quantity"])
-    reserved = {pair: int(h.get("qty", 0)) for pair, h in snap.holds.items()
+    reserved = {pair: whole(h.get("qty", 0), f"{keys.hold(*pair)} qty") for pair, h in snap.holds.items()
                 if h.get("status") == "RESERVED"}
     for pair in sorted(set(wanted) | set(reserved)):
         name = keys.hold(*pair)
@@ -401,15 +420,18 @@ def check_holds(snap: Snapshot) -> list[str]:
 
 def check_totals(snap: Snapshot) -> list[str]:
     """payments:totals against the payment hashes (same commits, read at different moments)."""
-    charged = sum(int(p.get("amount_cents", 0)) for p in snap.payments.values()
+    charged = sum(whole(p.get("amount_cents", 0), f"{keys.payment(oid)} amount_cents")
+                  for oid, p in snap.payments.items()
                   if p.get("status") in ("CHARGED", "REFUNDED"))
-    refunded = sum(int(p.get("amount_cents", 0)) for p in snap.payments.values()
+    refunded = sum(whole(p.get("amount_cents", 0), f"{keys.payment(oid)} amount_cents")
+                   for oid, p in snap.payments.items()
                    if p.get("status") == "REFUNDED")
     out = []
     for name, stored, summed in (("charged_cents", snap.totals.get("charged_cents", 0), charged),
                                  ("refunded_cents", snap.totals.get("refunded_cents", 0), refunded)):
         # Expired payment hashes leave the totals ahead of what is left, never behind.
-        if int(stored) != summed and not (snap.may_have_expired and int(stored) > summed):
+        stored = whole(stored, f"{summed_name(keys.payment_totals)} {name}")
+        if stored != summed and not (snap.may_have_expired and stored > summed):
             out.append(f"{summed_name(keys.payment_totals)}: {name}={stored} but payment hashes add up to {summed}")
     return out
 
@@ -454,7 +476,7 @@ def check_settled(snap: Snapshot) -> list[str]:
         status = order.get("status")
         pay, res = snap.payments.get(oid, {}), snap.reservations.get(oid, {})
         if status == "COMPLETED":
-            completed += int(order.get("total_cents", 0))
+            completed += whole(order.get("total_cents", 0), f"{keys.order(oid)} total_cents")
             if res.get("status") != "SOLD" and not (snap.aged(oid) and not res):
                 out.append(f"order {oid}: COMPLETED but reservation is {res.get('status', 'absent')}")
         elif status in TERMINAL:
@@ -462,8 +484,11 @@ def check_settled(snap: Snapshot) -> list[str]:
                 out.append(f"order {oid}: {status} but its payment is still CHARGED (no refund)")
             if res.get("status") == "RESERVED":
                 out.append(f"order {oid}: {status} but its stock is still RESERVED")
-    net = int(snap.totals.get("charged_cents", 0)) - int(snap.totals.get("refunded_cents", 0))
-    recorded = int(snap.orders_totals.get("completed_cents", completed))
+    paid = summed_name(keys.payment_totals)
+    net = (whole(snap.totals.get("charged_cents", 0), f"{paid} charged_cents")
+           - whole(snap.totals.get("refunded_cents", 0), f"{paid} refunded_cents"))
+    recorded = whole(snap.orders_totals.get("completed_cents", completed),
+                     f"{summed_name(keys.orders_totals)} completed_cents")
     if net != completed and not snap.may_have_expired:
         out.append(f"money: charged - refunded = {net} cents but completed orders total "
                    f"{completed} cents")
@@ -499,14 +524,27 @@ def audit(snap: Snapshot, strict: bool = False, orders: bool = True) -> AuditRep
     settled = snap.quiet and not any(snap.in_flight)
     violations = check_streams(snap, strict)
     if orders:
-        violations = (check_orders(snap, strict) + check_stock(snap) + check_payments(snap)
-                      + violations)
+        violations = (snap.malformed + _safely(check_orders, snap, strict) + _safely(check_stock, snap)
+                      + _safely(check_payments, snap) + violations)
         if settled or strict:
-            violations += (check_counters(snap) + check_reserved(snap) + check_totals(snap)
-                           + check_settled(snap))
+            violations += (_safely(check_counters, snap) + _safely(check_reserved, snap)
+                           + _safely(check_totals, snap) + _safely(check_settled, snap))
             if snap.tagged or snap.holds:
-                violations += check_holds(snap)
+                violations += _safely(check_holds, snap)
     return AuditReport(violations, settled, summarize(snap, settled, orders))
+
+
+def _safely(check, *args) -> list[str]:
+    """A check's violations; one that meets a value the saga never writes (hand-written with
+    redis-cli: a count that is not a number, lines that are not JSON) says so as a violation of
+    its own, and the other checks still run."""
+    try:
+        return check(*args)
+    except NotWhole as exc:
+        return [str(exc)]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return [f"{check.__name__.removeprefix('check_')}: stopped at a value the saga never writes "
+                f"({type(exc).__name__}: {str(exc)[:120]})"]
 
 
 def summarize(snap: Snapshot, settled: bool, orders: bool = True) -> str:
