@@ -80,6 +80,25 @@ def order_id(text: str) -> str:
     return text
 
 
+def consumer(text: str) -> str:
+    """A consumer name: it names the consumer in the group and the worker's heartbeat key."""
+    if not consumer_problem(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{consumer_problem(text)}, got {text[:80]!r}")
+
+
+def consumer_problem(text: str) -> str:
+    """Why `text` cannot name a consumer ("" if it can): 1-200 printable characters, no spaces,
+    valid UTF-8 (a shell passes any bytes)."""
+    if not 1 <= len(text) <= 200 or not text.isprintable() or any(c.isspace() for c in text):
+        return "a consumer name is 1-200 printable characters without spaces"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "a consumer name must be valid UTF-8"
+    return ""
+
+
 def entry_id(text: str) -> str:
     """A stream entry id, `<ms>-<seq>`: checked here so Redis never sees a malformed one."""
     if not is_entry_id(text.rpartition("/")[2]):

@@ -167,7 +167,7 @@ def build_parser(app: App | None = None) -> Parser:
     p.set_defaults(run=cmd_demo, orders_only=True)
     p = sub.add_parser("worker", parents=[logs], help="run one service's consumer loop")
     p.add_argument("service", choices=services)
-    p.add_argument("--consumer", help="consumer name (default: <service>-<host>-<slot>)")
+    p.add_argument("--consumer", type=arg.consumer, help="consumer name (default: <service>-<host>-<slot>)")
     p.add_argument("--metrics-port", type=arg.port, metavar="PORT",
                    help="serve Prometheus metrics on http://<host>:PORT/metrics (needs "
                         "choreo[metrics]; default: $CHOREO_METRICS_PORT, or none)")
@@ -186,7 +186,8 @@ def build_parser(app: App | None = None) -> Parser:
     for verb, fn, text in (("status", cmd_status, "an order's state in every service"),
                            ("trace", cmd_trace, "an order's events in causal order")):
         p = sub.add_parser(verb, parents=[common], help=text)
-        p.add_argument("order_id", metavar="ID", help="the order id (another app: the instance id, its events' order_id)")
+        p.add_argument("order_id", metavar="ID", type=arg.order_id,
+                       help="the order id (another app: the instance id, its events' order_id)")
         p.set_defaults(run=fn, role="dashboard", orders_only=verb == "status")
     p.add_argument("--json", action="store_true", help="the trace as JSON")      # trace's own
     p = sub.add_parser("load", parents=[common], help="place N orders and measure them")

@@ -14,6 +14,7 @@ from choreo.bus.connect import open_bus, redact
 from choreo.logs import name_process
 from choreo.plain import plain
 from choreo.config.settings import Settings, SettingsError
+from choreo.arguments import consumer_problem
 from choreo.orders import status_changes
 from choreo.workers import keys
 from choreo.workers.logs import EXPORTER, TIMERS, TRIMMER, WORKER, bound
@@ -72,6 +73,9 @@ def cmd_worker(args, settings: Settings) -> int:
                             "Redis: set CHOREO_TIMERS_URL, or CHOREO_ORDER_DEADLINE_S=0 to arm "
                             "none (docs/cluster.md)")
     consumer = args.consumer or consumer_name(service.name)
+    if consumer_problem(consumer):          # made of CHOREO_SLOT (or honcho's name) and the host name
+        raise SettingsError(f"{consumer_problem(consumer)}: {consumer[:80]!r} (from CHOREO_SLOT, "
+                            f"HONCHO_PROCESS_NAME and the host name; or give --consumer)")
     name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)
     observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast

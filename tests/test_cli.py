@@ -48,6 +48,10 @@ def test_demo_against_a_real_server_uses_the_next_free_id(redis_url, capsys):
     ["worker", "accounting"],
     ["no-such-verb"],
     [],
+    # What a shell passes as it is: bytes that are not UTF-8 (surrogates), spaces, nothing.
+    ["status", "\udcff"], ["trace", "\udcff\udcfe"], ["status", "a b"], ["trace", ""],
+    ["worker", "order", "--consumer", "\udcff"], ["worker", "order", "--consumer", "a b"],
+    ["worker", "order", "--consumer", ""], ["worker", "order", "--consumer", "x" * 201],
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
@@ -143,6 +147,14 @@ def test_a_worker_refuses_a_nonsense_per_service_setting_at_start(procs, real_bu
     assert done.stderr.strip().splitlines() == \
         ["choreo: CHOREO_HOUSEKEEPING_EVERY_S_PAYMENT must be 0.1..86400, got inf"]
     assert not real_bus.client.exists("events:InventoryChecked")     # never got as far as Redis
+
+
+@pytest.mark.parametrize("slot", ["\udcff", "1 2", "\x1b[2J"])
+def test_a_consumer_name_made_of_an_unusable_slot_is_one_line_and_exit_2(slot, monkeypatch, capsys):
+    monkeypatch.setenv("CHOREO_SLOT", slot)
+    assert main(["worker", "order", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CHOREO_SLOT" in err and "give --consumer" in err
 
 
 def test_bad_per_service_setting_gives_one_line_and_exit_2(monkeypatch, capsys):
