@@ -102,6 +102,17 @@ def test_a_taken_metrics_port_is_one_line_and_exit_1(procs):
         f"choreo: cannot serve metrics on 0.0.0.0:{port}: Address already in use"]
 
 
+@pytest.mark.parametrize("addr", ["a..b", "a" * 70])
+def test_a_metrics_address_no_resolver_takes_is_one_line_and_exit_2(addr, procs):
+    port = str(free_port())
+    for argv, env in ((("exporter", "--addr", addr, "--port", port), {}),
+                      (("worker", "inventory", "--metrics-port", port), {"CHOREO_METRICS_ADDR": addr})):
+        done = procs.run(*argv, timeout=20, **env)
+        assert done.returncode == 2, argv
+        (line,) = done.stderr.strip().splitlines()        # the resolver's words vary by Python
+        assert line.startswith(f"choreo: cannot serve metrics on {addr!r}: not a host name or address ("), argv
+
+
 def test_metrics_without_the_extra_say_how_to_install_it(procs, tmp_path):
     # A prometheus_client that cannot be imported, as on an install without choreo[metrics].
     (tmp_path / "prometheus_client.py").write_text("raise ImportError('not installed')\n")

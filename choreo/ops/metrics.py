@@ -59,6 +59,9 @@ def serve(registry: "CollectorRegistry", port: int, addr: str = "0.0.0.0") -> No
     except OSError as exc:
         raise MetricsUnavailable(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
                                  port_taken=True) from None
+    except UnicodeError as exc:     # a name the resolver cannot even encode (an empty label, bytes)
+        raise MetricsUnavailable(f"cannot serve metrics on {addr[:80]!r}: not a host name or "
+                                 f"address ({exc})") from None
 
 
 class PrometheusObserver(Observer):
