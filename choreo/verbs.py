@@ -307,6 +307,9 @@ def cmd_dashboard(args, settings: Settings) -> int:
                 wide = sys.stdout.isatty() or "COLUMNS" in os.environ
                 print_once(snapshot, Console(width=None if wide else 160))
             return 0
+    if not sys.stdout.isatty():     # a full-screen view written to a file or a pipe shows nothing
+        _err("choreo dashboard: the live view needs a terminal; add --once or --json for a file or a pipe")
+        return 2
     bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
     try:
         return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name, args.app.orders)

@@ -100,6 +100,14 @@ def test_once_against_an_unreachable_server_is_one_line(procs):
     assert len(answer.stderr.splitlines()) == 1
 
 
+def test_the_live_view_into_a_pipe_says_it_needs_a_terminal(procs):
+    """Without a terminal the full-screen view would write nothing and run until killed."""
+    answer = procs.run("dashboard", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", timeout=20)
+    assert (answer.returncode, answer.stdout) == (2, "")
+    assert answer.stderr.strip().splitlines() == [
+        "choreo dashboard: the live view needs a terminal; add --once or --json for a file or a pipe"]
+
+
 class Terminal:
     """`choreo dashboard` on a pseudo-terminal of 160x50, its screen output collected as text."""
 
