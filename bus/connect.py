@@ -19,7 +19,7 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from choreo.bus.contract import BusUnavailable
+from choreo.bus.contract import BusUnavailable, CredentialsRefused
 from choreo.bus import layout
 from choreo.bus.layout import cluster_url
 from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
@@ -266,3 +266,8 @@ def _reach(client: redis.Redis, url: str | None, variable: str = "REDIS_URL") ->
         where = "Redis" if variable == "REDIS_URL" else f"Redis ({variable})"
         raise BusUnavailable(f"cannot reach {where} at {redact(url)} ({exc}); "
                              f"{how_to_start(url, variable)}") from None
+    except CredentialsRefused as exc:
+        client.close()
+        where = "Redis" if variable == "REDIS_URL" else f"Redis ({variable})"
+        raise CredentialsRefused(f"{where} at {redact(url)} refused the user name and password "
+                                 f"({exc.__cause__}): check them in {variable}") from None

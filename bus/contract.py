@@ -53,6 +53,11 @@ class PermissionsMissing(BusError):
     a worker stops, naming it, rather than dead-letter or half-apply anything (see bus.acl)."""
 
 
+class CredentialsRefused(PermissionsMissing):
+    """The server refuses the user name and password (or wants one): no retry mends them, so a
+    worker stops, saying so, rather than wait as for a server that is down."""
+
+
 class GroupMissing(BusError):
     """A stream or consumer group vanished (NOGROUP), e.g. a Redis that restarted empty."""
 

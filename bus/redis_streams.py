@@ -13,8 +13,8 @@ import redis
 from redis.crc import key_slot
 
 from choreo.bus import filing, keys, layout
-from choreo.bus.contract import (HOLD_OPS, BusError, BusUnavailable, Commit, Delivery, GroupMissing,
-                          Hold, Outcome, PermissionsMissing)
+from choreo.bus.contract import (HOLD_OPS, BusError, BusUnavailable, Commit, CredentialsRefused,
+                                 Delivery, GroupMissing, Hold, Outcome, PermissionsMissing)
 
 
 # A heartbeat's name stays in heartbeats:<service> this long after its last renewal (by the
@@ -46,6 +46,9 @@ def translated_errors():
     """Map redis-py's exceptions onto the bus's own, so callers never import redis."""
     try:
         yield
+    except redis.exceptions.AuthenticationError as exc:     # (a ConnectionError to redis-py)
+        raise CredentialsRefused(f"Redis refused the user name and password ({exc}): check the "
+                                 f"user and password in the Redis URL") from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BusUnavailable(str(exc) or type(exc).__name__) from exc
     except redis.exceptions.NoPermissionError as exc:

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from choreo.bus import inspect, keys as bus_keys, layout
-from choreo.bus.connect import open_bus, redact
+from choreo.bus.connect import how_to_start, open_bus, redact
 from choreo.logs import name_process
 from choreo.plain import plain
 from choreo.config.settings import Settings, SettingsError
@@ -94,7 +94,7 @@ def cmd_worker(args, settings: Settings) -> int:
     worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
                     publishers=args.app.publishers, consumers=args.app.consumers,
                     events=args.app.events, observer=observer,
-                    timers=timers, partitions=partitions)
+                    timers=timers, partitions=partitions, unreachable_hint=how_to_start(settings.url))
     tune_gc()
     try:
         return worker.run(stop)

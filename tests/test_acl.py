@@ -108,6 +108,20 @@ def test_a_worker_missing_one_permission_refuses_to_start_naming_it(acl_server, 
         admin.execute_command("ACL", "LOAD")
 
 
+def test_a_wrong_password_is_said_as_such_and_a_worker_with_it_stops(acl_server, acl_procs):
+    """Not "cannot reach Redis … start one": the server is there and refuses the credentials,
+    which no retry mends, so a worker stops in one line rather than wait as for an outage."""
+    wrong = acl_server.url_for("payment", "not-its-password")
+    for argv in (("status", "1"), ("dashboard", "--once", "--refresh", "0.1"), ("worker", "payment")):
+        answer = acl_procs.run(*argv, "--redis-url", wrong, timeout=30)
+        assert answer.returncode == 1, argv
+        (line,) = [x for x in answer.stderr.splitlines() if x.startswith("choreo: ")]
+        assert "refused the user name and password (invalid username-password pair" in line, argv
+        assert "not-its-password" not in answer.stderr + answer.stdout and "Traceback" not in answer.stderr
+        if argv[0] != "worker":
+            assert answer.stderr.splitlines() == [line] and "payment:***@" in line and "REDIS_URL" in line
+
+
 def test_processes_waiting_for_replicas_may_wait_on_their_own_users(acl_server, acl_procs):
     """CHOREO_WAIT_REPLICAS: every commit is followed by WAIT, which each user may run (a server
     without replicas: each WAIT times out, the commit stands). A worker whose user may not, and

@@ -132,3 +132,8 @@ def test_worker_waits_for_redis_with_capped_backoff_and_one_line_per_attempt(pro
     log = open(worker.log_path).read().splitlines()
     attempts = [l for l in log if "Redis unavailable" in l]
     assert 3 <= len(attempts) <= 8, log
+    # The first says how to start one (a worker waits for Redis; every other command exits so).
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    assert attempts[0].endswith(f"; start one with: redis-server --port {port} --save '' --daemonize yes "
+                                f"(or set REDIS_URL)"), attempts[0]
+    assert not any("start one" in line for line in attempts[1:])

@@ -68,7 +68,8 @@ class Worker:
                  events: Mapping[str, type] | None = None,
                  observer: Observer = NO_OBSERVER, timers=None,
                  partitions: Collection[int] | None = None,
-                 consumers: Mapping[str, Collection[str]] | None = None):
+                 consumers: Mapping[str, Collection[str]] | None = None,
+                 unreachable_hint: str = ""):
         self.service = service
         self.bus = bus
         self.settings = settings
@@ -82,6 +83,9 @@ class Worker:
         # server would refuse something this service needs (see bus.acl).
         self.check = check
         self.observer = observer            # metrics hooks (workers.observer); no-op by default
+        # Said once, on the first failure to reach Redis before the first start: how to start one
+        # (a worker waits for Redis rather than exit: honcho may start it first).
+        self.unreachable_hint = unreachable_hint
         self._in_hand: tuple[float, list[Delivery]] | None = None   # the batch the lease renews
         self.heartbeat = Heartbeat(bus, service.name, consumer, settings.heartbeat_every_s, clock)
         self.reading = ReadingPolicy(bus, service.name, consumer, self.streams, settings, clock, observer)
@@ -120,12 +124,12 @@ class Worker:
         lease = threading.Thread(target=self.keeping.keep_lease, args=(stop,), daemon=True)
         lease.start()
         self.heartbeat.start(stop)
-        failures, started = 0, False
+        failures, started, ever_started = 0, False, False
         while not stop.is_set():
             try:
                 if not started:
                     self.start()
-                    started = True
+                    started = ever_started = True
                 self.poll(self.settings.block_ms)
                 failures = 0
             except GroupMissing as exc:
@@ -141,9 +145,11 @@ class Worker:
                 self.heartbeat.state = "backing-off"
                 self.observer.reconnecting(failures)
                 delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
+                hint = (f"; {self.unreachable_hint}" if failures == 1 and not ever_started
+                        and isinstance(exc, BusUnavailable) and self.unreachable_hint else "")
                 self.log.log(logging.WARNING if isinstance(exc, BusError) else logging.ERROR,
                              f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
-                             f"{exc}); retry {failures} in {delay:.1f}s")
+                             f"{exc}); retry {failures} in {delay:.1f}s{hint}")
                 stop.wait(delay)
                 started = False             # re-ensure groups before reading again
         self.heartbeat.end()
