@@ -20,7 +20,7 @@ import time
 from importlib import metadata
 from typing import Callable
 
-from choreo.bus.contract import BusError
+from choreo.bus.contract import BusError, BusUnavailable
 
 LOG = logging.getLogger("choreo.worker")
 
@@ -74,13 +74,22 @@ class Heartbeat:
                 self.bus.beat(self.service, self.consumer, self.fields(), self.ttl_ms)
 
     def keep(self, stop: threading.Event) -> None:
-        """The heartbeat thread: beat now, then every every_s until `stop`. A failed beat is left
-        to the owning loop to report (it meets the same Redis); the next one tries again."""
+        """The heartbeat thread: beat now, then every every_s until `stop`. A beat lost to an
+        outage is left to the owning loop to report (it meets the same Redis); one Redis refuses
+        (its key of the wrong type, a permission) only this thread meets: said once per reason,
+        while health and the dashboard see the worker as gone. The next one tries again."""
+        refused = ""
         while not stop.is_set():
             try:
                 self.beat()
-            except BusError:
+                refused = ""
+            except BusUnavailable:
                 pass
+            except BusError as exc:
+                if str(exc) != refused:
+                    refused = str(exc)
+                    LOG.warning(f"heartbeat of {self.service}/{self.consumer} refused, will retry "
+                                f"(health and the dashboard see no heartbeat meanwhile): {exc}")
             except Exception as exc:    # never let liveness die silently: say so, beat again
                 LOG.error(f"heartbeat of {self.service}/{self.consumer} failed, will retry: "
                           f"{type(exc).__name__}: {exc}")

@@ -173,6 +173,35 @@ def test_health_json_unreachable_redis_is_a_verdict_on_stdout_exit_1(capsys):
     assert len(err.strip().splitlines()) == 1 and err.startswith("choreo: cannot reach Redis at")
 
 
+def test_a_heartbeat_redis_refuses_is_said_once_per_reason_and_beats_again_once_mended(real_bus, caplog):
+    """Only the heartbeat thread writes its key: a refusal there (a key of the wrong type) is not
+    met by the worker's loop, so the thread says so itself, once, not every beat."""
+    import threading
+    from choreo.bus.heartbeat import Heartbeat
+    key = bus_keys.heartbeat("order", "order-odd-1")
+    c = real_bus.client
+    c.set(key, "planted")
+    beat, stop = Heartbeat(real_bus, "order", "order-odd-1", every_s=0.05), threading.Event()
+    thread = beat.start(stop)
+    try:
+        wait_for(lambda: len([r for r in caplog.records if "heartbeat" in r.getMessage()]) >= 1,
+                 what="the refusal said")
+        time.sleep(0.3)                             # several more beats, refused alike
+        c.delete(key)
+        wait_for(lambda: c.type(key) == "hash", what="beating again")
+        c.delete(key)
+        c.set(key, "planted again")
+        wait_for(lambda: len([r for r in caplog.records if "heartbeat" in r.getMessage()]) >= 2,
+                 what="said again after beating in between")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(5)
+    said = [r for r in caplog.records if "heartbeat" in r.getMessage()]
+    assert len(said) == 2 and all(r.levelname == "WARNING" and "WRONGTYPE" in r.getMessage()
+                                  and "order/order-odd-1 refused" in r.getMessage() for r in said)
+
+
 def test_timers_keep_a_heartbeat(procs, redis_server):
     r = redis_server.client()
     timers = procs.start("timers", **FAST)
