@@ -213,6 +213,12 @@ def open_bus(url: str | None, check: bool = True, wait_replicas: int = 0,
         _reach(client, url)
     bus = RedisStreamsBus(client)
     bus.wait_replicas, bus.wait_timeout_ms = wait_replicas, wait_timeout_ms     # CHOREO_WAIT_REPLICAS
+    if check:
+        try:
+            bus.check_layout()          # a reader under another CHOREO_PARTITIONS would miss every key
+        except BaseException:
+            bus.close()
+            raise
     return bus
 
 

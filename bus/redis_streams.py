@@ -239,6 +239,14 @@ def by_slot(commits: Sequence[Commit]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _same_layout(stored, ours: int) -> None:
+    if stored != str(ours):
+        raise layout.LayoutError(
+            f"this deployment's keys are laid out for CHOREO_PARTITIONS={str(stored)[:20]} "
+            f"({keys.PARTITIONS}), this process has {ours}: every process must agree "
+            f"(to change it, see docs/cluster.md, \"Choosing P, and changing it\")")
+
+
 class RedisStreamsBus:
     def __init__(self, client: redis.Redis):
         self.client = client                # decode_responses=True: everything but entry fields
@@ -254,6 +262,9 @@ class RedisStreamsBus:
         self.wait_replicas, self.wait_timeout_ms, self.short_waits = 0, 1000, 0
         # Entries that XAUTOCLAIM found deleted (trimmed) while still pending; reported, not looped on.
         self.trimmed_while_pending = 0
+        # Whether this bus has agreed its partition count with the deployment (agree_layout):
+        # asked before its first commit, so no writer publishes where no reader looks.
+        self.layout_agreed = False
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_groups(self, group: str, streams: Iterable[str]) -> None:
@@ -267,16 +278,28 @@ class RedisStreamsBus:
 
     def agree_layout(self) -> None:
         """Record this process's partition count if none is (SET NX), else check it matches:
-        layout.LayoutError, naming both, when it does not."""
+        layout.LayoutError, naming both, when it does not. Every writer does, before its first
+        commit (commit() asks, once per bus): an event published under another count goes to
+        streams no worker of the deployment reads."""
         ours = layout.current().partitions
         with translated_errors():
             self.client.set(keys.PARTITIONS, ours, nx=True)
             stored = self.client.get(keys.PARTITIONS)
-        if stored != str(ours):
-            raise layout.LayoutError(
-                f"this deployment's keys are laid out for CHOREO_PARTITIONS={str(stored)[:20]} "
-                f"({keys.PARTITIONS}), this process has {ours}: every process must agree "
-                f"(to change it, see docs/cluster.md, \"Choosing P, and changing it\")")
+        _same_layout(stored, ours)
+        self.layout_agreed = True
+
+    def check_layout(self) -> None:
+        """The read-only half of agree_layout, for readers (audit, health, dlq, status, the
+        dashboard): LayoutError when the deployment records another partition count, whose keys
+        this process would not find (an audit clean of streams it never looked at). Nothing
+        recorded, or a user who may not read the record (the trimmer), passes."""
+        try:
+            with translated_errors():
+                stored = self.client.get(keys.PARTITIONS)
+        except PermissionsMissing:
+            return
+        if stored is not None:
+            _same_layout(stored, layout.current().partitions)
 
     # -- reading -------------------------------------------------------------------------------
     # Entries are read as bytes and decoded one by one: an entry that is not UTF-8 becomes a
@@ -469,6 +492,12 @@ class RedisStreamsBus:
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
         if not commits:
             return []
+        if not self.layout_agreed:
+            try:
+                self.agree_layout()
+            except PermissionsMissing:      # a user of the operator's own making, without the
+                self.check_layout()         # record's SET (rendered ones have it): as far as it may
+            self.layout_agreed = True
         if self.cluster:
             groups = by_slot(commits)
             if len(groups) > 1:

@@ -315,6 +315,39 @@ def test_a_partition_beyond_the_count_is_one_line_and_exit_2(capsys, redis_url, 
     assert "there is no partition 4: CHOREO_PARTITIONS=4 gives 0..3" in err
 
 
+def test_every_writer_and_reader_agrees_on_the_partition_count(real_bus, redis_url, capsys):
+    """A deployment of four partitions, and processes that forgot CHOREO_PARTITIONS: a command of
+    the user's own (open_bus, then bus.commit) would publish on a stream no worker reads, and a
+    reader would find none of the deployment's keys (an audit clean of nothing). Each refuses,
+    naming both counts; nothing is written."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit
+    from choreo.bus.ops import Publish
+    c = real_bus.client
+    c.set(bus_keys.PARTITIONS, str(PARTITIONS))
+    says = f"laid out for CHOREO_PARTITIONS={PARTITIONS} ({bus_keys.PARTITIONS}), this process has 1"
+    with pytest.raises(layout.LayoutError, match=re.escape(says)):
+        open_bus(redis_url)                                 # a reader: asked when it opens
+    writer = open_bus(redis_url, check=False)               # a writer that did not ask: its commit does
+    with pytest.raises(layout.LayoutError, match=re.escape(says)):
+        writer.commit("", [Commit(ops=[Publish(bus_keys.stream("OrderCreated"), {"f": "v"})])])
+    writer.close()
+    assert sorted(c.keys()) == [bus_keys.PARTITIONS]
+    for verb in (["audit", "--strict"], ["health", "order"], ["dlq", "list"], ["status", "1"],
+                 ["trace", "1"], ["dashboard", "--json", "--refresh", "0.1"]):
+        code, out, err = cli(capsys, *verb, url=redis_url)
+        assert (code, out) == (2, ""), verb
+        assert err.strip().splitlines() == [f"choreo: this deployment's keys are {says}: every process "
+                                            f"must agree (to change it, see docs/cluster.md, "
+                                            f"\"Choosing P, and changing it\")"], verb
+    # The first writer of a new deployment records its count: later processes meet it.
+    c.delete(bus_keys.PARTITIONS)
+    first = open_bus(redis_url)
+    first.commit("", [Commit(ops=[Publish(bus_keys.stream("OrderCreated"), {"f": "v"})])])
+    assert c.get(bus_keys.PARTITIONS) == "1"
+    first.close()
+
+
 def test_replay_by_id_takes_the_name_dlq_list_prints_and_refuses_another_services(
         four, real_bus, redis_url, capsys):
     stream, dlq_id = dead_letter(real_bus.client, "a1")

@@ -69,6 +69,8 @@ DANGEROUS = (sample("flushall"), sample("config|set"), sample("keys"), sample("s
 # The deployment's partition count, recorded by the first writer, checked by every other
 # (RedisStreamsBus.agree_layout).
 LAYOUT = Grant(("set", "get"), (bus_keys.PARTITIONS,))
+# A reader's half (RedisStreamsBus.check_layout): the trimmer trims what its count names.
+LAYOUT_READ = Grant(("get",), (bus_keys.PARTITIONS,), read_only=True)
 # Liveness (bus.heartbeat): a process renews its own heartbeat hash and its name in the index.
 HEARTBEAT = ("hset", "pexpire", "del")
 HEARTBEAT_INDEX = ("zadd", "zremrangebyscore", "zrem", "pexpire")
@@ -220,7 +222,7 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
                       *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
         Role("trimmer", "trims the declared streams as far as every group allows"
              + ("; prunes expired orders from the index" if saga else ""),
-             (Grant(TRIM, tuple(streams)), *prune,
+             (Grant(TRIM, tuple(streams)), *prune, LAYOUT_READ,
               *((scripted((index, expired, order)),) if saga else ())),
              client_rules(),
              refuses=(writes[0], writes[1], writes[2], sample("xreadgroup", streams[0], "g"),
