@@ -153,6 +153,25 @@ def test_emitting_an_undeclared_event_is_refused():
         uow.emit("ShippingArranged")
 
 
+def test_a_handler_emits_for_its_causes_instance_and_only_a_handler_arms_timers():
+    """Another order_id given in a handler was once replaced by the cause's without a word: the
+    event went to the wrong instance. Refused now; so are timers armed or disarmed by a command
+    (no instance in hand), which failed with an AttributeError."""
+    from choreo.workers.unit_of_work import InvalidEvent
+    uow = UnitOfWork("payment", SERVICES["payment"].emits, BatchView(DictBus()), cause=created("5"))
+    for given in ({"order_id": "999"}, {"order_id": "not a valid id!"}, {"causation_id": "x"}):
+        with pytest.raises(InvalidEvent, match="a handler emits for the instance of the event it handles"):
+            uow.emit("PaymentFailed", reason="r", **given)
+    assert uow.emit("PaymentFailed", order_id="5", reason="r").order_id == "5"   # its own: fine
+    assert uow.emit("PaymentFailed", reason="r").order_id == "5"
+    svc = SERVICES["order"]
+    command = UnitOfWork("order", svc.emits, BatchView(DictBus()), creates=svc.creates)
+    with pytest.raises(InvalidEvent, match="a command \\(no cause\\) cannot arm one"):
+        command.publish_later("DeadlinePassed", 10 ** 12)
+    with pytest.raises(InvalidEvent, match="a command \\(no cause\\) cannot"):
+        command.disarm("DeadlinePassed")
+
+
 def test_batch_view_sees_earlier_writes_with_bumped_versions():
     view = BatchView(DictBus({"stock:101": {"available": "5", "_v": "2"}}))
     view.get("stock:101")

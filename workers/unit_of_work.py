@@ -255,6 +255,12 @@ class UnitOfWork:
         if event_type not in self._emits:
             raise UndeclaredEvent(f"{self.producer} does not declare that it emits {event_type}")
         if self.cause is not None:
+            # A handler's event is about its cause's instance (its commit is that instance's
+            # partition's: one slot): another id given is refused, never silently replaced.
+            if (order_id is not None and str(order_id) != self.cause.order_id) or causation_id:
+                raise InvalidEvent(f"{event_type}: a handler emits for the instance of the event it "
+                                   f"handles ({self.cause.order_id[:80]!r}), caused by it; "
+                                   f"order_id {str(order_id)[:80]!r} or causation_id given")
             event = self.cause.caused(event_type, self.producer, data, clock=self.clock,
                                       traceparent=self.traceparent)
         else:
@@ -288,6 +294,10 @@ class UnitOfWork:
         the state; the consumer decides). Arming twice (a redelivery) arms the same job once."""
         if event_type not in self._creates:
             raise UndeclaredEvent(f"{self.producer} does not declare that it creates {event_type}")
+        if self.cause is None:
+            raise InvalidEvent(f"{event_type}: a timer is armed by a handler, for the instance of "
+                               f"the event it handles; a command (no cause) cannot arm one: emit an "
+                               f"event whose handler does")
         timer = Timer(timer_id(event_type, self.cause.order_id), int(at_ms), event_type,
                       self.cause.order_id, self.cause.id, self.producer, job)
         self.timers.append(timer)
@@ -300,7 +310,10 @@ class UnitOfWork:
         A round arms its timers before its commit and disarms after it (workers.committing) what
         the batch's last applied entry to name the timer disarmed: armed again by a later entry
         of the batch, it stays armed."""
-        if self.cause is not None and self.cause.type == event_type:
+        if self.cause is None:
+            raise InvalidEvent(f"{event_type}: a timer is disarmed by a handler, for the instance "
+                               f"of the event it handles; a command (no cause) cannot")
+        if self.cause.type == event_type:
             return
         self.disarmed.append(timer_id(event_type, self.cause.order_id))
 
