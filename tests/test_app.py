@@ -112,6 +112,9 @@ def test_mistakes_in_an_app_are_refused_when_it_is_declared_or_run_not_later():
     with pytest.raises(AppError, match="timer_events without timer_jobs"):
         timed = Service("timed", "Timed", consumes={}, emits=(), creates={"Seen": "Seen {order_id}"})
         App("timed", services=[timed], events={"Seen": Seen}, timer_events=("Seen",))
+    # The other way round: under ACLs its worker waited on refused arming, then dead-lettered.
+    with pytest.raises(AppError, match="timer_jobs without timer_events: the timers would publish nothing"):
+        App("timed", services=[timed], events={"Seen": Seen}, timer_jobs=("choreo.workers.timers.publish_due",))
     # A worker for another app's service, given without that app's event models: refused at once
     # (it would dead-letter every entry as an unknown type).
     with pytest.raises(TypeError, match="pass events=app.events"):

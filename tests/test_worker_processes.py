@@ -78,6 +78,41 @@ def test_sigkill_between_handling_and_commit_applies_the_entry_exactly_once(proc
     assert pending_count(r, stream, victim) == 0
 
 
+def test_an_entry_that_kills_its_worker_is_given_up_alone_not_with_its_batch(procs, redis_server):
+    """Nine entries read in one batch, the seventh killing the process whenever it is handled:
+    after each restart the worker's own pending entries are read one at a time, so only the
+    seventh counts a delivery per crash, the crash guard dead-letters it alone (here after 3:
+    CHOREO_MAX_DELIVERIES=1), and the eight others are applied."""
+    from choreo.bus.envelope import Envelope
+    c = redis_server.client()
+    stream = bus_keys.stream("Go")
+    for i in range(1, 10):
+        c.xadd(stream, Envelope.new("Go", str(i), "goer", {}).fields())
+    innocent = {f"went:{i}" for i in range(1, 10) if i != 7}
+
+    def done() -> bool:
+        return set(c.keys("went:*")) == innocent and c.exists("dlq:goer")
+
+    crashes = 0
+    for run in range(10):
+        worker = procs.start("worker", "goer", "--app", "tests.apps.poison:app", name=f"goer.{run}",
+                             POISON_ID="7", CHOREO_MAX_DELIVERIES="1")
+        deadline = time.monotonic() + 30
+        while worker.poll() is None and not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if worker.poll() is not None:
+            assert worker.returncode == -signal.SIGKILL, open(worker.log_path).read()
+            crashes += 1
+            continue
+        break
+    worker.terminate()
+    assert worker.wait(10) == 0
+    assert done(), (sorted(c.keys("went:*")), c.xlen("dlq:goer") if c.exists("dlq:goer") else 0)
+    (letter,) = [fields for _, fields in c.xrange("dlq:goer")]
+    assert letter["entry_id"] == c.xrange(stream)[6][0] and "gave up after 3 deliveries" in letter["error"]
+    assert crashes == 3 and pending_count(c, stream, "goer") == 0
+
+
 def test_three_racing_inventory_workers_never_oversell(procs, redis_server, real_bus):
     r = redis_server.client()
     racers = [procs.worker("inventory", slot=slot, CHOREO_BATCH_SIZE=4) for slot in (1, 2, 3)]

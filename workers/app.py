@@ -79,6 +79,10 @@ class App:
                 except msgspec.ValidationError as exc:
                     problems.append(f"timer event {t!r} is published with no data, but its model "
                                     f"wants some: {exc}")
+        if self.timer_jobs and not self.timer_events:
+            problems.append("timer_jobs without timer_events: the timers would publish nothing "
+                            "(their Redis user may write only these events' streams): list the "
+                            "events your timers publish (uow.publish_later) in timer_events")
         if self.timer_events and not self.timer_jobs:
             problems.append("timer_events without timer_jobs: `choreo timers` would refuse every "
                             "one (the generic job is choreo.workers.timers.JOB)")

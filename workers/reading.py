@@ -74,14 +74,23 @@ class ReadingPolicy:
         return self.bus.read_new(group, self.consumer, self.streams, size, block_ms)
 
     def read_own_pending(self) -> list[Delivery]:
-        """Page once through this consumer's pending list; what fails here is left to retry_due."""
-        found = self.bus.read_own_pending(self.group, self.consumer, self._cursor,
-                                          self.settings.batch_size)
-        if not found:
-            self._cursor = None
-        for d in found:
-            self._cursor[d.stream] = d.entry_id
-        return found
+        """Page once through this consumer's pending list, one entry a read (and so a commit);
+        what fails here is left to retry_due. One at a time because each read of a pending entry
+        counts as a delivery: an entry that kills the worker before its commit (its handler, or
+        Redis's answer to it) is then the only one whose count climbs with every restart, and
+        the crash guard gives up on it alone. Read a batch at a time, the entries read with it
+        climbed alike and were dead-lettered with it. (A restart has at most a batch or so of
+        them: a few hundred round trips.)"""
+        while self._cursor:
+            stream = next(iter(self._cursor))
+            found = self.bus.read_own_pending(self.group, self.consumer,
+                                              {stream: self._cursor[stream]}, 1)
+            if found:
+                self._cursor[stream] = found[-1].entry_id
+                return found
+            del self._cursor[stream]
+        self._cursor = None
+        return []
 
     def backoff_ms(self, deliveries: int) -> int:
         return min(self.settings.retry_max_ms, self.settings.retry_base_ms * 2 ** min(deliveries - 1, 30))
