@@ -283,12 +283,20 @@ class TimersWorker(SimpleWorker):
             exception_handler=self._pubsub_exception_handler)
 
 
+# rq's upkeep of its registries, every this many seconds (rq's default: 600). A timers process
+# killed (SIGKILL) between taking a job off the queue and starting it leaves the job in rq's
+# intermediate list (`rq:queue:<queue>:intermediate`); the upkeep notes it there once, and once
+# it has been there a minute fails it into its retries, so it fires. At rq's 600 s that timer fired ten minutes late.
+MAINTENANCE_S = 15
+
+
 def _work(queue: Queue, connection, name: str, job_class, level: str) -> None:
     for life in range(1, 1_000_000):
         # worker_ttl 20: rq blocks on the queue for ttl - 15 = 5 s, inside the client's 10 s
         # socket timeout (its default 405 s read would time out and back off while idle).
         worker = TimersWorker([queue], connection=connection, serializer=JSONSerializer,
-                              name=f"{name}-{life}", job_class=job_class, worker_ttl=20)
+                              name=f"{name}-{life}", job_class=job_class, worker_ttl=20,
+                              maintenance_interval=MAINTENANCE_S)
         worker.work(with_scheduler=False, logging_level=level)
         if worker._shutdown_requested_date is not None:     # SIGTERM/SIGINT, seen by rq's handler
             return

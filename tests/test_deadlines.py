@@ -16,7 +16,8 @@ from tests.test_handlers import handle
 from choreo.workers import SERVICES, keys
 from choreo.workers.deadlines import scheduled_call
 from choreo.workers.unit_of_work import Timer
-from choreo.scheduling.timers import RqTimers
+from choreo.bus import keys as bus_keys
+from choreo.scheduling.timers import QUEUE, RqTimers
 
 
 def test_order_confirmation_arms_the_deadline_carried_by_the_event():
@@ -67,6 +68,30 @@ def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_se
     wait_for(lambda: procs.run("audit", "--strict").returncode == 0, timeout=20, what="audit clean")
     trace = json.loads(procs.run("trace", "1", "--json").stdout)
     assert "OrderService: Deadline passed for order 1" in json.dumps(trace)
+
+
+def test_a_deadline_a_killed_timers_process_left_in_flight_fires_within_a_minute_not_ten(procs, redis_server):
+    """`choreo timers` SIGKILLed between taking a job off rq's queue and starting it leaves the job
+    in rq's intermediate list. The upkeep (every MAINTENANCE_S) fails it into its retries once it has been
+    there a minute: here the minute is made to have passed, with a timers process already up, so
+    only its periodic upkeep, not the one at its start, can find it."""
+    from rq.intermediate_queue import IntermediateQueue
+    QUEUE_WIP = IntermediateQueue.get_intermediate_queue_key(f"rq:queue:{QUEUE}")
+    r = redis_server.client()
+    procs.start("timers", name="timers")
+    procs.worker("order")                                 # arms the deadline; nobody reserves:
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "3600",
+                 "--redis-url", procs.url]) == 0          # the order stays PENDING
+    job = "DeadlinePassed-1"
+    wait_for(lambda: r.zscore(f"rq:scheduled:{QUEUE}", job), what="the deadline armed")
+    time.sleep(1)                                         # the timers process's first upkeep is done
+    # As the killed process left it: off the schedule, in the work-in-progress list, seen there
+    # by an upkeep two minutes ago.
+    r.zrem(f"rq:scheduled:{QUEUE}", job)
+    r.rpush(QUEUE_WIP, job)
+    r.set(f"{QUEUE_WIP}:first_seen:{job}", time.time() - 120)
+    wait_for(lambda: r.exists(bus_keys.stream("DeadlinePassed")) and r.xlen(bus_keys.stream("DeadlinePassed")),
+             timeout=30, what="the deadline fired")       # MAINTENANCE_S (15) and its retry
 
 
 def test_completion_disarms_the_deadline_and_a_late_one_publishes_nothing(procs, redis_server, real_bus):
