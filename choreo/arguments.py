@@ -82,9 +82,10 @@ def order_id(text: str) -> str:
 
 def consumer(text: str) -> str:
     """A consumer name: it names the consumer in the group and the worker's heartbeat key."""
-    if not consumer_problem(text):
-        return text
-    raise argparse.ArgumentTypeError(f"{consumer_problem(text)}, got {text[:80]!r}")
+    problem = consumer_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text[:80]!r}")
+    return text
 
 
 def consumer_problem(text: str) -> str:

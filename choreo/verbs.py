@@ -73,8 +73,9 @@ def cmd_worker(args, settings: Settings) -> int:
                             "Redis: set CHOREO_TIMERS_URL, or CHOREO_ORDER_DEADLINE_S=0 to arm "
                             "none (docs/cluster.md)")
     consumer = args.consumer or consumer_name(service.name)
-    if consumer_problem(consumer):          # made of CHOREO_SLOT (or honcho's name) and the host name
-        raise SettingsError(f"{consumer_problem(consumer)}: {consumer[:80]!r} (from CHOREO_SLOT, "
+    problem = consumer_problem(consumer)    # made of CHOREO_SLOT (or honcho's name) and the host name
+    if problem:
+        raise SettingsError(f"{problem}: {consumer[:80]!r} (from CHOREO_SLOT, "
                             f"HONCHO_PROCESS_NAME and the host name; or give --consumer)")
     name_process(service.name, consumer)
     log = bound(WORKER, service.name, consumer)

@@ -286,7 +286,8 @@ class TimersWorker(SimpleWorker):
 # rq's upkeep of its registries, every this many seconds (rq's default: 600). A timers process
 # killed (SIGKILL) between taking a job off the queue and starting it leaves the job in rq's
 # intermediate list (`rq:queue:<queue>:intermediate`); the upkeep notes it there once, and once
-# it has been there a minute fails it into its retries, so it fires. At rq's 600 s that timer fired ten minutes late.
+# it has been there a minute fails it into its retries, so it fires. At rq's 600 s that timer
+# fired ten minutes late.
 MAINTENANCE_S = 15
 
 
