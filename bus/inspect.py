@@ -336,17 +336,22 @@ def _int(value, default: int = 0) -> int:
 def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
     """The live heartbeats of one service (or of the timers process), by consumer name. Two round
     trips: the index, then each hash with its remaining TTL; an expired one is simply absent. The
-    hash is input like any other: odd fields read as unknown, never as an error."""
+    hash is input like any other: odd fields read as unknown, never as an error, and a key of
+    another type (written by hand) as no heartbeat, not a failed read of everything else (the
+    exporter said Redis was down). The worker whose key it is logs the refusal (bus.heartbeat)."""
     with translated_errors():
-        names = bus.client.zrange(keys.heartbeats(service), 0, -1)
+        pipe = bus.client.pipeline(transaction=False)
+        pipe.zrange(keys.heartbeats(service), 0, -1)
+        names, = pipe.execute(raise_on_error=False)
+        names = names if isinstance(names, list) else []
         pipe = bus.client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(keys.heartbeat(service, name))
             pipe.pttl(keys.heartbeat(service, name))
-        replies = pipe.execute() if names else []
+        replies = pipe.execute(raise_on_error=False) if names else []
     found = []
     for name, beat, pttl in zip(names, replies[::2], replies[1::2]):
-        if not beat or not isinstance(beat, dict) or pttl < 0:
+        if not beat or not isinstance(beat, dict) or not isinstance(pttl, int) or pttl < 0:
             continue
         beat_age_ms = max(0, _int(beat.get("ttl_ms")) - pttl)
         last_read = _int(beat.get("last_read_ms"), -1)

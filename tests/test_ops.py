@@ -202,6 +202,27 @@ def test_a_heartbeat_redis_refuses_is_said_once_per_reason_and_beats_again_once_
                                   and "order/order-odd-1 refused" in r.getMessage() for r in said)
 
 
+def test_a_heartbeat_key_of_another_type_reads_as_no_heartbeat_not_a_failed_view(real_bus, redis_url, capsys):
+    """Written by hand: health, the dashboard and the exporter's gathering read it as that
+    consumer having no heartbeat, and every other figure as before (the exporter said Redis was
+    down, the dashboard and health exited 1 with a bare WRONGTYPE)."""
+    from choreo.bus import inspect
+    from choreo.bus.heartbeat import Heartbeat
+    for name in ("order-ok-1", "order-odd-1"):
+        beat = Heartbeat(real_bus, "order", name, every_s=5)
+        beat.read_done()                                  # a consumer that has read: live
+        beat.beat()
+    real_bus.client.delete(bus_keys.heartbeat("order", "order-odd-1"))
+    real_bus.client.set(bus_keys.heartbeat("order", "order-odd-1"), "planted")
+    assert [h.consumer for h in inspect.heartbeats(real_bus, "order")] == ["order-ok-1"]
+    real_bus.client.set(bus_keys.heartbeats("payment"), "planted too")
+    assert inspect.heartbeats(real_bus, "payment") == []
+    assert gather(real_bus, redis_url).connected
+    assert main(["dashboard", "--json", "--refresh", "0.1", "--redis-url", redis_url]) == 0
+    assert main(["health", "order", "--redis-url", redis_url]) == 0
+    capsys.readouterr()
+
+
 def test_timers_keep_a_heartbeat(procs, redis_server):
     r = redis_server.client()
     timers = procs.start("timers", **FAST)
