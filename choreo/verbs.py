@@ -189,7 +189,7 @@ def cmd_timers(args, settings: Settings) -> int:
             bus.agree_layout()
             run_timers(bus, name, args.app.timer_jobs, level=settings.log_level,
                        heartbeat=Heartbeat(bus, "timers", name, settings.heartbeat_every_s),
-                       rq_connection=rq_connection)
+                       rq_connection=rq_connection, retention_s=int(settings.retention_s))
             return 0
         finally:
             log.info(f"timers: {name} stopped")

@@ -103,6 +103,11 @@ class RqTimers:
             raise BusUnavailable(f"cannot arm or disarm timers: {exc}") from exc
 
 
+def job_retention_s() -> int | None:
+    """Inside a running job: the timers process's CHOREO_RETENTION_S (None: a plain rq worker's)."""
+    return getattr(get_current_job(), "retention_s", None)
+
+
 def job_bus() -> RedisStreamsBus:
     """Inside a running job: a bus on the server the timers process publishes to (run_timers's
     `bus`, given to the job by its class), which is the server the job came from unless rq lives
@@ -154,12 +159,14 @@ class RefusedJob(Exception):
     """A queue entry naming a function the timers were not told to run."""
 
 
-def allowing(functions: Collection[str], publishes_to=None, waits: tuple[int, int] = (0, 1000)) -> type[Job]:
+def allowing(functions: Collection[str], publishes_to=None, waits: tuple[int, int] = (0, 1000),
+             retention_s: int | None = None) -> type[Job]:
     """A Job class that runs only the named functions. The JSON serializer keeps pickle out, not
     code: anyone who can write the queue could name any importable function (`os.system`), so
     every other name is refused, failed without retries, and never imported. `publishes_to` (a
     client on the streams' server) is where job_bus() publishes; None: the job's own server.
-    `waits`: the replicas its commits wait for, and how long at most (bus wait_replicas)."""
+    `waits`: the replicas its commits wait for, and how long at most (bus wait_replicas);
+    `retention_s`: how long what a job writes for an instance is kept (CHOREO_RETENTION_S)."""
     allowed = frozenset(functions)
 
     class TimerJob(Job):
@@ -167,6 +174,7 @@ def allowing(functions: Collection[str], publishes_to=None, waits: tuple[int, in
         # two run_timers in one process (tests) each publish where they were told.
         publishes_to = None
         waits = (0, 1000)
+        retention_s = None
 
         def _execute(self):
             if self.func_name not in allowed:
@@ -180,6 +188,7 @@ def allowing(functions: Collection[str], publishes_to=None, waits: tuple[int, in
 
     TimerJob.publishes_to = publishes_to
     TimerJob.waits = waits
+    TimerJob.retention_s = retention_s
     return TimerJob
 
 
@@ -241,7 +250,8 @@ def _sweeping(queue: Queue, functions: Collection[str], heartbeat: Heartbeat | N
 
 
 def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
-               heartbeat: Heartbeat | None = None, level: str = "WARNING", rq_connection=None) -> None:
+               heartbeat: Heartbeat | None = None, level: str = "WARNING", rq_connection=None,
+               retention_s: int | None = None) -> None:
     """The rq worker for QUEUE in this process, jobs run without fork and only jobs calling one of
     `functions`; due timers are moved to the queue by sweep_due (in a thread), not by rq's
     scheduler. rq installs its own SIGTERM/SIGINT handlers: a warm shutdown after the job in hand.
@@ -252,7 +262,7 @@ def run_timers(bus: RedisStreamsBus, name: str, functions: Collection[str],
     publish through a bus on the bus's server either way."""
     # Without a server of rq's own the jobs publish where they came from, as they always did.
     job_class = allowing(functions, publishes_to=None if rq_connection is None else bus.client,
-                         waits=(bus.wait_replicas, bus.wait_timeout_ms))
+                         waits=(bus.wait_replicas, bus.wait_timeout_ms), retention_s=retention_s)
     connection = bus.raw if rq_connection is None else rq_connection     # rq reads bytes
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer, job_class=job_class)
     threading.Thread(target=_sweeping, args=(queue, frozenset(functions), heartbeat), daemon=True).start()

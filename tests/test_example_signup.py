@@ -45,6 +45,7 @@ def test_the_four_endings_on_a_real_server(signup, procs):
     assert ended(bus, bounced)["status"] == "FAILED"
     assert bus.client.hget(email_claim("gone@bounce.test"), "account") == ""     # freed
     assert ended(bus, late)["status"] == "EXPIRED"                # by the timers process
+    assert 0 < bus.client.ttl(bus_keys.trace(late)) <= 86400      # the timer's trace expires
     confirm_email(bus, late, late_code)                           # too late: changes nothing
     # The transient failure: retried, then dead-lettered; the account waits for its timer.
     wait_for(lambda: bus.client.xlen(bus_keys.dead_letters("mailer")) == 1, what="dead letter")
@@ -107,6 +108,9 @@ def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
             assert ended(bus, account_id)["status"] == "EXPIRED"
             [(_, fired)] = server.client().xrange(bus_keys.stream("VerificationExpired"))
             assert fired["producer"] == "accounts"
+            # The timer's event is traced in trace:<id>, which its commit, as the timers user,
+            # gives the retention (CHOREO_RETENTION_S, a day): nothing else would expire it.
+            assert 0 < server.client().ttl(bus_keys.trace(account_id)) <= 86400
         checked = procs.run("acl", "check", REDIS_URL=server.url_for("admin", passwords["admin"]))
         assert checked.returncode == 0 and ", 0 mismatches" in checked.stdout, checked.stdout[-2000:]
     finally:

@@ -18,7 +18,7 @@ whose producer does not create its type (App.publishers).
 from __future__ import annotations
 
 from choreo.bus import keys as bus_keys
-from choreo.scheduling.timers import ScheduledCall, job_bus
+from choreo.scheduling.timers import ScheduledCall, job_bus, job_retention_s
 from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
 
 JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it
@@ -37,10 +37,18 @@ def scheduled_call(timer: Timer) -> ScheduledCall:
 
 
 def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: str,
-         clock=None) -> str:
-    """Publish event_type for the instance, as producer, once per timer id."""
-    uow = UnitOfWork(producer, (event_type,), BatchView(bus), **({"clock": clock} if clock else {}))
+         clock=None, retention_s: int | None = None) -> str:
+    """Publish event_type for the instance, as producer, once per timer id. Its event is traced
+    in the instance's trace key (the timers keep no record), which is then kept retention_s
+    (CHOREO_RETENTION_S) from now: nothing else would expire it, in an app whose services all
+    keep records (None: left as it is, as before)."""
+    extra = {"clock": clock} if clock else {}
+    if retention_s:
+        extra["retention_s"] = retention_s
+    uow = UnitOfWork(producer, (event_type,), BatchView(bus), **extra)
     uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
+    if retention_s:
+        uow.expire(bus_keys.trace(instance_id))
     # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
     # more; a later arming (a new cause) fires again.
     commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, instance_id),
@@ -54,6 +62,6 @@ def publish_due(instance_id: str, causation_id: str, producer: str, event_type: 
     """The rq job (run by `choreo timers`), on the connection rq ran it with."""
     bus = job_bus()
     try:
-        return fire(bus, instance_id, causation_id, producer, event_type)
+        return fire(bus, instance_id, causation_id, producer, event_type, retention_s=job_retention_s())
     finally:
         bus.close()

@@ -209,7 +209,8 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
     return [
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
-             (*((Grant(PUBLISH, fired), Grant(TRACE, (traces(),))) if fired else ()),
+             # A timer's event is traced in trace:<id>, which its commit expires (workers.timers).
+             (*((Grant(PUBLISH, fired), Grant((*TRACE, "expire"), (traces(),))) if fired else ()),
               Grant(SEEN, (seen_timers,)), *heartbeat_grants(TIMERS), *reads_orders, LAYOUT,
               scripted([*fired, *((traces(),) if fired else ()), seen_timers, *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
