@@ -24,7 +24,7 @@ class Settings:
     # Timer jobs publish into REDIS_URL either way.
     timers_url: str | None = None
     # Entries read per stream per XREADGROUP call; the batch is committed in one round trip.
-    # 100, the references' COUNT: 50 gave 0.47x the atomic reference's orders/s, 100 0.53x and
+    # 100, the references' COUNT: 50 gave 0.48x the atomic reference's orders/s, 100 0.52x and
     # 200..1000 about 0.56x for more memory (docs/benchmarks.md, "Batch size").
     batch_size: int = 100
     # XREADGROUP BLOCK. Kept <= 1000 so a SIGTERM is noticed well inside honcho's 5 s.
