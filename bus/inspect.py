@@ -333,6 +333,13 @@ def _int(value, default: int = 0) -> int:
         return default
 
 
+def _refused_permission(reply) -> None:
+    """A reply read with raise_on_error=False that is a NOPERM: raised (PermissionsMissing, under
+    translated_errors), not read as an absent key: a user who may not look sees nothing live."""
+    if isinstance(reply, redis.exceptions.NoPermissionError):
+        raise reply
+
+
 def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
     """The live heartbeats of one service (or of the timers process), by consumer name. Two round
     trips: the index, then each hash with its remaining TTL; an expired one is simply absent. The
@@ -343,12 +350,15 @@ def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
         pipe = bus.client.pipeline(transaction=False)
         pipe.zrange(keys.heartbeats(service), 0, -1)
         names, = pipe.execute(raise_on_error=False)
+        _refused_permission(names)
         names = names if isinstance(names, list) else []
         pipe = bus.client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(keys.heartbeat(service, name))
             pipe.pttl(keys.heartbeat(service, name))
         replies = pipe.execute(raise_on_error=False) if names else []
+        for reply in replies:
+            _refused_permission(reply)
     found = []
     for name, beat, pttl in zip(names, replies[::2], replies[1::2]):
         if not beat or not isinstance(beat, dict) or not isinstance(pttl, int) or pttl < 0:

@@ -296,6 +296,8 @@ class RedisStreamsBus:
         try:
             with translated_errors():
                 stored = self.client.get(keys.PARTITIONS)
+        except CredentialsRefused:
+            raise
         except PermissionsMissing:
             return
         if stored is not None:
@@ -495,6 +497,8 @@ class RedisStreamsBus:
         if not self.layout_agreed:
             try:
                 self.agree_layout()
+            except CredentialsRefused:
+                raise
             except PermissionsMissing:      # a user of the operator's own making, without the
                 self.check_layout()         # record's SET (rendered ones have it): as far as it may
             self.layout_agreed = True

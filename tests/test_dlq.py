@@ -338,15 +338,16 @@ def test_a_replay_is_for_its_letters_group_alone(procs, real_bus, capsys):
 
 
 def test_replay_refuses_a_copy_meant_for_another_group(real_bus, redis_url, capsys):
-    """Inventory holds a letter of a replayed copy meant for payment: inventory had the original
-    (keeping no id of it), so handing it the event again could apply it twice."""
+    """Inventory holds a letter of a replayed copy meant for the order service (which reads
+    OrderCreated too): inventory had the original (keeping no id of it), so handing it the event
+    again could apply it twice."""
     c = real_bus.client
-    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", {**an_event(), "for": "payment"})
+    dlq_id = letter_for(c, "inventory", "events:OrderCreated", "5-0", {**an_event(), "for": "order"})
 
     code, out, err = cli(capsys, "dlq", "replay", "inventory", "--id", dlq_id, url=redis_url)
 
     assert code == 1 and out == ""
-    assert "refused, the entry is a replay for 'payment', not for inventory" in err
+    assert "refused, the entry is a replay for 'order', not for inventory" in err
     assert c.xlen("dlq:inventory") == 1 and c.xlen("events:OrderCreated") == 1
 
 

@@ -149,6 +149,11 @@ def test_an_entry_addressed_to_a_group_that_does_not_consume_its_stream_is_dead_
     wait_for(lambda: r.hget(keys.reservation("for-inventory"), "status"), what="inventory handles its copy")
     assert not r.exists(keys.order("for-inventory"))    # the order service ignored it
     wait_for(lambda: r.xpending(stream, "order")["pending"] == 0, what="order acknowledges all three")
+    # Dead-lettered, not lost: the event addressed to no reader replays to the group that had it.
+    replay = procs.run("dlq", "replay", "inventory", "--all")
+    assert replay.returncode == 1 and "malformed" in replay.stderr          # the garbage stays refused
+    assert "replayed inventory/" in replay.stdout and "Traceback" not in replay.stderr, replay.stderr
+    wait_for(lambda: r.hget(keys.reservation("for-payment"), "status"), what="the replay handled")
     _all_alive(procs)
 
 

@@ -221,6 +221,14 @@ def test_a_heartbeat_key_of_another_type_reads_as_no_heartbeat_not_a_failed_view
     assert main(["dashboard", "--json", "--refresh", "0.1", "--redis-url", redis_url]) == 0
     assert main(["health", "order", "--redis-url", redis_url]) == 0
     capsys.readouterr()
+    # A user who may not read them is told so, not shown every worker as gone.
+    real_bus.client.execute_command("ACL", "SETUSER", "blind", "reset", "on", ">pw", "+@all", "~*", "-zrange")
+    try:
+        assert main(["health", "order", "--redis-url", redis_url.replace("redis://", "redis://blind:pw@")]) == 1
+        err = capsys.readouterr().err
+        assert "no permissions to run the 'zrange' command" in err and "no live heartbeat" not in err, err
+    finally:
+        real_bus.client.execute_command("ACL", "DELUSER", "blind")
 
 
 def test_timers_keep_a_heartbeat(procs, redis_server):

@@ -78,9 +78,11 @@ def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_e
     except DeadLetterError as exc:
         raise DeadLetterError(f"{letter.ref}: refused, {exc}") from None
     addressed = fields.get("for", letter.service)
-    if addressed != letter.service:
+    if addressed != letter.service and addressed in app.consumers.get(bus_keys.event_type_of(letter.stream), ()):
         # A replayed copy meant for another group: this one had the original (and kept no id of
         # it), so handing it the event again could apply it twice. Workers never dead-letter one.
+        # (One whose `for` names no group that reads the stream, no group ever handled: each
+        # dead-lettered it, and may have it again, addressed to itself by republish.)
         raise DeadLetterError(f"{letter.ref}: refused, the entry is a replay for {addressed[:40]!r}, "
                               f"not for {letter.service}")
     try:
