@@ -326,7 +326,9 @@ class HeartbeatInfo:
     read_age_s: float | None       # since the consumer loop last read; None: it never has
 
 
-def _int(value, default: int = 0) -> int:
+def int_or(value, default=0):
+    """A count or time the saga wrote, or `default` for anything else (absent, or written by
+    hand): a view shows what it can read and never fails on one value (choreo audit names it)."""
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -363,13 +365,13 @@ def heartbeats(bus: RedisStreamsBus, service: str) -> list[HeartbeatInfo]:
     for name, beat, pttl in zip(names, replies[::2], replies[1::2]):
         if not beat or not isinstance(beat, dict) or not isinstance(pttl, int) or pttl < 0:
             continue
-        beat_age_ms = max(0, _int(beat.get("ttl_ms")) - pttl)
-        last_read = _int(beat.get("last_read_ms"), -1)
+        beat_age_ms = max(0, int_or(beat.get("ttl_ms")) - pttl)
+        last_read = int_or(beat.get("last_read_ms"), -1)
         read_age = None if last_read < 0 else \
-            max(0.0, (beat_age_ms + _int(beat.get("beat_ms")) - last_read) / 1000)
+            max(0.0, (beat_age_ms + int_or(beat.get("beat_ms")) - last_read) / 1000)
         found.append(HeartbeatInfo(service, name, beat.get("host", "?"), beat.get("pid", "?"),
                                    beat.get("version", "?"), beat.get("state", "?"),
-                                   _int(beat.get("handled")), beat_age_ms / 1000, read_age))
+                                   int_or(beat.get("handled")), beat_age_ms / 1000, read_age))
     return found
 
 

@@ -35,6 +35,13 @@ class Unhandleable(Exception):
         self.event = event
 
 
+def for_a_reader(consumers: Mapping[str, Collection[str]], stream: str, group: str) -> bool:
+    """Whether `group` (an entry's `for`) consumes `stream`'s events: only such a group can have
+    had a letter replayed to it there (bus.dead_letters.republish). An entry addressed to any
+    other is malformed here, and `dlq replay` may hand it back to the group that dead-lettered it."""
+    return group in consumers.get(bus_keys.event_type_of(stream), ())
+
+
 class Elsewhere:
     """A replayed copy of another group's dead letter (its `for` field, bus.dead_letters.republish):
     this group had its own go at the original, so it acknowledges the copy and does nothing,
@@ -81,10 +88,9 @@ class Handling:
         if addressed and addressed != self.service.name:
             # Only a group that consumes the stream can have a letter replayed on it: an entry
             # addressed to any other would be acknowledged by every group and lost.
-            kind = bus_keys.event_type_of(d.stream)
-            if self.consumers is not None and addressed not in self.consumers.get(kind, ()):
+            if self.consumers is not None and not for_a_reader(self.consumers, d.stream, addressed):
                 return Unhandleable(f"malformed: `for` names {addressed[:40]!r}, which does not "
-                                    f"consume {kind}")
+                                    f"consume {bus_keys.event_type_of(d.stream)}")
             return Elsewhere(addressed)
         if d.deliveries > self.crash_guard:
             last = self.last_error.get(d.entry_id, "the worker handling it died or lost Redis each time")

@@ -31,6 +31,7 @@ from choreo.bus.envelope import MalformedEntry
 from choreo.bus.redis_streams import RedisStreamsBus
 from choreo.workers import APP
 from choreo.workers.app import App
+from choreo.workers.handling import for_a_reader
 from choreo.workers.runtime import parse_delivery
 from choreo.workers.service import Service
 
@@ -78,7 +79,7 @@ def replayable(bus: RedisStreamsBus, letter: DeadLetter, service: Service, max_e
     except DeadLetterError as exc:
         raise DeadLetterError(f"{letter.ref}: refused, {exc}") from None
     addressed = fields.get("for", letter.service)
-    if addressed != letter.service and addressed in app.consumers.get(bus_keys.event_type_of(letter.stream), ()):
+    if addressed != letter.service and for_a_reader(app.consumers, letter.stream, addressed):
         # A replayed copy meant for another group: this one had the original (and kept no id of
         # it), so handing it the event again could apply it twice. Workers never dead-letter one.
         # (One whose `for` names no group that reads the stream, no group ever handled: each

@@ -242,7 +242,7 @@ def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> Ord
     by_status: dict[str, int] = {}
     for counts in bus.read_hashes(keys.every(keys.orders_by_status)):      # summed over partitions
         for k, v in counts.items():
-            if k != "_v" and (n := _count(v)) is not None:      # a hand-written "abc": not shown
+            if k != "_v" and (n := inspect.int_or(v, None)) is not None:      # a hand-written "abc": not shown
                 by_status[k] = by_status.get(k, 0) + n
     by_status = {k: n for k, n in by_status.items() if n}
     latencies = sorted(recent_latencies_ms(bus))
@@ -252,21 +252,13 @@ def orders_view(bus: RedisStreamsBus, now_ms: int, prev: Snapshot | None) -> Ord
                       percentile(latencies, 99) if latencies else None, len(latencies))
 
 
-def _count(value) -> int | None:
-    """A count or time the saga wrote, or None for anything else (absent, or hand-written): a view
-    shows what it can read and never fails on one value (choreo audit names it)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def recent_latencies_ms(bus: RedisStreamsBus) -> list[int]:
     """created -> completed of the latest completions (by end time) among the newest orders."""
     ids = inspect.newest_members_of(bus, keys.every(keys.orders_index), ORDERS_SCANNED)
     rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
                                ["status", "created_at_ms", "ended_at_ms"])
-    times = ((_count(start), _count(end)) for status, start, end in rows if status == COMPLETED)
+    times = ((inspect.int_or(start, None), inspect.int_or(end, None))
+             for status, start, end in rows if status == COMPLETED)
     done = sorted(((end, end - start) for start, end in times if start is not None and end is not None),
                   reverse=True)
     return [latency for _, latency in done[:RECENT_COMPLETIONS]]
