@@ -114,10 +114,13 @@ def seen_for(group: str, instance_id: str) -> str:
     return seen(group, layout.current().partition_of(instance_id))
 
 
+TRACE_PREFIX = "trace:"
+
+
 def trace(order_id: str) -> str:
     """The "<stream> <entry-id>" of every event published about one order: a hash of them as
     fields (bus/commit.lua; a list in earlier versions), read by inspect.trace_refs."""
-    return f"trace:{layout.current().tag_of(order_id)}{order_id}"
+    return f"{TRACE_PREFIX}{layout.current().tag_of(order_id)}{order_id}"
 
 
 def heartbeat(service: str, consumer: str) -> str:

@@ -258,3 +258,72 @@ def test_the_last_entry_of_a_batch_to_name_a_timer_decides_whether_it_stays_arme
         bus.client.xadd(stream, Envelope.new("Flip", "1", "flipper", {"arm": arm}).fields())
     assert worker.poll(block_ms=0) == len(arms)             # one batch
     assert timers.armed == ({"Tick-1"} if armed else set())
+
+
+def test_a_service_without_a_record_gives_its_trace_key_the_retention_on_its_own_user(tmp_path):
+    """The ping app's services keep no record: every event is traced in trace:<id>, which nothing
+    of theirs ever expired (a key per instance for ever). Each commit tracing there now keeps the
+    key CHOREO_RETENTION_S from then, under the service's rendered ACL user."""
+    import os
+    import subprocess
+    from choreo.bus.connect import open_bus
+    from choreo.ops.acl import roles
+    from tests.conftest import BIN, ROOT, Processes
+    from tests.redis_server import RedisServer
+    passwords = {r.user: f"pw-{r.user}-0123456789" for r in roles(list(PING.services), PING.timer_events)}
+    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in passwords.items()}
+    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render", "--app", SPEC], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30,
+                              env={"PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **env})
+    assert rendered.returncode == 0, rendered.stderr
+    (tmp_path / "users.acl").write_text(rendered.stdout)
+    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
+                         auth=("admin", passwords["admin"])).start()
+    procs = Processes(server.url_for("admin", passwords["admin"]), tmp_path)
+    try:
+        procs.base_env.pop("REDIS_URL")
+        procs.base_env.update({f"REDIS_URL_{u.upper()}": server.url_for(u, p) for u, p in passwords.items()},
+                              CHOREO_APP=SPEC, CHOREO_RETENTION_S="500")
+        for service in ("ponger", "pinger"):
+            procs.start("worker", service, name=service)
+        admin = server.client()
+        wait_for(lambda: admin.exists(bus_keys.stream("Ping"), bus_keys.stream("Pong")) == 2,
+                 what="the groups")
+        with open_bus(server.url_for("pinger", passwords["pinger"])) as bus:
+            bus.client.xadd(bus_keys.stream("Ping"), Envelope.new("Ping", "7", "pinger", {"n": 1}).fields())
+        wait_for(lambda: admin.hget("pong:7", "n") == "1", what="the Pong written")
+        wait_for(lambda: admin.hlen(bus_keys.trace("7")) == 1, what="the Pong traced")
+        assert 0 < admin.ttl(bus_keys.trace("7")) <= 500
+        assert not admin.xlen(bus_keys.dead_letters("ponger"))
+    finally:
+        procs.stop_all()
+        server.stop()
+
+
+def test_a_trace_key_is_expired_after_its_last_publish_in_the_commit():
+    """An EXPIRE of a key that does not exist yet does nothing: a commit that expires the trace
+    key (as the saga's order service does when an order ends) and then publishes, creating it,
+    still needs one after; one already after the last publish is enough."""
+    from choreo.bus.ops import Expire, Publish
+    from choreo.workers.unit_of_work import BatchView, UnitOfWork
+    from tests.apps.ping import PINGER
+
+    class NoBus:
+        def read_hashes(self, keys_):
+            return [{} for _ in keys_]
+    trace = bus_keys.trace("7")
+    before = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), retention_s=300)
+    before.expire(trace)
+    before.emit("Ping", order_id="7", n=1)
+    ops = before.commit_ops()
+    assert [type(op) for op in ops] == [Expire, Publish, Expire] and ops[-1] == Expire(trace, 300)
+    after = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), retention_s=300)
+    after.emit("Ping", order_id="7", n=1)
+    after.emit("Ping", order_id="7", n=2)
+    after.expire(trace, after_s=60)
+    assert [type(op) for op in after.commit_ops()] == [Publish, Publish, Expire]
+    between = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), retention_s=300)
+    between.emit("Ping", order_id="7", n=1)
+    between.expire(trace)
+    between.emit("Ping", order_id="7", n=2)
+    assert [type(op) for op in between.commit_ops()] == [Publish, Expire, Publish, Expire]

@@ -39,16 +39,13 @@ def scheduled_call(timer: Timer) -> ScheduledCall:
 def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: str,
          clock=None, retention_s: int | None = None) -> str:
     """Publish event_type for the instance, as producer, once per timer id. Its event is traced
-    in the instance's trace key (the timers keep no record), which is then kept retention_s
-    (CHOREO_RETENTION_S) from now: nothing else would expire it, in an app whose services all
-    keep records (None: left as it is, as before)."""
+    in the instance's trace key (the timers keep no record), which its commit keeps retention_s
+    (CHOREO_RETENTION_S; None: the default) from now, as every commit tracing there does."""
     extra = {"clock": clock} if clock else {}
     if retention_s:
         extra["retention_s"] = retention_s
     uow = UnitOfWork(producer, (event_type,), BatchView(bus), **extra)
     uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
-    if retention_s:
-        uow.expire(bus_keys.trace(instance_id))
     # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
     # more; a later arming (a new cause) fires again.
     commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, instance_id),

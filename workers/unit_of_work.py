@@ -128,6 +128,20 @@ def timer_id(event_type: str, order_id: str) -> str:
     return f"{event_type}-{order_id}"        # rq job ids may not contain ':'
 
 
+def _trace_expiries(ops: list[Op], retention_s: int) -> list[Expire]:
+    """An Expire of retention_s for each trace key a publish of the commit writes that no later
+    op of it expires already: a trace key lives retention_s from the last event traced in it,
+    whoever publishes it (a service without a record, a timer), never for ever. (The saga's
+    publishes trace in their records: its happy path writes none.)"""
+    last: dict[str, bool] = {}      # trace key -> expired after its last publish
+    for op in ops:
+        if isinstance(op, Publish) and op.trace.startswith(bus_keys.TRACE_PREFIX):
+            last[op.trace] = False
+        elif isinstance(op, Expire) and op.key in last:
+            last[op.key] = True
+    return [Expire(key, int(retention_s)) for key, expired in last.items() if not expired]
+
+
 class UnitOfWork:
     def __init__(self, producer: str, emits: Collection[str], view: BatchView,
                  cause: Envelope | None = None, clock: Callable[[], float] = time.time,
@@ -383,4 +397,4 @@ class UnitOfWork:
                 if record in written:
                     op = ops[place]
                     ops[place] = Publish(op.stream, op.fields, record, op.max_len)
-        return ops
+        return ops + _trace_expiries(ops, self.retention_s)

@@ -56,7 +56,9 @@ PUBLISH = ("xadd", "type")
 SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hdel", "hincrby", "rpush", "zadd", "incrby",
           "expire", "exists", "type")
-TRACE = ("hset", "rpush", "type")       # a trace: a hash of "<stream> <id>" fields (a list before)
+# A trace: a hash of "<stream> <id>" fields (a list before); each commit tracing there keeps it
+# the retention from then (workers.unit_of_work._trace_expiries), and the order's owner ends it.
+TRACE = ("hset", "rpush", "expire", "type")
 # Arming a timer, one selector per key so no command reaches a key it has no business with (a
 # DEL of the whole scheduled registry would disarm every order's deadline).
 ARM = (("hset", "del"), ("zadd", "zrem"), ("sadd",))
@@ -126,11 +128,6 @@ def arms_timers(service: Service, timer_events=SAGA_TIMER_EVENTS) -> bool:
     return bool(armed_timers(service, timer_events))
 
 
-def expires_traces(service: Service) -> bool:
-    """The owner of the orders ends their traces (every publisher appends to them)."""
-    return owns_orders(service)
-
-
 def all_streams(services: Sequence[Service]) -> list[str]:
     types = {t for s in services for t in (*s.consumes, *s.emits, *s.creates)}
     return [pattern(bus_keys.stream(t)) for t in sorted(types)]
@@ -145,8 +142,8 @@ def service_role(service: Service, services: Sequence[Service] = (),
               Grant(CONSUME, partition_patterns(service.streams)),
               Grant(SEEN, (pattern(bus_keys.seen(service.name)),)), *heartbeat_grants(service.name),
               LAYOUT]
-    if own or expires_traces(service):
-        grants.append(Grant((*TRACE, "expire") if expires_traces(service) else TRACE, (traces(),)))
+    if own or owns_orders(service):
+        grants.append(Grant(TRACE, (traces(),)))
     if service.owns:
         grants.append(Grant(DOMAIN, service.owns))
     if service.deletes:             # forgotten holds (bus/hold.lua), deleted by their script
@@ -210,7 +207,7 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
         *(service_role(s, services, timer_events) for s in services),
         Role("timers", "runs the rq worker that fires timers (publishes the app's timer events)",
              # A timer's event is traced in trace:<id>, which its commit expires (workers.timers).
-             (*((Grant(PUBLISH, fired), Grant((*TRACE, "expire"), (traces(),))) if fired else ()),
+             (*((Grant(PUBLISH, fired), Grant(TRACE, (traces(),))) if fired else ()),
               Grant(SEEN, (seen_timers,)), *heartbeat_grants(TIMERS), *reads_orders, LAYOUT,
               scripted([*fired, *((traces(),) if fired else ()), seen_timers, *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
