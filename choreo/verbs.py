@@ -57,7 +57,7 @@ def _stop_flag() -> threading.Event:
 
 def cmd_worker(args, settings: Settings) -> int:
     from choreo.bus.acl import require
-    from choreo.ops.acl import service_role
+    from choreo.ops.acl import arms_timers, service_role
     from choreo.workers.observer import NO_OBSERVER, combined
     from choreo.scheduling.timers import RqTimers
     from choreo.workers.runtime import Worker, consumer_name, tune_gc
@@ -92,7 +92,9 @@ def cmd_worker(args, settings: Settings) -> int:
              + (f" (timers on {redact(settings.timers_url)})" if settings.timers_url else "")
              + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits) or 'nothing'}")
     role = service_role(service, timer_events=args.app.timer_events)
-    worker = Worker(service, bus, settings, consumer, check=lambda: (require(bus, role), bus.agree_layout()),
+    worker = Worker(service, bus, settings, consumer,
+                    check=lambda: (require(bus, role), bus.agree_layout(),
+                                   arms and arms_timers(service, args.app.timer_events) and timers.check()),
                     publishers=args.app.publishers, consumers=args.app.consumers,
                     events=args.app.events, observer=observer,
                     timers=timers, partitions=partitions, unreachable_hint=how_to_start(settings.url))

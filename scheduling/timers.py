@@ -26,7 +26,7 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from choreo.bus.heartbeat import Heartbeat
-from choreo.bus.contract import BusError, BusUnavailable
+from choreo.bus.contract import BusError, BusUnavailable, PermissionsMissing
 from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
 
 QUEUE = "choreo-timers"
@@ -90,15 +90,31 @@ class RqTimers:
         with self._unreachable():
             unschedule(self.queue(), job_ids)
 
+    def check(self) -> None:
+        """At the start of a worker that arms timers: CHOREO_TIMERS_URL's server answers and takes
+        its user and password. Refused credentials (or a user refused PING) stop the worker now,
+        naming the variable, not at its first arming; an unreachable server is waited for, as
+        REDIS_URL's is. Without the URL the bus's own server is checked by the bus."""
+        if self._own is not None:
+            with self._unreachable(), translated_errors():
+                self._own.ping()
+
     @contextlib.contextmanager
     def _unreachable(self):
-        """Whatever stops arming (rq's server refusing, a cluster node behind a plain URL) is the
-        worker's to back off on, its entries left pending: never the entry's fault, never a
-        dead letter."""
+        """Whatever stops arming (rq's server down or refusing a command, a cluster node behind a
+        plain URL) is the worker's to back off on, its entries left pending: never the entry's
+        fault, never a dead letter. A refused user or password, or a permission the user lacks,
+        no retry mends: it stops the worker as on the bus's own server, naming the URL."""
         try:
             yield
-        except BusUnavailable:
-            raise
+        except BusUnavailable as exc:
+            if self._own is None:
+                raise
+            raise BusUnavailable(f"cannot reach the timers' Redis (CHOREO_TIMERS_URL): {exc}") from exc
+        except PermissionsMissing as exc:
+            if self._own is None:
+                raise
+            raise type(exc)(f"the timers' Redis (CHOREO_TIMERS_URL): {exc}") from exc
         except BusError as exc:
             raise BusUnavailable(f"cannot arm or disarm timers: {exc}") from exc
 

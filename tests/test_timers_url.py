@@ -107,3 +107,25 @@ def test_a_worker_says_where_its_timers_are_and_refuses_an_unusable_url(procs):
     assert "(timers on redis://rq:***@127.0.0.1:1/0)" in text and "hunter2" not in text
     done = procs.run("worker", "payment", CHOREO_TIMERS_URL="ftp://127.0.0.1/0", timeout=30)
     assert done.returncode == 2 and "cannot use Redis URL ftp://127.0.0.1/0" in done.stderr
+
+
+def test_a_worker_whose_timers_server_refuses_its_password_stops_naming_the_url(procs, tmp_path):
+    """Refused credentials on CHOREO_TIMERS_URL: a worker that arms timers stops at start in one
+    line naming that URL (password hidden), not retries for ever as for a server that is down;
+    one that arms none never asks that server."""
+    from tests.redis_server import RedisServer
+    server = RedisServer(tmp_path / "rq", extra=("--requirepass", "right-password"),
+                         auth=("default", "right-password")).start()
+    try:
+        wrong = server.url_for("default", "wrong-password")
+        done = procs.run("worker", "order", CHOREO_TIMERS_URL=wrong, timeout=30)
+        assert done.returncode == 1, done.stderr[-2000:]
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("choreo: ")]
+        assert "the timers' Redis (CHOREO_TIMERS_URL)" in line and "refused the user name and password" in line
+        assert "wrong-password" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+        payment = procs.worker("payment", CHOREO_TIMERS_URL=wrong, **FAST)    # arms no timer: runs
+        wait_for(lambda: "timers on" in open(payment.log_path).read(), what="payment up")
+        time.sleep(1)
+        assert payment.poll() is None, open(payment.log_path).read()[-2000:]
+    finally:
+        server.stop()
