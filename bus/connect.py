@@ -22,7 +22,7 @@ from redis.retry import Retry
 from choreo.bus.contract import BusUnavailable, CredentialsRefused
 from choreo.bus import layout
 from choreo.bus.layout import cluster_url
-from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_errors
+from choreo.bus.redis_streams import NamingClient, RedisStreamsBus, same_server, translated_errors
 
 EMBEDDED = "embedded (in-memory fakeredis)"
 # Query parameters redis-py reads as secrets: the AUTH password and the client key's passphrase.
@@ -148,7 +148,7 @@ def client_for(url: str | None) -> redis.Redis:
     try:
         # No client-side retries: the worker loop owns reconnecting, and a silently retried
         # commit must never be mistaken for a fresh one.
-        client = redis.Redis.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
+        client = NamingClient.from_url(url, decode_responses=True, encoding_errors=DECODE_ERRORS,
                                       socket_connect_timeout=3, socket_timeout=10,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=30,
                                       command_packer=LeanPacker())

@@ -81,7 +81,7 @@ def same_server(client: redis.Redis, decode: bool) -> redis.Redis:
         return redis.RedisCluster(host=node.host, port=node.port, decode_responses=decode, **kwargs)
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "decode_responses": decode}
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+    return NamingClient(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
 
 
 def _text(value) -> str:
@@ -180,13 +180,11 @@ def pipelined(client, commands: Sequence[tuple]) -> list:
             except redis.ResponseError as exc:      # the others are still to be read
                 reply = exc
             if isinstance(reply, redis.ResponseError) and refused is None:
-                if len(commands) > 1:
-                    # Which one, as redis-py's pipeline says it: in place, so a kind made of its
+                if len(commands) > 1 or wrong_type(reply):
+                    # Which one, as redis-py's pipeline says it (of one command too, where a
+                    # WRONGTYPE would not name its key): in place, so a kind made of its
                     # message (MOVED's slot and node) stays what it is.
-                    words = " ".join(map(str, command))
-                    words = words if len(words) <= 200 else words[:199] + "…"
-                    reply.args = (f"Command # {n} ({words}){PIPELINE_ERROR}"
-                                  f"{reply.args[0] if reply.args else ''}", *reply.args[1:])
+                    named(reply, command, n)
                 refused = reply
             replies.append(reply)
     except BaseException:
@@ -197,6 +195,35 @@ def pipelined(client, commands: Sequence[tuple]) -> list:
     if refused is not None:
         raise refused
     return replies
+
+
+def named(exc: redis.ResponseError, command: Sequence, n: int = 1) -> None:
+    """Put the command's words (and so its key) before Redis's message, in place, as redis-py's
+    pipeline does: `Command # n (HGETALL orders:by_status) of pipeline caused error: …`."""
+    words = " ".join(map(str, command))
+    words = words if len(words) <= 200 else words[:199] + "…"
+    exc.args = (f"Command # {n} ({words}){PIPELINE_ERROR}{exc.args[0] if exc.args else ''}",
+                *exc.args[1:])
+
+
+def wrong_type(exc: BaseException) -> bool:
+    """A WRONGTYPE that does not say yet which command (and key) met it."""
+    said = str(exc)
+    return said.startswith("WRONGTYPE") and PIPELINE_ERROR not in said
+
+
+class NamingClient(redis.Redis):
+    """redis-py's client, whose WRONGTYPE errors name the command and key that met them (a key
+    of another type, written by hand, is the one a user must find): Redis's own message does
+    not, and redis-py names the command only in a pipeline."""
+
+    def execute_command(self, *args, **options):
+        try:
+            return super().execute_command(*args, **options)
+        except redis.ResponseError as exc:
+            if wrong_type(exc):
+                named(exc, args)
+            raise
 
 
 def _hash(reply) -> dict[str, str]:

@@ -74,7 +74,8 @@ def test_tls_warning_when_the_certificate_is_not_verified(url, warns):
 def test_cluster_false_is_a_plain_client_and_true_a_cluster_one_only_with_database_0():
     import redis as redis_py
     from choreo.bus.connect import UnusableUrl, client_for
-    assert type(client_for("redis://127.0.0.1:1/0?cluster=false")) is redis_py.Redis
+    plain = client_for("redis://127.0.0.1:1/0?cluster=false")
+    assert isinstance(plain, redis_py.Redis) and not isinstance(plain, redis_py.RedisCluster)
     with pytest.raises(UnusableUrl, match="a cluster has only database 0"):
         client_for("redis://127.0.0.1:1/2?cluster=true")
 

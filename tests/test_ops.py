@@ -337,3 +337,27 @@ def test_health_fails_on_an_old_entry_no_consumer_reads_a_partition_nobody_serve
     assert procs.run("health", "payment", "--max-pending-age", "600", timeout=30,
                      CHOREO_PARTITIONS=2).returncode == 0
     stop(worker)
+
+
+def test_a_key_of_another_type_is_named_in_the_one_line_a_command_prints(real_bus, redis_url, capsys):
+    """Redis's WRONGTYPE names no key, and redis-py names the command only in a pipeline: a key
+    written by hand stopped the dashboard, audit, trace and place-order with a line that did not
+    say which key to look at."""
+    c = real_bus.client
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--redis-url", redis_url]) == 0
+    cases = [("orders:index", ["dashboard", "--once"], "ZREVRANGE orders:index"),
+             ("orders:seq", ["place-order", "--product", "101", "--quantity", "1"], "INCRBY orders:seq"),
+             ("order:1", ["trace", "1"], "order:1"),
+             ("orders:by_status", ["audit"], "HGETALL orders:by_status")]
+    for key, argv, said in cases:
+        kept = c.dump(key)
+        c.delete(key)
+        c.set(key, "planted") if key != "orders:seq" else c.hset(key, "a", "1")
+        try:
+            capsys.readouterr()
+            assert main([*argv, "--redis-url", redis_url]) == 1, argv
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert said in line and "WRONGTYPE" in line, (argv, line)
+        finally:
+            c.delete(key)
+            c.restore(key, 0, kept)
