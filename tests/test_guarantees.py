@@ -218,3 +218,26 @@ def test_pending_count_reads_0_only_where_there_is_no_group_yet(real_bus):
 class Unreachable:
     def xpending(self, stream, group):
         raise redis.ConnectionError("Connection refused (test)")
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_two_lines_of_one_product_take_their_sum_from_its_stock_never_more_than_there_is(real_bus, partitions):
+    """No overselling: an order listing product 103 (5 in stock) twice, 3 + 3, each line alone
+    fitting, is rejected and moves no stock; 2 + 2 is reserved and sold as 4. The untagged layout
+    checked each line against the same available count (5 ≥ 3 twice: sold 6, available -1)."""
+    from choreo.bus import layout
+    from tests.inprocess import start_workers
+    previous = layout.use(layout.Layout(partitions=partitions))
+    try:
+        workers = start_workers(real_bus)
+        place_orders(real_bus, [OrderRequest("1", [{"product_id": 103, "quantity": 3}] * 2),
+                                OrderRequest("2", [{"product_id": 103, "quantity": 2}] * 2)])
+        drain(workers)
+        c = real_bus.client
+        assert c.hget(keys.order("1"), "status") == "REJECTED"
+        assert c.hget(keys.order("1"), "reason") == "not enough stock for product 103"
+        assert c.hget(keys.order("2"), "status") == "COMPLETED"
+        stock = c.hgetall(keys.stock(103))
+        assert (stock["available"], stock.get("reserved", "0"), stock["sold"]) == ("1", "0", "4")
+    finally:
+        layout.use(previous)

@@ -50,18 +50,20 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
     if layout.current().tagged:
         return _reserve_by_holds(event, uow, res_key)
     lines = event.data["lines"]
-    stocks = {l["product_id"]: uow.read(keys.stock(l["product_id"])) for l in lines}
-    short = [l["product_id"] for l in lines
-             if int(stocks[l["product_id"]].get("available", 0)) < l["quantity"]]
+    # Per product, not per line: two lines of one product take from the same stock, and each
+    # alone fitting what is available does not make both fit.
+    needed = _per_product(lines)
+    short = [p for p, quantity in needed.items()
+             if int(uow.read(keys.stock(p)).get("available", 0)) < quantity]
     if short:
         reason = "not enough stock for product " + ", ".join(map(str, short))
         uow.set(res_key, status=REJECTED, reason=reason)
         uow.expire(res_key)         # final: only a late compensation can follow, and it finds this
         uow.emit("InventoryRejected", reason=reason)
         return
-    for l in lines:
-        uow.add(keys.stock(l["product_id"]), "available", -l["quantity"])
-        uow.add(keys.stock(l["product_id"]), "reserved", l["quantity"])
+    for p, quantity in needed.items():
+        uow.add(keys.stock(p), "available", -quantity)
+        uow.add(keys.stock(p), "reserved", quantity)
     uow.set(res_key, status=RESERVED, lines=encode_data(lines))
     uow.emit("InventoryChecked", lines=lines, total_cents=event.data["total_cents"], **carried(event))
 
