@@ -199,6 +199,34 @@ local function trace_refusal(key)
   return denied('HSET', key, 'f', '') or wrong_type(key, 'hash')
 end
 
+-- Whether a stream can take no more entries: one whose last id is the largest there is (an XADD
+-- with that explicit id) refuses every XADD, which would come after the commit's XACK and other
+-- writes. Asked once per stream per call (XINFO STREAM: nothing cheaper says the last id made),
+-- where the stream exists; false: it can. Explaining asks only the ACL.
+local LAST_ID = '18446744073709551615-18446744073709551615'
+local full = {}
+local function exhausted(key)
+  local said = full[key]
+  if said == nil then
+    said = false
+    if redis.acl_check_cmd and not redis.acl_check_cmd('XINFO', 'STREAM', key) then
+      said = 'NOPERM this user may not run XINFO STREAM on ' .. tostring(key)
+    elseif explaining == 0 and known[key] ~= 'none' then
+      local info = redis.call('XINFO', 'STREAM', key)
+      for f = 1, #info - 1, 2 do
+        if info[f] == 'last-generated-id' then
+          if info[f + 1] == LAST_ID then
+            said = key .. ' has used up its entry ids (its last is ' .. LAST_ID .. '): it takes no event'
+          end
+          break
+        end
+      end
+    end
+    full[key] = said
+  end
+  return said or nil
+end
+
 -- A commit's ops as places in ARGV, not a table each (a batch has ~30 an order): op o is named
 -- op_name[o]; its n = op_n[o] arguments are ARGV[op_at[o]] .. ARGV[op_at[o] + n - 1], the first
 -- (a key#) read as the key op_key[o], a PUBLISH's second as its trace op_trace[o]; op_list[o]: a
@@ -221,7 +249,7 @@ local function refusal(o)
       return 'max length ' .. max_len .. ' of ' .. key .. ' is not a whole number below 10^12'
     end
     local trace = op_trace[o]
-    return wrong_type(key, 'stream') or (trace ~= '' and trace_refusal(trace)) or nil
+    return wrong_type(key, 'stream') or (trace ~= '' and trace_refusal(trace)) or exhausted(key) or nil
   end
   if op == 'EXPIRE' then     -- (key, seconds): a settled key's retention, see workers.unit_of_work
     local seconds = ARGV[at + 1]

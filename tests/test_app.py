@@ -304,7 +304,7 @@ def test_a_trace_key_is_expired_after_its_last_publish_in_the_commit():
     """An EXPIRE of a key that does not exist yet does nothing: a commit that expires the trace
     key (as the saga's order service does when an order ends) and then publishes, creating it,
     still needs one after; one already after the last publish is enough."""
-    from choreo.bus.ops import Expire, Publish
+    from choreo.bus.ops import Expire, Publish, SetFields
     from choreo.workers.unit_of_work import BatchView, UnitOfWork
     from tests.apps.ping import PINGER
 
@@ -327,3 +327,15 @@ def test_a_trace_key_is_expired_after_its_last_publish_in_the_commit():
     between.expire(trace)
     between.emit("Ping", order_id="7", n=2)
     assert [type(op) for op in between.commit_ops()] == [Publish, Expire, Publish, Expire]
+    # A service with a record: a publish whose commit writes it is traced there, no expiry; one
+    # whose commit does not is traced in the trace key, which then gets one.
+    kept = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), retention_s=300,
+                      record=lambda i: f"pinger:{i}")
+    kept.set("pinger:7", n="1")
+    kept.emit("Ping", order_id="7", n=1)
+    assert [type(op) for op in kept.commit_ops()] == [SetFields, Publish]
+    assert kept.commit_ops()[1].trace == "pinger:7"
+    unwritten = UnitOfWork(PINGER.name, PINGER.creates, BatchView(NoBus()), retention_s=300,
+                           record=lambda i: f"pinger:{i}")
+    unwritten.emit("Ping", order_id="7", n=1)
+    assert unwritten.commit_ops()[-1] == Expire(trace, 300)

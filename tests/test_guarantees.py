@@ -241,3 +241,25 @@ def test_two_lines_of_one_product_take_their_sum_from_its_stock_never_more_than_
         assert (stock["available"], stock.get("reserved", "0"), stock["sold"]) == ("1", "0", "4")
     finally:
         layout.use(previous)
+
+
+def test_a_dead_letter_whose_entry_was_acknowledged_meanwhile_is_not_reported_written(real_bus, caplog):
+    """Its commit comes back DUPLICATE (another consumer finished the entry between the read and
+    the commit): no letter is written, and the log must not say one was."""
+    caplog.set_level(logging.INFO)
+    c = real_bus.client
+    worker = Worker(SERVICES["order"], real_bus, out_of_reach(), "order-test-1")
+    worker.start()
+    stream = bus_keys.stream("InventoryRejected")
+    entry_id = c.xadd(stream, {"garbage": "1"})
+    commit = real_bus.commit
+
+    def raced(group, commits):
+        c.xack(stream, "order", entry_id)          # another consumer of the group finished it
+        return commit(group, commits)
+    real_bus.commit = raced
+    worker.poll(block_ms=5)
+    assert not c.exists(bus_keys.dead_letters("order"))
+    said = [line for line in log_lines(caplog) if entry_id in line]
+    assert said and all("did not dead-letter" in line and "acknowledged meanwhile" in line
+                        for line in said), said

@@ -13,7 +13,10 @@ from rq import Callback, Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+import pytest
+
 from choreo.bus import keys as bus_keys
+from choreo.bus.contract import BusError
 from choreo.bus.envelope import Envelope
 from choreo.scheduling.timers import QUEUE
 from tests.helpers import log_lines, wait_for
@@ -185,3 +188,40 @@ def test_a_malformed_timer_is_refused_and_the_others_still_fire(procs, redis_ser
     wait_for(lambda: Job.fetch(later.id, connection=raw, serializer=JSONSerializer).get_status()
              == JobStatus.FAILED, what="the next job handled (refused)")
     assert timers.poll() is None
+
+
+LAST_ID = "18446744073709551615-18446744073709551615"
+
+
+def test_a_stream_whose_ids_are_used_up_refuses_the_commit_and_loses_nothing(real_bus):
+    """An XADD with the largest id there is leaves a stream that takes no more entries. A commit
+    publishing there must be refused whole, before its XACK: it was acknowledged with its other
+    writes made and its event never published (an order held stock and hung; a dead letter was
+    reported written and was not)."""
+    from choreo.config.settings import Settings
+    from choreo.orders import OrderRequest, place_orders
+    from tests.inprocess import drain, start_workers as in_process
+    c = real_bus.client
+    c.xadd(bus_keys.stream("InventoryChecked"), {"x": "y"}, id=LAST_ID)
+    workers = in_process(real_bus, Settings(max_deliveries=2, retry_base_ms=1, retry_max_ms=1),
+                         names=("inventory",))
+    place_orders(real_bus, [OrderRequest("1", [{"product_id": 101, "quantity": 3}])])
+    before = c.hgetall(keys.stock(101))
+    created = bus_keys.stream("OrderCreated")
+    wait_for(lambda: drain(workers) or [x for x in _dead_letters(c, "inventory") if x["stream"] == created],
+             what="dead-lettered")
+    (letter,) = [x for x in _dead_letters(c, "inventory") if x["stream"] == created]
+    assert "events:InventoryChecked has used up its entry ids" in letter["error"], letter["error"]
+    assert c.hgetall(keys.stock(101)) == before and not c.exists(keys.reservation("1"))
+    assert c.xlen(bus_keys.stream("InventoryChecked")) == 1
+    # The dead-letter stream used up too: nothing can be written for the entry, so it stays
+    # pending (not acknowledged, not reported as dead-lettered), and the worker goes on.
+    c.xadd(bus_keys.dead_letters("order"), {"x": "y"}, id=LAST_ID)
+    order = in_process(real_bus, Settings(max_deliveries=1, retry_base_ms=1, retry_max_ms=1),
+                       names=("order",))
+    c.xadd(bus_keys.stream("InventoryRejected"), {"garbage": "1"})
+    for _ in range(3):      # the worker's loop backs off on this and tries again (Worker.run)
+        with pytest.raises(BusError, match="dlq:order has used up its entry ids"):
+            drain(order)
+    assert c.xpending(bus_keys.stream("InventoryRejected"), "order")["pending"] == 1
+    assert c.xlen(bus_keys.dead_letters("order")) == 1

@@ -123,7 +123,11 @@ class Committing:
         }
         if duplicate:
             context["duplicate"] = "ignored"
-        if letter:                          # a dead letter: never silenced with the event lines
+        if letter and duplicate:            # acknowledged meanwhile: nothing was written
+            self.log.warning(h.line.replace(": dead-lettered ", ": did not dead-letter ", 1)
+                             + " (the entry was acknowledged meanwhile: another consumer finished it)",
+                             extra={"context": context})
+        elif letter:                        # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})
         else:
             line = h.line or self.handling.service.says(h.event.type, h.event.order_id)

@@ -391,10 +391,13 @@ class UnitOfWork:
         instance's trace key. An order then keeps no trace key of its own: ~290 B of Redis memory
         an order, its key and expiry entry (docs/keys.md)."""
         ops = list(self.ops)
+        in_trace_key = self.record is None and bool(self.emitted)   # (a record-less service's)
         if self._traced:
             written = {op.key for op in ops if isinstance(op, VERSIONED)}
             for place, record in self._traced.items():
                 if record in written:
                     op = ops[place]
                     ops[place] = Publish(op.stream, op.fields, record, op.max_len)
-        return ops + _trace_expiries(ops, self.retention_s)
+                else:
+                    in_trace_key = True
+        return ops + _trace_expiries(ops, self.retention_s) if in_trace_key else ops

@@ -52,7 +52,7 @@ def client_rules() -> tuple[str, ...]:
 # outcomes by watching the streams that end orders without a group (choreo.measure.load).
 CONSUME = ("xreadgroup", "xread", "xrevrange", "xack", "xautoclaim", "xclaim", "xpending",
            "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups", "exists", "type")
-PUBLISH = ("xadd", "type")
+PUBLISH = ("xadd", "xinfo|stream", "type")   # XINFO STREAM: commit.lua asks a stream can take one more
 SEEN = ("zadd", "zremrangebyscore", "zscore", "type")     # a service's own dedup set (commit.lua)
 DOMAIN = ("hget", "hgetall", "hmget", "hset", "hdel", "hincrby", "rpush", "zadd", "incrby",
           "expire", "exists", "type")
