@@ -203,7 +203,7 @@ end
 -- with that explicit id) refuses every XADD, which would come after the commit's XACK and other
 -- writes. Asked once per stream per call (XINFO STREAM: nothing cheaper says the last id made),
 -- where the stream exists; false: it can. Explaining asks only the ACL.
-local LAST_ID = '18446744073709551615-18446744073709551615'
+local LAST_ID = '18446744073709551615-18446744073709551615'     -- bus.contract.LAST_ENTRY_ID
 local full = {}
 local function exhausted(key)
   local said = full[key]

@@ -41,6 +41,11 @@ def reconnect_delay_s(failures: int, cap_s: float) -> float:
 _ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
+# The largest entry id there is: a stream whose last id it is takes no more entries (an XADD with
+# it, by hand), and nothing comes after it (an exclusive range from it is refused).
+LAST_ENTRY_ID = f"{2 ** 64 - 1}-{2 ** 64 - 1}"
+
+
 def is_entry_id(text: str) -> bool:
     """Whether `text` is a stream entry id Redis takes, `<ms>-<seq>`: ASCII digits, each part
     within 64 bits (a larger one Redis refuses as an invalid stream ID)."""

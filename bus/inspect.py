@@ -11,7 +11,7 @@ import redis
 from redis.crc import key_slot
 
 from choreo.bus import filing, keys
-from choreo.bus.contract import Delivery
+from choreo.bus.contract import LAST_ENTRY_ID, Delivery
 from choreo.bus.trim import parse_id
 from choreo.bus.redis_streams import (IDLE_POLL_MS, RedisStreamsBus, decode_entry,
                                       read_records, translated_errors)
@@ -439,6 +439,8 @@ def stream_and_groups(bus: RedisStreamsBus, stream: str) -> tuple[dict, dict[str
 
 def count_after(bus: RedisStreamsBus, stream: str, entry_id: str) -> int:
     """How many entries of the stream have ids above entry_id."""
+    if entry_id == LAST_ENTRY_ID:           # none can be (an exclusive range from it is refused)
+        return 0
     with translated_errors():
         return len(bus.client.xrange(stream, "(" + entry_id, "+"))
 

@@ -31,6 +31,9 @@ from choreo.bus.redis_streams import RedisStreamsBus, _lua, translated_errors
 
 NOTHING = (0, 0)        # MINID 0-0 removes nothing: every real id is above it
 MAX_SEQ = 2 ** 64 - 1
+# How far ahead of this clock a stream's newest id may be (another host's clock) before its ids are
+# taken as not made by a clock: an XADD with an id years ahead makes every later id that far ahead.
+AHEAD_MS = 300_000
 
 
 class Consumer(Protocol):
@@ -54,6 +57,7 @@ class TrimReport:
     blocked_by: tuple[str, ...] = ()      # declared groups missing from the stream
     safe_point: str | None = None         # what the groups alone would allow
     dry_run: bool = False
+    ahead: bool = False                   # ids ahead of the clock: keep_seconds did not apply
 
     def line(self) -> str:
         if self.blocked_by:
@@ -63,7 +67,11 @@ class TrimReport:
             return f"{self.stream}: nothing to trim"
         verb = "would trim" if self.dry_run else "trimmed"
         return (f"{self.stream}: {verb} {self.trimmed} entries below {self.trim_point} "
-                f"(groups need from {self.safe_point})")
+                f"(groups need from {self.safe_point})" + (AHEAD if self.ahead else ""))
+
+
+AHEAD = ("; its newest id is ahead of the clock (an id written by hand?), so --keep-seconds cannot "
+         "tell the entries' age and does not apply to it, --keep-entries does")
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -76,8 +84,11 @@ def format_id(parts: tuple[int, int]) -> str:
 
 
 def after(entry_id: str) -> tuple[int, int]:
-    """The smallest id above entry_id: the first one a group with this last-delivered-id wants."""
+    """The smallest id above entry_id: the first one a group with this last-delivered-id wants.
+    Above the largest id there is none: a group that has read it wants no entry below it."""
     ms, seq = parse_id(entry_id)
+    if (ms, seq) == (MAX_SEQ, MAX_SEQ):
+        return ms, seq
     return (ms + 1, 0) if seq == MAX_SEQ else (ms, seq + 1)
 
 
@@ -118,6 +129,15 @@ def retention_point(bus: RedisStreamsBus, stream: str, retention: Retention,
     return min(points) if points else None
 
 
+def ahead_of_clock(bus: RedisStreamsBus, stream: str, now: float) -> bool:
+    """Whether the stream's newest id is further ahead of `now` than clocks drift: every id made
+    after one written years ahead is as far ahead, so keeping "the last S seconds" by id would
+    keep every later entry for ever."""
+    with translated_errors():
+        newest = bus.client.xrevrange(stream, "+", "-", count=1)
+    return bool(newest) and parse_id(newest[0][0])[0] > now * 1000 + AHEAD_MS
+
+
 def count_below(bus: RedisStreamsBus, stream: str, point: tuple[int, int]) -> int:
     """Entries with an id below point (what XTRIM MINID point would remove)."""
     if point <= NOTHING:
@@ -138,7 +158,11 @@ def trim_stream(bus: RedisStreamsBus, stream: str, declared: Sequence[str],
     if not needs:
         return TrimReport(stream, 0, None, dry_run=dry_run)   # no groups and none declared
     safe = min(needs.values())
-    kept = retention_point(bus, stream, retention, clock())
+    now = clock()
+    ahead = retention.keep_seconds > 0 and ahead_of_clock(bus, stream, now)
+    if ahead:
+        retention = Retention(keep_entries=retention.keep_entries)
+    kept = retention_point(bus, stream, retention, now)
     point = safe if kept is None else min(safe, kept)
     if point <= NOTHING:
         return TrimReport(stream, 0, None, safe_point=format_id(safe), dry_run=dry_run)
@@ -150,7 +174,7 @@ def trim_stream(bus: RedisStreamsBus, stream: str, declared: Sequence[str],
         with translated_errors():
             trimmed = bus.client.xtrim(stream, minid=format_id(point), approximate=False)
     return TrimReport(stream, trimmed, format_id(point), safe_point=format_id(safe),
-                      dry_run=dry_run)
+                      dry_run=dry_run, ahead=ahead)
 
 
 def trim_streams(bus: RedisStreamsBus, services: Iterable[Consumer],

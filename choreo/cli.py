@@ -62,9 +62,10 @@ def _add_ops_verbs(sub, common, logs, services) -> None:
     p.set_defaults(run=cmd_audit, role="dashboard")
     p = sub.add_parser("trim", parents=[logs], help="trim streams as far as every group allows")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--keep-entries", type=arg.keep_entries, default=0,
+    # None: not given (0 keeps none; with --every the settings' defaults apply, an explicit 0 too)
+    p.add_argument("--keep-entries", type=arg.keep_entries, default=None,
                    help=f"also keep this many newest entries per stream ({arg.keep_entries.bounds})")
-    p.add_argument("--keep-seconds", type=arg.keep_seconds, default=0,
+    p.add_argument("--keep-seconds", type=arg.keep_seconds, default=None,
                    help=f"also keep entries younger than this, in seconds ({arg.keep_seconds.bounds})")
     p.add_argument("--every", type=arg.trim_every, metavar="SECONDS",
                    help=f"keep running (until SIGTERM), trimming every SECONDS ({arg.trim_every.bounds}); "

@@ -415,14 +415,15 @@ def cmd_trim(args, settings: Settings) -> int:
     from choreo.bus.trim import Retention, trim_streams
     with open_bus(settings.url) as bus:
         if args.every is None:
-            retention = Retention(keep_entries=args.keep_entries, keep_seconds=args.keep_seconds)
+            retention = Retention(keep_entries=args.keep_entries or 0, keep_seconds=args.keep_seconds or 0)
             for report in trim_streams(bus, args.app.services, retention, dry_run=args.dry_run):
                 _out(report.line())
             if not args.dry_run and args.app.orders:       # the saga's orders:index
                 _out(_pruned_line(_prune_orders(bus, settings), settings))
             return 0
-        retention = Retention(args.keep_entries or settings.trim_keep_entries,
-                              args.keep_seconds or settings.trim_keep_seconds)
+        # Given on the command line, even 0 (keep none), it wins over CHOREO_TRIM_KEEP_*.
+        retention = Retention(settings.trim_keep_entries if args.keep_entries is None else args.keep_entries,
+                              settings.trim_keep_seconds if args.keep_seconds is None else args.keep_seconds)
         return _trim_every(bus, retention, args.every, _stop_flag(), settings, args.app)
 
 

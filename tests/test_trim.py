@@ -144,6 +144,42 @@ def test_ids_after_the_last_sequence_roll_over_to_the_next_millisecond():
     assert parse_id("12-0") < parse_id("12-1") < parse_id("13-0")
 
 
+def test_ids_ahead_of_the_clock_do_not_keep_every_later_entry_for_ever(real_bus):
+    """One XADD with an id years ahead (by hand) makes every later id as far ahead, and keeping
+    "the last S seconds" by id kept all of them: a stream the trimmer never shortened. Its ids
+    are then taken as no clock's: --keep-seconds does not apply to it, --keep-entries does."""
+    c = real_bus.client
+    groups(c, "fast")
+    ids = fill(c, 3) + [c.xadd(STREAM, {"n": "planted"}, id="300000000000000-0")] + fill(c, 5)
+    assert all(parse_id(i)[0] == 300000000000000 for i in ids[3:])
+    consume(c, "fast", 9, ack=range(9))
+    report = trim_stream(real_bus, STREAM, ["fast"], Retention(keep_entries=2, keep_seconds=3600))
+    assert report.trimmed == 7 and remaining(c) == ids[7:]
+    assert "ahead of the clock" in report.line()
+    # Ids a clock made (another host's, a minute ahead) are still kept by their time.
+    c.delete(STREAM)
+    groups(c, "fast")
+    ids = fill(c, 4, ids=[f"{(i + 1) * 1000}-0" for i in range(3)] + ["60000-0"])
+    consume(c, "fast", 4, ack=range(4))
+    report = trim_stream(real_bus, STREAM, ["fast"], Retention(keep_seconds=3), clock=lambda: 2.5)
+    assert remaining(c) == ids[0:] and "ahead" not in report.line()
+
+
+def test_a_stream_that_has_read_the_largest_id_is_trimmed_and_audited_without_an_error(real_bus, capsys):
+    """An XADD of the largest id there is: nothing comes after it, and `after` of it, like an
+    exclusive range from it, has no answer Redis takes (trim and audit failed on every stream)."""
+    largest = f"{2 ** 64 - 1}-{2 ** 64 - 1}"
+    assert after(largest) == parse_id(largest)
+    c = real_bus.client
+    groups(c, "fast")
+    ids = fill(c, 2) + [c.xadd(STREAM, {"n": "planted"}, id=largest)]
+    consume(c, "fast", 3, ack=range(3))
+    report = trim_stream(real_bus, STREAM, ["fast"])
+    assert report.trimmed == 2 and remaining(c) == ids[2:]
+    from choreo.bus import inspect
+    assert inspect.count_after(real_bus, STREAM, largest) == 0
+
+
 def test_trim_streams_covers_each_declared_stream_with_all_its_groups(real_bus):
     other = "events:Other"
     c = real_bus.client
@@ -180,3 +216,12 @@ def test_choreo_trim_on_a_real_run_blocks_only_where_a_service_is_down(procs, re
     settle(c)
     assert {i: c.hget(f"order:{i}", "status") for i in expected} == expected
     assert main(["audit", "--strict", "--redis-url", procs.url]) == 0
+
+
+def test_trim_every_takes_an_explicit_zero_over_the_settings_default(procs, real_bus):
+    """`--keep-entries 0 --keep-seconds 0` keeps no history; with --every, an absent option
+    takes CHOREO_TRIM_KEEP_*, but a given 0 was read as absent and replaced by 10,000 / 3600 s."""
+    given = procs.start("trim", "--every", "1", "--keep-entries", "0", "--keep-seconds", "0", name="trim-0")
+    default = procs.start("trim", "--every", "1", name="trim-default", CHOREO_TRIM_KEEP_ENTRIES="7")
+    for proc, said in ((given, "keeping 0 entries / 0s"), (default, "keeping 7 entries / 3600s")):
+        wait_for(lambda: said in open(proc.log_path).read(), what=said)

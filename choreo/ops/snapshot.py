@@ -280,7 +280,12 @@ def recent_events(bus: RedisStreamsBus, streams: list[str], count: int = RECENT_
 
 
 def _clock_time(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    """An entry id's time of day; one no clock could have made (an id written by hand, years
+    ahead) as its milliseconds."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    except (ValueError, OverflowError, OSError):
+        return f"{int(ms)} ms"
 
 
 def gather_or_keep(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None,
