@@ -245,3 +245,30 @@ def test_ids_no_clock_made_leave_audit_trim_and_the_views_working(real_bus, redi
     out = capsys.readouterr().out
     assert "300000000000000 ms" in out and "Traceback" not in out
     assert list(fleet_metrics(gather(real_bus, redis_url)))      # what the exporter serves
+
+
+def test_data_a_handler_cannot_copy_and_a_null_deadline_are_not_retried_as_failures(real_bus):
+    """Two entries the schema takes: a line carrying a field nested ~1,000 deep (parsed, but
+    the handler's copy of it raised RecursionError on every try, retried as a failure) is
+    dead-lettered at its first delivery, as input, by every reader, once deeper than 64 levels;
+    a `deadline_at_ms` of null (the model's Optional) is no deadline, where the order service
+    raised TypeError on every try."""
+    from choreo.config.settings import Settings
+    from tests.inprocess import drain, start_workers as in_process
+    c = real_bus.client
+    workers = in_process(real_bus, Settings(max_deliveries=5, retry_base_ms=1, retry_max_ms=1),
+                         names=("order", "inventory"))
+    nested = Envelope.new("OrderCreated", "7", "order", {"lines": [], "total_cents": 1999}).fields()
+    nested["data"] = ('{"lines":[{"note":' + "[" * 62 + "]" * 62 +     # 65 levels in all
+                      ',"product_id":101,"quantity":1}],"total_cents":1999}')
+    c.xadd(bus_keys.stream("OrderCreated"), nested)
+    null = Envelope.new("OrderCreated", "8", "order", {"lines": [{"product_id": 101, "quantity": 1}],
+                                                         "total_cents": 1999, "deadline_at_ms": None})
+    c.xadd(bus_keys.stream("OrderCreated"), null.fields())
+    drain(workers)
+    (letter,) = _dead_letters(c, "inventory")
+    assert letter["deliveries"] == "1" and "nested deeper than 64 levels" in letter["error"], letter
+    assert [x["entry_id"] for x in _dead_letters(c, "order")] == [letter["entry_id"]]
+    assert c.hget(keys.reservation("8"), "status") == "RESERVED"
+    summary = c.xpending(bus_keys.stream("OrderCreated"), "order")      # confirmed, not failing
+    assert summary["pending"] == 0, summary

@@ -41,7 +41,7 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
 
 def arm_deadline(event, uow: UnitOfWork) -> None:
     """Confirming OrderCreated: the order is durable; start its clock (see workers.deadlines)."""
-    if "deadline_at_ms" in event.data:
+    if event.data.get("deadline_at_ms") is not None:     # null, as the model allows: none
         uow.publish_later("DeadlinePassed", event.data["deadline_at_ms"], job=deadlines.JOB)
 
 
