@@ -41,7 +41,7 @@ SAMPLES = {
     "zrange": "ZRANGE {key} 0 -1", "zrangebyscore": "ZRANGEBYSCORE {key} -inf +inf", "zrevrange": "ZREVRANGE {key} 0 -1",
     "zscore": "ZSCORE {key} m", "zremrangebyscore": "ZREMRANGEBYSCORE {key} -inf 0", "sadd": "SADD {key} m",
     "set": "SET {key} 1 EX 1", "get": "GET {key}", "pexpire": "PEXPIRE {key} 1000", "pttl": "PTTL {key}", "del": "DEL {key}", "expire": "EXPIRE {key} 1", "exists": "EXISTS {key}", "type": "TYPE {key}",
-    "incrby": "INCRBY {key} 1", "scan": "SCAN 0 MATCH {key}",
+    "incrby": "INCRBY {key} 1", "scan": "SCAN 0 MATCH {key}", "randomkey": "RANDOMKEY", "dbsize": "DBSIZE",
     "ping": "PING", "time": "TIME", "info": "INFO server", "multi": "MULTI", "exec": "EXEC", "wait": "WAIT 0 0",
     "evalsha": "EVALSHA " + "0" * 40 + " 1 {key}", "script|load": "SCRIPT LOAD return",
     "acl|dryrun": "ACL DRYRUN default PING", "acl|whoami": "ACL WHOAMI",

@@ -212,12 +212,15 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
               scripted([*fired, *((traces(),) if fired else ()), seen_timers, *order_keys])),
              # rq's own keys, with what rq uses; not the server-wide scripting (SCRIPT FLUSH,
              # FUNCTION …) every worker's commit script depends on, nor MOVE/RENAME out of rq:*.
+             # Nor the keyless reads that list other keys' names (SCAN, RANDOMKEY) or sizes.
              root=("+@all", "-@dangerous", "-@scripting", "+script|exists", "-move", "-rename",
-                   "-renamenx", "+info", *client_rules(), "~rq:*", "&rq:*"),
+                   "-renamenx", "-scan", "-randomkey", "-dbsize", "-memory", "+info",
+                   *client_rules(), "~rq:*", "&rq:*"),
              needs=(sample("hset", "rq:job:*"), sample("zadd", "rq:scheduled:*")),
              refuses=(*(sample("xadd", s) for s in streams if s not in fired),
                       *(sample("hset", p) for p in owners),
-                      *(r for s in services for r in heartbeat_refusals(s.name)), *DANGEROUS)),
+                      *(r for s in services for r in heartbeat_refusals(s.name)),
+                      sample("scan", "*"), sample("randomkey"), sample("dbsize"), *DANGEROUS)),
         Role("trimmer", "trims the declared streams as far as every group allows"
              + ("; prunes expired orders from the index" if saga else ""),
              (Grant(TRIM, tuple(streams)), *prune, LAYOUT_READ,
