@@ -170,6 +170,10 @@ def amount_not_a_number(c, e):
     edit(c, f"payment:{order_in(e, 'COMPLETED')}", amount_cents="abc")
 
 
+def count_python_reads_redis_refuses(c, e):
+    c.hset("payments:totals", "charged_cents", "1_000")        # int() took it; HINCRBY would not
+
+
 def lines_not_json(c, e):
     c.hset("reservation:777", mapping={"status": "RESERVED", "lines": "[{"})
 
@@ -196,6 +200,7 @@ def lines_not_json(c, e):
     (expired_not_a_number, "orders:expired is not a whole number: 'abc'"),
     (order_total_not_a_number, "total_cents is not a whole number: 'nan'"),
     (amount_not_a_number, "amount_cents is not a whole number: 'abc'"),
+    (count_python_reads_redis_refuses, "payments:totals charged_cents is not a whole number: '1_000'"),
     (lines_not_json, "reserved: stopped at a value the saga never writes (JSONDecodeError"),
 ])
 def test_each_violation_is_found_and_exits_1(run, redis_url, capsys, corrupt, violation):

@@ -286,11 +286,15 @@ class NotWhole(ValueError):
     """A count the saga writes holds something else (a hand-written key): a violation, named."""
 
 
+# A whole number as Redis reads one (HINCRBY's string2ll): ASCII digits, no sign but '-', no
+# leading zero, no '_' nor space (Python's int() takes `1_000`, ` 7` and other scripts' digits).
+WHOLE = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
 def whole(value, where: str) -> int:
-    try:
+    if isinstance(value, int) or (isinstance(value, str) and WHOLE.fullmatch(value)):
         return int(value)
-    except (TypeError, ValueError):
-        raise NotWhole(f"{where} is not a whole number: {str(value)[:40]!r}") from None
+    raise NotWhole(f"{where} is not a whole number: {str(value)[:40]!r}")
 
 
 def check_orders(snap: Snapshot, strict: bool) -> list[str]:
