@@ -67,6 +67,7 @@ class RqTimers:
         self.bus = bus
         # rq reads bytes: a client that does not decode, on rq's own server or the bus's.
         self._own = None if url is None else timers_client(url)
+        self._url = url
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:
@@ -110,7 +111,9 @@ class RqTimers:
         except BusUnavailable as exc:
             if self._own is None:
                 raise
-            raise BusUnavailable(f"cannot reach the timers' Redis (CHOREO_TIMERS_URL): {exc}") from exc
+            from choreo.bus.connect import how_to_start
+            raise BusUnavailable(f"cannot reach the timers' Redis (CHOREO_TIMERS_URL): {exc}; "
+                                 f"{how_to_start(self._url, 'CHOREO_TIMERS_URL')}") from exc
         except PermissionsMissing as exc:
             if self._own is None:
                 raise

@@ -129,3 +129,16 @@ def test_a_worker_whose_timers_server_refuses_its_password_stops_naming_the_url(
         assert payment.poll() is None, open(payment.log_path).read()[-2000:]
     finally:
         server.stop()
+
+
+def test_a_worker_waiting_for_its_timers_redis_says_how_to_start_that_one(procs):
+    """The order service arms timers: with CHOREO_TIMERS_URL's server down it waits at start,
+    saying how to start that server, not REDIS_URL's (which answers)."""
+    from tests.redis_server import free_port
+    port = free_port()
+    worker = procs.worker("order", CHOREO_TIMERS_URL=f"redis://127.0.0.1:{port}/0", **FAST)
+    wait_for(lambda: "retry 1" in open(worker.log_path).read(), what="the first retry line")
+    (line,) = [x for x in open(worker.log_path).read().splitlines() if "retry 1" in x]
+    assert "cannot reach the timers' Redis (CHOREO_TIMERS_URL)" in line, line
+    assert f"redis-server --port {port} " in line and line.count("start one with") == 1, line
+    assert worker.poll() is None
