@@ -17,6 +17,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+
+import redis
 from datetime import datetime, timezone
 from typing import Collection, Sequence
 
@@ -215,25 +217,54 @@ def sweep_due(queue: Queue, functions: Collection[str], now: float | None = None
     """Move the timers that are due from the scheduled registry to the queue, each one alone and
     re-made from its function name and string arguments only. rq's own scheduler fetches every
     due job together, so one malformed job hash (anyone who may arm a timer may write one) would
-    stop every timer; here it is refused, logged and deleted, and the others go on. ZREM first:
-    of several timers processes, the one whose ZREM removed the id moves it."""
+    stop every timer; here it is refused, logged and deleted, and the others go on."""
     registry = ScheduledJobRegistry(queue=queue)
+    at = int(time.time() if now is None else now)
     moved = 0
-    for raw_id in registry.get_jobs_to_schedule(int(time.time() if now is None else now)):
+    for raw_id in registry.get_jobs_to_schedule(at):
         job_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
-        if not queue.connection.zrem(registry.key, raw_id):
-            continue
         try:
-            func, args, retries = checked_timer(queue.connection, job_id, functions)
+            moved += _move(queue, registry, raw_id, job_id, functions, at)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.NoPermissionError):
+            raise                       # Redis gone or refusing this user: the sweep goes round again
         except Exception as exc:        # whatever a hostile hash makes rq raise
-            LOG.error(f"timers: refused scheduled job {job_id[:80]!r}: {type(exc).__name__}: {exc}")
-            if JOB_ID.fullmatch(job_id):
-                queue.connection.delete(Job.key_for(job_id))
-            continue
-        queue.enqueue(func, *args, job_id=job_id, result_ttl=0, failure_ttl=FAILURE_TTL_S,
-                      retry=Retry(max=retries, interval=list(RETRY_S[-retries:])) if retries else None)
-        moved += 1
+            _refuse(queue, registry, raw_id, job_id, exc)
     return moved
+
+
+def _move(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str,
+          functions: Collection[str], at: int) -> bool:
+    """One due timer into the queue and out of the registry in one transaction (MULTI/EXEC),
+    watching its job's hash. A process killed halfway has moved nothing: the timer stays due and
+    the next sweep moves it (ZREM first, then the enqueue, lost it for good when killed in
+    between). Of several timers processes one moves it: another's move rewrites the hash, so
+    this one's transaction is refused; a timer re-armed meanwhile for later is left for then."""
+    if not JOB_ID.fullmatch(job_id):
+        raise RefusedJob("not a timer's job id")
+    with queue.connection.pipeline() as pipe:
+        try:
+            pipe.watch(Job.key_for(job_id))
+            score = pipe.zscore(registry.key, raw_id)
+            if score is None or score > at:
+                return False            # moved by another, or re-armed for later
+            func, args, retries = checked_timer(queue.connection, job_id, functions)
+            pipe.multi()
+            queue.enqueue_call(func, args=args, job_id=job_id, result_ttl=0, failure_ttl=FAILURE_TTL_S,
+                               retry=Retry(max=retries, interval=list(RETRY_S[-retries:])) if retries else None,
+                               pipeline=pipe)
+            pipe.zrem(registry.key, raw_id)
+            pipe.execute()
+            return True
+        except redis.exceptions.WatchError:
+            return False
+
+
+def _refuse(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str, exc: Exception) -> None:
+    """A scheduled job that is not a timer's: out of the registry, logged, its hash deleted."""
+    LOG.error(f"timers: refused scheduled job {job_id[:80]!r}: {type(exc).__name__}: {exc}")
+    if queue.connection.zrem(registry.key, raw_id) and JOB_ID.fullmatch(job_id):
+        queue.connection.delete(Job.key_for(job_id))
 
 
 def checked_timer(connection, job_id: str, functions: Collection[str]) -> tuple[str, list, int]:

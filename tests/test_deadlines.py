@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import redis
 
 from choreo.bus.envelope import Envelope
@@ -207,3 +208,56 @@ def test_disarming_leaves_a_timer_the_sweep_already_took_to_rq(real_bus, redis_s
     timers.unschedule(["DeadlinePassed-1", "DeadlinePassed-2"])
     assert r.exists("rq:job:DeadlinePassed-1") and queue.job_ids == ["DeadlinePassed-1"]
     assert not r.exists("rq:job:DeadlinePassed-2") and r.zcard("rq:scheduled:choreo-timers") == 0
+
+
+def test_a_sweep_killed_halfway_moves_nothing_and_the_next_one_moves_the_timer(real_bus, redis_server,
+                                                                              monkeypatch):
+    """The sweep took a due timer out of the registry (ZREM) and then enqueued it, two steps: a
+    timers process SIGKILLed between them lost the timer for good (its order never ended). Now
+    both are one transaction: a death anywhere before it leaves the timer due."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    import choreo.scheduling.timers as timers_module
+    from choreo.scheduling.timers import QUEUE, sweep_due
+    from choreo.workers.deadlines import JOB
+    r = redis_server.client()
+    RqTimers(real_bus).schedule([scheduled_call(Timer("DeadlinePassed-1", 1_000_000_000_000,
+                                                      "DeadlinePassed", "1", "c"))])
+    queue = Queue(QUEUE, connection=real_bus.raw, serializer=JSONSerializer)
+    checked = timers_module.checked_timer
+
+    def dies(*args, **kwargs):
+        checked(*args, **kwargs)            # the job read, as the sweep does before its move
+        raise SystemExit("SIGKILL")         # nothing the sweep catches: the process is gone
+    monkeypatch.setattr(timers_module, "checked_timer", dies)
+    with pytest.raises(SystemExit):
+        sweep_due(queue, [JOB], now=2_000_000_000)
+    assert r.zrange("rq:scheduled:choreo-timers", 0, -1) == ["DeadlinePassed-1"] and queue.job_ids == []
+    monkeypatch.setattr(timers_module, "checked_timer", checked)
+    assert sweep_due(queue, [JOB], now=2_000_000_000) == 1
+    assert r.zcard("rq:scheduled:choreo-timers") == 0 and queue.job_ids == ["DeadlinePassed-1"]
+    assert sweep_due(queue, [JOB], now=2_000_000_000) == 0 and queue.job_ids == ["DeadlinePassed-1"]
+
+
+def test_a_timer_re_armed_for_later_is_not_moved_by_a_sweep_that_listed_it_due(real_bus, redis_server):
+    """The sweep lists the due ids, then moves each: one re-armed for later in between (the same
+    job id, a new time) stays scheduled for its new time."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from choreo.scheduling import timers as timers_module
+    from choreo.scheduling.timers import QUEUE, ScheduledJobRegistry, sweep_due
+    from choreo.workers.deadlines import JOB
+    r = redis_server.client()
+    timers = RqTimers(real_bus)
+    timers.schedule([scheduled_call(Timer("DeadlinePassed-1", 1_000_000_000_000, "DeadlinePassed", "1", "c"))])
+    queue = Queue(QUEUE, connection=real_bus.raw, serializer=JSONSerializer)
+    listed = ScheduledJobRegistry.get_jobs_to_schedule
+
+    def re_armed_meanwhile(self, *args, **kwargs):
+        due = listed(self, *args, **kwargs)
+        timers.schedule([scheduled_call(Timer("DeadlinePassed-1", 3_000_000_000_000, "DeadlinePassed", "1", "c"))])
+        return due
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(timers_module.ScheduledJobRegistry, "get_jobs_to_schedule", re_armed_meanwhile)
+        assert sweep_due(queue, [JOB], now=2_000_000_000) == 0
+    assert r.zscore("rq:scheduled:choreo-timers", "DeadlinePassed-1") == 3_000_000_000 and queue.job_ids == []
