@@ -199,11 +199,14 @@ local function trace_refusal(key)
   return denied('HSET', key, 'f', '') or wrong_type(key, 'hash')
 end
 
--- Whether a stream can take no more entries: one whose last id is the largest there is (an XADD
--- with that explicit id) refuses every XADD, which would come after the commit's XACK and other
--- writes. Asked once per stream per call (XINFO STREAM: nothing cheaper says the last id made),
--- where the stream exists; false: it can. Explaining asks only the ACL.
-local LAST_ID = '18446744073709551615-18446744073709551615'     -- bus.contract.LAST_ENTRY_ID
+-- Whether a stream may run out of entry ids within this call: one whose last id is in the last
+-- millisecond there is (an XADD with such an explicit id: no clock gets there) refuses an XADD
+-- once its last id is the largest, and that XADD would come after the commit's XACK and other
+-- writes. Refused from that millisecond on, not only once full: a stream one id short would take
+-- this call's first XADD and refuse its next, which the answer remembered for the call would not
+-- see. Asked once per stream per call (XINFO STREAM: nothing cheaper says the last id made),
+-- where the stream exists; false: it may take them. Explaining asks only the ACL.
+local LAST_MS = '18446744073709551615-'     -- of bus.contract.LAST_ENTRY_ID
 local full = {}
 local function exhausted(key)
   local said = full[key]
@@ -215,8 +218,8 @@ local function exhausted(key)
       local info = redis.call('XINFO', 'STREAM', key)
       for f = 1, #info - 1, 2 do
         if info[f] == 'last-generated-id' then
-          if info[f + 1] == LAST_ID then
-            said = key .. ' has used up its entry ids (its last is ' .. LAST_ID .. '): it takes no event'
+          if string.sub(info[f + 1], 1, #LAST_MS) == LAST_MS then
+            said = key .. ' has used up its entry ids (its last is ' .. info[f + 1] .. ', in the last millisecond there is): it takes no event'
           end
           break
         end

@@ -49,6 +49,12 @@ decode_data = msgspec.json.Decoder().decode    # how every reader decodes `data`
 MAX_DEPTH = 64
 
 
+def too_deep(text: str, data) -> bool:
+    """Whether `data` (decoded from `text`) nests deeper than MAX_DEPTH: every reader refuses it.
+    The brackets in the text bound the depth, so the walk is made only where there are many."""
+    return text.count("[") + text.count("{") > MAX_DEPTH and _depth(data) > MAX_DEPTH
+
+
 def _depth(data) -> int:
     """How many levels of lists and objects `data` nests (0 for a scalar), without recursion."""
     deepest, todo = 0, [(data, 1)]
@@ -182,7 +188,7 @@ class Envelope:
             raise MalformedEntry(f"data is not JSON: {exc}") from None
         except RecursionError:
             raise MalformedEntry("data is nested too deeply to parse") from None
-        if raw["data"].count("[") + raw["data"].count("{") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+        if too_deep(raw["data"], data):
             raise MalformedEntry(f"data is nested deeper than {MAX_DEPTH} levels")
         if not isinstance(data, dict):
             raise MalformedEntry(f"data must be a JSON object, got {type(data).__name__}")

@@ -64,7 +64,7 @@ class TrimReport:
             return (f"{self.stream}: blocked by missing group(s) {', '.join(self.blocked_by)} "
                     f"(service down or never started); not trimmed")
         if self.trim_point is None:
-            return f"{self.stream}: nothing to trim"
+            return f"{self.stream}: nothing to trim" + (AHEAD if self.ahead else "")
         verb = "would trim" if self.dry_run else "trimmed"
         return (f"{self.stream}: {verb} {self.trimmed} entries below {self.trim_point} "
                 f"(groups need from {self.safe_point})" + (AHEAD if self.ahead else ""))
@@ -165,7 +165,7 @@ def trim_stream(bus: RedisStreamsBus, stream: str, declared: Sequence[str],
     kept = retention_point(bus, stream, retention, now)
     point = safe if kept is None else min(safe, kept)
     if point <= NOTHING:
-        return TrimReport(stream, 0, None, safe_point=format_id(safe), dry_run=dry_run)
+        return TrimReport(stream, 0, None, safe_point=format_id(safe), dry_run=dry_run, ahead=ahead)
     if dry_run:
         trimmed = count_below(bus, stream, point)
     else:

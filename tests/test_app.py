@@ -136,6 +136,15 @@ def test_an_event_every_consumer_would_dead_letter_is_refused_when_emitted():
         uow.emit("Ping", order_id="7", n="1")
     uow.emit("Ping", order_id="7", n=1)
     assert [e.order_id for e in uow.emitted] == ["7"]
+    # Data nested deeper than every reader takes (bus.envelope.MAX_DEPTH): each would dead-letter it.
+    from choreo.workers.unit_of_work import UnitOfWork as Plain
+    loose = Plain(PINGER.name, PINGER.creates, BatchView(NoBus()))      # no models: data unchecked
+    deep: list = []
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(InvalidEvent, match="nested deeper than 64 levels"):
+        loose.emit("Ping", order_id="7", n=deep)
+    loose.emit("Ping", order_id="7", n=[[[1]]])
 
 
 def test_acl_users_of_another_app_get_nothing_of_the_sagas(tmp_path):

@@ -174,6 +174,10 @@ def count_python_reads_redis_refuses(c, e):
     c.hset("payments:totals", "charged_cents", "1_000")        # int() took it; HINCRBY would not
 
 
+def count_beyond_64_bits(c, e):
+    c.hset("orders:totals", "completed_cents", str(2 ** 63))
+
+
 def lines_not_json(c, e):
     c.hset("reservation:777", mapping={"status": "RESERVED", "lines": "[{"})
 
@@ -201,6 +205,7 @@ def lines_not_json(c, e):
     (order_total_not_a_number, "total_cents is not a whole number: 'nan'"),
     (amount_not_a_number, "amount_cents is not a whole number: 'abc'"),
     (count_python_reads_redis_refuses, "payments:totals charged_cents is not a whole number: '1_000'"),
+    (count_beyond_64_bits, "orders:totals completed_cents is not a whole number: '9223372036854775808'"),
     (lines_not_json, "reserved: stopped at a value the saga never writes (JSONDecodeError"),
 ])
 def test_each_violation_is_found_and_exits_1(run, redis_url, capsys, corrupt, violation):

@@ -11,7 +11,7 @@ import msgspec
 
 from choreo.bus import filing, keys as bus_keys
 from choreo.bus.contract import Bus, Commit, Hold
-from choreo.bus.envelope import ORDER_ID, Envelope, MalformedEntry, decode_data
+from choreo.bus.envelope import MAX_DEPTH, ORDER_ID, Envelope, MalformedEntry, decode_data, too_deep
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, File, Index, Op,
                      Publish, SetFields)
 from choreo.workers.events import check_data
@@ -291,8 +291,9 @@ class UnitOfWork:
                 raise InvalidEvent(str(exc)) from None
         try:    # what it writes, every consumer must read back: no NaN, no lone surrogate
             fields = event.fields()
-            decode_data(fields["data"])     # as every consumer will
-        except (ValueError, msgspec.DecodeError) as exc:
+            if too_deep(fields["data"], decode_data(fields["data"])):   # as every consumer will
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        except (ValueError, msgspec.DecodeError, RecursionError) as exc:
             raise InvalidEvent(f"{event_type} data cannot be written as JSON every consumer "
                                f"reads: {exc}") from None
         self.emitted.append(event)

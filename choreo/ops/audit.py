@@ -287,12 +287,14 @@ class NotWhole(ValueError):
 
 
 # A whole number as Redis reads one (HINCRBY's string2ll): ASCII digits, no sign but '-', no
-# leading zero, no '_' nor space (Python's int() takes `1_000`, ` 7` and other scripts' digits).
-WHOLE = re.compile(r"-?(0|[1-9][0-9]*)")
+# leading zero nor -0, no '_' nor space (Python's int() takes `1_000`, ` 7` and other scripts'
+# digits), within 64 bits.
+WHOLE = re.compile(r"0|-?[1-9][0-9]{0,18}")
 
 
 def whole(value, where: str) -> int:
-    if isinstance(value, int) or (isinstance(value, str) and WHOLE.fullmatch(value)):
+    if isinstance(value, int) or (isinstance(value, str) and WHOLE.fullmatch(value)
+                                  and -2 ** 63 <= int(value) < 2 ** 63):
         return int(value)
     raise NotWhole(f"{where} is not a whole number: {str(value)[:40]!r}")
 
