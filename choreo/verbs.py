@@ -82,7 +82,9 @@ def cmd_worker(args, settings: Settings) -> int:
     observer = combined(_worker_observer(service, consumer, settings, log),  # before Redis: fail fast
                         tracing_for(service.name, settings.tracing, os.environ) or NO_OBSERVER)
     stop = _stop_flag()
-    bus = open_bus(settings.url, check=False, **durable(settings))   # the loop retries until Redis answers
+    bus = _open_waiting(settings, stop, log, service.voice)     # the loop retries until Redis answers
+    if bus is None:
+        return 0                        # stopped while waiting for Redis Cluster
     try:
         timers = RqTimers(bus, settings.timers_url)     # a URL redis-py cannot use: refused now
     except BaseException:
@@ -106,6 +108,25 @@ def cmd_worker(args, settings: Settings) -> int:
         timers.close()
         bus.close()
         log.info(f"{service.voice}: {consumer} stopped")
+
+
+def _open_waiting(settings: Settings, stop: threading.Event, log, voice: str):
+    """The worker's bus. A plain client connects at its first command (the worker loop waits for
+    Redis); a cluster client asks the node named for the slot map as it is made, so while that
+    node does not answer the worker waits here, as for a plain server, retrying with backoff
+    until it does or the worker is stopped (None)."""
+    from choreo.bus.contract import BusUnavailable, reconnect_delay_s
+    failures = 0
+    while True:
+        try:
+            return open_bus(settings.url, check=False, **durable(settings))
+        except BusUnavailable as exc:
+            failures += 1
+            delay = reconnect_delay_s(failures, settings.reconnect_max_s)
+            log.warning(f"{voice}: {exc}; retry {failures} in {delay:.1f}s (a worker waits; the URL "
+                        f"may name any node of the cluster that answers)")
+            if stop.wait(delay):
+                return None
 
 
 def durable(settings: Settings) -> dict:

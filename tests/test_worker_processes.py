@@ -172,3 +172,18 @@ def test_worker_waits_for_redis_with_capped_backoff_and_one_line_per_attempt(pro
     assert attempts[0].endswith(f"; start one with: redis-server --port {port} --save '' --daemonize yes "
                                 f"(or set REDIS_URL)"), attempts[0]
     assert not any("start one" in line for line in attempts[1:])
+
+
+def test_a_worker_on_a_cluster_url_waits_while_its_node_does_not_answer(procs):
+    """A cluster client learns the slot map from the node named as it is made: with that node
+    down (failed over, restarting) the worker exited 1 at start, where on a plain URL it waits.
+    It now waits too, saying why, and stops cleanly on SIGTERM."""
+    import signal as signals
+    from tests.redis_server import free_port
+    url = f"redis://127.0.0.1:{free_port()}/0?cluster=true"
+    worker = procs.worker("payment", REDIS_URL=url, CHOREO_ORDER_DEADLINE_S="0")
+    wait_for(lambda: "retry 2" in open(worker.log_path).read(), timeout=20, what="two retries")
+    assert worker.poll() is None
+    assert "cannot reach Redis Cluster" in open(worker.log_path).read()
+    worker.send_signal(signals.SIGTERM)
+    assert worker.wait(10) == 0
