@@ -358,3 +358,43 @@ def test_settling_a_reservation_whose_hold_is_gone_records_nothing(real_bus, tag
 def dead_letters_of(bus):
     from choreo.bus import dead_letters as store
     return store.read_all(bus, "inventory")
+
+
+def test_a_stalled_workers_commit_between_a_dead_letters_forget_and_its_commit_keeps_its_holds(
+        real_bus, redis_url, tagged):
+    """Worker A reserves by holds and stalls before its commit; the entry, claimed past the crash
+    guard, is given up by worker D, whose forget gave the stock back before its own commit; A's
+    commit, landing in between, recorded the reservation RESERVED (the entry still pending: its
+    XACK found it) with no hold behind it: that stock was sold twice. The forget is now made only
+    once D's letter is committed: here D's commit conflicts with A's reservation, goes round,
+    finds it RESERVED and forgets nothing, and A's reservation keeps its holds."""
+    a = inventory(real_bus, name="inventory-a", max_deliveries=1)
+    place(real_bus, {"1": [(SCARCE, 4)]})
+    stream = bus_keys.stream_for("OrderCreated", "1")
+    with open_bus(redis_url) as d_bus:
+        d = inventory(d_bus, name="inventory-d", max_deliveries=1)
+        a_commit, d_commit, a_outcomes = real_bus.commit, d_bus.commit, []
+
+        def d_commits_after_a(group, commits):      # D has made its letter: A's commit lands first
+            if not a_outcomes:
+                a_outcomes.append(a_commit(*stalled_commit))
+            return d_commit(group, commits)
+
+        def a_stalls(group, commits):               # A's holds are made; D gives the entry up
+            stalled_commit.extend([group, commits])
+            (pending,) = real_bus.client.xpending_range(stream, "inventory", "-", "+", 1)
+            for _ in range(3):                      # three claimers that died holding it
+                real_bus.client.xclaim(stream, "inventory", "inventory-d", 0, [pending["message_id"]])
+            d_bus.commit = d_commits_after_a
+            d.commit_batch(d_bus.read_own_pending("inventory", "inventory-d", {stream: "0"}, 10))
+            return a_outcomes[0]
+        stalled_commit: list = []
+        real_bus.commit = a_stalls
+        a.poll(block_ms=5)
+        real_bus.commit = a_commit
+    assert real_bus.client.hget(keys.reservation("1"), "status") == "RESERVED"
+    assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "RESERVED"
+    assert {k: v for k, v in stock(real_bus).items() if k != "_v"} == \
+        {"start": 5, "available": 1, "reserved": 4, "sold": 0}
+    assert dead_letters(real_bus) == 0
+    assert sum(pending_count(real_bus.client, s, "inventory") for s in created()) == 0

@@ -91,12 +91,29 @@ class Committing:
                 if outcome is Outcome.APPLIED:
                     timers.update((t.job_id, True) for t in h.timers)
                     timers.update((job, False) for job in h.disarmed)
+                    if h.holds_after:
+                        self.holds_after(h)
         disarmed = [job for job, armed in timers.items() if not armed]
         if disarmed:
             # After the commit, and only what the batch's last word on it disarmed: a timer
             # disarmed by one entry and armed again by a later one stays armed.
             self.timers.unschedule(disarmed)
         return again
+
+    def holds_after(self, h: Handled) -> None:
+        """A dead letter's hold steps (on_dead_letter: inventory forgets the order's holds), once
+        the letter is applied: the entry is acknowledged, so no commit of it can follow and record
+        the holds. Lost to a crash or a refusal here, the holds stay RESERVED (stock kept, never
+        oversold): a replay of the letter takes them up again, and `choreo audit` names them."""
+        requests, retention_s = h.holds_after
+        try:
+            self.bus.holds(requests, retention_s)
+        except PermissionsMissing:
+            raise                           # the worker stops, naming it
+        except BusError as exc:
+            self.log.error(f"{self.handling.service.voice}: holds of {h.delivery.stream} "
+                           f"{h.delivery.entry_id} not forgotten ({exc}): a replay of its dead "
+                           f"letter takes them up; choreo audit names them meanwhile")
 
     def arm_timers(self, ready: list[Handled]) -> None:
         """Before the commit: a crash in between re-arms the same job ids on redelivery, while

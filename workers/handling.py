@@ -64,6 +64,8 @@ class Handled:
     disarmed: list[str] = field(default_factory=list)
     letter_of: Envelope | None = None   # a dead letter's event, when the entry parsed (its log line)
     elsewhere: bool = False             # a replay for another group: acknowledged, nothing done
+    holds_after: tuple = ()             # (hold steps, retention_s) on_dead_letter asked for: made
+                                        # once the dead letter is applied (Committing.commit_round)
 
 
 class Handling:
@@ -178,24 +180,28 @@ class Handling:
         after the service's on_dead_letter hook (for an entry that parsed) and guarded by the
         versions the hook read."""
         letter = DeadLetter.of(self.service.name, d, reason, iso_ms(self.clock()))
-        commit = Commit(checks=self.before_dead_letter(event, view),
-                        ops=[letter.publish_op(self.settings.dlq_max_entries)],
+        checks, holds_after = self.before_dead_letter(event, view)
+        commit = Commit(checks=checks, ops=[letter.publish_op(self.settings.dlq_max_entries)],
                         ack=(d.stream, d.entry_id))
         return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
-                                  f"{reason}", None, started, letter_of=event)
+                                  f"{reason}", None, started, letter_of=event, holds_after=holds_after)
 
 
-    def before_dead_letter(self, event: Envelope | None, view: BatchView | None) -> dict[str, str]:
+    def before_dead_letter(self, event: Envelope | None,
+                           view: BatchView | None) -> tuple[dict[str, str], tuple]:
         """Run the service's on_dead_letter hook (Service.on_dead_letter: undo what tries of this
         entry did outside any commit, e.g. inventory's holds) and return the versions it read,
-        which the dead letter's commit checks: if one changed meanwhile, the dead letter comes
-        back CONFLICT and goes round again on fresh reads. The bus's errors propagate (the entry
-        stays pending, retried); a bug in the hook is logged and the dead letter still written."""
+        which the dead letter's commit checks (if one changed meanwhile, the dead letter comes
+        back CONFLICT and goes round again on fresh reads), and the hold steps it asked for with
+        their retention, made once the dead letter is applied. The bus's errors propagate (the
+        entry stays pending, retried); a bug in the hook is logged and the dead letter still
+        written."""
         hook = self.service.on_dead_letter
         if hook is None or event is None or view is None:
-            return {}
+            return {}, ()
         uow = UnitOfWork(self.service.name, (), view, cause=event, clock=self.clock,
                          retention_s=self.settings.retention_s, models=self.models)
+        uow.deferred = []
         try:
             hook(event, uow)
         except (BusUnavailable, PermissionsMissing):
@@ -203,7 +209,7 @@ class Handling:
         except Exception as exc:            # a bug, or Redis refusing a step: the letter still goes
             self.log.error(f"{self.service.voice}: on_dead_letter failed for {event.type} "
                            f"{event.id}: {type(exc).__name__}: {exc}")
-        return dict(uow.checks)
+        return dict(uow.checks), ((tuple(uow.deferred), uow.hold_retention_s) if uow.deferred else ())
 
 
 def parse_delivery(d: Delivery, max_bytes: int, service: Service,

@@ -92,7 +92,9 @@ def forget_holds(event, uow: UnitOfWork) -> None:
     """on_dead_letter: an OrderCreated about to be dead-lettered may have left holds (a try that
     raised after them, was refused, or died). Unless its reservation was recorded as RESERVED or
     SOLD (then the holds are the reservation's), forget them: stock back to available, the holds
-    deleted, so a replay of the entry starts afresh. The reservation's version, read here, guards
+    deleted, so a replay of the entry starts afresh. The forget is made once the dead letter is
+    committed (UnitOfWork.holds): the entry is then acknowledged, so no commit of it (a stalled
+    worker's) can record the holds after they went. The reservation's version, read here, guards
     the dead letter: a reservation recorded meanwhile makes it conflict and go round again."""
     if not layout.current().tagged or event.type != "OrderCreated":
         return

@@ -46,7 +46,8 @@ class Service:
     # Called with (event, unit of work) before an entry of a parsed event is dead-lettered, to
     # undo what handling it did outside any commit (inventory forgets its holds); the versions it
     # reads guard the dead letter's commit. Its writes and emits are not committed: only reads,
-    # and steps it makes at once (uow.holds). Idempotent: a dead letter may be tried again.
+    # and hold steps (uow.holds), made once the dead letter is committed and only if it is.
+    # Idempotent: a dead letter may be tried again.
     on_dead_letter: Callable | None = field(default=None, compare=False)
     # Key patterns (within `owns`) the service may also delete: forgotten holds.
     deletes: tuple[str, ...] = ()

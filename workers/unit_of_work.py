@@ -175,6 +175,9 @@ class UnitOfWork:
         self.timers: list[Timer] = []
         self.disarmed: list[str] = []         # job ids of timers no longer needed
         self.traceparent = ""                 # set by the runtime when tracing: events it emits carry it
+        # Set for a service's on_dead_letter hook: its hold steps are kept here and made only once
+        # the dead letter is committed (Committing), never before (see holds()).
+        self.deferred: list[Hold] | None = None
 
     def read(self, key: str) -> dict[str, str]:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
@@ -196,7 +199,14 @@ class UnitOfWork:
         idempotent, keyed by (product, order): a handler run again (a CONFLICT, a redelivery
         after a SIGKILL before the commit) gets the same statuses back and decides the same, and
         a hold never counts twice. What the commit does not take up, the handler releases or the
-        service's on_dead_letter forgets (docs/partitions.md)."""
+        service's on_dead_letter forgets (docs/partitions.md).
+        In on_dead_letter the steps are not made now but once the dead letter is committed, and
+        only if it is (they return "", no status): made before, a forget gave back stock that a
+        stalled worker's commit of the same entry then recorded as reserved (an oversell), and
+        the dead letter's commit, conflicting, could not take the forget back."""
+        if self.deferred is not None:
+            self.deferred += requests
+            return ["" for _ in requests]
         return self._view.holds(requests, self.hold_retention_s)
 
     def _open(self, key: str) -> None:
