@@ -3,6 +3,7 @@ redis-server is an error, never a skip."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -158,3 +159,29 @@ def procs(redis_url, tmp_path):
     p = Processes(redis_url, tmp_path)
     yield p
     p.stop_all()
+
+
+@contextlib.contextmanager
+def on_rendered_users(spec: str, app, tmp_path: Path, **env):
+    """A throwaway redis-server loaded with `choreo acl render --app spec`'s users (a password
+    each), and Processes whose every role connects as its own user (REDIS_URL_<ROLE>), with
+    CHOREO_APP=spec and `env`: yields (server, procs, passwords); stops them all after."""
+    from choreo.ops.acl import roles
+    passwords = {r.user: f"pw-{r.user}-0123456789" for r in roles(list(app.services), app.timer_events)}
+    secrets = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in passwords.items()}
+    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render", "--app", spec], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30,
+                              env={"PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **secrets})
+    assert rendered.returncode == 0, rendered.stderr
+    (tmp_path / "users.acl").write_text(rendered.stdout)
+    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
+                         auth=("admin", passwords["admin"])).start()
+    procs = Processes(server.url_for("admin", passwords["admin"]), tmp_path)
+    try:
+        procs.base_env.pop("REDIS_URL")
+        procs.base_env.update({f"REDIS_URL_{u.upper()}": server.url_for(u, p) for u, p in passwords.items()},
+                              CHOREO_APP=spec, **env)
+        yield server, procs, passwords
+    finally:
+        procs.stop_all()
+        server.stop()

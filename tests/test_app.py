@@ -273,26 +273,9 @@ def test_a_service_without_a_record_gives_its_trace_key_the_retention_on_its_own
     """The ping app's services keep no record: every event is traced in trace:<id>, which nothing
     of theirs ever expired (a key per instance for ever). Each commit tracing there now keeps the
     key CHOREO_RETENTION_S from then, under the service's rendered ACL user."""
-    import os
-    import subprocess
     from choreo.bus.connect import open_bus
-    from choreo.ops.acl import roles
-    from tests.conftest import BIN, ROOT, Processes
-    from tests.redis_server import RedisServer
-    passwords = {r.user: f"pw-{r.user}-0123456789" for r in roles(list(PING.services), PING.timer_events)}
-    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in passwords.items()}
-    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render", "--app", SPEC], cwd=ROOT,
-                              capture_output=True, text=True, timeout=30,
-                              env={"PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **env})
-    assert rendered.returncode == 0, rendered.stderr
-    (tmp_path / "users.acl").write_text(rendered.stdout)
-    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
-                         auth=("admin", passwords["admin"])).start()
-    procs = Processes(server.url_for("admin", passwords["admin"]), tmp_path)
-    try:
-        procs.base_env.pop("REDIS_URL")
-        procs.base_env.update({f"REDIS_URL_{u.upper()}": server.url_for(u, p) for u, p in passwords.items()},
-                              CHOREO_APP=SPEC, CHOREO_RETENTION_S="500")
+    from tests.conftest import on_rendered_users
+    with on_rendered_users(SPEC, PING, tmp_path, CHOREO_RETENTION_S="500") as (server, procs, passwords):
         for service in ("ponger", "pinger"):
             procs.start("worker", service, name=service)
         admin = server.client()
@@ -304,9 +287,6 @@ def test_a_service_without_a_record_gives_its_trace_key_the_retention_on_its_own
         wait_for(lambda: admin.hlen(bus_keys.trace("7")) == 1, what="the Pong traced")
         assert 0 < admin.ttl(bus_keys.trace("7")) <= 500
         assert not admin.xlen(bus_keys.dead_letters("ponger"))
-    finally:
-        procs.stop_all()
-        server.stop()
 
 
 def test_a_trace_key_is_expired_after_its_last_publish_in_the_commit():

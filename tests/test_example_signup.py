@@ -80,26 +80,10 @@ def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
     """Every process on its own user, from `choreo acl render --app`: accounts arms the expiry
     timer (rq's keys for VerificationExpired-*), only the timers user publishes the event, and
     `choreo acl check --app` finds no mismatch."""
-    from choreo.ops.acl import roles
     from choreo.bus.connect import open_bus
     from examples.signup.app import app
-    from tests.conftest import BIN, ROOT, Processes
-    from tests.redis_server import RedisServer
-    import subprocess
-    passwords = {r.user: f"pw-{r.user}-0123456789" for r in roles(list(app.services), app.timer_events)}
-    env = {f"CHOREO_ACL_PASSWORD_{u.upper()}": p for u, p in passwords.items()}
-    rendered = subprocess.run([str(BIN / "choreo"), "acl", "render", "--app", APP], cwd=ROOT,
-                              capture_output=True, text=True, timeout=30,
-                              env={"PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **env})
-    assert rendered.returncode == 0, rendered.stderr
-    (tmp_path / "users.acl").write_text(rendered.stdout)
-    server = RedisServer(tmp_path / "redis", extra=("--aclfile", str(tmp_path / "users.acl")),
-                         auth=("admin", passwords["admin"])).start()
-    procs = Processes(server.url_for("admin", passwords["admin"]), tmp_path)
-    try:
-        procs.base_env.pop("REDIS_URL")
-        procs.base_env.update({f"REDIS_URL_{u.upper()}": server.url_for(u, p) for u, p in passwords.items()},
-                              CHOREO_APP=APP)
+    from tests.conftest import on_rendered_users
+    with on_rendered_users(APP, app, tmp_path) as (server, procs, passwords):
         for service in ("accounts", "mailer"):
             procs.worker(service)
         procs.start("timers", name="timers")
@@ -113,9 +97,6 @@ def test_the_acl_users_of_the_example_fit_its_timer(tmp_path):
             assert 0 < server.client().ttl(bus_keys.trace(account_id)) <= 86400
         checked = procs.run("acl", "check", REDIS_URL=server.url_for("admin", passwords["admin"]))
         assert checked.returncode == 0 and ", 0 mismatches" in checked.stdout, checked.stdout[-2000:]
-    finally:
-        procs.stop_all()
-        server.stop()
 
 
 def test_the_diagram_in_the_walkthrough_is_what_topology_draws(capsys):
