@@ -17,11 +17,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-
-import redis
 from datetime import datetime, timezone
 from typing import Collection, Sequence
 
+import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
