@@ -167,6 +167,15 @@ def _without_cluster(url: str) -> str:
     return parts._replace(query=query).geturl()
 
 
+# What a server says, in the words the cluster client passes on, when it refuses the credentials.
+REFUSED_CREDENTIALS = ("invalid username-password pair", "WRONGPASS", "NOAUTH", "HELLO must be called",
+                       "Authentication required")
+
+
+def _credentials_refused(said: str) -> bool:
+    return any(words in said for words in REFUSED_CREDENTIALS)
+
+
 def _cluster_client(url: str) -> redis.RedisCluster:
     """Redis Cluster's client (`?cluster=true`): it learns the slot map from the node named and
     follows MOVED and failovers; keys are laid out in one slot per partition (bus.layout)."""
@@ -179,6 +188,10 @@ def _cluster_client(url: str) -> redis.RedisCluster:
         return redis.RedisCluster.from_url(plain, decode_responses=True, encoding_errors=DECODE_ERRORS,
                                            socket_connect_timeout=3, socket_timeout=10)
     except (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException) as exc:
+        if isinstance(exc, redis.exceptions.AuthenticationError) or _credentials_refused(str(exc)):
+            # (an AuthenticationError is a ConnectionError to redis-py: no outage to wait for)
+            raise CredentialsRefused(f"Redis Cluster at {redact(url)} refused the user name and "
+                                     f"password ({exc}): check them in REDIS_URL") from None
         if "not enabled" in str(exc):
             raise UnusableUrl(f"cannot use Redis URL {redact(url)}: that server is not a cluster "
                               f"node (drop ?cluster=true)") from None

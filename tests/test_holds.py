@@ -398,3 +398,51 @@ def test_a_stalled_workers_commit_between_a_dead_letters_forget_and_its_commit_k
         {"start": 5, "available": 1, "reserved": 4, "sold": 0}
     assert dead_letters(real_bus) == 0
     assert sum(pending_count(real_bus.client, s, "inventory") for s in created()) == 0
+
+
+def _broken_service():
+    inv = SERVICES["inventory"]
+    return dataclasses.replace(inv, consumes={**inv.consumes, "OrderCreated": dataclasses.replace(
+        inv.consumes["OrderCreated"], handle=_raises_after_holds)})
+
+
+def test_a_dead_letters_forget_redis_did_not_take_is_made_by_a_later_poll(real_bus, tagged, monkeypatch):
+    """The forget runs after the letter's commit; with Redis gone for a moment there, it was
+    logged and dropped, and the holds stayed RESERVED for an order already given up. It is owed
+    and made at the worker's next poll."""
+    from choreo.bus.contract import BusUnavailable
+    w = inventory(real_bus, service=_broken_service(), max_deliveries=1)
+    place(real_bus, {"1": [(SCARCE, 2)]})
+    holds, blips = real_bus.holds, []
+
+    def blip(requests, retention_s):
+        if any(r.op == "forget" for r in requests) and not blips:
+            blips.append(requests)
+            raise BusUnavailable("connection reset")
+        return holds(requests, retention_s)
+    monkeypatch.setattr(real_bus, "holds", blip)
+    w.poll(block_ms=5)
+    assert dead_letters(real_bus) == 1 and blips
+    assert real_bus.client.hget(keys.hold(SCARCE, "1"), "status") == "RESERVED"     # owed
+    w.poll(block_ms=5)                                                              # idle: pays it
+    assert hold_keys(real_bus) == [] and stock(real_bus)["available"] == 5
+
+
+def test_an_applied_letter_beside_a_refused_one_still_forgets_its_holds(real_bus, tagged, monkeypatch):
+    """On a cluster each slot's commits are applied on their own, so a letter Redis refuses
+    (its dead-letter stream broken) can come back between letters applied in other slots. The
+    round raised at the refused one, so a later applied letter's forget was never made; and the
+    batch then went one entry at a time, handling an applied one again, whose handler took its
+    stock anew with no forget to follow."""
+    w = inventory(real_bus, service=_broken_service(), max_deliveries=1)
+    streams = [s for s in w.streams if s.endswith(":OrderCreated")]          # in the order read
+    before, refused, after = (next(o for o in map(str, range(1, 99)) if bus_keys.stream_for("OrderCreated", o) == s)
+                              for s in streams[:3])
+    real_bus.client.set(bus_keys.dead_letters("inventory", layout.current().partition_of(refused)), "broken")
+    place(real_bus, {before: [(SCARCE, 1)], refused: [(SCARCE, 1)], after: [(SCARCE, 2)]})
+    commit = real_bus.commit
+    monkeypatch.setattr(real_bus, "commit", lambda group, commits: [commit(group, [c])[0] for c in commits])
+    with pytest.raises(BusError, match="cannot dead-letter"):
+        w.poll(block_ms=5)
+    assert not real_bus.client.exists(keys.hold(SCARCE, before), keys.hold(SCARCE, after))
+    assert stock(real_bus)["reserved"] == 1                             # the refused one's, kept

@@ -187,3 +187,27 @@ def test_a_worker_on_a_cluster_url_waits_while_its_node_does_not_answer(procs):
     assert "cannot reach Redis Cluster" in open(worker.log_path).read()
     worker.send_signal(signals.SIGTERM)
     assert worker.wait(10) == 0
+
+
+def test_a_worker_on_a_cluster_url_whose_node_refuses_its_password_stops(procs, tmp_path):
+    """Refused credentials are no outage: on a plain URL a worker stops in one line; on a
+    cluster URL redis-py's cluster client reported them as a node it could not reach, and the
+    worker waited for ever (one node holding every slot is cluster enough)."""
+    from choreo.measure.redis_cluster import free_cluster_port
+    from tests.redis_server import RedisServer
+    server = RedisServer(tmp_path / "node", port=free_cluster_port(),
+                         extra=("--cluster-enabled", "yes", "--cluster-config-file",
+                                                   "nodes.conf", "--requirepass", "right-password"),
+                         auth=("default", "right-password")).start()
+    try:
+        node = server.client()
+        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_for(lambda: "cluster_state:ok" in node.execute_command("CLUSTER", "INFO"), what="cluster ok")
+        url = server.url_for("default", "wrong-password") + "?cluster=true"
+        done = procs.run("worker", "payment", REDIS_URL=url, CHOREO_ORDER_DEADLINE_S="0", timeout=30)
+        assert done.returncode == 1, done.stderr[-2000:]
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("choreo: ")]
+        assert "Redis Cluster at" in line and "refused the user name and password" in line, line
+        assert "wrong-password" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+    finally:
+        server.stop()

@@ -25,6 +25,13 @@ from choreo.workers.unit_of_work import BatchView
 EVENT_LEVEL = logging.INFO
 
 
+class LetterRefused(BusError):
+    """Redis refused a dead letter (the service's dead-letter stream is broken or full): the
+    worker backs off with the entry pending. Not a reason to go through the batch one entry at
+    a time, which would handle again entries whose commits were applied beside it (a handler run
+    again on an entry given up makes holds that nothing forgets)."""
+
+
 class Committing:
     def __init__(self, bus: Bus, group: str, settings: Settings, handling: Handling,
                  observer: Observer, log: Bound, events: Bound, timers):
@@ -37,6 +44,9 @@ class Committing:
         self.log = log                      # choreo.worker: a dead letter's line
         self.events = events                # choreo.events: an applied or duplicate entry's line
         self.handled = 0
+        # Hold steps of applied dead letters that Redis did not take (it went away): owed, and
+        # tried again at the start of every round until they are made (holds_after).
+        self.owed: list[Handled] = []
 
     def commit_batch(self, deliveries: list[Delivery]) -> None:
         self._commit_items([(d, self.handling.parse(d)) for d in deliveries])
@@ -48,8 +58,8 @@ class Committing:
         while todo:
             try:
                 todo = self.commit_round(todo)
-            except (BusUnavailable, GroupMissing, PermissionsMissing):
-                raise
+            except (BusUnavailable, GroupMissing, PermissionsMissing, LetterRefused):
+                raise                       # LetterRefused: dlq:<service> itself, no entry's fault
             except BusError as exc:
                 if len(todo) > 1:
                     for item in todo:
@@ -64,6 +74,7 @@ class Committing:
         """One read-handle-commit round; returns what must go round again: entries from the first
         CONFLICT on (handled again on fresh reads) and REFUSED ones (then dead-lettered)."""
         handling = self.handling
+        self.pay_owed()
         view = BatchView(self.bus)
         view.prefetch([key for _, event in todo if isinstance(event, Envelope)
                        for key in handling.declared_reads(event)])
@@ -72,6 +83,7 @@ class Committing:
         if self.settings.commit_delay_ms:
             time.sleep(self.settings.commit_delay_ms / 1000)
         again, timers = [], {}          # timer id -> armed (True) or disarmed, by the last applied
+        broken = None                   # a dead letter Redis refused: raised once the rest is done
         began = time.perf_counter()
         outcomes = self.bus.commit(self.group, [h.commit for h in ready])
         if ready:
@@ -83,7 +95,10 @@ class Committing:
             elif outcome is Outcome.REFUSED:
                 self.observer.finished(h.delivery, REFUSED)
                 if h.event is None and not h.elsewhere:     # the dead letter itself: dlq:<service> is broken
-                    raise BusError(f"cannot dead-letter {h.delivery.entry_id}: {h.commit.refusal}")
+                    # Raised after the loop: letters applied beside it still get their holds' steps.
+                    broken = broken or LetterRefused(f"cannot dead-letter {h.delivery.entry_id}: "
+                                                     f"{h.commit.refusal}")
+                    continue
                 again.append((h.delivery, Unhandleable(f"refused by Redis: {h.commit.refusal}",
                                                         h.event)))
             else:
@@ -98,18 +113,33 @@ class Committing:
             # After the commit, and only what the batch's last word on it disarmed: a timer
             # disarmed by one entry and armed again by a later one stays armed.
             self.timers.unschedule(disarmed)
+        if broken:
+            raise broken
         return again
+
+    def pay_owed(self) -> None:
+        """The hold steps of applied dead letters that Redis did not take, tried again (each round,
+        and each poll of an idle worker)."""
+        owed, self.owed = self.owed, []
+        for h in owed:
+            self.holds_after(h)
 
     def holds_after(self, h: Handled) -> None:
         """A dead letter's hold steps (on_dead_letter: inventory forgets the order's holds), once
         the letter is applied: the entry is acknowledged, so no commit of it can follow and record
-        the holds. Lost to a crash or a refusal here, the holds stay RESERVED (stock kept, never
-        oversold): a replay of the letter takes them up again, and `choreo audit` names them."""
+        the holds, and the steps (idempotent) may be made any time after. With Redis away they
+        are owed, made at the start of a later round. Lost to a crash or a refusal, the holds stay
+        RESERVED (stock kept, never oversold): a replay of the letter takes them up again, and
+        `choreo audit` names them."""
         requests, retention_s = h.holds_after
         try:
             self.bus.holds(requests, retention_s)
         except PermissionsMissing:
             raise                           # the worker stops, naming it
+        except BusUnavailable as exc:
+            self.owed.append(h)
+            self.log.warning(f"{self.handling.service.voice}: holds of {h.delivery.stream} "
+                             f"{h.delivery.entry_id} not forgotten yet ({exc}): tried again next round")
         except BusError as exc:
             self.log.error(f"{self.handling.service.voice}: holds of {h.delivery.stream} "
                            f"{h.delivery.entry_id} not forgotten ({exc}): a replay of its dead "

@@ -157,6 +157,8 @@ class Worker:
         return 0
 
     def poll(self, block_ms: int) -> int:
+        if self.committing.owed:
+            self.committing.pay_owed()
         self.heartbeat.state = "reading"
         deliveries = self.reading.next_deliveries(block_ms)
         self.heartbeat.read_done()
