@@ -29,7 +29,13 @@ class BusError(Exception):
 
 
 class BusUnavailable(BusError):
-    """The server cannot be reached (refused, reset, timed out). Retry with reconnect_delay_s."""
+    """The server cannot be reached (refused, reset, timed out). Retry with reconnect_delay_s.
+    `hinted`: the message already says how to start the server it means (another than
+    REDIS_URL's, e.g. CHOREO_TIMERS_URL's), so a worker adds no hint of its own."""
+
+    def __init__(self, *args, hinted: bool = False):
+        super().__init__(*args)
+        self.hinted = hinted
 
 
 def reconnect_delay_s(failures: int, cap_s: float) -> float:

@@ -114,7 +114,7 @@ class RqTimers:
                 raise
             from choreo.bus.connect import how_to_start
             raise BusUnavailable(f"cannot reach the timers' Redis (CHOREO_TIMERS_URL): {exc}; "
-                                 f"{how_to_start(self._url, 'CHOREO_TIMERS_URL')}") from exc
+                                 f"{how_to_start(self._url, 'CHOREO_TIMERS_URL')}", hinted=True) from exc
         except PermissionsMissing as exc:
             if self._own is None:
                 raise

@@ -171,9 +171,10 @@ class Committing:
         if duplicate:
             context["duplicate"] = "ignored"
         if letter and duplicate:            # acknowledged meanwhile: nothing was written
-            self.log.warning(h.line.replace(": dead-lettered ", ": did not dead-letter ", 1)
-                             + " (the entry was acknowledged meanwhile: another consumer finished it)",
-                             extra={"context": context})
+            d = h.delivery
+            self.log.warning(f"{self.handling.service.voice}: did not dead-letter {d.stream} "
+                             f"{d.entry_id}: {h.reason} (the entry was acknowledged meanwhile: "
+                             f"another consumer finished it)", extra={"context": context})
         elif letter:                        # a dead letter: never silenced with the event lines
             self.log.error(h.line, extra={"context": context})
         else:

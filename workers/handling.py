@@ -66,6 +66,7 @@ class Handled:
     elsewhere: bool = False             # a replay for another group: acknowledged, nothing done
     holds_after: tuple = ()             # (hold steps, retention_s) on_dead_letter asked for: made
                                         # once the dead letter is applied (Committing.commit_round)
+    reason: str = ""                    # a dead letter's reason
 
 
 class Handling:
@@ -184,7 +185,8 @@ class Handling:
         commit = Commit(checks=checks, ops=[letter.publish_op(self.settings.dlq_max_entries)],
                         ack=(d.stream, d.entry_id))
         return Handled(d, commit, f"{self.service.voice}: dead-lettered {d.stream} {d.entry_id}: "
-                                  f"{reason}", None, started, letter_of=event, holds_after=holds_after)
+                                  f"{reason}", None, started, letter_of=event, holds_after=holds_after,
+                       reason=reason)
 
 
     def before_dead_letter(self, event: Envelope | None,

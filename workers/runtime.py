@@ -147,7 +147,7 @@ class Worker:
                 delay = reconnect_delay_s(failures, self.settings.reconnect_max_s)
                 hint = (f"; {self.unreachable_hint}" if failures == 1 and not ever_started
                         and isinstance(exc, BusUnavailable) and self.unreachable_hint
-                        and "(or set " not in str(exc) else "")     # not another server's own hint
+                        and not exc.hinted else "")     # not beside another server's own hint
                 self.log.log(logging.WARNING if isinstance(exc, BusError) else logging.ERROR,
                              f"{self.service.voice}: {failure_kind(exc)} ({type(exc).__name__}: "
                              f"{exc}); retry {failures} in {delay:.1f}s{hint}")
