@@ -25,7 +25,12 @@ from choreo.bus.ops import Op
 
 
 class BusError(Exception):
-    """Base of the errors the bus raises; callers never see redis-py's exceptions."""
+    """Base of the errors the bus raises; callers never see redis-py's exceptions.
+    `outcomes`: raised by commit after part of its batch was committed (a cluster's later slot
+    failing over, a NOPERM at a later commit), the outcome of each commit in the batch's order,
+    None for those not committed; None when nothing is known to be committed."""
+
+    outcomes: list[Outcome | None] | None = None
 
 
 class BusUnavailable(BusError):
@@ -159,7 +164,8 @@ class Bus(Protocol):
         of the settled record filed in its stead (bus.keys.filed, without `_v`), one more."""
 
     def commit(self, group: str, commits: Sequence[Commit]) -> list[Outcome]:
-        """Apply commits in order, atomically each, in one round trip (see module doc)."""
+        """Apply commits in order, atomically each, in one round trip (see module doc). Raising
+        after some were applied, it says which in the error's `outcomes` (BusError)."""
 
     def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
         """Run each hold step (bus/hold.lua), one round trip; the hold's status after each ("" for

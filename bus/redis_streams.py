@@ -534,7 +534,14 @@ class RedisStreamsBus:
             if len(groups) > 1:
                 outcomes: list[Outcome | None] = [None] * len(commits)
                 for places in groups:
-                    for place, outcome in zip(places, self.commit(group, [commits[p] for p in places])):
+                    try:
+                        slot_outcomes = self.commit(group, [commits[p] for p in places])
+                    except BusError as exc:     # the slots before it stay committed: say which
+                        for place, outcome in zip(places, exc.outcomes or ()):
+                            outcomes[place] = outcome
+                        exc.outcomes = outcomes
+                        raise
+                    for place, outcome in zip(places, slot_outcomes):
                         outcomes[place] = outcome
                 return outcomes
         keys_, argv = encode_batch(group, commits)
@@ -543,10 +550,12 @@ class RedisStreamsBus:
                 statuses = self._run_commit(keys_, argv)
         except PermissionsMissing as exc:
             self._explain_refusal(group, commits, keys_, argv, exc)
-        outcomes = []
+        outcomes: list[Outcome | None] = []
         for commit, status in zip(commits, statuses):
             if isinstance(status, str) and status.startswith("NOPERM"):
-                raise PermissionsMissing(status)    # nothing of it written; earlier ones applied
+                refused = PermissionsMissing(status)    # nothing of it written; earlier ones applied
+                refused.outcomes = outcomes + [None] * (len(commits) - len(outcomes))
+                raise refused
             if isinstance(status, str):
                 commit.refusal = status
                 outcomes.append(Outcome.REFUSED)
@@ -596,9 +605,10 @@ class RedisStreamsBus:
             raise PermissionsMissing(f"{refused}: EVALSHA of the commit script on its keys "
                                      f"({', '.join(keys_[:8])}{', ...' if len(keys_) > 8 else ''})")
         number, reason = int(found[0]), found[1]
-        if number > 1:
-            self.commit(group, commits[:number - 1])
-        raise PermissionsMissing(reason)    # nothing of it written; earlier ones applied
+        applied = self.commit(group, commits[:number - 1]) if number > 1 else []
+        refused = PermissionsMissing(reason)    # nothing of it written; earlier ones applied
+        refused.outcomes = applied + [None] * (len(commits) - len(applied))
+        raise refused
 
     def holds(self, requests: Sequence[Hold], retention_s: int) -> list[str]:
         """Each request is one EVALSHA of bus/hold.lua (its stock and hold keys in KEYS: one slot),

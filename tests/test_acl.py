@@ -281,9 +281,10 @@ def test_a_commands_permission_on_one_key_says_nothing_of_another_in_the_same_ba
         allowed = Commit(ops=[Publish("events:OrderCreated", {"f": "v"})])
         refused = Commit(ops=[Publish("events:InventoryChecked", {"f": "v"})])
         assert bus.commit("", [allowed]) == [Outcome.APPLIED]
-        with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked"):
+        with pytest.raises(PermissionsMissing, match="XADD on events:InventoryChecked") as raised:
             bus.commit("", [allowed, refused])
         assert admin.xlen("events:OrderCreated") == 2 and not admin.exists("events:InventoryChecked")
+        assert raised.value.outcomes == [Outcome.APPLIED, None]      # what the worker settles
         bus.close()
     finally:
         admin.execute_command("ACL", "DELUSER", "onestream")
@@ -348,3 +349,25 @@ def test_a_batch_whose_evalsha_redis_refuses_commits_the_ones_before_the_refused
         bus.close()
     finally:
         admin.execute_command("ACL", "DELUSER", "partly")
+
+
+def test_a_command_the_script_finds_refused_at_a_later_commit_says_the_earlier_were_applied(
+        redis_server, redis_url):
+    """The user may run the script on every key of the batch, but not XADD: the script itself
+    refuses the second commit (NOPERM, nothing of it written) after applying the first, and the
+    error says which were applied, for the worker to settle (workers.committing.applied_before)."""
+    from choreo.bus.connect import open_bus
+    from choreo.bus.contract import Commit, Outcome, PermissionsMissing
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "noxadd", "on", ">pw", "+@all", "-@dangerous", "-xadd", "~*")
+    try:
+        bus = open_bus(redis_url.replace("redis://", "redis://noxadd:pw@"))
+        allowed = Commit(ops=[SetFields("h", {"f": "v"})])
+        refused = Commit(ops=[Publish("events:OrderCreated", {"f": "v"})])
+        with pytest.raises(PermissionsMissing, match="XADD on events:OrderCreated") as raised:
+            bus.commit("", [allowed, refused])
+        assert admin.hget("h", "f") == "v" and not admin.exists("events:OrderCreated")
+        assert raised.value.outcomes == [Outcome.APPLIED, None]
+        bus.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "noxadd")

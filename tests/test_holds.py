@@ -446,3 +446,65 @@ def test_an_applied_letter_beside_a_refused_one_still_forgets_its_holds(real_bus
         w.poll(block_ms=5)
     assert not real_bus.client.exists(keys.hold(SCARCE, before), keys.hold(SCARCE, after))
     assert stock(real_bus)["reserved"] == 1                             # the refused one's, kept
+
+
+def _slots_then_failing(bus, monkeypatch, error):
+    """The bus commits a batch one slot at a time, as on a cluster (bus.redis_streams.by_slot),
+    and the second slot's EVALSHA raises `error` (a failover, a script Redis refused): the first
+    slot's commits stay applied."""
+    run, commit, calls = bus._run_commit, bus.commit, []
+
+    def second_fails(keys_, argv):
+        calls.append(keys_)
+        if len(calls) == 2:
+            raise error
+        return run(keys_, argv)
+
+    def by_slot(group, commits):            # the bus's own split, for its commit alone
+        bus.cluster = True
+        try:
+            return commit(group, commits)
+        finally:
+            bus.cluster = False
+    monkeypatch.setattr(bus, "_run_commit", second_fails)
+    monkeypatch.setattr(bus, "commit", by_slot)
+    return calls
+
+
+def _three_partitions(w) -> list[str]:
+    """Three order ids whose OrderCreated land in the first three partitions the worker reads."""
+    streams = [s for s in w.streams if s.endswith(":OrderCreated")]
+    return [next(o for o in map(str, range(1, 99)) if bus_keys.stream_for("OrderCreated", o) == s)
+            for s in streams[:3]]
+
+
+def test_a_letter_applied_before_a_later_slot_fails_over_forgets_its_holds(real_bus, tagged, monkeypatch):
+    """A commit that raised after its first slot was applied (a cluster's later slot failing
+    over) said nothing of the letters it applied: redelivered, they came back DUPLICATE, which
+    makes no hold step, and their holds stayed RESERVED for orders given up. The bus's error
+    now says what was applied, and the worker makes those letters' steps."""
+    from choreo.bus.contract import BusUnavailable
+    w = inventory(real_bus, service=_broken_service(), max_deliveries=1)
+    orders = _three_partitions(w)
+    place(real_bus, {o: [(SCARCE, 1)] for o in orders})
+    calls = _slots_then_failing(real_bus, monkeypatch, BusUnavailable("the slot is failing over"))
+    with pytest.raises(BusUnavailable):
+        w.poll(block_ms=5)
+    assert len(calls) == 2 and dead_letters(real_bus) == 1
+    _redeliver(w, real_bus)                 # as the worker does once Redis answers again
+    assert dead_letters(real_bus) == 3
+    assert hold_keys(real_bus) == [] and stock(real_bus)["available"] == 5
+
+
+def test_a_letter_applied_before_a_later_slot_is_refused_is_not_handled_again(real_bus, tagged, monkeypatch):
+    """A later slot's refusal (a BusError) sends the batch through one entry at a time to find the
+    culprit: an applied letter's entry went through its handler again, which took its stock anew,
+    and the letter came back DUPLICATE, forgetting nothing. Entries the commit settled are no
+    longer handled again."""
+    w = inventory(real_bus, service=_broken_service(), max_deliveries=1)
+    orders = _three_partitions(w)
+    place(real_bus, {o: [(SCARCE, 1)] for o in orders})
+    _slots_then_failing(real_bus, monkeypatch, BusError("Redis refused a command: ERR a script error"))
+    w.poll(block_ms=5)
+    assert dead_letters(real_bus) == 3
+    assert hold_keys(real_bus) == [] and stock(real_bus)["available"] == 5

@@ -61,9 +61,13 @@ class Committing:
             except (BusUnavailable, GroupMissing, PermissionsMissing, LetterRefused):
                 raise                       # LetterRefused: dlq:<service> itself, no entry's fault
             except BusError as exc:
+                committed = getattr(exc, "committed", ())
+                todo = [item for item in todo if item[0] not in committed]
                 if len(todo) > 1:
                     for item in todo:
                         self._commit_items([item])
+                    return
+                if not todo:
                     return
                 delivery, parsed = todo[0]
                 if isinstance(parsed, (Unhandleable, Elsewhere)):
@@ -85,7 +89,11 @@ class Committing:
         again, timers = [], {}          # timer id -> armed (True) or disarmed, by the last applied
         broken = None                   # a dead letter Redis refused: raised once the rest is done
         began = time.perf_counter()
-        outcomes = self.bus.commit(self.group, [h.commit for h in ready])
+        try:
+            outcomes = self.bus.commit(self.group, [h.commit for h in ready])
+        except BusError as exc:
+            exc.committed = self.applied_before(ready, exc.outcomes or ())
+            raise
         if ready:
             self.observer.committed([h.delivery for h in ready], time.perf_counter() - began)
         for h, outcome in zip(ready, outcomes):
@@ -116,6 +124,21 @@ class Committing:
         if broken:
             raise broken
         return again
+
+    def applied_before(self, ready: list[Handled], outcomes) -> None:
+        """The commit raised after applying part of the batch (a cluster's later slot failing
+        over, a NOPERM at a later commit): the applied dead letters' hold steps are made (or
+        owed) now. Their entries are acknowledged, so redelivered they come back DUPLICATE, which
+        makes no step: the holds would stay RESERVED for an order given up. Returns the
+        deliveries committed (applied or duplicate), which must not be handled again: a handler
+        run again on an applied letter's entry would take its stock anew."""
+        committed = []
+        for h, outcome in zip(ready, outcomes):
+            if outcome is Outcome.APPLIED or outcome is Outcome.DUPLICATE:
+                committed.append(h.delivery)
+            if outcome is Outcome.APPLIED and h.holds_after:
+                self.holds_after(h)
+        return committed
 
     def pay_owed(self) -> None:
         """The hold steps of applied dead letters that Redis did not take, tried again (each round,
