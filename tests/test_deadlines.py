@@ -71,6 +71,44 @@ def test_an_order_past_its_deadline_is_cancelled_and_compensated(procs, redis_se
     assert "OrderService: Deadline passed for order 1" in json.dumps(trace)
 
 
+def test_a_deadline_redis_refuses_is_retried_not_dropped(procs, redis_server):
+    """A DeadlinePassed whose commit Redis would refuse (here its trace key holds a sorted set)
+    was returned as REFUSED from the job, which rq counted done: the deadline was gone, the
+    order PENDING for good, and nothing said so. The job now fails with the reason, logged, and
+    rq retries it: once the key is mended, the deadline fires and the order is cancelled."""
+    from pathlib import Path
+    r = redis_server.client()
+    for s in ("order", "inventory", "shipping"):
+        procs.worker(s)                                  # payment is down: the order cannot finish
+    timers = procs.start("timers", name="timers")
+    r.zadd(bus_keys.trace("1"), {"not a trace": 1})
+    assert main(["place-order", "--product", "101", "--quantity", "1", "--deadline", "1",
+                 "--redis-url", procs.url]) == 0
+    wait_for(lambda: "DeadlinePassed not published" in Path(timers.log_path).read_text(),
+             timeout=20, what="the refusal logged")
+    assert "holds a zset, not a hash" in Path(timers.log_path).read_text()
+    assert r.hget(keys.order("1"), "status") == "PENDING"
+    r.delete(bus_keys.trace("1"))
+    wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=30, what="cancelled")
+
+
+def test_a_deadline_whose_order_moved_meanwhile_reads_it_again(real_bus):
+    """A DeadlinePassed whose commit conflicted (the order's record written between the timer's
+    read and its commit) was returned as CONFLICT, and the deadline was lost: it reads again."""
+    from choreo.workers.deadlines import fire_deadline
+    from tests.test_holds import place
+    place(real_bus, {"1": [(101, 1)]})
+    commit = real_bus.commit
+
+    def moved_once(group, commits):             # the order worker writes the record meanwhile
+        real_bus.commit = commit
+        real_bus.client.hincrby(keys.order("1"), "_v", 1)
+        return commit(group, commits)
+    real_bus.commit = moved_once
+    assert fire_deadline(real_bus, "1", "cause") == "order 1: DeadlinePassed APPLIED"
+    assert real_bus.client.xlen(bus_keys.stream_for("DeadlinePassed", "1")) == 1
+
+
 def test_a_deadline_a_killed_timers_process_left_in_flight_fires_within_a_minute_not_ten(procs, redis_server):
     """`choreo timers` SIGKILLed between taking a job off rq's queue and starting it leaves the job
     in rq's intermediate list. The upkeep (every MAINTENANCE_S) fails it into its retries once it has been

@@ -11,9 +11,11 @@ whose deadline has passed, even when DeadlinePassed has not reached them yet.
 
 from __future__ import annotations
 
+from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit
 from choreo.scheduling.timers import ScheduledCall, job_bus
 from choreo.workers import keys
-from choreo.bus import keys as bus_keys
+from choreo.workers.timers import commit_fired
 from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id
 
 JOB = "choreo.workers.deadlines.pass_deadline"
@@ -48,17 +50,18 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     """Publish DeadlinePassed for an order still PENDING (read through a unit of work: published
     only if the order did not move since)."""
     from choreo.workers.order import PENDING, SERVICE as ORDER
-    uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus), **({"clock": clock} if clock else {}))
-    status = uow.read(keys.order(order_id)).get("status")
-    if status != PENDING:
-        return f"order {order_id} is {status}: nothing to do"
-    uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
-    # A timer can fire twice (re-armed by a redelivered OrderCreated after it already ran): the
-    # id in seen:timers makes the second one publish nothing.
-    commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, order_id),
-                           seen_id=timer_id(EVENT, order_id), seen_ttl_s=FIRED_TTL_S)
-    outcome = bus.commit("", [commit])[0]
-    return f"order {order_id}: DeadlinePassed {outcome.name}"
+
+    def attempt() -> Commit | str:
+        uow = UnitOfWork(ORDER.name, ORDER.creates, BatchView(bus), **({"clock": clock} if clock else {}))
+        status = uow.read(keys.order(order_id)).get("status")
+        if status != PENDING:
+            return f"order {order_id} is {status}: nothing to do"
+        uow.emit(EVENT, order_id=order_id, causation_id=causation_id)
+        # A timer can fire twice (re-armed by a redelivered OrderCreated after it already ran):
+        # the id in seen:timers makes the second one publish nothing.
+        return uow.to_commit(seen=bus_keys.seen_for(TIMERS, order_id),
+                             seen_id=timer_id(EVENT, order_id), seen_ttl_s=FIRED_TTL_S)
+    return commit_fired(bus, attempt, f"order {order_id}: DeadlinePassed")
 
 
 def pass_deadline(order_id: str, causation_id: str) -> str:

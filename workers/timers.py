@@ -17,13 +17,40 @@ whose producer does not create its type (App.publishers).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from choreo.bus import keys as bus_keys
+from choreo.bus.contract import Commit, Outcome
 from choreo.scheduling.timers import ScheduledCall, job_bus, job_retention_s
 from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
 
 JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it
 TIMERS = "timers"                           # the dedup markers' name: bus_keys.seen(TIMERS)
 FIRED_TTL_S = 31 * 24 * 3600                # longer than any timer should be armed for
+CONFLICT_TRIES = 10                         # fresh reads of a timer whose commit keeps conflicting
+
+
+class TimerNotFired(RuntimeError):
+    """Redis refused a timer's commit (one of its writes, say a trace key of another type), or
+    it kept conflicting: raised, so rq retries the job (scheduling.timers.RETRY_S) and then keeps
+    it in its failed registry, logged at ERROR with the reason, rather than count it done with
+    its event never published (an order's deadline lost for good)."""
+
+
+def commit_fired(bus, attempt: Callable[[], "Commit | str"], what: str) -> str:
+    """Commit what a firing timer publishes: `attempt` reads afresh and returns its commit, or
+    a line saying there is nothing to do. A CONFLICT (what it read moved meanwhile) reads again;
+    a refusal raises TimerNotFired."""
+    for _ in range(CONFLICT_TRIES):
+        commit = attempt()
+        if isinstance(commit, str):
+            return commit
+        outcome = bus.commit("", [commit])[0]
+        if outcome is Outcome.REFUSED:
+            raise TimerNotFired(f"{what} not published: Redis would refuse it ({commit.refusal})")
+        if outcome is not Outcome.CONFLICT:
+            return f"{what} {outcome.name}"
+    raise TimerNotFired(f"{what} not published: its commit conflicted {CONFLICT_TRIES} times")
 
 
 def scheduled_call(timer: Timer) -> ScheduledCall:
@@ -44,15 +71,16 @@ def fire(bus, instance_id: str, causation_id: str, producer: str, event_type: st
     extra = {"clock": clock} if clock else {}
     if retention_s:
         extra["retention_s"] = retention_s
-    uow = UnitOfWork(producer, (event_type,), BatchView(bus), **extra)
-    uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
-    # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
-    # more; a later arming (a new cause) fires again.
-    commit = uow.to_commit(seen=bus_keys.seen_for(TIMERS, instance_id),
-                           seen_id=f"{timer_id(event_type, instance_id)} {causation_id}",
-                           seen_ttl_s=FIRED_TTL_S)
-    outcome = bus.commit("", [commit])[0]
-    return f"{producer} {instance_id}: {event_type} {outcome.name}"
+
+    def attempt() -> Commit:
+        uow = UnitOfWork(producer, (event_type,), BatchView(bus), **extra)
+        uow.emit(event_type, order_id=instance_id, causation_id=causation_id)
+        # Once per arming: a redelivered arming re-arms with the same cause and publishes nothing
+        # more; a later arming (a new cause) fires again.
+        return uow.to_commit(seen=bus_keys.seen_for(TIMERS, instance_id),
+                             seen_id=f"{timer_id(event_type, instance_id)} {causation_id}",
+                             seen_ttl_s=FIRED_TTL_S)
+    return commit_fired(bus, attempt, f"{producer} {instance_id}: {event_type}")
 
 
 def publish_due(instance_id: str, causation_id: str, producer: str, event_type: str) -> str:
