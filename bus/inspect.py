@@ -103,8 +103,8 @@ def list_items(bus: RedisStreamsBus, key: str) -> list[str]:
 def trace_refs(bus: RedisStreamsBus, *keys_: str) -> list[tuple[str, str]]:
     """(stream, entry id) of every event on the traces at keys_ (bus/commit.lua), oldest first: the
     fields of a hash that read "<stream> <id>" (a trace key, or a service's record of the instance,
-    whose other fields hold no space), or the items of a list as earlier versions wrote traces. A
-    missing key has none."""
+    whose other fields hold no space), the items of a list as earlier versions wrote traces, or
+    the lines of a string as a few versions did (0f2f71c to 4e9eb86). A missing key has none."""
     with translated_errors():
         pipe = bus.client.pipeline(transaction=False)
         for key in keys_:
@@ -114,7 +114,12 @@ def trace_refs(bus: RedisStreamsBus, *keys_: str) -> list[tuple[str, str]]:
             if isinstance(reply, redis.ResponseError):
                 if not str(reply).startswith("WRONGTYPE"):
                     raise reply
-                reply = bus.client.lrange(key, 0, -1)
+                try:
+                    reply = bus.client.lrange(key, 0, -1)
+                except redis.ResponseError as exc:
+                    if "WRONGTYPE" not in str(exc):     # (the client names the command before it)
+                        raise
+                    reply = (bus.client.get(key) or "").split("\n")
             elif not reply and keys.filed(key):
                 absent.append(key)
             refs += [tuple(f.split(" ", 1)) for f in reply if " " in f]
@@ -244,6 +249,20 @@ def newest_members(bus: RedisStreamsBus, key: str, count: int) -> list[str]:
     """The `count` highest-scored members of a sorted set, highest first."""
     with translated_errors():
         return bus.client.zrevrange(key, 0, count - 1)
+
+
+def members_in_chunks(bus: RedisStreamsBus, key: str, chunk: int = 2000):
+    """Every member of a sorted set, lowest score first, `chunk` at a time (lists of them): a
+    member added or removed meanwhile may shift one across a chunk's edge, seen twice or not."""
+    start = 0
+    while True:
+        with translated_errors():
+            members = bus.client.zrange(key, start, start + chunk - 1)
+        if members:
+            yield members
+        if len(members) < chunk:
+            return
+        start += chunk
 
 
 def newest_members_of(bus: RedisStreamsBus, keys_: Sequence[str], count: int) -> list[str]:

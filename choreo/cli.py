@@ -203,8 +203,11 @@ def build_parser(app: App | None = None) -> Parser:
                    help=f"each order's deadline, {arg.deadline.bounds} (30 days; "
                         "default: $CHOREO_ORDER_DEADLINE_S or 300)")
     p.set_defaults(run=cmd_load, role="order", orders_only=True)
-    sub.add_parser("timers", parents=[logs], help="run the rq worker that fires the app's timers (the saga's deadlines)") \
-        .set_defaults(run=cmd_timers, role="timers")
+    p = sub.add_parser("timers", parents=[logs], help="run the rq worker that fires the app's timers (the saga's deadlines)")
+    p.add_argument("--rearm", action="store_true",
+                   help="instead: arm again the deadline of every PENDING order placed with one "
+                        "(after losing the timers' Redis, or timers that failed), print how many, exit")
+    p.set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
     p.add_argument("--refresh", type=arg.refresh, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (and between the two reads of --once/--json), "

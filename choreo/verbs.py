@@ -191,6 +191,8 @@ def cmd_timers(args, settings: Settings) -> int:
     from choreo.scheduling.timers import run_timers
     from choreo.bus.acl import require
     from choreo.ops.acl import roles
+    if args.rearm:
+        return rearm_deadlines(args, settings)
     name = timers_name()
     name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
@@ -216,6 +218,26 @@ def cmd_timers(args, settings: Settings) -> int:
             return 0
         finally:
             log.info(f"timers: {name} stopped")
+
+
+def rearm_deadlines(args, settings: Settings) -> int:
+    """`choreo timers --rearm`: the saga's deadlines armed again, on rq's server (CHOREO_TIMERS_URL
+    or REDIS_URL's), from the PENDING orders' records on REDIS_URL's (workers.deadlines.rearm)."""
+    from choreo.scheduling.timers import RqTimers
+    from choreo.workers import deadlines
+    if deadlines.JOB not in args.app.timer_jobs:
+        raise SettingsError(f"--rearm arms the order saga's deadlines; {args.app.name} has none")
+    with open_bus(settings.url, **durable(settings)) as bus:
+        if bus.cluster and not settings.timers_url:
+            from choreo.scheduling.timers import NOT_ON_A_CLUSTER
+            raise SettingsError(NOT_ON_A_CLUSTER)
+        bus.agree_layout()
+        timers = RqTimers(bus, settings.timers_url)
+        try:
+            print(f"timers: {deadlines.rearm(bus, timers)}")
+        finally:
+            timers.close()
+    return 0
 
 
 def timers_name() -> str:

@@ -109,6 +109,34 @@ def test_a_deadline_whose_order_moved_meanwhile_reads_it_again(real_bus):
     assert real_bus.client.xlen(bus_keys.stream_for("DeadlinePassed", "1")) == 1
 
 
+def test_deadlines_lost_with_the_timers_redis_are_armed_again_by_rearm(tmp_path):
+    """Losing rq's keys (the timers' Redis restarted empty, timers that failed for good) left
+    PENDING orders without their deadline, and nothing armed them again. `choreo timers --rearm`
+    does, from the orders' records, as the rendered timers user: a deadline already past fires
+    once `choreo timers` runs, and the order is cancelled."""
+    from choreo.workers import APP
+    from tests.conftest import on_rendered_users
+    with on_rendered_users("choreo.workers:APP", APP, tmp_path) as (server, procs, _):
+        for s in ("order", "inventory", "shipping"):
+            procs.worker(s)                          # payment is down: the orders cannot finish
+        admin = server.client()
+        for deadline in ("1", "3600"):
+            placed = procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", deadline)
+            assert placed.returncode == 0, placed.stderr
+        wait_for(lambda: admin.exists("rq:job:DeadlinePassed-1", "rq:job:DeadlinePassed-2") == 2,
+                 what="both deadlines armed")
+        admin.delete(*admin.keys("rq:*"))           # rq's keys lost
+        time.sleep(1.5)                             # order 1's deadline passes: nothing fires
+        rearmed = procs.run("timers", "--rearm")
+        assert rearmed.returncode == 0, rearmed.stderr
+        assert "re-armed the deadlines of 2 PENDING order(s), 1 of them already past" in rearmed.stdout
+        assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-2") == pytest.approx(
+            int(admin.hget(keys.order("2"), "deadline_at_ms")) / 1000, abs=1)
+        procs.start("timers", name="timers")
+        wait_for(lambda: admin.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
+        assert admin.hget(keys.order("2"), "status") == "PENDING"
+
+
 def test_a_deadline_a_killed_timers_process_left_in_flight_fires_within_a_minute_not_ten(procs, redis_server):
     """`choreo timers` SIGKILLed between taking a job off rq's queue and starting it leaves the job
     in rq's intermediate list. The upkeep (every MAINTENANCE_S) fails it into its retries once it has been

@@ -146,6 +146,21 @@ def test_trace_of_an_order_whose_entries_were_trimmed_lists_what_its_refs_still_
     assert all(t["at"].startswith("20") and t["at"].endswith("Z") for t in data["trimmed"])
 
 
+def test_trace_reads_the_traces_earlier_versions_wrote_as_lists_and_as_strings(real_bus, redis_url, capsys):
+    """Versions before hash traces wrote `trace:<id>` as a list, and a few (0f2f71c to 4e9eb86) as
+    a string of lines: `choreo trace` of an order they traced failed with WRONGTYPE."""
+    stream = bus_keys.stream("OrderCreated")
+    for order_id, write in (("7", lambda key, refs: real_bus.client.rpush(key, *refs)),
+                            ("8", lambda key, refs: real_bus.client.set(key, "\n".join(refs)))):
+        real_bus.client.hset(keys.order(order_id), mapping={"id": order_id, "status": "PENDING"})
+        first = real_bus.client.xadd(stream, Envelope.new("OrderCreated", order_id, "order").fields())
+        then = real_bus.client.xadd(stream, Envelope.new("DeadlinePassed", order_id, "order").fields())
+        write(bus_keys.trace(order_id), [f"{stream} {first}", f"{stream} {then}"])
+        data = json.loads(trace(capsys, redis_url, order_id, "--json"))
+        assert [(e["type"], e["entry_id"]) for e in data["events"]] == [("OrderCreated", first),
+                                                                         ("DeadlinePassed", then)]
+
+
 def test_trace_of_an_expired_order_is_not_found_and_odd_record_fields_are_no_events(real_bus, redis_url,
                                                                                     capsys):
     workers = start_workers(real_bus)

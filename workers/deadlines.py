@@ -64,6 +64,44 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     return commit_fired(bus, attempt, f"order {order_id}: DeadlinePassed")
 
 
+def pending_deadlines(bus) -> tuple[list[Timer], int]:
+    """The deadline timer of every PENDING order placed with one (orders:index, each partition's),
+    as the order's confirmation armed it, due at the order's deadline; and how many PENDING
+    orders have none. Without its cause: the entry that armed it may be trimmed, so the
+    DeadlinePassed it fires names no causation (a root in `choreo trace`)."""
+    from choreo.bus import inspect, layout
+    from choreo.workers.order import PENDING
+    timers, without = [], 0
+    for partition in layout.current().all():
+        for ids in inspect.members_in_chunks(bus, keys.orders_index(partition)):
+            fields = inspect.hash_fields(bus, [keys.order(i) for i in ids], ["status", "deadline_at_ms"])
+            for order_id, (status, deadline) in zip(ids, fields):
+                if status != PENDING:
+                    continue
+                if deadline is None or not deadline.isdigit():
+                    without += 1
+                    continue
+                timers.append(Timer(timer_id(EVENT, order_id), int(deadline), EVENT, order_id, "",
+                                    job=JOB))
+    return timers, without
+
+
+def rearm(bus, timers) -> str:
+    """Arm again the deadline of every PENDING order placed with one (`choreo timers --rearm`),
+    through `timers` (RqTimers). Arming is idempotent (one job id per order: a timer still armed
+    is armed again, the same), and a deadline fires once (seen:timers), so rearming is safe at
+    any time. A deadline already past fires at the next sweep."""
+    found, without = pending_deadlines(bus)
+    if found:
+        timers.schedule([scheduled_call(t) for t in found])
+    from choreo.bus import inspect
+    now_ms = inspect.server(bus).time_ms
+    past = sum(1 for t in found if t.at_ms <= now_ms)
+    return (f"re-armed the deadlines of {len(found)} PENDING order(s), {past} of them already past "
+            f"(they fire within seconds while `choreo timers` runs); {without} PENDING order(s) "
+            f"placed without a deadline")
+
+
 def pass_deadline(order_id: str, causation_id: str) -> str:
     """The rq job (run by `choreo timers`). It uses the connection rq ran it with; no connection
     details travel in the job."""

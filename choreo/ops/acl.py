@@ -195,11 +195,15 @@ def roles(services: Sequence[Service], timer_events=SAGA_TIMER_EVENTS) -> list[R
     order_keys = next((s.owns for s in services if DEADLINE_EVENT in s.creates
                        and DEADLINE_EVENT in timer_events), ())
     fired = tuple(pattern(bus_keys.stream(t)) for t in timer_events)
-    reads_orders = (Grant(("hget", "hgetall", "type"), order_keys, read_only=True),) if order_keys else ()
     # The trimmer prunes the saga's orders:index; for another app it only trims streams.
     saga = any(owns_orders(s) for s in services)
     index, expired, order = (pattern(keys.orders_index()), pattern(keys.orders_expired()),
                              pattern(keys.order("*")))
+    # `choreo timers --rearm` lists the orders and reads their status and deadline; unchecked
+    # (it says so itself if refused): timers users rendered before it still start.
+    reads_orders = (Grant(("hget", "hgetall", "type"), order_keys, read_only=True),
+                    Grant(("hmget",), order_keys, read_only=True, checked=False),
+                    Grant(("zrange",), (index,), read_only=True, checked=False)) if order_keys else ()
     seen_timers = pattern(bus_keys.seen(TIMERS))
     prune = ((Grant(PRUNE, (index,)), Grant(("incrby",), (expired,)),
               Grant(("exists",), (order,), read_only=True)) if saga else ())
