@@ -148,6 +148,10 @@ class Bus(Protocol):
     def allocate_ids(self, sequence: str, n: int) -> range:
         """n fresh integers from a named counter."""
 
+    def keep_above(self, sequence: str, taken: int) -> None:
+        """Raise the counter to at least `taken` (an id given by hand): allocate_ids never hands
+        it out later."""
+
     def retry_due(self, group: str, consumer: str, streams: Sequence[str],
                   backoff_ms: Callable[[int], int], count: int) -> list[Delivery]:
         """This consumer's pending entries idle for at least backoff_ms(times delivered): a failed

@@ -284,6 +284,7 @@ class RedisStreamsBus:
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
         self._hold = client.register_script(_lua("hold.lua"))
+        self._at_least = client.register_script(_lua("at_least.lua"))
         # WAIT after each commit for this many replicas (CHOREO_WAIT_REPLICAS; 0: never), at most
         # wait_timeout_ms; commits that timed out short of them are counted.
         self.wait_replicas, self.wait_timeout_ms, self.short_waits = 0, 1000, 0
@@ -510,6 +511,11 @@ class RedisStreamsBus:
         with translated_errors():
             last = self.client.incrby(sequence, n)
         return range(last - n + 1, last + 1)
+
+    def keep_above(self, sequence: str, taken: int) -> None:
+        """The counter is at least `taken` afterwards: allocate_ids hands out only ids above it."""
+        with translated_errors():
+            self._at_least(keys=[sequence], args=[str(taken)])
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         if not keys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -32,7 +33,8 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
     Raises OrderRejected if any cannot be placed: none is checked invalid after some were written,
     but an id taken concurrently stops the batch there (those before it stay placed).
     With `tracing` (workers.tracing.Tracing), each order's trace starts here.
-    `given_ids`: the ids are the caller's (`place-order --order-id`), not new from orders:seq, so
+    `given_ids`: the ids are the caller's (`place-order --order-id`), not new from orders:seq
+    (which is raised past any it could hand out later: keep_seq_above), so
     one may be an earlier order's whose record has expired while its reservation, payment or
     shipment has not (a settled one lives in a bucket that expires after the last record filed
     in it): refused while any does, or the services would take the old record for the new
@@ -47,6 +49,8 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
             if held and not order:      # (an order that exists: create_order says so)
                 raise OrderRejected(f"order {order_id}: an earlier order with this id still has "
                                     f"{', '.join(held)} until they expire: choose another id")
+        for order_id in ids:
+            keep_seq_above(bus, order_id)
     view = BatchView(bus)
     view.prefetch([keys.order(r.order_id) for r in requests])
     order = SERVICES["order"]
@@ -73,6 +77,19 @@ def place_orders(bus: RedisStreamsBus, requests: Sequence[OrderRequest], deadlin
 
 def new_order_ids(bus: RedisStreamsBus, n: int) -> list[str]:
     return [str(i) for i in bus.allocate_ids(keys.ORDER_SEQ, n)]
+
+
+# Ids orders:seq hands out: whole numbers without a sign or leading zero, below 2^53 (where the
+# counter's script still counts exactly; a sequence never gets that far).
+SEQ_ID = re.compile(r"[1-9][0-9]{0,15}")
+
+
+def keep_seq_above(bus: RedisStreamsBus, order_id: str) -> None:
+    """An id given by hand that orders:seq could hand out later (`--order-id 700`): the counter
+    is raised to it first, so `place-order` and `load` never draw it and fail on "already exists"
+    (or, once it has expired, take the records it left for their own)."""
+    if SEQ_ID.fullmatch(order_id) and int(order_id) < 2 ** 53:
+        bus.keep_above(keys.ORDER_SEQ, int(order_id))
 
 
 def read_orders(bus: RedisStreamsBus, order_ids: Sequence[str],

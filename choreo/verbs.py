@@ -91,7 +91,8 @@ def cmd_worker(args, settings: Settings) -> int:
         bus.close()
         raise
     log.info(f"{service.voice}: {consumer} on {redact(settings.url)}{_serving(partitions)}"
-             + (f" (timers on {redact(settings.timers_url)})" if settings.timers_url else "")
+             + (f" (timers on {redact(settings.timers_url)})"     # only a worker that arms any
+                if settings.timers_url and arms and arms_timers(service, args.app.timer_events) else "")
              + f", consuming {', '.join(service.consumes)}; emits {', '.join(service.emits) or 'nothing'}")
     role = service_role(service, timer_events=args.app.timer_events)
     worker = Worker(service, bus, settings, consumer,

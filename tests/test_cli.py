@@ -255,3 +255,20 @@ def test_topology_diagrams_draw_every_declared_edge_and_no_other(capsys, fmt):
     assert drawn == want
     dashed = set(re.findall(r"svc_(\w+) (?:-\.->|-> evt_\w+ \[style=dashed)", out))
     assert dashed == {s.name for s in SERVICES.values() if s.creates}
+
+
+def test_an_order_id_given_by_hand_is_never_drawn_from_the_sequence_later(procs, redis_server):
+    """`--order-id 3` on a fresh server, then `load --orders 5`: the load drew 1-5 from
+    orders:seq, failed on "order 3 already exists" and placed nothing. An id given by hand that
+    the sequence could hand out later raises it first; ids of another shape leave it alone."""
+    r = redis_server.client()
+    for given in ("3", "o-9", "007"):
+        placed = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", given)
+        assert placed.returncode == 0 and placed.stdout.strip() == given, placed.stderr
+    assert r.get("orders:seq") == "3"
+    load = procs.run("load", "--orders", "5", "--timeout", "1")
+    assert "already exists" not in load.stderr
+    from choreo.workers import keys
+    assert r.exists(*(keys.order(str(i)) for i in range(4, 9))) == 5 and not r.exists(keys.order("9"))
+    plain = procs.run("place-order", "--product", "101", "--quantity", "1")
+    assert plain.returncode == 0 and plain.stdout.strip() == "9", plain.stderr

@@ -508,3 +508,29 @@ def test_a_letter_applied_before_a_later_slot_is_refused_is_not_handled_again(re
     w.poll(block_ms=5)
     assert dead_letters(real_bus) == 3
     assert hold_keys(real_bus) == [] and stock(real_bus)["available"] == 5
+
+
+def test_a_hold_step_redis_cannot_take_backs_the_worker_off_rather_than_fail_the_entry(
+        real_bus, tagged, monkeypatch):
+    """A hold step that met Redis away (the stock's slot failing over or migrating on a cluster:
+    TRYAGAIN, ASK, a refused connection) raised out of the handler and was counted as the entry's
+    failure: at max_deliveries it was dead-lettered, its stock effect lost (a sale never made,
+    stock RESERVED for good). The worker now backs off with the entry pending, as for its reads."""
+    from choreo.bus.contract import BusUnavailable
+    w = inventory(real_bus, max_deliveries=1)
+    place(real_bus, {"1": [(SCARCE, 2)]})
+    holds, blips = real_bus.holds, []
+
+    def migrating(requests, retention_s):
+        if not blips:
+            blips.append(requests)
+            raise BusUnavailable("TRYAGAIN Multiple keys request during rehashing of slot")
+        return holds(requests, retention_s)
+    monkeypatch.setattr(real_bus, "holds", migrating)
+    with pytest.raises(BusUnavailable):
+        w.poll(block_ms=5)
+    assert dead_letters(real_bus) == 0
+    _redeliver(w, real_bus)
+    assert dead_letters(real_bus) == 0
+    assert real_bus.client.hget(keys.reservation("1"), "status") == "RESERVED"
+    assert stock(real_bus)["reserved"] == 2

@@ -101,10 +101,15 @@ def test_an_unreachable_timers_server_is_one_line_with_its_password_hidden(procs
 
 
 def test_a_worker_says_where_its_timers_are_and_refuses_an_unusable_url(procs):
-    worker = procs.worker("payment", CHOREO_TIMERS_URL="redis://rq:hunter2@127.0.0.1:1/0", **FAST)
+    """The order worker arms timers and names their server; payment arms none and names none
+    (it never connects there)."""
+    worker = procs.worker("order", CHOREO_TIMERS_URL="redis://rq:hunter2@127.0.0.1:1/0", **FAST)
+    payment = procs.worker("payment", CHOREO_TIMERS_URL="redis://rq:hunter2@127.0.0.1:1/0", **FAST)
     wait_for(lambda: "timers on" in open(worker.log_path).read(), what="worker up")
     text = open(worker.log_path).read()
     assert "(timers on redis://rq:***@127.0.0.1:1/0)" in text and "hunter2" not in text
+    wait_for(lambda: "consuming" in open(payment.log_path).read(), what="payment up")
+    assert "timers on" not in open(payment.log_path).read()
     done = procs.run("worker", "payment", CHOREO_TIMERS_URL="ftp://127.0.0.1/0", timeout=30)
     assert done.returncode == 2 and "cannot use Redis URL ftp://127.0.0.1/0" in done.stderr
 
@@ -124,7 +129,7 @@ def test_a_worker_whose_timers_server_refuses_its_password_stops_naming_the_url(
         assert "the timers' Redis (CHOREO_TIMERS_URL)" in line and "refused the user name and password" in line
         assert "wrong-password" not in done.stderr + done.stdout and "Traceback" not in done.stderr
         payment = procs.worker("payment", CHOREO_TIMERS_URL=wrong, **FAST)    # arms no timer: runs
-        wait_for(lambda: "timers on" in open(payment.log_path).read(), what="payment up")
+        wait_for(lambda: "consuming" in open(payment.log_path).read(), what="payment up")
         time.sleep(1)
         assert payment.poll() is None, open(payment.log_path).read()[-2000:]
     finally:

@@ -156,6 +156,11 @@ class Handling:
         try:
             handler(event, uow)
             view.apply(uow.commit_ops())
+        except (BusUnavailable, PermissionsMissing):
+            # Redis away (a hold's slot failing over or migrating) or refusing the user: the
+            # worker backs off (or stops), as for its own reads; not the entry's failure, which
+            # would dead-letter it and lose its effects once max_deliveries outages had passed.
+            raise
         except Exception as exc:    # transient failure or bug: retried until max_deliveries
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)

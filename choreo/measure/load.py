@@ -130,7 +130,8 @@ def _place_all(bus: RedisStreamsBus, plan: LoadPlan, ids: list[str], watch: Endi
 def place_once(bus: RedisStreamsBus, requests: list[OrderRequest], deadline_s: float,
                retrying: bool) -> int:
     """Places the requests; returns how many a retry found already placed. Those were placed by
-    the try whose reply was lost (the ids came from our own INCRBY, so nobody else has them): a
+    the try whose reply was lost (the ids came from our own INCRBY, so nobody else has them: an
+    id placed by hand raises orders:seq past it first, choreo.orders.keep_seq_above): a
     retry places only the rest, rather than fail on "already exists"."""
     found = existing_orders(bus, [r.order_id for r in requests]) if retrying else set()
     todo = [r for r in requests if r.order_id not in found]
