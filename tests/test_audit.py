@@ -84,6 +84,20 @@ def test_a_real_run_audits_clean_even_strictly(run, redis_url, capsys):
     assert "settled: nothing in flight" in lines[0]
 
 
+def test_a_stale_entries_read_is_not_taken_for_entries_trimmed_unread(run, redis_url, capsys):
+    """A Redis 7.0 replica does not advance a group's entries-read: after a failover (or a
+    resync) the new primary's lag reads high on streams every group had read to the end, and
+    audit reported those entries deleted before they were read. Trimming takes from the head,
+    so nothing after what a group read was trimmed while the first entry left is no later."""
+    c, _ = run
+    stream = "events:OrderCreated"
+    (group,) = [g for g in c.xinfo_groups(stream) if g["name"] == "inventory"]
+    c.execute_command("XGROUP", "SETID", stream, "inventory", group["last-delivered-id"], "ENTRIESREAD", 0)
+    assert c.xinfo_groups(stream)[[g["name"] for g in c.xinfo_groups(stream)].index("inventory")]["lag"] > 0
+    code, lines, _ = audit_cli(capsys, redis_url, "--strict")
+    assert code == 0, lines
+
+
 # Each corruption: what is done by hand, and the violation audit must print for it.
 def bad_status(c, e):
     c.hset(f"order:{order_in(e, 'COMPLETED')}", "status", "SHIPPED?")
@@ -146,6 +160,13 @@ def unread_trimmed_away(c, e):
     c.xtrim("events:PaymentProcessed", maxlen=0, approximate=False)
 
 
+def unread_partly_trimmed_away(c, e):
+    """Entries left after the one trimmed unread: the first entry left is past what it read."""
+    for n in range(3):
+        c.xadd("events:PaymentProcessed", {"junk": str(n)})
+    c.xtrim("events:PaymentProcessed", maxlen=1, approximate=False)
+
+
 def status_count_not_a_number(c, e):
     c.hset("orders:by_status", "COMPLETED", "abc")
 
@@ -197,6 +218,7 @@ def lines_not_json(c, e):
     (stray_payment, "order 999: payment:999 exists but order:999 does not"),
     (pending_trimmed_away, "group inventory: 1 pending entries were deleted before they were"),
     (unread_trimmed_away, "group shipping: 1 entries after its last-delivered-id"),
+    (unread_partly_trimmed_away, "group shipping: 2 entries after its last-delivered-id"),
     # Values the saga never writes, by hand: each a violation naming its key, the other checks still run.
     (status_count_not_a_number, "orders:by_status COMPLETED is not a whole number: 'abc'"),
     (totals_not_a_number, "payments:totals charged_cents is not a whole number: 'abc'"),

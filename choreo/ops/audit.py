@@ -258,9 +258,16 @@ def lost_entries(info: dict, last: str, lag: int | None, unread: int, gone_pendi
     """Ways an entry this group needed can have vanished. lag counts entries added after what
     the group read (Redis's own counters, blind to deletion), so more lag than entries still
     there means some were trimmed unread; XDEL instead raises max-deleted-entry-id (Redis 7.0
-    leaves it alone on XTRIM, hence both)."""
+    leaves it alone on XTRIM, hence both). Trimming takes entries from the head of the stream,
+    so it can have taken one after last-delivered-id only if the first entry left is past it (or
+    none is left, and one was added past it): without that, more lag than unread entries is a
+    stale entries-read, not a loss (a Redis 7.0 replica does not advance it: after a failover
+    or a resync the lag read high on streams every group had read to the end)."""
     lost = []
-    if lag is not None and lag > unread:
+    first = info.get("first-entry")
+    head = parse_id(first[0]) if first else parse_id(info.get("last-generated-id", "0-0"))
+    trimmed_past = head > after(last) if first else head > parse_id(last)
+    if lag is not None and lag > unread and trimmed_past:
         lost.append(f"{lag - unread} entries after its last-delivered-id {last} were deleted "
                     f"before it read them")
     elif parse_id(info.get("max-deleted-entry-id", "0-0")) >= after(last):
