@@ -359,6 +359,7 @@ def cmd_dashboard(args, settings: Settings) -> int:
         return 2
     bus = open_bus(settings.url, check=False)     # the live view shows "disconnected" and retries
     try:
+        _refuse_another_layout(bus)
         return run_live(bus, settings.url, args.refresh, Console(), args.app.by_name, args.app.orders)
     except KeyboardInterrupt:
         return 0                                  # Ctrl-C is how one leaves a live view
@@ -369,6 +370,16 @@ def cmd_dashboard(args, settings: Settings) -> int:
 EXPORTER_PORT = 9464
 
 
+def _refuse_another_layout(bus) -> None:
+    """LayoutError (exit 2) if the deployment records another CHOREO_PARTITIONS, when Redis
+    answers now; a process started while it does not checks at each read (snapshot.gather)."""
+    from choreo.bus.contract import BusUnavailable
+    try:
+        bus.check_layout()
+    except BusUnavailable:
+        pass
+
+
 def cmd_exporter(args, settings: Settings) -> int:
     """Serve the fleet view on /metrics until SIGTERM; each scrape reads Redis afresh."""
     from choreo.ops.exporter import serve_exporter
@@ -376,6 +387,7 @@ def cmd_exporter(args, settings: Settings) -> int:
     stop = _stop_flag()
     bus = open_bus(settings.url, check=False)     # while Redis is down, scrapes say choreo_redis_up 0
     try:
+        _refuse_another_layout(bus)
         serve_exporter(bus, settings.url, args.port, args.addr, on_error=log.warning, app=args.app)
         log.info(f"exporter: fleet metrics of {redact(settings.url)} on "
                  f"http://{args.addr}:{args.port}/metrics")

@@ -340,6 +340,20 @@ def test_every_writer_and_reader_agrees_on_the_partition_count(real_bus, redis_u
         assert err.strip().splitlines() == [f"choreo: this deployment's keys are {says}: every process "
                                             f"must agree (to change it, see docs/cluster.md, "
                                             f"\"Choosing P, and changing it\")"], verb
+    # The exporter and the live dashboard open the bus unchecked (they wait out an outage):
+    # they check when Redis answers at start, and at each read.
+    from choreo.measure.redis_server import free_port
+    from choreo.ops.exporter import FleetCollector
+    import subprocess
+    from tests.conftest import BIN
+    exporter = subprocess.run([str(BIN / "choreo"), "exporter", "--port", str(free_port()),
+                               "--redis-url", redis_url], capture_output=True, text=True, timeout=30)
+    assert exporter.returncode == 2 and says in exporter.stderr
+    errors = []
+    with open_bus(redis_url, check=False) as unchecked:
+        scraped = list(FleetCollector(unchecked, redis_url, on_error=errors.append).collect())
+    assert [m.name for m in scraped] == ["choreo_redis_up"] and scraped[0].samples[0].value == 0
+    assert says in errors[0]
     # The first writer of a new deployment records its count: later processes meet it.
     c.delete(bus_keys.PARTITIONS)
     first = open_bus(redis_url)

@@ -13,6 +13,7 @@ import time
 from typing import Callable, Iterator
 
 from choreo.bus.contract import BusError
+from choreo.bus.layout import LayoutError
 from choreo.ops import snapshot as snap
 
 STATES = ("OK", "LAGGING", "STUCK", "NO CONSUMERS")
@@ -35,7 +36,9 @@ class FleetCollector:
         started = time.perf_counter()
         try:
             s = self.gather(self.bus, self.url)
-        except BusError as exc:
+        except (BusError, LayoutError) as exc:
+            # LayoutError: another CHOREO_PARTITIONS than the deployment's, whose figures would
+            # be a part of the real ones; served as no reading, and logged.
             self.on_error(f"exporter: cannot read Redis: {exc}")
             yield _gauge("choreo_redis_up", "1 when the last scrape read Redis, else 0.", [], [((), 0)])
             return

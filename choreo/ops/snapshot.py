@@ -143,8 +143,12 @@ def declared_streams(services: dict[str, Service] = SERVICES) -> list[str]:
 
 def gather(bus: RedisStreamsBus, url: str | None, previous: Snapshot | None = None,
            services: dict[str, Service] = SERVICES, clock=time.time, orders: bool = True) -> Snapshot:
-    """Read everything the dashboard shows. Rates are over the interval since `previous`."""
+    """Read everything the dashboard shows. Rates are over the interval since `previous`.
+    LayoutError if the deployment records another partition count (its keys are not where this
+    process looks: the figures would be a part of them), checked at every read: a live view or an
+    exporter started while Redis was down has not checked it yet."""
     server = inspect.server(bus)
+    bus.check_layout()
     now_ms = server.time_ms
     prev = previous if previous and previous.connected and previous.server_time_ms else None
     infos = [i for i in (inspect.stream_info(bus, s) for s in declared_streams(services)) if i]
