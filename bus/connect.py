@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import ssl
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import hiredis
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -177,16 +178,28 @@ def _credentials_refused(said: str) -> bool:
 
 
 def _cluster_client(url: str) -> redis.RedisCluster:
-    """Redis Cluster's client (`?cluster=true`): it learns the slot map from the node named and
-    follows MOVED and failovers; keys are laid out in one slot per partition (bus.layout)."""
+    """Redis Cluster's client (`?cluster=true`): it learns the slot map from the node named, or
+    from the first of `&nodes=host:port,...` that answers when that one does not (a process
+    started while the URL's node is down), and follows MOVED and failovers; keys are laid out
+    in one slot per partition (bus.layout)."""
     parts = urlsplit(url)
-    query = "&".join(p for p in parts.query.split("&") if p.partition("=")[0] != "cluster")
+    words = [p for p in parts.query.split("&") if p]
+    query = "&".join(p for p in words if p.partition("=")[0] not in ("cluster", "nodes"))
     if parts.path.strip("/") not in ("", "0"):
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: a cluster has only database 0")
     plain = parts._replace(path="", query=query).geturl()
     try:
+        also = [node for p in words if p.partition("=")[0] == "nodes"
+                for node in unquote(p.partition("=")[2]).split(",") if node]
+        startup = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in also)]
+        if any(not n.host or not 0 < n.port < 65536 for n in startup):
+            raise ValueError("bad port")
+    except ValueError:
+        raise UnusableUrl(f"cannot use Redis URL {redact(url)}: nodes= takes host:port,host:port") from None
+    try:
         return redis.RedisCluster.from_url(plain, decode_responses=True, encoding_errors=DECODE_ERRORS,
-                                           socket_connect_timeout=3, socket_timeout=10)
+                                           socket_connect_timeout=3, socket_timeout=10,
+                                           startup_nodes=startup)
     except (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException) as exc:
         if isinstance(exc, redis.exceptions.AuthenticationError) or _credentials_refused(str(exc)):
             # (an AuthenticationError is a ConnectionError to redis-py: no outage to wait for)

@@ -78,7 +78,9 @@ def same_server(client: redis.Redis, decode: bool) -> redis.Redis:
         node = client.get_default_node()
         kwargs = {k: v for k, v in client.nodes_manager.connection_kwargs.items()
                   if k not in ("host", "port", "decode_responses")}
-        return redis.RedisCluster(host=node.host, port=node.port, decode_responses=decode, **kwargs)
+        return redis.RedisCluster(host=node.host, port=node.port, decode_responses=decode,
+                                  startup_nodes=list(client.nodes_manager.startup_nodes.values()),
+                                  **kwargs)
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "decode_responses": decode}
     return NamingClient(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))

@@ -10,6 +10,7 @@ import json
 
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from redis.cluster import RedisCluster
@@ -245,3 +246,21 @@ def test_a_cluster_misnamed_is_one_line_saying_what_to_set(on_cluster, redis_clu
         if plain.returncode:
             assert "on a cluster REDIS_URL needs ?cluster=true" in plain.stderr, plain.stderr
     assert "Traceback" not in no_timers.stderr + rq_on_node.stderr
+
+
+def test_a_url_whose_node_is_down_finds_the_cluster_through_the_nodes_it_lists(on_cluster, redis_cluster):
+    """The URL names one node; a process started while that node was down waited for it (or
+    failed, exit 1), however healthy the cluster. `&nodes=host:port,...` names others to learn
+    the slot map from; a malformed list is one line, exit 2."""
+    from choreo.measure.redis_server import free_port
+    alive = urlsplit(redis_cluster.url).port
+    down = f"redis://127.0.0.1:{free_port()}/0?cluster=true"
+    placed = on_cluster.run("place-order", "--product", "101", "--quantity", "1",
+                            REDIS_URL=f"{down}&nodes=127.0.0.1:{free_port()},127.0.0.1:{alive}", timeout=60)
+    assert placed.returncode == 0, placed.stderr
+    shown = on_cluster.run("status", placed.stdout.strip(), REDIS_URL=f"{down}&nodes=127.0.0.1:{alive}")
+    assert shown.returncode == 0 and "PENDING" in shown.stdout.splitlines()[0], shown.stderr
+    alone = on_cluster.run("status", "1", REDIS_URL=down, timeout=60)
+    assert alone.returncode == 1 and "cannot reach Redis Cluster" in alone.stderr
+    bad = on_cluster.run("status", "1", REDIS_URL=f"{down}&nodes=127.0.0.1", timeout=30)
+    assert bad.returncode == 2 and "nodes= takes host:port,host:port" in bad.stderr
