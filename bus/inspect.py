@@ -251,18 +251,26 @@ def newest_members(bus: RedisStreamsBus, key: str, count: int) -> list[str]:
         return bus.client.zrevrange(key, 0, count - 1)
 
 
-def members_in_chunks(bus: RedisStreamsBus, key: str, chunk: int = 2000):
-    """Every member of a sorted set, lowest score first, `chunk` at a time (lists of them): a
-    member added or removed meanwhile may shift one across a chunk's edge, seen twice or not."""
-    start = 0
+def members_by_score(bus: RedisStreamsBus, key: str, chunk: int = 2000):
+    """Every member of a sorted set, lowest score first, `chunk` at a time (lists of them), paged
+    by score: members removed meanwhile (the trimmer pruning orders:index) shift no later one out
+    of sight, as paging by rank did. One added meanwhile is seen if it scores after the page read.
+    Members sharing the page's last score are kept, to skip them on the next page."""
+    low, at_low = "-inf", set()
     while True:
+        want = chunk + len(at_low)
         with translated_errors():
-            members = bus.client.zrange(key, start, start + chunk - 1)
-        if members:
-            yield members
-        if len(members) < chunk:
+            rows = bus.client.zrange(key, low, "+inf", byscore=True, offset=0, num=want, withscores=True)
+        fresh = [m for m, score in rows if not (m in at_low and score == float(low))]
+        if fresh:
+            yield fresh
+        if len(rows) < want:
             return
-        start += chunk
+        last = rows[-1][1]
+        if low != "-inf" and last == float(low):
+            at_low |= {m for m, _ in rows}          # a page all of one score: ask for more of it
+        else:
+            low, at_low = repr(last), {m for m, score in rows if score == last}
 
 
 def newest_members_of(bus: RedisStreamsBus, keys_: Sequence[str], count: int) -> list[str]:

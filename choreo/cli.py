@@ -207,6 +207,9 @@ def build_parser(app: App | None = None) -> Parser:
     p.add_argument("--rearm", action="store_true",
                    help="instead: arm again the deadline of every PENDING order placed with one "
                         "(after losing the timers' Redis, or timers that failed), print how many, exit")
+    p.add_argument("--deadline", type=arg.deadline, metavar="SECONDS",
+                   help="with --rearm: arm orders whose record names no deadline (placed by a version "
+                        f"before 95bfb9a) at their creation + SECONDS, {arg.deadline.bounds}")
     p.set_defaults(run=cmd_timers, role="timers")
     p = sub.add_parser("dashboard", parents=[common], help="live view of streams, groups, orders")
     p.add_argument("--refresh", type=arg.refresh, default=1.0, metavar="SECONDS",

@@ -194,6 +194,8 @@ def cmd_timers(args, settings: Settings) -> int:
     from choreo.ops.acl import roles
     if args.rearm:
         return rearm_deadlines(args, settings)
+    if args.deadline is not None:
+        raise SettingsError("--deadline goes with --rearm")
     name = timers_name()
     name_process("timers", name)        # rq's lines and the sweeper's carry no consumer of their own
     log = bound(TIMERS, "timers", name)
@@ -235,7 +237,7 @@ def rearm_deadlines(args, settings: Settings) -> int:
         bus.agree_layout()
         timers = RqTimers(bus, settings.timers_url)
         try:
-            print(f"timers: {deadlines.rearm(bus, timers)}")
+            print(f"timers: {deadlines.rearm(bus, timers, args.deadline)}")
         finally:
             timers.close()
     return 0

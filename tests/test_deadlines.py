@@ -120,21 +120,50 @@ def test_deadlines_lost_with_the_timers_redis_are_armed_again_by_rearm(tmp_path)
         for s in ("order", "inventory", "shipping"):
             procs.worker(s)                          # payment is down: the orders cannot finish
         admin = server.client()
-        for deadline in ("1", "3600"):
+        for deadline in ("1", "3600", "3600", "3600"):
             placed = procs.run("place-order", "--product", "101", "--quantity", "1", "--deadline", deadline)
             assert placed.returncode == 0, placed.stderr
-        wait_for(lambda: admin.exists("rq:job:DeadlinePassed-1", "rq:job:DeadlinePassed-2") == 2,
-                 what="both deadlines armed")
+        wait_for(lambda: admin.exists(*(f"rq:job:DeadlinePassed-{i}" for i in "1234")) == 4,
+                 what="the deadlines armed")
         admin.delete(*admin.keys("rq:*"))           # rq's keys lost
+        admin.hdel(keys.order("3"), "deadline_at_ms")           # as versions before 95bfb9a wrote it
+        admin.hset(keys.order("4"), "deadline_at_ms", "\u00b2")  # a digit to str.isdigit, no time
         time.sleep(1.5)                             # order 1's deadline passes: nothing fires
         rearmed = procs.run("timers", "--rearm")
         assert rearmed.returncode == 0, rearmed.stderr
         assert "re-armed the deadlines of 2 PENDING order(s), 1 of them already past" in rearmed.stdout
+        assert "1 PENDING order(s) record no deadline" in rearmed.stdout
+        assert "1 whose deadline or creation time is no time, not armed: '4'" in rearmed.stdout
         assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-2") == pytest.approx(
             int(admin.hget(keys.order("2"), "deadline_at_ms")) / 1000, abs=1)
+        assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-3") is None
+        given = procs.run("timers", "--rearm", "--deadline", "60")
+        assert "re-armed the deadlines of 3 PENDING order(s)" in given.stdout, given.stdout + given.stderr
+        assert "1 of them at created_at_ms + 60 s" in given.stdout
+        assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-3") == pytest.approx(
+            int(admin.hget(keys.order("3"), "created_at_ms")) / 1000 + 60, abs=1)
+        alone = procs.run("timers", "--deadline", "60")
+        assert alone.returncode == 2 and "--deadline goes with --rearm" in alone.stderr
         procs.start("timers", name="timers")
         wait_for(lambda: admin.hget(keys.order("1"), "status") == "CANCELLED", timeout=20, what="cancelled")
         assert admin.hget(keys.order("2"), "status") == "PENDING"
+
+
+def test_rearm_pages_the_index_by_score_so_a_prune_meanwhile_hides_no_order(real_bus):
+    """Paged by rank, each expired id the trimmer pruned between two pages shifted a later
+    order out of sight: --rearm missed PENDING orders at the index's tail."""
+    from choreo.bus import inspect
+    c, index = real_bus.client, "orders:index"
+    c.zadd(index, {f"old-{i:03}": i for i in range(30)})
+    c.zadd(index, {f"same-{i}": 100 for i in range(7)})        # a score shared across pages
+    c.zadd(index, {f"new-{i}": 200 + i for i in range(20)})
+    seen = []
+    for page in inspect.members_by_score(real_bus, index, chunk=5):
+        seen += page
+        c.zremrangebyscore(index, 0, 29)                       # pruned between the pages
+    assert seen[:5] == [f"old-{i:03}" for i in range(5)]
+    assert sorted(seen[5:]) == sorted([f"same-{i}" for i in range(7)] + [f"new-{i}" for i in range(20)])
+    assert len(seen) == len(set(seen))
 
 
 def test_a_deadline_a_killed_timers_process_left_in_flight_fires_within_a_minute_not_ten(procs, redis_server):

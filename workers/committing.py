@@ -125,7 +125,7 @@ class Committing:
             raise broken
         return again
 
-    def applied_before(self, ready: list[Handled], outcomes) -> None:
+    def applied_before(self, ready: list[Handled], outcomes) -> list[Delivery]:
         """The commit raised after applying part of the batch (a cluster's later slot failing
         over, a NOPERM at a later commit): the applied dead letters' hold steps are made (or
         owed) now. Their entries are acknowledged, so redelivered they come back DUPLICATE, which

@@ -11,6 +11,9 @@ whose deadline has passed, even when DeadlinePassed has not reached them yet.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Commit
 from choreo.scheduling.timers import ScheduledCall, job_bus
@@ -64,42 +67,79 @@ def fire_deadline(bus, order_id: str, causation_id: str, clock=None) -> str:
     return commit_fired(bus, attempt, f"order {order_id}: DeadlinePassed")
 
 
-def pending_deadlines(bus) -> tuple[list[Timer], int]:
+# A deadline the timers can arm: whole epoch milliseconds, ASCII digits, within the year 9999
+# (rq arms at a datetime, which holds none later; the second is rounded up).
+DEADLINE_MS = re.compile(r"[0-9]{1,15}")
+LAST_MS = 253_402_300_799_000
+
+
+@dataclass
+class Found:
+    """What `choreo timers --rearm` found among the PENDING orders."""
+    timers: list[Timer] = field(default_factory=list)
+    from_created: int = 0          # armed at created_at_ms + the deadline given (no deadline_at_ms)
+    without: int = 0               # placed without a deadline (none recorded, none given)
+    unreadable: list[str] = field(default_factory=list)     # order ids whose deadline is no time
+
+
+def _ms(value: str | None) -> int | None:
+    return int(value) if value and DEADLINE_MS.fullmatch(value) and int(value) <= LAST_MS else None
+
+
+def pending_deadlines(bus, deadline_s: float | None = None) -> Found:
     """The deadline timer of every PENDING order placed with one (orders:index, each partition's),
-    as the order's confirmation armed it, due at the order's deadline; and how many PENDING
-    orders have none. Without its cause: the entry that armed it may be trimmed, so the
-    DeadlinePassed it fires names no causation (a root in `choreo trace`)."""
+    as the order's confirmation armed it, due at the order's deadline_at_ms. A record that names
+    none (every order of versions before 95bfb9a, whatever deadline it was placed with) is armed
+    at created_at_ms + `deadline_s` when that is given, else counted as placed without one.
+    Without its cause: the entry that armed it may be trimmed, so the DeadlinePassed it fires
+    names no causation (a root in `choreo trace`)."""
     from choreo.bus import inspect, layout
     from choreo.workers.order import PENDING
-    timers, without = [], 0
+    found = Found()
     for partition in layout.current().all():
-        for ids in inspect.members_in_chunks(bus, keys.orders_index(partition)):
-            fields = inspect.hash_fields(bus, [keys.order(i) for i in ids], ["status", "deadline_at_ms"])
-            for order_id, (status, deadline) in zip(ids, fields):
+        for ids in inspect.members_by_score(bus, keys.orders_index(partition)):
+            rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
+                                       ["status", "deadline_at_ms", "created_at_ms"])
+            for order_id, (status, deadline, created) in zip(ids, rows):
                 if status != PENDING:
                     continue
-                if deadline is None or not deadline.isdigit():
-                    without += 1
+                at = _ms(deadline)
+                if deadline is None and deadline_s is not None and _ms(created) is not None:
+                    at = _ms(str(_ms(created) + int(deadline_s * 1000)))
+                    found.from_created += at is not None
+                if at is None:
+                    if deadline is None and deadline_s is None:
+                        found.without += 1
+                    else:
+                        found.unreadable.append(order_id)
                     continue
-                timers.append(Timer(timer_id(EVENT, order_id), int(deadline), EVENT, order_id, "",
-                                    job=JOB))
-    return timers, without
+                found.timers.append(Timer(timer_id(EVENT, order_id), at, EVENT, order_id, "", job=JOB))
+    return found
 
 
-def rearm(bus, timers) -> str:
+def rearm(bus, timers, deadline_s: float | None = None) -> str:
     """Arm again the deadline of every PENDING order placed with one (`choreo timers --rearm`),
     through `timers` (RqTimers). Arming is idempotent (one job id per order: a timer still armed
     is armed again, the same), and a deadline fires once (seen:timers), so rearming is safe at
     any time. A deadline already past fires at the next sweep."""
-    found, without = pending_deadlines(bus)
-    if found:
-        timers.schedule([scheduled_call(t) for t in found])
     from choreo.bus import inspect
+    found = pending_deadlines(bus, deadline_s)
+    if found.timers:
+        timers.schedule([scheduled_call(t) for t in found.timers])
     now_ms = inspect.server(bus).time_ms
-    past = sum(1 for t in found if t.at_ms <= now_ms)
-    return (f"re-armed the deadlines of {len(found)} PENDING order(s), {past} of them already past "
-            f"(they fire within seconds while `choreo timers` runs); {without} PENDING order(s) "
-            f"placed without a deadline")
+    past = sum(1 for t in found.timers if t.at_ms <= now_ms)
+    line = (f"re-armed the deadlines of {len(found.timers)} PENDING order(s), {past} of them "
+            f"already past (they fire within seconds while `choreo timers` runs)")
+    if found.from_created:
+        line += f"; {found.from_created} of them at created_at_ms + {deadline_s:g} s (no deadline recorded)"
+    if deadline_s is None:
+        line += (f"; {found.without} PENDING order(s) record no deadline (placed without one, or "
+                 f"by a version before 95bfb9a: --deadline S arms those at created_at_ms + S)")
+    if found.unreadable:
+        shown = ", ".join(repr(i)[:40] for i in found.unreadable[:5])
+        line += (f"; {len(found.unreadable)} whose deadline or creation time is no time, not armed: "
+                 f"{shown}{' ...' if len(found.unreadable) > 5 else ''}")
+    return line
 
 
 def pass_deadline(order_id: str, causation_id: str) -> str:
