@@ -191,7 +191,8 @@ def _cluster_client(url: str) -> redis.RedisCluster:
     try:
         also = [node for p in words if p.partition("=")[0] == "nodes"
                 for node in unquote(p.partition("=")[2]).split(",") if node]
-        startup = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in also)]
+        startup = [ClusterNode(host.removeprefix("[").removesuffix("]"), int(port))  # [::1]:7000 too
+                   for host, _, port in (n.rpartition(":") for n in also)]
         if any(not n.host or not 0 < n.port < 65536 for n in startup):
             raise ValueError("bad port")
     except ValueError:
