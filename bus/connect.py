@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import ssl
 from urllib.parse import unquote, unquote_plus, urlsplit
 
@@ -184,16 +185,20 @@ def _cluster_client(url: str) -> redis.RedisCluster:
     in one slot per partition (bus.layout)."""
     parts = urlsplit(url)
     words = [p for p in parts.query.split("&") if p]
-    query = "&".join(p for p in words if p.partition("=")[0] not in ("cluster", "nodes"))
+    named = [unquote_plus(p.partition("=")[0]) for p in words]     # as cluster_url reads them
+    query = "&".join(p for p, name in zip(words, named) if name not in ("cluster", "nodes"))
     if parts.path.strip("/") not in ("", "0"):
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: a cluster has only database 0")
     plain = parts._replace(path="", query=query).geturl()
     try:
-        also = [node for p in words if p.partition("=")[0] == "nodes"
+        also = [node for p, name in zip(words, named) if name == "nodes"
                 for node in unquote(p.partition("=")[2]).split(",") if node]
+        pairs = [n.rpartition(":") for n in also]
+        if any(not host or not re.fullmatch(r"[0-9]{1,5}", port) for host, _, port in pairs):
+            raise ValueError("bad node")            # (int() takes ' 7', '7_000' and other scripts' digits)
         startup = [ClusterNode(host.removeprefix("[").removesuffix("]"), int(port))  # [::1]:7000 too
-                   for host, _, port in (n.rpartition(":") for n in also)]
-        if any(not n.host or not 0 < n.port < 65536 for n in startup):
+                   for host, _, port in pairs]
+        if any(not 0 < n.port < 65536 for n in startup):
             raise ValueError("bad port")
     except ValueError:
         raise UnusableUrl(f"cannot use Redis URL {redact(url)}: nodes= takes host:port,host:port") from None

@@ -327,13 +327,15 @@ def remembered(bus: RedisStreamsBus, ids: list[tuple[str, str]]) -> list[bool]:
         return [score is not None for score in pipe.execute()]
 
 
-def hash_fields(bus: RedisStreamsBus, keys_: list[str], fields: list[str]) -> list[list[str | None]]:
-    """The named fields of each hash (None where missing), one round trip."""
+def hash_fields(bus: RedisStreamsBus, keys_: list[str], fields: list[str],
+                raise_on_error: bool = True) -> list:
+    """The named fields of each hash (None where missing), one round trip. With raise_on_error
+    False, a key Redis refuses (WRONGTYPE: not a hash) gives its redis.ResponseError in place."""
     with translated_errors():
         pipe = bus.client.pipeline(transaction=False)
         for key in keys_:
             pipe.hmget(key, fields)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=raise_on_error)
 
 
 # -- liveness ----------------------------------------------------------------------------------------

@@ -286,7 +286,6 @@ class RedisStreamsBus:
         self._lease = client.register_script(_lua("lease.lua"))
         self._forget = client.register_script(_lua("forget_consumer.lua"))
         self._hold = client.register_script(_lua("hold.lua"))
-        self._at_least = client.register_script(_lua("at_least.lua"))
         # WAIT after each commit for this many replicas (CHOREO_WAIT_REPLICAS; 0: never), at most
         # wait_timeout_ms; commits that timed out short of them are counted.
         self.wait_replicas, self.wait_timeout_ms, self.short_waits = 0, 1000, 0
@@ -515,9 +514,13 @@ class RedisStreamsBus:
         return range(last - n + 1, last + 1)
 
     def keep_above(self, sequence: str, taken: int) -> None:
-        """The counter is at least `taken` afterwards: allocate_ids hands out only ids above it."""
+        """The counter is at least `taken` afterwards (below 2^63): allocate_ids hands out only
+        ids above it. INCRBY only (what the user drawing ids may run), in Python's exact
+        integers: ids drawn between the two steps only push it further."""
         with translated_errors():
-            self._at_least(keys=[sequence], args=[str(taken)])
+            now = self.client.incrby(sequence, 0)
+            if taken > now:
+                self.client.incrby(sequence, taken - now)
 
     def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         if not keys:

@@ -33,7 +33,8 @@ from choreo.bus.redis_streams import RedisStreamsBus, same_server, translated_er
 QUEUE = "choreo-timers"
 RETRY_S = (1, 5, 15, 60, 300)           # a job that fails (Redis gone while it ran) is retried
 FAILURE_TTL_S = 7 * 24 * 3600
-JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# rq's own pattern for a job id (rq.job.JOB_ID_PATTERN: no '.', no ':'), at most 128 long.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 LOG = logging.getLogger("choreo.timers")        # workers.logs.TIMERS; scheduling/ does not import workers
 
 
@@ -147,8 +148,8 @@ def schedule(queue: Queue, calls: Sequence[ScheduledCall]) -> None:
     with translated_errors():
         pipe = queue.connection.pipeline()
         for call in calls:
-            if ":" in call.job_id:
-                raise ValueError(f"rq job ids may not contain ':': {call.job_id!r}")
+            if not JOB_ID.fullmatch(call.job_id):
+                raise ValueError(f"rq job ids are letters, digits, '_' and '-': {call.job_id!r}")
             # A job that fails (Redis gone while it ran) is retried: a lost timer is a stuck order.
             # rq keeps whole seconds (it truncates): round up, so a timer never fires early.
             queue.enqueue_at(datetime.fromtimestamp(math.ceil(call.at_ms / 1000), timezone.utc), call.func,

@@ -167,6 +167,10 @@ def unread_partly_trimmed_away(c, e):
     c.xtrim("events:PaymentProcessed", maxlen=1, approximate=False)
 
 
+def group_set_past_the_end(c, e):
+    c.execute_command("XGROUP", "SETID", "events:OrderCreated", "order", "9999999999999-0")
+
+
 def status_count_not_a_number(c, e):
     c.hset("orders:by_status", "COMPLETED", "abc")
 
@@ -219,6 +223,7 @@ def lines_not_json(c, e):
     (pending_trimmed_away, "group inventory: 1 pending entries were deleted before they were"),
     (unread_trimmed_away, "group shipping: 1 entries after its last-delivered-id"),
     (unread_partly_trimmed_away, "group shipping: 2 entries after its last-delivered-id"),
+    (group_set_past_the_end, "group order: its last-delivered-id 9999999999999-0 is past the stream's last entry"),
     # Values the saga never writes, by hand: each a violation naming its key, the other checks still run.
     (status_count_not_a_number, "orders:by_status COMPLETED is not a whole number: 'abc'"),
     (totals_not_a_number, "payments:totals charged_cents is not a whole number: 'abc'"),

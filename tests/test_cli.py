@@ -272,3 +272,23 @@ def test_an_order_id_given_by_hand_is_never_drawn_from_the_sequence_later(procs,
     assert r.exists(*(keys.order(str(i)) for i in range(4, 9))) == 5 and not r.exists(keys.order("9"))
     plain = procs.run("place-order", "--product", "101", "--quantity", "1")
     assert plain.returncode == 0 and plain.stdout.strip() == "9", plain.stderr
+    # Beyond 2^53, where a Lua number stops counting exactly: the counter is still raised exactly.
+    for given in ("9007199254740993", "9007199254740995"):
+        placed = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", given)
+        assert placed.returncode == 0, placed.stderr
+        assert r.get("orders:seq") == given
+    drawn = procs.run("place-order", "--product", "101", "--quantity", "1")
+    assert drawn.returncode == 0 and drawn.stdout.strip() == "9007199254740996", drawn.stderr
+
+
+def test_an_order_id_rq_cannot_name_a_timer_for_is_refused_while_it_would_need_one(procs, redis_server):
+    """`--order-id a.b` was placed, and its deadline could never be armed: rq refused the job id
+    `DeadlinePassed-a.b` for the order worker's whole batch, round after round, until the crash
+    guard dead-lettered the entry with a wrong reason. Refused at placing, one line; placed
+    without a deadline it needs no timer."""
+    refused = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", "a.b")
+    assert refused.returncode != 0 and "cannot name its deadline's timer" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not redis_server.client().exists("order:a.b")
+    bare = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", "a.b",
+                     CHOREO_ORDER_DEADLINE_S="0")
+    assert bare.returncode == 0, bare.stderr

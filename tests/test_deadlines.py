@@ -128,12 +128,18 @@ def test_deadlines_lost_with_the_timers_redis_are_armed_again_by_rearm(tmp_path)
         admin.delete(*admin.keys("rq:*"))           # rq's keys lost
         admin.hdel(keys.order("3"), "deadline_at_ms")           # as versions before 95bfb9a wrote it
         admin.hset(keys.order("4"), "deadline_at_ms", "\u00b2")  # a digit to str.isdigit, no time
+        # Index members no order of the saga's has: an id rq takes no timer for, and a key of
+        # another type. Each is named and skipped; the others are armed.
+        admin.hset(keys.order("x.y"), mapping={"status": "PENDING", "deadline_at_ms": "1"})
+        admin.set(keys.order("s1"), "not a record")
+        admin.zadd(keys.orders_index(), {"x.y": 1, "s1": 2})
         time.sleep(1.5)                             # order 1's deadline passes: nothing fires
         rearmed = procs.run("timers", "--rearm")
         assert rearmed.returncode == 0, rearmed.stderr
         assert "re-armed the deadlines of 2 PENDING order(s), 1 of them already past" in rearmed.stdout
         assert "1 PENDING order(s) record no deadline" in rearmed.stdout
-        assert "1 whose deadline or creation time is no time, not armed: '4'" in rearmed.stdout
+        assert ("3 whose record, id, deadline or creation time is unusable, not armed: 'x.y', 's1', '4'"
+                in rearmed.stdout)
         assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-2") == pytest.approx(
             int(admin.hget(keys.order("2"), "deadline_at_ms")) / 1000, abs=1)
         assert admin.zscore(f"rq:scheduled:{QUEUE}", "DeadlinePassed-3") is None

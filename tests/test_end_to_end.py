@@ -52,3 +52,33 @@ def test_honcho_procfile_runs_500_orders_to_completion_and_stops_cleanly(procs, 
     # every Procfile process (4 services, 2 more inventory, the timers, the trimmer) exits 0 on SIGTERM
     assert output.count("started (pid=") == 8, output[-2000:]
     assert output.count("stopped (rc=0)") == 8, output[-2000:]
+
+
+def test_a_worker_says_what_it_did_not_its_usual_line_when_it_changed_nothing_or_refused(real_bus, caplog):
+    """Each handled entry's line is the service's words for what it did: a forged ShippingFailed
+    for an order that completed was logged "Order 1 cancelled: shipping failed", and shipping
+    refusing an order past its deadline "Arranging shipping". State was right; the lines were
+    not. A handler that changes nothing, or refuses, now says so."""
+    import logging
+    from choreo.bus import keys as bus_keys
+    from choreo.bus.envelope import Envelope
+    from choreo.orders import OrderRequest, place_orders
+    from tests.helpers import log_lines
+    from tests.inprocess import drain, start_workers
+    caplog.set_level(logging.INFO)
+    workers = start_workers(real_bus)
+    place_orders(real_bus, [OrderRequest("1", [{"product_id": 101, "quantity": 1}])])
+    drain(workers)
+    forged = Envelope.new("ShippingFailed", "1", "shipping", {"reason": "forged"})
+    real_bus.client.xadd(bus_keys.stream_for("ShippingFailed", "1"), forged.fields())
+    place_orders(real_bus, [OrderRequest("2", [{"product_id": 101, "quantity": 1}])], deadline_s=0.2)
+    drain([w for w in workers if w.service.name != "shipping"])
+    import time
+    time.sleep(0.3)                                             # order 2's deadline passes
+    drain(workers)
+    lines = [line.split("  ")[0] for line in log_lines(caplog, logging.INFO, "choreo.events")]
+    assert "OrderService: Order 1 is COMPLETED: ShippingFailed changes nothing" in lines
+    assert "OrderService: Order 1 cancelled: shipping failed" not in lines
+    assert "ShippingService: Not shipping order 2: its deadline passed" in lines
+    assert real_bus.client.hget("order:1", "status") == "COMPLETED"
+    assert real_bus.client.hget("order:2", "status") == "CANCELLED"

@@ -265,3 +265,17 @@ def test_reads_leave_out_trace_fields_and_writes_refuse_them_and_the_version():
         with pytest.raises(ValueError, match="may not write"):
             write()
     assert not uow.ops
+
+
+def test_a_timer_rq_cannot_name_is_this_entrys_failure_not_the_batchs():
+    """An instance id with '.' (the envelope allows it; rq's job ids do not) made rq refuse the
+    arming for the whole batch, as if Redis were away. publish_later refuses it, a failure of
+    the entry in hand, retried and then dead-lettered with the reason."""
+    import pytest
+    from choreo.bus.envelope import Envelope
+    from choreo.workers.unit_of_work import BatchView, InvalidEvent, UnitOfWork
+    cause = Envelope.new("OrderCreated", "a.b", "order", {"lines": [], "total_cents": 1})
+    uow = UnitOfWork("order", (), BatchView(None), cause=cause, creates=("DeadlinePassed",))
+    with pytest.raises(InvalidEvent, match="rq's job ids are letters, digits"):
+        uow.publish_later("DeadlinePassed", 1)
+    assert uow.timers == []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Commit
-from choreo.scheduling.timers import ScheduledCall, job_bus
+from choreo.scheduling.timers import JOB_ID, ScheduledCall, job_bus
 from choreo.workers import keys
 from choreo.workers.timers import commit_fired
 from choreo.workers.unit_of_work import BatchView, Timer, UnitOfWork, timer_id
@@ -99,9 +99,16 @@ def pending_deadlines(bus, deadline_s: float | None = None) -> Found:
     for partition in layout.current().all():
         for ids in inspect.members_by_score(bus, keys.orders_index(partition)):
             rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
-                                       ["status", "deadline_at_ms", "created_at_ms"])
-            for order_id, (status, deadline, created) in zip(ids, rows):
+                                       ["status", "deadline_at_ms", "created_at_ms"], raise_on_error=False)
+            for order_id, row in zip(ids, rows):
+                if isinstance(row, Exception):      # not a hash (WRONGTYPE): no order's record
+                    found.unreadable.append(order_id)
+                    continue
+                status, deadline, created = row
                 if status != PENDING:
+                    continue
+                if not JOB_ID.fullmatch(timer_id(EVENT, order_id)):    # no timer rq would take
+                    found.unreadable.append(order_id)
                     continue
                 at = _ms(deadline)
                 if deadline is None and deadline_s is not None and _ms(created) is not None:
@@ -137,7 +144,8 @@ def rearm(bus, timers, deadline_s: float | None = None) -> str:
                  f"by a version before 95bfb9a: --deadline S arms those at created_at_ms + S)")
     if found.unreadable:
         shown = ", ".join(repr(i)[:40] for i in found.unreadable[:5])
-        line += (f"; {len(found.unreadable)} whose deadline or creation time is no time, not armed: "
+        line += (f"; {len(found.unreadable)} whose record, id, deadline or creation time is unusable, "
+                 f"not armed: "
                  f"{shown}{' ...' if len(found.unreadable) > 5 else ''}")
     return line
 

@@ -165,7 +165,8 @@ class Handling:
             return self.handler_failed(d, event, f"{type(exc).__name__}: {exc}", started, view)
         self.observer.handler_ran(d, time.perf_counter() - started)
         commit = uow.to_commit(**guard)
-        return Handled(d, commit, "", event, started, uow.timers, uow.disarmed)
+        line = f"{self.service.voice}: {uow.said}" if uow.said else ""
+        return Handled(d, commit, line, event, started, uow.timers, uow.disarmed)
 
     def handler_failed(self, d: Delivery, event: Envelope, error: str, started: float,
                        view: BatchView | None = None) -> Handled | None:

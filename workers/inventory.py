@@ -46,6 +46,7 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
             # A compensation decided first while an earlier try held stock (its commit then
             # conflicted, or it died): give the holds back. Idempotent; none held, nothing done.
             _holds(uow, event.order_id, _per_product(event.data["lines"]), "release")
+        uow.say(f"Order {event.order_id} is {res.get('status')} here already: nothing to reserve")
         return
     if layout.current().tagged:
         return _reserve_by_holds(event, uow, res_key)
@@ -115,6 +116,8 @@ def _settle(to_status: str):
             uow.settle(res_key)     # kept the retention window: a late OrderCreated must find it
             return
         if res["status"] != RESERVED:
+            uow.say(f"Reservation of order {event.order_id} is {res['status']}: nothing to "
+                    f"{'sell' if to_status == SOLD else 'release'}")
             return
         if layout.current().tagged:     # the holds move the stock, in its slot, before the commit
             moved = _holds(uow, event.order_id, _per_product(decode_data(res["lines"])),

@@ -9,7 +9,8 @@ from choreo.config.catalogue import CATALOGUE
 from choreo.workers import deadlines, keys
 from choreo.workers.events import MAX_QUANTITY, valid_lines
 from choreo.workers.service import On, Service
-from choreo.workers.unit_of_work import UnitOfWork
+from choreo.scheduling.timers import JOB_ID
+from choreo.workers.unit_of_work import UnitOfWork, timer_id
 
 PENDING, COMPLETED, REJECTED, CANCELLED = "PENDING", "COMPLETED", "REJECTED", "CANCELLED"
 TERMINAL = (COMPLETED, REJECTED, CANCELLED)
@@ -28,6 +29,9 @@ def create_order(uow: UnitOfWork, order_id: str, lines: list[dict], deadline_s: 
     for line in lines:
         if line["product_id"] not in CATALOGUE:
             raise OrderRejected(f"unknown product {line['product_id']}")
+    if deadline_s and not JOB_ID.fullmatch(timer_id("DeadlinePassed", order_id)):
+        raise OrderRejected(f"order id {order_id!r} cannot name its deadline's timer: rq's job ids "
+                            f"are letters, digits, '_' and '-'")
     total = sum(CATALOGUE[l["product_id"]].price_cents * l["quantity"] for l in lines)
     now = uow.now_ms()
     deadline = {"deadline_at_ms": now + int(deadline_s * 1000)} if deadline_s else {}
@@ -49,7 +53,10 @@ def _finish(status: str):
     def finish(event, uow: UnitOfWork) -> None:
         order = uow.read(keys.order(event.order_id))
         if order.get("status") != PENDING:
-            return          # already terminal (or unknown): a late or repeated event changes nothing
+            # already terminal (or unknown): a late or repeated event changes nothing
+            uow.say(f"Order {event.order_id} is {order.get('status') or 'unknown'}: "
+                    f"{event.type} changes nothing")
+            return
         # Its history is the record's own fields: created_at_ms (PENDING, by OrderCreated) and
         # ended_at_ms with ended_by, the event that ended it (choreo status shows both lines).
         uow.set(keys.order(event.order_id), status=status, ended_at_ms=uow.now_ms(),

@@ -13,11 +13,14 @@ CHARGED, DECLINED, REFUNDED, CANCELLED = "CHARGED", "DECLINED", "REFUNDED", "CAN
 
 def charge(event, uow: UnitOfWork) -> None:
     pay_key = keys.payment(event.order_id)
-    if uow.read(pay_key):
+    pay = uow.read(pay_key)
+    if pay:
+        uow.say(f"Payment of order {event.order_id} is {pay.get('status')}: nothing to charge")
         return
     amount = int(event.data["total_cents"])
     if passed(event, uow):
         # Too late to take money for it, whether or not DeadlinePassed has reached us yet.
+        uow.say(f"Not charging order {event.order_id}: its deadline passed")
         reason = "deadline passed before payment"
         uow.set(pay_key, status=CANCELLED, amount_cents=amount, reason=reason)
         uow.expire(pay_key)
@@ -47,6 +50,7 @@ def refund(event, uow: UnitOfWork) -> None:
         uow.settle(pay_key)     # kept the retention window: a late InventoryChecked must find it
         return
     if pay["status"] != CHARGED:
+        uow.say(f"Payment of order {event.order_id} is {pay['status']}: nothing to refund")
         return
     uow.set(pay_key, status=REFUNDED, reason=event.data.get("reason", event.type))
     uow.count(keys.of_order(keys.payment_totals, event.order_id), "refunded_cents", int(pay["amount_cents"]))

@@ -13,16 +13,20 @@ BOOKED, FAILED, CANCELLED = "BOOKED", "FAILED", "CANCELLED"
 
 def book_shipment(event, uow: UnitOfWork) -> None:
     ship_key = keys.shipment(event.order_id)
-    if uow.read(ship_key):
+    shipment = uow.read(ship_key)
+    if shipment:
+        uow.say(f"Shipment of order {event.order_id} is {shipment.get('status')}: nothing to arrange")
         return
     if passed(event, uow):
         # The point of no return is decided by the clock, not by which stream was read first:
         # DeadlinePassed may still be on its way.
+        uow.say(f"Not shipping order {event.order_id}: its deadline passed")
         cancel(uow, event.order_id)
         return
     items = sum(l["quantity"] for l in event.data["lines"])
     if items > RULES.parcel_max_items:
         reason = f"{items} items do not fit one parcel (max {RULES.parcel_max_items})"
+        uow.say(f"Cannot ship order {event.order_id}: {reason}")
         uow.set(ship_key, status=FAILED, reason=reason)
         uow.expire(ship_key)
         uow.emit("ShippingFailed", reason=reason)
@@ -53,7 +57,10 @@ def _shipment(event) -> list[str]:
 def cancel_unless_booked(event, uow: UnitOfWork) -> None:
     """The deadline passed. Booked: too late to cancel, the order completes. Not yet booked: never
     book it, and say so with ShippingFailed, which every earlier step compensates."""
-    if uow.read(keys.shipment(event.order_id)):
+    shipment = uow.read(keys.shipment(event.order_id))
+    if shipment:
+        uow.say(f"Shipment of order {event.order_id} is {shipment.get('status')}: the deadline "
+                f"changes nothing")
         return
     cancel(uow, event.order_id)
 

@@ -14,6 +14,7 @@ from choreo.bus.contract import Bus, Commit, Hold
 from choreo.bus.envelope import MAX_DEPTH, ORDER_ID, Envelope, MalformedEntry, decode_data, too_deep
 from choreo.bus.ops import (VERSIONED, AddTo, Append, Count, DropFields, Expire, File, Index, Op,
                      Publish, SetFields)
+from choreo.scheduling.timers import JOB_ID
 from choreo.workers.events import check_data
 
 
@@ -175,9 +176,17 @@ class UnitOfWork:
         self.timers: list[Timer] = []
         self.disarmed: list[str] = []         # job ids of timers no longer needed
         self.traceparent = ""                 # set by the runtime when tracing: events it emits carry it
+        # What the service says it did, when not its usual line for the event (Service.says):
+        # a handler that changed nothing, or refused, says so (say()).
+        self.said = ""
         # Set for a service's on_dead_letter hook: its hold steps are kept here and made only once
         # the dead letter is committed (Committing), never before (see holds()).
         self.deferred: list[Hold] | None = None
+
+    def say(self, line: str) -> None:
+        """The line the service logs for this entry instead of its usual one (Service.says), when
+        that would tell what did not happen: a handler that finds nothing to do, or refuses."""
+        self.said = line
 
     def read(self, key: str) -> dict[str, str]:
         """The hash's fields ({} if absent). The commit is refused if it changes before then."""
@@ -323,8 +332,15 @@ class UnitOfWork:
             raise InvalidEvent(f"{event_type}: a timer is armed by a handler, for the instance of "
                                f"the event it handles; a command (no cause) cannot arm one: emit an "
                                f"event whose handler does")
-        timer = Timer(timer_id(event_type, self.cause.order_id), int(at_ms), event_type,
-                      self.cause.order_id, self.cause.id, self.producer, job)
+        job_id = timer_id(event_type, self.cause.order_id)
+        if not JOB_ID.fullmatch(job_id):
+            # rq refuses it when the runtime arms it, for the whole batch: refused here instead,
+            # this entry's failure, dead-lettered with the reason once retried.
+            raise InvalidEvent(f"{event_type} cannot be armed for {self.cause.order_id!r}: its timer "
+                               f"would be rq job {job_id[:140]!r}, and rq's job ids are letters, "
+                               f"digits, '_' and '-' (up to 128)")
+        timer = Timer(job_id, int(at_ms), event_type, self.cause.order_id, self.cause.id,
+                      self.producer, job)
         self.timers.append(timer)
         return timer
 

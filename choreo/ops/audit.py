@@ -275,6 +275,11 @@ def lost_entries(info: dict, last: str, lag: int | None, unread: int, gone_pendi
                     f"them (max-deleted-entry-id {info['max-deleted-entry-id']})")
     if gone_pending:
         lost.append(f"{gone_pending} pending entries were deleted before they were acknowledged")
+    newest = info.get("last-generated-id", "0-0")
+    if parse_id(last) > parse_id(newest):
+        # (XGROUP SETID by hand): every entry added from now on is below it, delivered to no one
+        lost.append(f"its last-delivered-id {last} is past the stream's last entry {newest}: "
+                    f"no entry added from now on will be delivered to it")
     return tuple(lost)
 
 
