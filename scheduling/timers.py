@@ -22,6 +22,7 @@ from typing import Collection, Sequence
 
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
@@ -225,9 +226,11 @@ def sweep_due(queue: Queue, functions: Collection[str], now: float | None = None
         job_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
         try:
             moved += _move(queue, registry, raw_id, job_id, functions, at)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.NoPermissionError):
-            raise                       # Redis gone or refusing this user: the sweep goes round again
+        except SERVER_REFUSING:
+            raise                       # Redis gone, refusing this user or any write for now: the
+            #                             timer stays due and the sweep goes round again
+        except NoSuchJobError:          # its job ran meanwhile (a timer re-armed while queued or
+            _drop(queue, registry, raw_id, job_id)      # running: rq deleted it when done)
         except Exception as exc:        # whatever a hostile hash makes rq raise
             _refuse(queue, registry, raw_id, job_id, exc)
     return moved
@@ -258,6 +261,22 @@ def _move(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str,
             return True
         except redis.exceptions.WatchError:
             return False
+
+
+# What Redis answers about itself, not about the job: out of memory (noeviction), a transaction
+# it discarded for that, a replica or a server still loading. Refusing the job then (its hash
+# and registry entry deleted: Redis still takes deletes when full) lost due timers for good.
+SERVER_REFUSING = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                   redis.exceptions.NoPermissionError, redis.exceptions.OutOfMemoryError,
+                   redis.exceptions.ExecAbortError, redis.exceptions.ReadOnlyError)
+
+
+def _drop(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str) -> None:
+    """A scheduled entry whose job hash is gone: nothing to run. Out of the registry, said once
+    (INFO): a timer re-armed while its job was queued or running left it, and that job has fired."""
+    if queue.connection.zrem(registry.key, raw_id):
+        LOG.info(f"timers: scheduled timer {job_id[:80]!r} has no job any more (it ran meanwhile): "
+                 f"dropped")
 
 
 def _refuse(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str, exc: Exception) -> None:
@@ -358,7 +377,15 @@ def _work(queue: Queue, connection, name: str, job_class, level: str) -> None:
         worker = TimersWorker([queue], connection=connection, serializer=JSONSerializer,
                               name=f"{name}-{life}", job_class=job_class, worker_ttl=20,
                               maintenance_interval=MAINTENANCE_S)
-        worker.work(with_scheduler=False, logging_level=level)
+        try:
+            worker.work(with_scheduler=False, logging_level=level)
+        except Exception as exc:            # rq's own upkeep meeting a Redis that refuses writes
+            if worker._shutdown_requested_date is not None:
+                return
+            LOG.error(f"timers: the rq worker failed ({type(exc).__name__}: {exc}); starting it "
+                      f"again in 1 s")
+            time.sleep(1)
+            continue
         if worker._shutdown_requested_date is not None:     # SIGTERM/SIGINT, seen by rq's handler
             return
         LOG.error("timers: the rq worker quit on an error (logged above); starting it again in 1 s")

@@ -87,6 +87,10 @@ def test_a_deadline_redis_refuses_is_retried_not_dropped(procs, redis_server):
     wait_for(lambda: "DeadlinePassed not published" in Path(timers.log_path).read_text(),
              timeout=20, what="the refusal logged")
     assert "holds a zset, not a hash" in Path(timers.log_path).read_text()
+    # choreo timers' own line says it first, and what becomes of the job (rq's holds a traceback)
+    assert ("DeadlinePassed not published: Redis would refuse it (trace:1 holds a zset, not a hash); "
+            "rq tries it again (5 more time(s)), then keeps it failed in rq:failed:choreo-timers: "
+            "once mended, `choreo timers --rearm` arms it again") in Path(timers.log_path).read_text()
     assert r.hget(keys.order("1"), "status") == "PENDING"
     r.delete(bus_keys.trace("1"))
     wait_for(lambda: r.hget(keys.order("1"), "status") == "CANCELLED", timeout=30, what="cancelled")
@@ -338,6 +342,72 @@ def test_a_sweep_killed_halfway_moves_nothing_and_the_next_one_moves_the_timer(r
     assert sweep_due(queue, [JOB], now=2_000_000_000) == 1
     assert r.zcard("rq:scheduled:choreo-timers") == 0 and queue.job_ids == ["DeadlinePassed-1"]
     assert sweep_due(queue, [JOB], now=2_000_000_000) == 0 and queue.job_ids == ["DeadlinePassed-1"]
+
+
+def test_a_sweep_while_redis_refuses_writes_leaves_the_timer_due(real_bus, redis_server):
+    """Out of memory (noeviction), Redis refused the sweep's move; the sweep took that for a
+    hostile job and refused it: its hash and registry entry deleted (Redis still takes deletes),
+    the order's deadline lost for good. Now the timer stays due and the next sweep moves it."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from choreo.scheduling.timers import QUEUE, sweep_due
+    from choreo.workers.deadlines import JOB
+    r = redis_server.client()
+    RqTimers(real_bus).schedule([scheduled_call(Timer("DeadlinePassed-1", 1_000_000_000_000,
+                                                      "DeadlinePassed", "1", "c"))])
+    queue = Queue(QUEUE, connection=real_bus.raw, serializer=JSONSerializer)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            sweep_due(queue, [JOB], now=2_000_000_000)
+    finally:
+        r.config_set("maxmemory", "0")
+    assert r.zrange("rq:scheduled:choreo-timers", 0, -1) == ["DeadlinePassed-1"]
+    assert r.exists("rq:job:DeadlinePassed-1")
+    assert sweep_due(queue, [JOB], now=2_000_000_000) == 1 and queue.job_ids == ["DeadlinePassed-1"]
+
+
+def test_a_scheduled_timer_whose_job_ran_meanwhile_is_dropped_quietly(real_bus, redis_server, caplog):
+    """A timer re-armed (`--rearm`) while its job was queued or running: rq deleted the job when
+    it was done, and the sweep logged the leftover registry entry as a refused hostile job, at
+    ERROR, once for every such timer. It is dropped, said at INFO."""
+    import logging
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from choreo.scheduling.timers import QUEUE, sweep_due
+    from choreo.workers.deadlines import JOB
+    caplog.set_level(logging.INFO, logger="choreo.timers")
+    r = redis_server.client()
+    r.zadd("rq:scheduled:choreo-timers", {"DeadlinePassed-9": 1})
+    queue = Queue(QUEUE, connection=real_bus.raw, serializer=JSONSerializer)
+    assert sweep_due(queue, [JOB], now=2_000_000_000) == 0
+    assert r.zcard("rq:scheduled:choreo-timers") == 0
+    said = [(rec.levelname, rec.getMessage()) for rec in caplog.records if rec.name == "choreo.timers"]
+    assert said == [("INFO", "timers: scheduled timer 'DeadlinePassed-9' has no job any more (it ran "
+                             "meanwhile): dropped")]
+
+
+def test_the_rq_worker_failing_is_started_again_not_the_end_of_choreo_timers(monkeypatch, caplog):
+    """rq's worker raised out of work() (its own upkeep meeting a Redis that refused writes) and
+    the exception ended `choreo timers`, exit 1: under honcho, the whole fleet. It is logged
+    and the worker started again, as when it quits."""
+    import choreo.scheduling.timers as timers_module
+    lives = []
+
+    def work(self, **kwargs):
+        lives.append(self.name)
+        if len(lives) == 1:
+            raise redis.exceptions.OutOfMemoryError("OOM command not allowed")
+        self._shutdown_requested_date = object()        # then SIGTERM
+    monkeypatch.setattr(timers_module.TimersWorker, "work", work)
+    monkeypatch.setattr(timers_module.time, "sleep", lambda s: None)
+    import fakeredis
+    from rq import Queue
+    connection = fakeredis.FakeRedis()
+    timers_module._work(Queue(QUEUE, connection=connection), connection, "t", None, "INFO")
+    assert lives == ["t-1", "t-2"]
+    assert any("the rq worker failed (OutOfMemoryError" in r.getMessage() for r in caplog.records)
 
 
 def test_a_timer_re_armed_for_later_is_not_moved_by_a_sweep_that_listed_it_due(real_bus, redis_server):

@@ -17,11 +17,15 @@ whose producer does not create its type (App.publishers).
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
+
+from rq import get_current_job
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Commit, Outcome
-from choreo.scheduling.timers import ScheduledCall, job_bus, job_retention_s
+from choreo.scheduling.timers import QUEUE, ScheduledCall, job_bus, job_retention_s
+from choreo.workers.logs import TIMERS
 from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
 
 JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it
@@ -47,10 +51,25 @@ def commit_fired(bus, attempt: Callable[[], "Commit | str"], what: str) -> str:
             return commit
         outcome = bus.commit("", [commit])[0]
         if outcome is Outcome.REFUSED:
-            raise TimerNotFired(f"{what} not published: Redis would refuse it ({commit.refusal})")
+            raise not_fired(f"{what} not published: Redis would refuse it ({commit.refusal})")
         if outcome is not Outcome.CONFLICT:
             return f"{what} {outcome.name}"
-    raise TimerNotFired(f"{what} not published: its commit conflicted {CONFLICT_TRIES} times")
+    raise not_fired(f"{what} not published: its commit conflicted {CONFLICT_TRIES} times")
+
+
+def not_fired(reason: str) -> TimerNotFired:
+    """The error to raise, said first in one line of `choreo timers`' own (rq's line that follows
+    holds a whole traceback), with what becomes of the job: rq tries it again while it has
+    retries left, then keeps it failed until `choreo timers --rearm` arms it again."""
+    job = get_current_job()
+    if job is not None:
+        left = job.retries_left or 0
+        then = (f"rq tries it again ({left} more time(s)), then keeps it failed" if left else
+                "rq keeps it failed")
+        logging.getLogger(TIMERS).error(
+            f"timers: {reason}; {then} in rq:failed:{QUEUE}: once mended, `choreo timers --rearm` "
+            f"arms it again")
+    return TimerNotFired(reason)
 
 
 def scheduled_call(timer: Timer) -> ScheduledCall:
