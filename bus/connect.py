@@ -194,7 +194,8 @@ def _cluster_client(url: str) -> redis.RedisCluster:
         also = [node for p, name in zip(words, named) if name == "nodes"
                 for node in unquote(p.partition("=")[2]).split(",") if node]
         pairs = [n.rpartition(":") for n in also]
-        if any(not host or not re.fullmatch(r"[0-9]{1,5}", port) for host, _, port in pairs):
+        if any(not host.removeprefix("[").removesuffix("]") or not re.fullmatch(r"[0-9]{1,5}", port)
+               for host, _, port in pairs):
             raise ValueError("bad node")            # (int() takes ' 7', '7_000' and other scripts' digits)
         startup = [ClusterNode(host.removeprefix("[").removesuffix("]"), int(port))  # [::1]:7000 too
                    for host, _, port in pairs]

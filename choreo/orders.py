@@ -79,16 +79,17 @@ def new_order_ids(bus: RedisStreamsBus, n: int) -> list[str]:
     return [str(i) for i in bus.allocate_ids(keys.ORDER_SEQ, n)]
 
 
-# Ids orders:seq hands out: whole numbers without a sign or leading zero, below 2^63 (INCRBY's
-# limit).
-SEQ_ID = re.compile(r"[1-9][0-9]{0,18}")
+# Ids orders:seq could hand out: whole numbers without a sign or leading zero. Raised only for
+# those below 2^53, which no sequence reaches otherwise: one given near 2^63 would leave the
+# counter no room (every INCRBY after it refused: overflow).
+SEQ_ID = re.compile(r"[1-9][0-9]{0,15}")
 
 
 def keep_seq_above(bus: RedisStreamsBus, order_id: str) -> None:
     """An id given by hand that orders:seq could hand out later (`--order-id 700`): the counter
     is raised to it first, so `place-order` and `load` never draw it and fail on "already exists"
     (or, once it has expired, take the records it left for their own)."""
-    if SEQ_ID.fullmatch(order_id) and int(order_id) < 2 ** 63:
+    if SEQ_ID.fullmatch(order_id) and int(order_id) < 2 ** 53:
         bus.keep_above(keys.ORDER_SEQ, int(order_id))
 
 

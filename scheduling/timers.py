@@ -218,7 +218,10 @@ def sweep_due(queue: Queue, functions: Collection[str], now: float | None = None
     """Move the timers that are due from the scheduled registry to the queue, each one alone and
     re-made from its function name and string arguments only. rq's own scheduler fetches every
     due job together, so one malformed job hash (anyone who may arm a timer may write one) would
-    stop every timer; here it is refused, logged and deleted, and the others go on."""
+    stop every timer; here it is refused, logged and deleted, and the others go on. What Redis
+    answers about itself, not about the job (out of memory, NOREPLICAS, MISCONF, BUSY, a replica,
+    still loading, gone) leaves every timer due for the next sweep: refusing the job then (its
+    hash and entry deleted, which Redis may take when full) lost due timers for good."""
     registry = ScheduledJobRegistry(queue=queue)
     at = int(time.time() if now is None else now)
     moved = 0
@@ -226,11 +229,13 @@ def sweep_due(queue: Queue, functions: Collection[str], now: float | None = None
         job_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
         try:
             moved += _move(queue, registry, raw_id, job_id, functions, at)
-        except SERVER_REFUSING:
-            raise                       # Redis gone, refusing this user or any write for now: the
-            #                             timer stays due and the sweep goes round again
         except NoSuchJobError:          # its job ran meanwhile (a timer re-armed while queued or
             _drop(queue, registry, raw_id, job_id)      # running: rq deleted it when done)
+        except redis.exceptions.RedisError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise                   # Redis gone, refusing this user or any write for now: the
+                #                         timer stays due and the sweep goes round again
+            _refuse(queue, registry, raw_id, job_id, exc)   # its job key is no hash: hostile
         except Exception as exc:        # whatever a hostile hash makes rq raise
             _refuse(queue, registry, raw_id, job_id, exc)
     return moved
@@ -261,14 +266,6 @@ def _move(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str,
             return True
         except redis.exceptions.WatchError:
             return False
-
-
-# What Redis answers about itself, not about the job: out of memory (noeviction), a transaction
-# it discarded for that, a replica or a server still loading. Refusing the job then (its hash
-# and registry entry deleted: Redis still takes deletes when full) lost due timers for good.
-SERVER_REFUSING = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                   redis.exceptions.NoPermissionError, redis.exceptions.OutOfMemoryError,
-                   redis.exceptions.ExecAbortError, redis.exceptions.ReadOnlyError)
 
 
 def _drop(queue: Queue, registry: ScheduledJobRegistry, raw_id, job_id: str) -> None:
@@ -380,8 +377,12 @@ def _work(queue: Queue, connection, name: str, job_class, level: str) -> None:
         try:
             worker.work(with_scheduler=False, logging_level=level)
         except Exception as exc:            # rq's own upkeep meeting a Redis that refuses writes
+            with contextlib.suppress(Exception):
+                worker.unsubscribe()            # its command channel's thread, left running
             if worker._shutdown_requested_date is not None:
                 return
+            if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)):
+                raise                           # no retry grants it: stop, saying so
             LOG.error(f"timers: the rq worker failed ({type(exc).__name__}: {exc}); starting it "
                       f"again in 1 s")
             time.sleep(1)

@@ -93,7 +93,7 @@ def test_a_cluster_failing_over_is_unavailable_not_a_refusal(error):
 
 @pytest.mark.parametrize("nodes", ["127.0.0.1", "127.0.0.1:x", "127.0.0.1:\u0666\u0666\u0665\u0662",
                                    "127.0.0.1:6_652", "127.0.0.1:%206652", "127.0.0.1:+6651",
-                                   "127.0.0.1:0", "127.0.0.1:65536", ":7000"])
+                                   "127.0.0.1:0", "127.0.0.1:65536", ":7000", "[]:7000"])
 def test_a_cluster_urls_nodes_are_host_and_ascii_port_or_refused(nodes):
     """`&nodes=` names more nodes to start from; int() took a port written in other scripts'
     digits, with '_' or a space: each is refused in one line, the name read as cluster_url reads

@@ -159,6 +159,28 @@ def test_deadlines_lost_with_the_timers_redis_are_armed_again_by_rearm(tmp_path)
         assert admin.hget(keys.order("2"), "status") == "PENDING"
 
 
+def test_rearm_says_a_refused_permission_and_counts_a_dotted_id_without_deadline_as_such(
+        procs, redis_server):
+    """A user that may not HMGET the orders: --rearm counted each order "unusable" and exited 0,
+    arming nothing. It now stops on the refusal, one line, exit 1. And an order placed without a
+    deadline counts as such whatever its id ('a.b', which could have no timer anyway)."""
+    admin = redis_server.client()
+    for order_id in ("a.b", "c"):
+        placed = procs.run("place-order", "--product", "101", "--quantity", "1", "--order-id", order_id,
+                           CHOREO_ORDER_DEADLINE_S="0")
+        assert placed.returncode == 0, placed.stderr
+    counted = procs.run("timers", "--rearm")
+    assert counted.returncode == 0 and "0 PENDING order(s)" in counted.stdout
+    assert "2 PENDING order(s) record no deadline" in counted.stdout and "unusable" not in counted.stdout
+    admin.execute_command("ACL", "SETUSER", "nohmget", "on", ">pw", "+@all", "-hmget", "~*", "&*")
+    try:
+        refused = procs.run("timers", "--rearm", REDIS_URL=procs.url.replace("redis://", "redis://nohmget:pw@"))
+        assert refused.returncode == 1 and "hmget" in refused.stderr.lower(), refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        admin.execute_command("ACL", "DELUSER", "nohmget")
+
+
 def test_rearm_pages_the_index_by_score_so_a_prune_meanwhile_hides_no_order(real_bus):
     """Paged by rank, each expired id the trimmer pruned between two pages shifted a later
     order out of sight: --rearm missed PENDING orders at the index's tail."""
@@ -363,6 +385,12 @@ def test_a_sweep_while_redis_refuses_writes_leaves_the_timer_due(real_bus, redis
             sweep_due(queue, [JOB], now=2_000_000_000)
     finally:
         r.config_set("maxmemory", "0")
+    r.config_set("min-replicas-to-write", "1")          # NOREPLICAS: a plain ResponseError
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+            sweep_due(queue, [JOB], now=2_000_000_000)
+    finally:
+        r.config_set("min-replicas-to-write", "0")
     assert r.zrange("rq:scheduled:choreo-timers", 0, -1) == ["DeadlinePassed-1"]
     assert r.exists("rq:job:DeadlinePassed-1")
     assert sweep_due(queue, [JOB], now=2_000_000_000) == 1 and queue.job_ids == ["DeadlinePassed-1"]

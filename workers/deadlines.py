@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Commit
+from choreo.bus.redis_streams import translated_errors
 from choreo.scheduling.timers import JOB_ID, ScheduledCall, job_bus
 from choreo.workers import keys
 from choreo.workers.timers import commit_fired
@@ -101,14 +102,14 @@ def pending_deadlines(bus, deadline_s: float | None = None) -> Found:
             rows = inspect.hash_fields(bus, [keys.order(i) for i in ids],
                                        ["status", "deadline_at_ms", "created_at_ms"], raise_on_error=False)
             for order_id, row in zip(ids, rows):
-                if isinstance(row, Exception):      # not a hash (WRONGTYPE): no order's record
-                    found.unreadable.append(order_id)
+                if isinstance(row, Exception):
+                    if "WRONGTYPE" not in str(row):
+                        with translated_errors():   # NOPERM and the like: said, not skipped
+                            raise row
+                    found.unreadable.append(order_id)       # not a hash: no order's record
                     continue
                 status, deadline, created = row
                 if status != PENDING:
-                    continue
-                if not JOB_ID.fullmatch(timer_id(EVENT, order_id)):    # no timer rq would take
-                    found.unreadable.append(order_id)
                     continue
                 at = _ms(deadline)
                 if deadline is None and deadline_s is not None and _ms(created) is not None:
@@ -119,6 +120,9 @@ def pending_deadlines(bus, deadline_s: float | None = None) -> Found:
                         found.without += 1
                     else:
                         found.unreadable.append(order_id)
+                    continue
+                if not JOB_ID.fullmatch(timer_id(EVENT, order_id)):    # no timer rq would take
+                    found.unreadable.append(order_id)
                     continue
                 found.timers.append(Timer(timer_id(EVENT, order_id), at, EVENT, order_id, "", job=JOB))
     return found

@@ -42,11 +42,13 @@ def reserve_stock(event, uow: UnitOfWork) -> None:
     res_key = keys.reservation(event.order_id)
     res = uow.read(res_key)
     if res:                         # this order was already decided (an event republished)
-        if layout.current().tagged and res.get("status") in (RELEASED, REJECTED):
+        releasing = layout.current().tagged and res.get("status") in (RELEASED, REJECTED)
+        if releasing:
             # A compensation decided first while an earlier try held stock (its commit then
             # conflicted, or it died): give the holds back. Idempotent; none held, nothing done.
             _holds(uow, event.order_id, _per_product(event.data["lines"]), "release")
-        uow.say(f"Order {event.order_id} is {res.get('status')} here already: nothing to reserve")
+        uow.say(f"Order {event.order_id} is {res.get('status')} here already: nothing to reserve"
+                + (" (any holds an earlier try made given back)" if releasing else ""))
         return
     if layout.current().tagged:
         return _reserve_by_holds(event, uow, res_key)

@@ -279,7 +279,7 @@ def lost_entries(info: dict, last: str, lag: int | None, unread: int, gone_pendi
     if parse_id(last) > parse_id(newest):
         # (XGROUP SETID by hand): every entry added from now on is below it, delivered to no one
         lost.append(f"its last-delivered-id {last} is past the stream's last entry {newest}: "
-                    f"no entry added from now on will be delivered to it")
+                    f"no entry added before the clock passes it will be delivered to it")
     return tuple(lost)
 
 
