@@ -80,7 +80,7 @@ class Found:
     timers: list[Timer] = field(default_factory=list)
     from_created: int = 0          # armed at created_at_ms + the deadline given (no deadline_at_ms)
     without: int = 0               # placed without a deadline (none recorded, none given)
-    unreadable: list[str] = field(default_factory=list)     # order ids whose deadline is no time
+    unreadable: list[str] = field(default_factory=list)     # ids it cannot arm (said, skipped)
 
 
 def _ms(value: str | None) -> int | None:
@@ -121,10 +121,11 @@ def pending_deadlines(bus, deadline_s: float | None = None) -> Found:
                     else:
                         found.unreadable.append(order_id)
                     continue
-                if not JOB_ID.fullmatch(timer_id(EVENT, order_id)):    # no timer rq would take
+                job_id = timer_id(EVENT, order_id)
+                if not JOB_ID.fullmatch(job_id):    # no timer rq would take
                     found.unreadable.append(order_id)
                     continue
-                found.timers.append(Timer(timer_id(EVENT, order_id), at, EVENT, order_id, "", job=JOB))
+                found.timers.append(Timer(job_id, at, EVENT, order_id, "", job=JOB))
     return found
 
 

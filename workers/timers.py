@@ -25,7 +25,7 @@ from rq import get_current_job
 from choreo.bus import keys as bus_keys
 from choreo.bus.contract import Commit, Outcome
 from choreo.scheduling.timers import QUEUE, ScheduledCall, job_bus, job_retention_s
-from choreo.workers.logs import TIMERS
+from choreo.workers.logs import TIMERS as TIMERS_LOG
 from choreo.workers.unit_of_work import PUBLISH_DUE, BatchView, Timer, UnitOfWork, timer_id
 
 JOB = PUBLISH_DUE                           # "choreo.workers.timers.publish_due": allowlist it
@@ -66,7 +66,7 @@ def not_fired(reason: str) -> TimerNotFired:
         left = job.retries_left or 0
         then = (f"rq tries it again ({left} more time(s)), then keeps it failed" if left else
                 "rq keeps it failed")
-        logging.getLogger(TIMERS).error(
+        logging.getLogger(TIMERS_LOG).error(
             f"timers: {reason}; {then} in rq:failed:{QUEUE}: once mended, `choreo timers --rearm` "
             f"arms it again")
     return TimerNotFired(reason)
